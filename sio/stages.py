@@ -1,0 +1,80 @@
+"""Stage folders that know what made them: skip when done with the same inputs, refuse others.
+
+A stage folder holds ``stage.json`` (the resolved config and input checksums that define it,
+written before the work starts) and ``complete.json`` (written when it ends). Rerunning with the
+same definition skips a complete stage and resumes an incomplete one; a folder made from a
+different definition is refused unless ``force``, which deletes it first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+STAGE_FILE = "stage.json"
+COMPLETE_FILE = "complete.json"
+
+
+class StageConflict(RuntimeError):
+    """An output folder that holds results for a different config."""
+
+
+def _differences(old, new, path="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for key in sorted(set(old) | set(new)):
+            diffs += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return diffs
+    return [] if old == new else [path or "(root)"]
+
+
+def needs_run(folder: Path, definition: dict, force: bool) -> bool:
+    """True if the stage must run (fresh, incomplete, or forced); False if it is done."""
+    stamp = folder / STAGE_FILE
+    if stamp.is_file():
+        previous = json.loads(stamp.read_text())
+        if previous == definition:
+            return not (folder / COMPLETE_FILE).is_file()
+        if not force:
+            changed = ", ".join(_differences(previous, definition)[:6])
+            raise StageConflict(
+                f"{folder} holds results for a different config (changed: "
+                f"{changed}); pass --force to replace them, or choose another "
+                "output_dir"
+            )
+        shutil.rmtree(folder)
+    elif folder.exists() and any(folder.iterdir()):
+        if not force:
+            raise StageConflict(
+                f"{folder} exists and was not written by this stage; pass --force to replace it"
+            )
+        shutil.rmtree(folder)
+    return True
+
+
+def run_stage(
+    label: str,
+    folder: Path,
+    definition: dict,
+    work: Callable[[], object],
+    *,
+    force: bool,
+    timings: dict,
+) -> None:
+    """Call ``work()`` unless ``folder`` is complete for ``definition``; prints its wall time."""
+    folder = Path(folder)
+    if not needs_run(folder, definition, force):
+        timings[label] = 0.0
+        print(f"  {label}: done earlier with the same config, skipped", flush=True)
+        return
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STAGE_FILE).write_text(json.dumps(definition, indent=2, sort_keys=True) + "\n")
+    work()
+    seconds = time.perf_counter() - start
+    (folder / COMPLETE_FILE).write_text(json.dumps({"seconds": seconds}) + "\n")
+    timings[label] = seconds
+    print(f"  {label}: {seconds:.1f} s", flush=True)

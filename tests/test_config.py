@@ -1,0 +1,221 @@
+"""sio.config: defaults, load_pipeline's error messages, frozenness and the to_dict round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sio.config import (
+    ConfigError,
+    DigitsConfig,
+    PipelineConfig,
+    load_pipeline,
+    parse_dataclass,
+    to_dict,
+)
+
+
+def write(tmp_path, text: str, name: str = "pipeline.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load_error(tmp_path, text: str, name: str = "pipeline.yaml") -> str:
+    path = write(tmp_path, text, name)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    return message
+
+
+def test_defaults_parse_and_equal_the_dataclass_defaults():
+    cfg = parse_dataclass(PipelineConfig, {}, "")
+    assert cfg == PipelineConfig()
+    assert cfg.sio_alpha == 0.8
+    assert cfg.seeds == (0, 1, 2)
+    assert cfg.train.batch_size == 128
+    assert cfg.evaluate.fpr_convention == "id"
+    assert cfg.shard.digits.id_classes == (0, 1, 2, 3, 4, 5)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_pipeline(write(tmp_path, "")) == PipelineConfig()
+
+
+def test_values_from_file_reach_nested_fields(tmp_path):
+    text = """
+output_dir: runs/x
+seeds: [3, 4]
+sio_alpha: 0.5
+shard: {seed: 7, digits: {far_ood_images_per_set: 10}}
+generator: {sampler: {steps: 5, guidance: 2}}
+train: {batch_size: 64, lr: 0.05, hflip: true}
+evaluate: {methods: [msp], fpr_convention: ood}
+"""
+    cfg = load_pipeline(write(tmp_path, text))
+    assert cfg.output_dir == "runs/x"
+    assert cfg.seeds == (3, 4)
+    assert cfg.sio_alpha == 0.5
+    assert cfg.shard.seed == 7
+    assert cfg.shard.digits.far_ood_images_per_set == 10
+    assert cfg.shard.digits.val_fraction == DigitsConfig().val_fraction
+    assert cfg.generator.sampler.steps == 5
+    # an int for a float field becomes a float
+    assert cfg.generator.sampler.guidance == 2.0
+    assert isinstance(cfg.generator.sampler.guidance, float)
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.hflip) == (64, 0.05, True)
+    assert cfg.evaluate.methods == ("msp",)
+    assert cfg.evaluate.fpr_convention == "ood"
+
+
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nowhere" / "pipe.yaml"
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_pipeline(path)
+    assert str(path) in str(info.value)
+
+
+def test_malformed_yaml(tmp_path):
+    message = load_error(tmp_path, "train: {batch_size: 3\n", "broken.yaml")
+    assert "broken.yaml" in message
+    assert "not valid YAML" in message
+
+
+def test_unknown_nested_key_names_field_path_and_file(tmp_path):
+    message = load_error(tmp_path, "train: {batch_sise: 3}\n", "mine.yaml")
+    assert "mine.yaml" in message
+    assert "train.batch_sise" in message
+    assert "unknown key" in message
+    # the known keys are listed to help the user
+    assert "batch_size" in message.split("train.batch_sise", 1)[1]
+
+
+def test_unknown_key_two_levels_deep(tmp_path):
+    message = load_error(tmp_path, "shard: {digits: {far_ood: 3}}\n")
+    assert "shard.digits.far_ood" in message
+
+
+def test_unknown_top_level_key(tmp_path):
+    message = load_error(tmp_path, "trian: {}\n")
+    assert "trian" in message
+    assert "unknown key" in message
+
+
+def test_wrong_type_names_field(tmp_path):
+    message = load_error(tmp_path, "train: {batch_size: big}\n")
+    assert "train.batch_size" in message
+    assert "'big'" in message
+
+
+def test_list_item_of_wrong_type_names_index(tmp_path):
+    message = load_error(tmp_path, "seeds: [0, x]\n")
+    assert "seeds[1]" in message
+    assert "seeds[0]" not in message
+
+
+def test_scalar_where_list_expected(tmp_path):
+    assert "seeds" in load_error(tmp_path, "seeds: 3\n")
+
+
+def test_scalar_where_section_expected(tmp_path):
+    assert "train" in load_error(tmp_path, "train: 3\n")
+
+
+@pytest.mark.parametrize("alpha", ["1.5", "-0.1"])
+def test_alpha_outside_unit_interval_refused(tmp_path, alpha):
+    message = load_error(tmp_path, f"sio_alpha: {alpha}\n")
+    assert "sio_alpha" in message
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 0.0, 1.0, 0.25])
+def test_alpha_bounds_accepted(tmp_path, alpha):
+    assert load_pipeline(write(tmp_path, f"sio_alpha: {alpha}\n")).sio_alpha == alpha
+
+
+def test_literal_choice_violation(tmp_path):
+    message = load_error(tmp_path, "evaluate: {fpr_convention: both}\n")
+    assert "evaluate.fpr_convention" in message
+    assert "'both'" in message
+
+
+def test_literal_choice_accepted(tmp_path):
+    cfg = load_pipeline(write(tmp_path, "evaluate: {fpr_convention: ood}\n"))
+    assert cfg.evaluate.fpr_convention == "ood"
+
+
+def test_bool_is_not_an_int(tmp_path):
+    assert "train.epochs" in load_error(tmp_path, "train: {epochs: true}\n")
+
+
+def test_bool_is_not_a_float(tmp_path):
+    assert "train.lr" in load_error(tmp_path, "train: {lr: false}\n")
+
+
+def test_int_is_not_a_bool(tmp_path):
+    assert "train.hflip" in load_error(tmp_path, "train: {hflip: 1}\n")
+
+
+def test_float_is_not_an_int(tmp_path):
+    assert "train.batch_size" in load_error(tmp_path, "train: {batch_size: 2.5}\n")
+
+
+def test_exponent_string_accepted_for_float(tmp_path):
+    # PyYAML reads 5e-4 (no dot) as a string
+    cfg = load_pipeline(write(tmp_path, "train: {weight_decay: 1e-3, lr: 5e-4}\n"))
+    assert cfg.train.lr == 5e-4
+    assert cfg.train.weight_decay == 1e-3
+    assert isinstance(cfg.train.lr, float)
+
+
+def test_non_numeric_string_refused_for_float(tmp_path):
+    assert "train.lr" in load_error(tmp_path, "train: {lr: fast}\n")
+
+
+def test_post_init_checks_carry_nested_path(tmp_path):
+    message = load_error(tmp_path, "generator: {sampler: {eta: 2}}\n")
+    assert "generator.sampler.eta" in message
+    message = load_error(tmp_path, "shard: {digits: {id_classes: [0, 1], near_ood_classes: [1]}}")
+    assert "shard.digits.near_ood_classes" in message
+
+
+def test_duplicate_seeds_refused(tmp_path):
+    assert "seeds" in load_error(tmp_path, "seeds: [1, 1]\n")
+
+
+def test_parse_dataclass_error_carries_given_path():
+    with pytest.raises(ConfigError, match=r"^\.train\.batch_size: "):
+        parse_dataclass(PipelineConfig, {"train": {"batch_size": "x"}}, "")
+
+
+def test_configs_are_frozen():
+    cfg = PipelineConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sio_alpha = 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.batch_size = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.shard.digits.far_ood_images_per_set = 3
+
+
+def test_to_dict_round_trips_defaults():
+    cfg = parse_dataclass(PipelineConfig, {}, "")
+    data = to_dict(cfg)
+    assert data["seeds"] == [0, 1, 2]  # tuples become lists
+    assert data["train"]["batch_size"] == 128
+    assert parse_dataclass(PipelineConfig, data, "") == cfg
+
+
+def test_to_dict_round_trips_non_defaults(tmp_path):
+    text = (
+        "seeds: [5, 9]\nsio_alpha: 0.3\ntrain: {epochs: 2, lr: 5e-4}\n"
+        "evaluate: {methods: [ebo], fpr_convention: ood}\n"
+        "generator: {model: {block_out_channels: [8, 16, 32]}}\n"
+    )
+    cfg = load_pipeline(write(tmp_path, text))
+    assert cfg != PipelineConfig()
+    again = parse_dataclass(PipelineConfig, to_dict(cfg), "")
+    assert again == cfg
+    assert again.generator.model.block_out_channels == (8, 16, 32)

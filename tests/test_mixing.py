@@ -1,0 +1,162 @@
+"""sio.train.mixing: exact batch composition, rank and worker splits, and in-batch shuffling."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from sio.train.mixing import batch_counts, compose, rank_share, steps_per_epoch, worker_steps
+
+ALPHAS = ["0", "0.05", "0.1", "0.25", "0.29", "0.3", "1/3", "0.5", "0.57", "0.7", "0.8"]
+ALPHAS += ["0.9", "0.95", "0.99", "2/3", "1"]
+
+
+@pytest.mark.parametrize(
+    ("batch", "alpha", "want"),
+    [
+        (128, 0.8, (102, 26)),
+        (128, 0.7, (89, 39)),
+        (100, 0.29, (29, 71)),
+        (100, 0.57, (57, 43)),
+        (10, 0.3, (3, 7)),
+        (128, 1.0, (128, 0)),
+        (128, 0.0, (0, 128)),
+        (1, 0.5, (0, 1)),
+        (1, 1, (1, 0)),
+        (3, 1 / 3, (1, 2)),
+    ],
+)
+def test_batch_counts_examples(batch, alpha, want):
+    assert batch_counts(batch, alpha) == want
+
+
+@pytest.mark.parametrize("batch", [1, 7, 128, 1000])
+def test_batch_counts_extremes(batch):
+    assert batch_counts(batch, 1.0) == (batch, 0)
+    assert batch_counts(batch, 0.0) == (0, batch)
+
+
+@pytest.mark.parametrize(
+    ("batch", "alpha"),
+    [(128, 1.01), (128, -0.01), (128, float("nan")), (0, 0.5), (-4, 0.5)],
+)
+def test_batch_counts_invalid(batch, alpha):
+    with pytest.raises(ValueError):
+        batch_counts(batch, alpha)
+
+
+def test_batch_counts_all_sizes_and_alphas():
+    for text in ALPHAS:
+        exact = Fraction(text)
+        alpha = float(exact)
+        for batch in range(1, 301):
+            n_real, n_syn = batch_counts(batch, alpha)
+            assert n_real + n_syn == batch
+            assert 0 <= n_real <= batch
+            # floor of the exact (decimal) product: float artefacts never drop a sample
+            assert n_real == math.floor(exact * batch), (batch, text)
+
+
+def test_batch_counts_monotone_in_alpha():
+    for batch in (1, 2, 17, 128, 299):
+        reals = [batch_counts(batch, k / 100)[0] for k in range(101)]
+        assert reals == sorted(reals)
+        assert reals[0] == 0
+        assert reals[-1] == batch
+
+
+def test_rank_share_sums_and_balance():
+    for total in list(range(0, 70)) + [127, 128, 1000, 4097]:
+        for world in range(1, 17):
+            shares = [rank_share(total, r, world) for r in range(world)]
+            assert sum(shares) == total, (total, world)
+            assert max(shares) - min(shares) <= 1, (total, world)
+            assert min(shares) >= 0
+
+
+def test_rank_share_keeps_global_composition():
+    # the global batch keeps exactly int(B * alpha) real samples under data parallelism
+    n_real, n_syn = batch_counts(128, 0.8)
+    for world in (1, 2, 3, 4, 8):
+        reals = [rank_share(n_real, r, world) for r in range(world)]
+        syns = [rank_share(n_syn, r, world) for r in range(world)]
+        assert (sum(reals), sum(syns)) == (102, 26)
+
+
+@pytest.mark.parametrize(("rank", "world"), [(-1, 2), (2, 2), (0, 0)])
+def test_rank_share_invalid(rank, world):
+    with pytest.raises(ValueError):
+        rank_share(10, rank, world)
+
+
+def test_worker_steps_partition_and_round_robin():
+    for steps in range(0, 40):
+        for workers in range(1, 9):
+            parts = [list(worker_steps(steps, w, workers)) for w in range(workers)]
+            flat = [s for part in parts for s in part]
+            assert sorted(flat) == list(range(steps))
+            assert len(flat) == len(set(flat))
+            # a DataLoader takes one batch from each worker in turn, worker 0 first
+            iters = [iter(p) for p in parts]
+            merged = []
+            while len(merged) < steps:
+                for it in iters:
+                    step = next(it, None)
+                    if step is not None:
+                        merged.append(step)
+            assert merged == list(range(steps)), (steps, workers)
+
+
+def test_worker_steps_without_workers():
+    assert list(worker_steps(5, 0, 0)) == [0, 1, 2, 3, 4]
+    assert list(worker_steps(5, 0, 1)) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        worker_steps(5, 2, 2)
+    with pytest.raises(ValueError):
+        worker_steps(5, -1, 2)
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(1000, 128) == 8
+    assert steps_per_epoch(1024, 128) == 8
+    assert steps_per_epoch(1, 128) == 1
+    with pytest.raises(ValueError):
+        steps_per_epoch(0, 128)
+
+
+def rows(n_real: int, n_syn: int):
+    # distinct values identify each row; real rows are < 1000, synthetic >= 1000
+    real = torch.arange(n_real * 4, dtype=torch.int64).reshape(n_real, 1, 2, 2)
+    syn = 1000 + torch.arange(n_syn * 4, dtype=torch.int64).reshape(n_syn, 1, 2, 2)
+    return real, syn
+
+
+@pytest.mark.parametrize(("n_real", "n_syn"), [(6, 2), (102, 26), (5, 0), (0, 4), (1, 1)])
+def test_compose_is_a_tracked_permutation(n_real, n_syn):
+    real, syn = rows(n_real, n_syn)
+    for seed in range(5):
+        images, order, is_synthetic = compose(real, syn, torch.Generator().manual_seed(seed))
+        both = torch.cat([real, syn])
+        assert images.shape == both.shape
+        assert sorted(order.tolist()) == list(range(n_real + n_syn))
+        assert torch.equal(images, both[order])
+        # the flag marks exactly the synthetic rows
+        assert torch.equal(is_synthetic, images[:, 0, 0, 0] >= 1000)
+        assert int(is_synthetic.sum()) == n_syn
+        assert is_synthetic.dtype == torch.bool
+        # every input row appears exactly once
+        assert sorted(images[:, 0, 0, 0].tolist()) == both[:, 0, 0, 0].tolist()
+
+
+def test_compose_seeded():
+    real, syn = rows(102, 26)
+    first = compose(real, syn, torch.Generator().manual_seed(7))
+    again = compose(real, syn, torch.Generator().manual_seed(7))
+    other = compose(real, syn, torch.Generator().manual_seed(8))
+    assert torch.equal(first[1], again[1])
+    assert torch.equal(first[0], again[0])
+    assert not torch.equal(first[1], other[1])
+    # and it does shuffle: synthetic rows are not all at the end
+    assert not torch.equal(first[2], torch.arange(128) >= 102)

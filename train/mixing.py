@@ -1,0 +1,65 @@
+"""Exact per-batch composition of real and synthetic samples: pure functions, no state.
+
+SIO (Zhang et al. 2023) fixes the number of real samples in every batch instead of sampling
+sources by probability: ``n_real = int(B * alpha)`` and ``n_syn = B - n_real`` (102 + 26 at
+B = 128, alpha = 0.8). Under data parallelism the *global* quota is split over ranks, so the
+global batch keeps exactly that composition. An epoch is ``ceil(N_real / B)`` steps (SIO's epoch,
+the same as real-only training), and the steps of an epoch are dealt to DataLoader workers in
+turn, so the order of batches never depends on worker timing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def batch_counts(batch_size: int, alpha: float) -> tuple[int, int]:
+    """(real, synthetic) samples per batch by SIO's rule ``int(B * alpha)``.
+
+    The product is rounded to 9 decimals first so that float artefacts (0.29 * 100 =
+    28.999999999999996) do not drop a sample; otherwise this is Python's truncation, as in SIO.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    n_real = math.floor(round(batch_size * alpha, 9))
+    return n_real, batch_size - n_real
+
+
+def rank_share(total: int, rank: int, world_size: int) -> int:
+    """Rank ``rank``'s part of a global count: floor((r+1)·n/W) − floor(r·n/W); parts sum to n."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    return (rank + 1) * total // world_size - rank * total // world_size
+
+
+def steps_per_epoch(num_real: int, batch_size: int) -> int:
+    """SIO's epoch: as many steps as real-only training, ``ceil(N_real / B)``."""
+    if num_real < 1:
+        raise ValueError("the real shard set is empty")
+    return math.ceil(num_real / batch_size)
+
+
+def worker_steps(num_steps: int, worker: int, num_workers: int) -> range:
+    """The steps of an epoch that worker ``worker`` produces; a DataLoader's round-robin over
+    workers then yields them in order 0, 1, 2, ..."""
+    if not 0 <= worker < max(1, num_workers):
+        raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
+    return range(worker, num_steps, max(1, num_workers))
+
+
+def compose(real: torch.Tensor, synthetic: torch.Tensor, generator: torch.Generator):
+    """Concatenate one real and one synthetic batch and shuffle within the batch.
+
+    Returns (images, permutation, is_synthetic): the permutation is applied to images and
+    returned so labels and flags can follow it.
+    """
+    images = torch.cat([real, synthetic])
+    is_synthetic = torch.cat(
+        [torch.zeros(len(real), dtype=torch.bool), torch.ones(len(synthetic), dtype=torch.bool)]
+    )
+    order = torch.randperm(len(images), generator=generator)
+    return images[order], order, is_synthetic[order]

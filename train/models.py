@@ -1,0 +1,109 @@
+"""Classifiers: a backbone that gives penultimate features ``h`` plus one linear layer ``fc``.
+
+Every model takes uint8 images (or floats in [0, 1]) and normalises them itself with the real
+training set's per-channel mean and std, so checkpoints are self-contained and the evaluator
+can reach ``features(x)`` and ``fc`` of any architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sio.registry import Registry
+
+BACKBONES: Registry = Registry("model")
+
+
+@BACKBONES.register("small_cnn")
+class SmallCNN(nn.Module):
+    """Three 3x3 conv layers with batch norm, one 2x2 max-pool, global average pooling."""
+
+    def __init__(self, in_channels: int, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.feature_dim = 4 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@BACKBONES.register("resnet18_32")
+class ResNet18CIFAR(nn.Module):
+    """ResNet-18 with the CIFAR stem (3x3 conv, no max-pool), as in OpenOOD and SIO; 512-d h."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+        )
+        layers, in_planes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = 512
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
+
+
+class Classifier(nn.Module):
+    """normalise -> backbone -> h -> fc; ``features`` and ``fc`` are what detectors use."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, mean, std):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.feature_dim, num_classes)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        return (x - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalise(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(images))
+
+
+def build_classifier(name: str, *, in_channels: int, num_classes: int, mean, std) -> Classifier:
+    backbone = BACKBONES.get(name)(in_channels)
+    std = [max(s, 1e-3) for s in std]  # a constant channel must not divide by zero
+    return Classifier(backbone, num_classes, mean, std)
