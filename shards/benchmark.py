@@ -23,6 +23,7 @@ from sio.config import ShardConfig, to_dict
 from sio.files import write_json_atomic
 
 from .format import MANIFEST, ShardError, ShardSetWriter
+from .read import read_manifest
 
 BENCHMARK_FILE = "benchmark.json"
 BENCHMARK_FORMAT = "sio-benchmark/1"
@@ -59,11 +60,16 @@ def read_benchmark(root: str | Path) -> Benchmark:
     )
 
 
-def _write_split(out: Path, folder, name, images, labels, class_names, metas, shard_size, seed):
-    if (out / folder / MANIFEST).is_file():
-        return  # complete from an earlier, interrupted run
+def _write_split(out: Path, folder, images, labels, class_names, metas, config: ShardConfig):
+    provenance = {"generator": None, "split": folder, "shard_config": to_dict(config)}
+    if (out / folder / MANIFEST).is_file():  # complete from an earlier, interrupted run
+        if read_manifest(out / folder).provenance != provenance:
+            raise ShardError(
+                f"{out / folder} was written with a different shard config; "
+                "remove it or choose another --out"
+            )
+        return
     channels = 1 if images.ndim == 3 else 3
-    provenance = {"generator": None, "benchmark_seed": seed, "split": folder}
     with ShardSetWriter(
         out / folder,
         kind="real",
@@ -71,7 +77,7 @@ def _write_split(out: Path, folder, name, images, labels, class_names, metas, sh
         image_size=images.shape[1:3],
         channels=channels,
         class_names=class_names,
-        shard_size=shard_size,
+        shard_size=config.shard_size,
         provenance=provenance,
     ) as writer:
         for i, (image, label, meta) in enumerate(zip(images, labels, metas, strict=True)):
@@ -90,17 +96,7 @@ def write_benchmark(config: ShardConfig, out: str | Path) -> Benchmark:
     total = sum(len(s[3]) for s in splits)
     with tqdm(total=total, desc="shard digits", unit="img", leave=False) as bar:
         for folder, role, name, images, labels, class_names, metas in splits:
-            _write_split(
-                out,
-                folder,
-                name,
-                images,
-                labels,
-                class_names,
-                metas,
-                config.shard_size,
-                config.seed,
-            )
+            _write_split(out, folder, images, labels, class_names, metas, config)
             (roles["id"] if role == "id" else roles["ood"][role])[name] = folder
             bar.update(len(images))
     id_names = next(s[5] for s in splits if s[1] == "id")
@@ -109,8 +105,8 @@ def write_benchmark(config: ShardConfig, out: str | Path) -> Benchmark:
         {
             "format": BENCHMARK_FORMAT,
             "name": config.benchmark,
-            "image_size": [8, 8],
-            "channels": 1,
+            "image_size": list(splits[0][3].shape[1:3]),
+            "channels": 1 if splits[0][3].ndim == 3 else 3,
             "class_names": list(id_names),
             **roles,
             "config": to_dict(config),

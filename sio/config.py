@@ -8,7 +8,9 @@ resolved config (``to_dict``) is saved next to every output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -205,18 +207,26 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list, got {value!r} ({type(value).__name__})")
         (item_type, _) = typing.get_args(tp)
         return tuple(_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)  # PyYAML reads ``5e-4`` (no dot) as a string
-        except ValueError:
-            pass
-    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
+    if tp is float:
+        return _coerce_float(value, path)
+    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
         got = f"{value!r} ({type(value).__name__})"
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {got}")
     return value
+
+
+def _coerce_float(value: Any, path: str) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):  # PyYAML reads ``5e-4`` (no dot) as a string
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None or not math.isfinite(number):
+        raise ConfigError(
+            f"{path}: expected a finite number, got {value!r} ({type(value).__name__})"
+        )
+    return number
 
 
 def parse_dataclass(cls: type, data: Any, path: str):
@@ -224,7 +234,8 @@ def parse_dataclass(cls: type, data: Any, path: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {data!r}")
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}expected a mapping of keys to values, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     for key in data:
