@@ -1,0 +1,129 @@
+"""End to end: `sio run` on a tiny digits pipeline, its skipping, its refusals, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sio.cli import get_cli
+from sio.config import load_pipeline
+from sio.pipeline import run_pipeline
+from sio.stages import StageConflict
+
+TINY = {
+    "seeds": [0, 1],
+    "sio_alpha": 0.75,
+    "shard": {"shard_size": 128, "digits": {"far_ood_images_per_set": 40}},
+    "generator": {
+        "model": {"block_out_channels": [8, 16], "layers_per_block": 1},
+        "train": {"steps": 20, "batch_size": 32},
+        "sampler": {"steps": 2},
+    },
+    "generate": {"num_images": 96, "batch_size": 48, "shard_size": 32},
+    "train": {"epochs": 2, "batch_size": 64, "num_workers": 2, "shuffle_buffer": 64},
+    "evaluate": {"methods": ["msp", "ebo"]},
+}
+
+
+def write_pipeline(tmp_path, **changes):
+    data = {**TINY, "output_dir": str(tmp_path / "out"), **changes}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    path = write_pipeline(tmp_path)
+    text = run_pipeline(load_pipeline(path), device="cpu")
+    return tmp_path, path, text
+
+
+def test_run_writes_every_stage_and_a_report(finished_run):
+    tmp_path, _, text = finished_run
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"1", "0.75"}
+    for arm in report.values():
+        assert arm["seeds"] == [0, 1]
+        assert set(arm["methods"]) == {"msp", "ebo"}
+    # The printed table is the measured one: its cells come from the evaluated runs.
+    results = [json.loads((out / "evaluate" / f"alpha0.75-seed{s}" / "results.json").read_text())
+               for s in (0, 1)]
+    far = [r["methods"]["msp"]["far"]["mean"]["auroc"] for r in results]
+    mean = report["0.75"]["methods"]["msp"]["far"]["mean"]["auroc"]["mean"]
+    assert mean == pytest.approx(sum(far) / 2)
+    assert f"{mean:.2f}" in text
+    manifest = json.loads((out / "synthetic" / "manifest.json").read_text())
+    assert manifest["kind"] == "synthetic" and manifest["num_samples"] == 96
+    assert 0.0 <= manifest["provenance"]["quality"]["label_agreement"] <= 1.0
+    log = (out / "train" / "alpha0.75-seed0" / "log.jsonl").read_text().splitlines()
+    epoch = json.loads(log[-1])
+    assert (epoch["real_seen"], epoch["synthetic_seen"]) == (48 * epoch["steps"], 16 * epoch["steps"])
+    assert json.loads((out / "pipeline.resolved.json").read_text())["sio_alpha"] == 0.75
+
+
+def test_rerun_skips_every_stage(finished_run, capsys):
+    tmp_path, path, text = finished_run
+    again = run_pipeline(load_pipeline(path), device="cpu")
+    timings = json.loads((tmp_path / "out" / "timings.json").read_text())
+    assert all(seconds == 0.0 for stage, seconds in timings.items() if stage != "total")
+    assert "skipped" in capsys.readouterr().out
+    assert again.split("stage times")[0] == text.split("stage times")[0]
+
+
+def test_changed_config_is_refused_without_force(finished_run):
+    tmp_path, _, _ = finished_run
+    changed = write_pipeline(tmp_path, train={**TINY["train"], "epochs": 3})
+    with pytest.raises(StageConflict, match=r"train\.epochs"):
+        run_pipeline(load_pipeline(changed), device="cpu")
+
+
+def test_cli_names_the_bad_field(tmp_path):
+    bad = write_pipeline(tmp_path, train={"batch_size": "big"})
+    result = CliRunner().invoke(get_cli(), ["run", str(bad)])
+    assert result.exit_code == 1
+    assert "train.batch_size" in result.output and "pipeline.yaml" in result.output
+
+
+def test_cli_refuses_alpha_outside_unit_interval(tmp_path):
+    bad = write_pipeline(tmp_path, sio_alpha=1.2)
+    result = CliRunner().invoke(get_cli(), ["run", str(bad)])
+    assert result.exit_code == 1 and "sio_alpha" in result.output
+
+
+def test_cli_missing_pipeline_file(tmp_path):
+    result = CliRunner().invoke(get_cli(), ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1 and "nope.yaml" in result.output and "not found" in result.output
+
+
+def test_cli_stage_commands_chain(finished_run, tmp_path):
+    """The stages used one by one from the CLI, meeting only in folders."""
+    run_dir, path, _ = finished_run
+    out = run_dir / "out"
+    cli = get_cli()
+    runner = CliRunner()
+    verify = runner.invoke(cli, ["shards", "verify", str(out / "synthetic")])
+    assert verify.exit_code == 0, verify.output
+    assert "96 samples" in verify.output
+    train = runner.invoke(cli, ["train", "--config", str(path), "--real",
+                                str(out / "benchmark" / "id_train"), "--synthetic",
+                                str(out / "synthetic"), "--alpha", "0.5", "--seed", "3",
+                                "--out", str(tmp_path / "run")])
+    assert train.exit_code == 0, train.output
+    evaluate = runner.invoke(cli, ["evaluate", "--config", str(path), "--run", str(tmp_path / "run"),
+                                   "--benchmark", str(out / "benchmark"), "--out",
+                                   str(tmp_path / "eval")])
+    assert evaluate.exit_code == 0, evaluate.output
+    assert "nearood" in evaluate.output
+    assert json.loads((tmp_path / "eval" / "run.json").read_text())["alpha"] == 0.5
+    again = runner.invoke(cli, ["evaluate", "--activations", str(tmp_path / "eval" / "activations.npz"),
+                                "--methods", "msp", "--out", str(tmp_path / "eval2")])
+    assert again.exit_code == 0, again.output
+    first = json.loads((tmp_path / "eval" / "results.json").read_text())["methods"]["msp"]
+    second = json.loads((tmp_path / "eval2" / "results.json").read_text())["methods"]["msp"]
+    assert first == second
