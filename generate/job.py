@@ -9,7 +9,6 @@ carries the classifier's probability of its label.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -75,7 +74,6 @@ def generate_shard_set(
         provenance=provenance,
     )
     agree = 0
-    start = time.perf_counter()
     with tqdm(total=config.num_images, desc=f"generate {name}", unit="img", leave=False) as bar:
         for batch, first in enumerate(range(0, config.num_images, config.batch_size)):
             n = min(config.batch_size, config.num_images - first)
@@ -99,11 +97,5 @@ def generate_shard_set(
             if probs is not None:
                 agree += int((probs.argmax(1) == labels).sum())
             bar.update(n)
-    seconds = time.perf_counter() - start
-    if classifier is not None:
-        writer.meta["provenance"]["quality"] = {
-            "label_agreement": agree / config.num_images,
-            "classifier": classifier_path,
-        }
-    writer.meta["provenance"]["images_per_s"] = config.num_images / seconds
-    return writer.close().to_json()
+    quality = {"label_agreement": agree / config.num_images, "classifier": classifier_path}
+    return writer.close({"quality": quality} if classifier is not None else None).to_json()

@@ -44,10 +44,14 @@ def train_ddpm(
     train = config.train
     num_classes = len(class_names)
     generator = torch_generator(train.seed, "ddpm-train")
-    torch.manual_seed(train.seed)  # parameter init inside diffusers uses the global generator
-    unet = build_unet(
-        config.model, image_size=images.shape[-1], channels=images.shape[1], num_classes=num_classes
-    ).to(device)
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global generator
+        torch.manual_seed(train.seed)
+        unet = build_unet(
+            config.model,
+            image_size=images.shape[-1],
+            channels=images.shape[1],
+            num_classes=num_classes,
+        ).to(device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = build_scheduler()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=train.lr, weight_decay=0.0)

@@ -195,8 +195,11 @@ class ShardSetWriter:
         self.pixel_sum += pixels.sum(0)
         self.pixel_sq_sum += (pixels**2).sum(0)
 
-    def close(self) -> Manifest:
+    def close(self, provenance: dict | None = None) -> Manifest:
+        """Finish the last shard and write the manifest; ``provenance`` adds fields known only
+        at the end (e.g. a quality figure)."""
         self._writer.close()
+        self.meta["provenance"] = {**self.meta["provenance"], **(provenance or {})}
         n_pixels = max(1, int(self.class_counts.sum())) * int(np.prod(self.meta["image_size"]))
         mean = self.pixel_sum / n_pixels
         std = np.sqrt(np.maximum(self.pixel_sq_sum / n_pixels - mean**2, 0.0))
