@@ -82,6 +82,9 @@ def load_activations(path: str | Path) -> ActivationBank:
             )
         id_features[split], id_labels[split] = feats, labels.astype(np.int64)
     ood: dict[str, dict[str, np.ndarray]] = {"near": {}, "far": {}}
+    known = {"fc.weight", "fc.bias"} | {
+        f"id.{split}.{what}" for split in ID_SPLITS for what in ("features", "labels")
+    }
     for key, value in arrays.items():
         parts = key.split(".")
         if parts[0] == "ood":
@@ -89,6 +92,8 @@ def load_activations(path: str | Path) -> ActivationBank:
                 raise ActivationsError(f"{path}: key {key!r} is not ood.near|far.<name>.features")
             _check_features(path, key, value, dim)
             ood[parts[1]][parts[2]] = value
+        elif key not in known:
+            raise ActivationsError(f"{path}: unknown key {key!r} (the format is in the README)")
     if not ood["near"] and not ood["far"]:
         raise ActivationsError(f"{path}: no ood.near.<name>.features or ood.far.<name>.features")
     return ActivationBank(weight, bias, id_features, id_labels, ood)

@@ -126,19 +126,46 @@ def dataset_table(arms: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_same_layout(arms: dict) -> None:
+    """Every arm must have the same detectors and OOD sets, or the tables would not line up."""
+    layouts = {
+        alpha: sorted(
+            (method, group, name)
+            for method, groups in arm["methods"].items()
+            for group, entry in groups.items()
+            for name in entry["datasets"]
+        )
+        for alpha, arm in arms.items()
+    }
+    first_alpha, first = next(iter(layouts.items()))
+    for alpha, layout in layouts.items():
+        if layout != first:
+            only = sorted(set(first) ^ set(layout))
+            raise ValueError(
+                f"arms alpha={first_alpha} and alpha={alpha} differ in "
+                f"(detector, group, set): {only}"
+            )
+
+
 def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
     """Aggregate run folders; writes report.json and report.md to ``out`` when given."""
     if not run_folders:
         raise ValueError("no run folders to report on")
     runs = [load_run(folder) for folder in run_folders]
-    arms = aggregate(runs)
     conventions = {r["results"]["fpr_convention"] for r in runs}
+    if len(conventions) > 1:
+        raise ValueError(
+            f"the runs mix FPR@95 conventions {sorted(conventions)}; re-evaluate "
+            "them with one --fpr-convention"
+        )
+    arms = aggregate(runs)
+    _check_same_layout(arms)
     seeds = sorted({r["seed"] for r in runs})
     text = "\n".join(
         [
             f"Mean ± population std over seeds {seeds} (each arm n = "
             f"{', '.join(str(len(a['seeds'])) for a in arms.values())}); values in percent; "
-            f"FPR@95 with {'/'.join(sorted(conventions))} as positive.",
+            f"FPR@95 with {conventions.pop()} as positive.",
             "",
             summary_table(arms),
             "",

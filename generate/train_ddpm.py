@@ -27,7 +27,9 @@ from .ddpm import ConditionalDDPM, build_scheduler, build_unet
 LABEL_DROPOUT = 0.1
 
 
-def _lr_factor(step: int, total: int, warmup: int = 100) -> float:
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 10% of steps (at most 100), then cosine to zero."""
+    warmup = max(1, min(100, total // 10))
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))

@@ -52,8 +52,10 @@ def test_run_writes_every_stage_and_a_report(finished_run):
         assert arm["seeds"] == [0, 1]
         assert set(arm["methods"]) == {"msp", "ebo"}
     # The printed table is the measured one: its cells come from the evaluated runs.
-    results = [json.loads((out / "evaluate" / f"alpha0.75-seed{s}" / "results.json").read_text())
-               for s in (0, 1)]
+    results = [
+        json.loads((out / "evaluate" / f"alpha0.75-seed{s}" / "results.json").read_text())
+        for s in (0, 1)
+    ]
     far = [r["methods"]["msp"]["far"]["mean"]["auroc"] for r in results]
     mean = report["0.75"]["methods"]["msp"]["far"]["mean"]["auroc"]["mean"]
     assert mean == pytest.approx(sum(far) / 2)
@@ -63,7 +65,10 @@ def test_run_writes_every_stage_and_a_report(finished_run):
     assert 0.0 <= manifest["provenance"]["quality"]["label_agreement"] <= 1.0
     log = (out / "train" / "alpha0.75-seed0" / "log.jsonl").read_text().splitlines()
     epoch = json.loads(log[-1])
-    assert (epoch["real_seen"], epoch["synthetic_seen"]) == (48 * epoch["steps"], 16 * epoch["steps"])
+    assert (epoch["real_seen"], epoch["synthetic_seen"]) == (
+        48 * epoch["steps"],
+        16 * epoch["steps"],
+    )
     assert json.loads((out / "pipeline.resolved.json").read_text())["sio_alpha"] == 0.75
 
 
@@ -110,19 +115,54 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
     verify = runner.invoke(cli, ["shards", "verify", str(out / "synthetic")])
     assert verify.exit_code == 0, verify.output
     assert "96 samples" in verify.output
-    train = runner.invoke(cli, ["train", "--config", str(path), "--real",
-                                str(out / "benchmark" / "id_train"), "--synthetic",
-                                str(out / "synthetic"), "--alpha", "0.5", "--seed", "3",
-                                "--out", str(tmp_path / "run")])
+    train = runner.invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(path),
+            "--real",
+            str(out / "benchmark" / "id_train"),
+            "--synthetic",
+            str(out / "synthetic"),
+            "--alpha",
+            "0.5",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert train.exit_code == 0, train.output
-    evaluate = runner.invoke(cli, ["evaluate", "--config", str(path), "--run", str(tmp_path / "run"),
-                                   "--benchmark", str(out / "benchmark"), "--out",
-                                   str(tmp_path / "eval")])
+    evaluate = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            "--config",
+            str(path),
+            "--run",
+            str(tmp_path / "run"),
+            "--benchmark",
+            str(out / "benchmark"),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert evaluate.exit_code == 0, evaluate.output
     assert "nearood" in evaluate.output
     assert json.loads((tmp_path / "eval" / "run.json").read_text())["alpha"] == 0.5
-    again = runner.invoke(cli, ["evaluate", "--activations", str(tmp_path / "eval" / "activations.npz"),
-                                "--methods", "msp", "--out", str(tmp_path / "eval2")])
+    again = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            "--activations",
+            str(tmp_path / "eval" / "activations.npz"),
+            "--methods",
+            "msp",
+            "--out",
+            str(tmp_path / "eval2"),
+        ],
+    )
     assert again.exit_code == 0, again.output
     first = json.loads((tmp_path / "eval" / "results.json").read_text())["methods"]["msp"]
     second = json.loads((tmp_path / "eval2" / "results.json").read_text())["methods"]["msp"]

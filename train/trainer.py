@@ -93,65 +93,11 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     real_manifest = read_manifest(real)
     n_real, n_syn = batch_counts(config.batch_size, alpha)
-    syn_urls: list[str] = []
-    if n_syn:
-        if synthetic is None:
-            raise ValueError(
-                f"alpha = {alpha} puts {n_syn} synthetic samples in every batch, "
-                "but no synthetic shard set was given"
-            )
-        syn_manifest = read_manifest(synthetic)
-        _check_compatible(real_manifest, syn_manifest)
-        syn_urls = shard_urls(synthetic, syn_manifest)
+    syn_urls = _synthetic_urls(real_manifest, synthetic, alpha, n_syn)
     steps = steps_per_epoch(real_manifest.num_samples, config.batch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "init"))
-        model = build_classifier(
-            config.model,
-            in_channels=real_manifest.channels,
-            num_classes=len(real_manifest.class_names),
-            mean=real_manifest.pixel_mean,
-            std=real_manifest.pixel_std,
-        )
-    model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs * steps))
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model": config.model,
-        "channels": real_manifest.channels,
-        "image_size": list(real_manifest.image_size),
-        "class_names": list(real_manifest.class_names),
-        "pixel_mean": list(real_manifest.pixel_mean),
-        "pixel_std": list(real_manifest.pixel_std),
-        "config": to_dict(config),
-        "alpha": alpha,
-        "seed": seed,
-        "real": str(real),
-        "synthetic": None if synthetic is None else str(synthetic),
-        "epoch": 0,
-        "step": 0,
-        "complete": False,
-    }
-    start_epoch = 0
-    if (out / CHECKPOINT).is_file():
-        previous = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
-        for key in ("config", "alpha", "seed", "model"):
-            if previous[key] != state[key]:
-                raise ValueError(
-                    f"{out / CHECKPOINT} was trained with {key} = {previous[key]!r}, "
-                    f"not {state[key]!r}; use another output folder"
-                )
-        model.load_state_dict(previous["model_state"])
-        optimizer.load_state_dict(previous["optimizer"])
-        schedule.load_state_dict(previous["schedule"])
-        start_epoch = previous["epoch"]
+    model, optimizer, schedule = _build(config, real_manifest, seed, config.epochs * steps, device)
+    state = _header(real_manifest, config, alpha, seed, real, synthetic)
+    start_epoch = _resume(out / CHECKPOINT, state, model, optimizer, schedule, device)
     epoch_value = SharedEpoch(start_epoch)
     spec = MixSpec(
         real_urls=tuple(shard_urls(real, real_manifest)),
@@ -172,22 +118,105 @@ def train_classifier(
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
     )
-    with open(out / "log.jsonl", "a") as log:
-        for epoch in range(start_epoch, config.epochs):
-            epoch_value.set(epoch)
-            record = _train_epoch(model, loader, optimizer, schedule, epoch, steps, device)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            state.update(
-                epoch=epoch + 1,
-                step=(epoch + 1) * steps,
-                complete=epoch + 1 == config.epochs,
-                model_state=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-            )
-            _save_atomic(state, out / CHECKPOINT)
+    for epoch in range(start_epoch, config.epochs):
+        epoch_value.set(epoch)
+        state["history"].append(
+            _train_epoch(model, loader, optimizer, schedule, epoch, steps, device)
+        )
+        state.update(
+            epoch=epoch + 1,
+            step=(epoch + 1) * steps,
+            complete=epoch + 1 == config.epochs,
+            model_state=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            schedule=schedule.state_dict(),
+        )
+        _save_atomic(state, out / CHECKPOINT)
+        # The log is rewritten from the checkpoint's history: after a crash and a resume it
+        # holds each epoch exactly once.
+        lines = "".join(json.dumps(record) + "\n" for record in state["history"])
+        _write_atomic(out / "log.jsonl", lines)
     return out / CHECKPOINT
+
+
+def _synthetic_urls(real_manifest, synthetic, alpha, n_syn) -> list[str]:
+    if not n_syn:
+        return []
+    if synthetic is None:
+        raise ValueError(
+            f"alpha = {alpha} puts {n_syn} synthetic samples in every batch, "
+            "but no synthetic shard set was given"
+        )
+    syn_manifest = read_manifest(synthetic)
+    _check_compatible(real_manifest, syn_manifest)
+    return shard_urls(synthetic, syn_manifest)
+
+
+def _build(config: TrainConfig, manifest: Manifest, seed: int, total_steps: int, device):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        model = build_classifier(
+            config.model,
+            in_channels=manifest.channels,
+            num_classes=len(manifest.class_names),
+            mean=manifest.pixel_mean,
+            std=manifest.pixel_std,
+        )
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
+    return model, optimizer, schedule
+
+
+def _header(manifest: Manifest, config, alpha, seed, real, synthetic) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": config.model,
+        "channels": manifest.channels,
+        "image_size": list(manifest.image_size),
+        "class_names": list(manifest.class_names),
+        "pixel_mean": list(manifest.pixel_mean),
+        "pixel_std": list(manifest.pixel_std),
+        "config": to_dict(config),
+        "alpha": alpha,
+        "seed": seed,
+        "real": str(real),
+        "synthetic": None if synthetic is None else str(synthetic),
+        "epoch": 0,
+        "step": 0,
+        "complete": False,
+        "history": [],
+    }
+
+
+def _resume(path: Path, state: dict, model, optimizer, schedule, device) -> int:
+    """Load an earlier checkpoint of the same run into the objects; returns its epoch."""
+    if not path.is_file():
+        return 0
+    previous = torch.load(path, map_location=device, weights_only=True)
+    for key in ("config", "alpha", "seed", "model"):
+        if previous[key] != state[key]:
+            raise ValueError(
+                f"{path} was trained with {key} = {previous[key]!r}, "
+                f"not {state[key]!r}; use another output folder"
+            )
+    model.load_state_dict(previous["model_state"])
+    optimizer.load_state_dict(previous["optimizer"])
+    schedule.load_state_dict(previous["schedule"])
+    state["history"] = list(previous["history"])
+    return previous["epoch"]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _train_epoch(model, loader, optimizer, schedule, epoch, steps, device) -> dict:
