@@ -7,6 +7,8 @@ be finite: a detector that would produce NaN or inf raises ``DetectorError`` ins
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 from scipy.special import logsumexp, softmax
 
@@ -21,14 +23,17 @@ class DetectorError(RuntimeError):
     """A detector that cannot give finite scores; the message names detector and cause."""
 
 
-class Detector:
+class Detector(abc.ABC):
+    """``fit`` learns what the detector needs from ID activations (nothing, for logit scores);
+    ``score`` maps penultimate features to one score per row, higher = more in-distribution."""
+
     name = "detector"
 
     def fit(self, bank: ActivationBank) -> Detector:
         return self
 
-    def score(self, bank: ActivationBank, features: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def score(self, bank: ActivationBank, features: np.ndarray) -> np.ndarray: ...
 
 
 @DETECTORS.register("msp")

@@ -261,3 +261,23 @@ def test_crop_empty_batch():
     empty = torch.zeros((0, 1, 8, 8), dtype=torch.uint8)
     out = random_crop_flip(empty, torch.Generator().manual_seed(0), padding=2, hflip=True)
     assert out.shape == (0, 1, 8, 8)
+
+
+def test_corrupt_member_is_named_through_workers(spec, tmp_path):
+    import webdataset as wds
+    from sio.shards import ShardError
+
+    bad = tmp_path / "bad-000000.tar"
+    with wds.TarWriter(str(bad), encoder=False, mtime=0) as tar:
+        for i in range(4):
+            png = b"not a png" if i == 2 else _png_bytes(SYN_BASE + i)
+            tar.write({"__key__": f"syn-{i:04d}", "png": png, "cls": b"0", "json": b"{}"})
+    broken = dataclasses.replace(spec, synthetic_urls=(str(bad),), shuffle_buffer=1)
+    with pytest.raises(ShardError, match=r"bad-000000\.tar.*syn-0002"):
+        run_epochs(broken, 1)
+
+
+def _png_bytes(value):
+    from sio.shards import encode_png
+
+    return encode_png(np.full((8, 8), value, np.uint8))
