@@ -8,12 +8,15 @@
      "ood": {"near": {"digits": "near_digits"}, "far": {"textures": "far_textures", ...}},
      "config": {...the shard config that made it...}}
 
-Folders are relative to the benchmark folder.
+Folders are relative to the benchmark folder. Benchmarks defined by a file (spec.py) also
+record that definition under ``"definition"``.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +47,8 @@ def read_benchmark(root: str | Path) -> Benchmark:
     path = root / BENCHMARK_FILE
     if not path.is_file():
         raise ShardError(
-            f"{path}: no benchmark description; `sio shard digits --out {root}` "
-            "writes one shard set per split and this file last"
+            f"{path}: no benchmark description; `sio shard BENCHMARK --out {root}` "
+            "writes one shard set per split and this file last (only once every split is there)"
         )
     data = json.loads(path.read_text())
     if data.get("format") != BENCHMARK_FORMAT:
@@ -60,14 +63,54 @@ def read_benchmark(root: str | Path) -> Benchmark:
     )
 
 
+def is_complete(folder: Path, identity: dict, ignore: tuple[str, ...] = ()) -> bool:
+    """True if ``folder`` holds a complete shard set made the same way; an error if it was made
+    differently (``ignore``: provenance keys that record, but do not define, the set)."""
+    if not (folder / MANIFEST).is_file():
+        return False
+    provenance = read_manifest(folder).provenance
+    if {k: v for k, v in provenance.items() if k not in ignore} != identity:
+        raise ShardError(
+            f"{folder} was written with a different shard config or benchmark definition; "
+            "remove it or choose another --out"
+        )
+    return True
+
+
+def choose_splits(rows: list[tuple], wanted) -> list[tuple]:
+    """The rows (folder, role, name, ...) named in ``wanted`` by folder or role; all if None."""
+    if not wanted:
+        return rows
+    known = {row[0] for row in rows} | {row[1] for row in rows}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise ValueError(f"unknown splits {unknown}; known: {', '.join(sorted(known))}")
+    return [row for row in rows if row[0] in wanted or row[1] in wanted]
+
+
+def finish_benchmark(out: Path, rows, name, size, channels, class_names, extra) -> Benchmark | None:
+    """Write benchmark.json once every split is complete; None while some are missing."""
+    if not all((out / row[0] / MANIFEST).is_file() for row in rows):
+        return None
+    roles: dict = {"id": {}, "ood": {"near": {}, "far": {}}}
+    for folder, role, split_name, *_ in rows:
+        (roles["id"] if role == "id" else roles["ood"][role])[split_name] = folder
+    document = {
+        "format": BENCHMARK_FORMAT,
+        "name": name,
+        "image_size": list(size),
+        "channels": channels,
+        "class_names": list(class_names),
+        **roles,
+        **extra,
+    }
+    write_json_atomic(out / BENCHMARK_FILE, document)
+    return read_benchmark(out)
+
+
 def _write_split(out: Path, folder, images, labels, class_names, metas, config: ShardConfig):
     provenance = {"generator": None, "split": folder, "shard_config": to_dict(config)}
-    if (out / folder / MANIFEST).is_file():  # complete from an earlier, interrupted run
-        if read_manifest(out / folder).provenance != provenance:
-            raise ShardError(
-                f"{out / folder} was written with a different shard config; "
-                "remove it or choose another --out"
-            )
+    if is_complete(out / folder, provenance):  # complete from an earlier, interrupted run
         return
     channels = 1 if images.ndim == 3 else 3
     with ShardSetWriter(
@@ -84,32 +127,41 @@ def _write_split(out: Path, folder, images, labels, class_names, metas, config: 
             writer.write(f"{folder}-{i:06d}", image, int(label), {"source": "real", **meta})
 
 
-def write_benchmark(config: ShardConfig, out: str | Path) -> Benchmark:
-    """Build ``config.benchmark`` and write it under ``out``; complete splits are kept."""
-    out = Path(out)
-    if config.benchmark != "digits":
-        raise ValueError(f"unknown benchmark {config.benchmark!r}")
+def _write_digits(config: ShardConfig, out: Path, splits) -> Benchmark | None:
     from .digits import build_digits
 
-    splits = build_digits(config.digits, config.seed)
-    roles: dict = {"id": {}, "ood": {"near": {}, "far": {}}}
-    total = sum(len(s[3]) for s in splits)
+    all_splits = build_digits(config.digits, config.seed)
+    chosen = choose_splits(all_splits, splits)
+    total = sum(len(s[3]) for s in chosen)
     with tqdm(total=total, desc="shard digits", unit="img", leave=False) as bar:
-        for folder, role, name, images, labels, class_names, metas in splits:
+        for folder, _, _, images, labels, class_names, metas in chosen:
             _write_split(out, folder, images, labels, class_names, metas, config)
-            (roles["id"] if role == "id" else roles["ood"][role])[name] = folder
             bar.update(len(images))
-    id_names = next(s[5] for s in splits if s[1] == "id")
-    write_json_atomic(
-        out / BENCHMARK_FILE,
-        {
-            "format": BENCHMARK_FORMAT,
-            "name": config.benchmark,
-            "image_size": list(splits[0][3].shape[1:3]),
-            "channels": 1 if splits[0][3].ndim == 3 else 3,
-            "class_names": list(id_names),
-            **roles,
-            "config": to_dict(config),
-        },
-    )
-    return read_benchmark(out)
+    first = all_splits[0][3]
+    id_names = next(s[5] for s in all_splits if s[1] == "id")
+    channels = 1 if first.ndim == 3 else 3
+    extra = {"config": to_dict(config)}
+    return finish_benchmark(out, all_splits, "digits", first.shape[1:3], channels, id_names, extra)
+
+
+def write_benchmark(
+    config: ShardConfig,
+    out: str | Path,
+    splits=None,
+    report: Callable[[str], None] | None = None,
+) -> Benchmark | None:
+    """Build ``config.benchmark`` under ``out``, one shard set per split (only ``splits``, folder
+    names or roles, if given); complete splits made the same way are kept. Returns the benchmark
+    once every split is there (benchmark.json is written then), else None."""
+    out = Path(out)
+    start = time.perf_counter()
+    if config.benchmark == "digits":
+        result = _write_digits(config, out, splits)
+    else:
+        from .build import write_spec_benchmark
+        from .spec import load_spec
+
+        result = write_spec_benchmark(load_spec(config.benchmark), config, out, splits, report)
+    if report is not None:
+        report(f"{config.benchmark}: done in {time.perf_counter() - start:.1f} s")
+    return result

@@ -13,22 +13,52 @@ from .verify import verify_shard_set
 
 
 @click.command()
-@click.argument("benchmark", type=click.Choice(["digits"]))
+@click.argument("benchmark")
 @click.option(
     "--out",
     required=True,
     type=click.Path(file_okay=False),
     help="Folder for the benchmark: one shard set per split plus benchmark.json.",
 )
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder the benchmark's dataset paths are relative to (overrides shard.data_root).",
+)
+@click.option(
+    "--splits",
+    default=None,
+    help="Comma-separated split folders (id_train, far_svhn, ...) or roles (id, near, far) to "
+    "write; benchmark.json is written once every split is there.",
+)
 @click.option("--seed", type=int, default=None, help="Overrides shard.seed.")
 @click.option("--shard-size", type=int, default=None, help="Overrides shard.shard_size.")
 @config_option
-def shard(benchmark, out, seed, shard_size, config_path):
-    """Write BENCHMARK's ID train/val/test and every OOD set as shard sets."""
+def shard(benchmark, out, data_root, splits, seed, shard_size, config_path):
+    """Write BENCHMARK's ID train/val/test and every OOD set as shard sets.
+
+    BENCHMARK is digits, a shipped benchmark file (cifar10, cifar100, imagenet10,
+    imagenet-dogs, mnist5k) or the path of your own .yaml. Complete splits made the same way
+    are kept, so an interrupted run resumes; a split made differently is refused.
+    """
+    from .spec import benchmark_file
+
+    if benchmark != "digits":
+        benchmark_file(benchmark)  # an unknown name fails here, before any work
     config = pipeline_config(config_path).shard
-    overrides = {"benchmark": benchmark, "seed": seed, "shard_size": shard_size}
+    overrides = {
+        "benchmark": benchmark,
+        "seed": seed,
+        "shard_size": shard_size,
+        "data_root": data_root,
+    }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    result = write_benchmark(config, out)
+    wanted = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
+    result = write_benchmark(config, out, wanted, report=click.echo)
+    if result is None:
+        click.echo(f"{out}: some splits are still missing; benchmark.json is not written yet")
+        return
     for role, sets in (("id", result.id_splits), ("near", result.near), ("far", result.far)):
         for name, path in sets.items():
             click.echo(f"{role:5} {name:10} {path}")

@@ -42,21 +42,29 @@ def load_source_image(name: str) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).convert("L"))
 
 
-def render_crops(sources: tuple[str, ...], count: int, rng: np.random.Generator):
-    """``count`` crops (uint8 8x8), their source index, and (y, x, size) of each crop."""
+def render_crops(
+    sources: tuple[str, ...],
+    count: int,
+    rng: np.random.Generator,
+    size: int = IMAGE_SIZE,
+    quantise: bool = True,
+):
+    """``count`` grey crops (uint8 ``size`` x ``size``, box-filtered down from a random square
+    at least twice as large; quantised to the digits' 17 levels unless ``quantise`` is False),
+    their source index, and (y, x, side) of each crop in its source image."""
     images = [load_source_image(name) for name in sources]
     crops, labels, boxes = [], [], []
     for _ in range(count):
         label = int(rng.integers(len(images)))
         image = images[label]
-        size = int(rng.integers(IMAGE_SIZE * 2, min(image.shape) // 2 + 1))
-        y = int(rng.integers(image.shape[0] - size + 1))
-        x = int(rng.integers(image.shape[1] - size + 1))
-        patch = Image.fromarray(image[y : y + size, x : x + size])
-        small = np.asarray(patch.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX))
-        crops.append(quantise_17(small))
+        side = int(rng.integers(size * 2, min(image.shape) // 2 + 1))
+        y = int(rng.integers(image.shape[0] - side + 1))
+        x = int(rng.integers(image.shape[1] - side + 1))
+        patch = Image.fromarray(image[y : y + side, x : x + side])
+        small = np.asarray(patch.resize((size, size), Image.Resampling.BOX))
+        crops.append(quantise_17(small) if quantise else small)
         labels.append(label)
-        boxes.append((y, x, size))
+        boxes.append((y, x, side))
     return np.stack(crops), np.array(labels), boxes
 
 

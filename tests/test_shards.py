@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import webdataset as wds
+
+from sio.config import DigitsConfig, ShardConfig
 from sio.shards import (
     ShardError,
     ShardSetWriter,
@@ -21,8 +23,6 @@ from sio.shards import (
     write_benchmark,
 )
 from sio.shards.digits import build_digits
-
-from sio.config import DigitsConfig, ShardConfig
 
 CLASSES = ("a", "b", "c", "d")
 
@@ -467,3 +467,52 @@ def test_benchmark_other_seed_changes_far_ood_and_split(benchmarks):
     assert [m["index"] for m in metas] != [m["index"] for m in splits["id_train"][6]]
     _, _, near_metas = read_all(first.near["digits"])
     assert [m["index"] for m in near_metas] == [m["index"] for m in splits["near_digits"][6]]
+
+
+def test_tar_bytes_match_webdataset_tarwriter(tmp_path):
+    """sio's own tar writer gives exactly the bytes of webdataset.TarWriter(mtime=0)."""
+    images, labels, metas = make_samples(5, (6, 5, 3), seed=3)
+    metas[2] = {"long": "x" * 3000, "unicode": "é"}
+    folder = write_set(tmp_path / "set", images, labels, metas, shard_size=10)
+    with wds.TarWriter(str(tmp_path / "ref.tar"), encoder=False, mtime=0) as tar:
+        for i, (image, label, meta) in enumerate(zip(images, labels, metas, strict=True)):
+            tar.write(
+                {
+                    "__key__": f"k{i:05d}",
+                    "png": encode_png(image),
+                    "cls": str(int(label)).encode(),
+                    "json": json.dumps(meta, sort_keys=True).encode(),
+                }
+            )
+    assert (folder / "shard-000000.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+
+
+def test_tar_headers_fall_back_to_tarfile_for_long_or_unicode_names():
+    import tarfile
+
+    from sio.shards.tarwrite import _tarinfo, member_header
+
+    for name, size in [("k.png", 7), ("a" * 100, 0), ("b" * 130 + ".json", 5), ("é.cls", 1)]:
+        want = _tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        assert member_header(name, size) == want
+
+
+def test_failed_write_leaves_no_shards(tmp_path):
+    images, labels, metas = make_samples(25, (4, 4))
+    with pytest.raises(ValueError, match="shape"), open_writer(tmp_path / "set") as writer:
+        for i, (image, label, meta) in enumerate(zip(images, labels, metas, strict=True)):
+            writer.write(f"k{i}", image, int(label), meta)
+        writer.write("bad", np.zeros((5, 5), np.uint8), 0, {})
+    assert list((tmp_path / "set").iterdir()) == []
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 200, 1 << 20])
+def test_pixel_statistics_exact_whatever_the_batch(tmp_path, monkeypatch, batch_bytes):
+    import sio.shards.format as format_module
+
+    monkeypatch.setattr(format_module, "STATS_BATCH_BYTES", batch_bytes)
+    images, labels, metas = make_samples(23, (6, 5, 3), seed=4)
+    manifest = read_manifest(write_set(tmp_path / "set", images, labels, metas))
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(manifest.pixel_mean, pixels.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(manifest.pixel_std, pixels.std(0), rtol=0, atol=1e-12)
