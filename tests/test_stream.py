@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from sio.shards import ShardSetWriter, shard_urls
 from sio.train.augment import random_crop_flip
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
-from torch.utils.data import DataLoader
 
 N_REAL, N_SYN_SET = 60, 40
 SYN_BASE = 128  # synthetic image j is the constant 128 + j; real image i is the constant i
@@ -265,6 +266,7 @@ def test_crop_empty_batch():
 
 def test_corrupt_member_is_named_through_workers(spec, tmp_path):
     import webdataset as wds
+
     from sio.shards import ShardError
 
     bad = tmp_path / "bad-000000.tar"

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from sio.config import TrainConfig, to_dict
 from sio.shards import ShardSetWriter, iter_batches
 from sio.train import load_checkpoint, train_classifier
 from sio.train import trainer as trainer_module
-
-from sio.config import TrainConfig, to_dict
 
 CLASSES = ("left", "right")
 N_REAL, N_SYN, BATCH = 40, 20, 8

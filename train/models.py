@@ -2,7 +2,8 @@
 
 Every model takes uint8 images (or floats in [0, 1]) and normalises them itself with the real
 training set's per-channel mean and std, so checkpoints are self-contained and the evaluator
-can reach ``features(x)`` and ``fc`` of any architecture.
+can reach ``features(x)`` and ``fc`` of any architecture, with ``forward(x) = fc(features(x))``.
+The head is chosen by the training method (HEADS: ``linear`` for most, ``godin`` for G-ODIN).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 from sio.registry import Registry
 
 BACKBONES: Registry = Registry("model")
+HEADS: Registry = Registry("classifier head")
 
 
 @BACKBONES.register("small_cnn")
@@ -66,11 +68,7 @@ class ResNet18CIFAR(nn.Module):
 
     def __init__(self, in_channels: int):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-        )
+        self.stem = self.make_stem(in_channels)
         layers, in_planes = [], 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
@@ -78,19 +76,44 @@ class ResNet18CIFAR(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.feature_dim = 512
 
+    def make_stem(self, in_channels: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+        )
+
     def forward(self, x):
         return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
 
 
+@BACKBONES.register("resnet18_224")
+class ResNet18ImageNet(ResNet18CIFAR):
+    """ResNet-18 with the ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max-pool), as
+    torchvision's ``resnet18`` and SIO's ImageNet runs; 512-d h, a 7x7 last map at 224x224."""
+
+    def make_stem(self, in_channels: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+
+
+@HEADS.register("linear")
 class Classifier(nn.Module):
     """normalise -> backbone -> h -> fc; ``features`` and ``fc`` are what detectors use."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, mean, std):
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(backbone.feature_dim, num_classes)
+        self.fc = self.make_fc(backbone.feature_dim, num_classes)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def make_fc(self, feature_dim: int, num_classes: int) -> nn.Module:
+        return nn.Linear(feature_dim, num_classes)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
@@ -103,7 +126,10 @@ class Classifier(nn.Module):
         return self.fc(self.features(images))
 
 
-def build_classifier(name: str, *, in_channels: int, num_classes: int, mean, std) -> Classifier:
+def build_classifier(
+    name: str, *, in_channels: int, num_classes: int, mean, std, head: str = "linear", **options
+) -> Classifier:
+    """Backbone ``name`` under head ``head`` (``options`` go to the head, e.g. G-ODIN's epsilon)."""
     backbone = BACKBONES.get(name)(in_channels)
     std = [max(s, 1e-3) for s in std]  # a constant channel must not divide by zero
-    return Classifier(backbone, num_classes, mean, std)
+    return HEADS.get(head)(backbone, num_classes, mean, std, **options)

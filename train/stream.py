@@ -6,23 +6,28 @@ samples from them for every batch it owns. A stream walks the shard list in a fr
 on every pass, forever, with a sample shuffle buffer before decoding. Every random choice comes
 from (seed, epoch, rank, worker, source); the epoch reaches persistent workers through shared
 memory, because webdataset's own epoch counters reset in forked workers.
+
+A training method may add sources (OE's outliers, PixMix's mixing pictures: ``extras``, each
+with its own stream, count and augmentation, outside the real/synthetic composition) and a
+batch ``transform`` (CutMix, PixMix, RandAugment); both draw from their own generators, so the
+ID composition and the real/synthetic streams are the same with every method.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import webdataset as wds
-from sio.shards import ShardError, decode_sample
 from torch.utils.data import IterableDataset, get_worker_info
 
 from sio.seeding import python_rng, torch_generator
+from sio.shards import ShardError, decode_sample
 
-from .augment import random_crop_flip
+from .augment import base_augment
 from .mixing import compose, worker_steps
 
 
@@ -79,11 +84,17 @@ class MixSpec:
     shuffle_buffer: int = 1000
     crop_padding: int = 0
     hflip: bool = False
+    resized_crop: int = 0
+    # (name, urls, samples per batch) of each extra source; labels are dropped
+    extras: tuple[tuple[str, tuple[str, ...], int], ...] = ()
+    # the method's batch transform: transform(batch, generator) -> batch
+    transform: Callable | None = None
 
 
 class MixedBatches(IterableDataset):
-    """One epoch of batches per iteration: dicts with ``images`` (uint8), ``labels``,
-    ``is_synthetic`` and the global ``step``. Use with ``DataLoader(batch_size=None)``."""
+    """One epoch of batches per iteration: dicts with ``images`` (uint8, or float in [0, 1]
+    after a PixMix transform), ``labels``, ``is_synthetic``, the global ``step``, one entry per
+    extra source and what the transform adds. Use with ``DataLoader(batch_size=None)``."""
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch):
         super().__init__()
@@ -91,6 +102,9 @@ class MixedBatches(IterableDataset):
             raise ValueError("n_real > 0 needs a real shard set")
         if spec.n_syn and not spec.synthetic_urls:
             raise ValueError("n_syn > 0 needs a synthetic shard set")
+        for name, urls, count in spec.extras:
+            if count < 1 or not urls or name in ("real", "synthetic"):
+                raise ValueError(f"extra source {name!r} needs shards and a count >= 1")
         self.spec = spec
         self.epoch = epoch
 
@@ -116,17 +130,31 @@ class MixedBatches(IterableDataset):
         parts = (spec.seed, epoch, spec.rank, worker)
         real = self._source(spec.real_urls, spec.n_real, parts, "real")
         synthetic = self._source(spec.synthetic_urls, spec.n_syn, parts, "synthetic")
+        extras = {name: self._source(urls, n, parts, name) for name, urls, n in spec.extras}
         generator = torch_generator(*parts, "compose")
+        method_generator = torch_generator(*parts, "method")
         for step in worker_steps(spec.steps_per_epoch, worker, num_workers):
             real_images, real_labels = next(real)
             syn_images, syn_labels = next(synthetic)
             images, order, is_synthetic = compose(real_images, syn_images, generator)
-            images = random_crop_flip(
-                images, generator, padding=spec.crop_padding, hflip=spec.hflip
-            )
-            yield {
-                "images": images,
+            batch = {
+                "images": self._augment(images, generator),
                 "labels": torch.cat([real_labels, syn_labels])[order],
                 "is_synthetic": is_synthetic,
                 "step": epoch * spec.steps_per_epoch + step,
             }
+            for name, source in extras.items():
+                batch[name] = self._augment(next(source)[0], method_generator)
+            if spec.transform is not None:
+                batch = spec.transform(batch, method_generator)
+            yield batch
+
+    def _augment(self, images, generator):
+        spec = self.spec
+        return base_augment(
+            images,
+            generator,
+            padding=spec.crop_padding,
+            hflip=spec.hflip,
+            resized_crop=spec.resized_crop,
+        )
