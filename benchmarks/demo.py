@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -17,22 +15,9 @@ from pathlib import Path
 
 import torch
 
-import sio
 from sio.config import load_pipeline
+from sio.environment import describe_machine
 from sio.pipeline import run_pipeline
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "sio": sio.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def main() -> None:
@@ -51,7 +36,7 @@ def main() -> None:
         "pipeline": pipeline,
         "wall_s": wall,
         "stage_s": timings,
-        "machine": machine(),
+        "machine": describe_machine(),
         "label_agreement": manifest["provenance"]["quality"]["label_agreement"],
         "generate_images_per_s": config.generate.num_images / timings["generate"],
         "seeds": list(config.seeds),

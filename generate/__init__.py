@@ -1,14 +1,24 @@
-"""Generate stage: generators (network + sampler) and synthetic shard sets."""
+"""Generate stage: generators (network + sampler) and resumable synthetic shard sets."""
 
-from .ddpm import ConditionalDDPM
-from .job import GENERATORS, checkpoint_sha256, generate_shard_set
+from .biggan import BigGANGenerator
+from .ddpm import DDPMGenerator
+from .job import Job, run_job
+from .registry import GENERATORS, generate_shard_set, load_generator, weights_fingerprint
+from .stylegan2 import StyleGAN2Generator
+from .stylegan2_export import export_safetensors
 from .train_ddpm import train_ddpm, train_from_shard_set
 
 __all__ = [
     "GENERATORS",
-    "ConditionalDDPM",
-    "checkpoint_sha256",
+    "BigGANGenerator",
+    "DDPMGenerator",
+    "Job",
+    "StyleGAN2Generator",
+    "export_safetensors",
     "generate_shard_set",
+    "load_generator",
+    "run_job",
     "train_ddpm",
     "train_from_shard_set",
+    "weights_fingerprint",
 ]

@@ -1,16 +1,44 @@
-"""``sio generate``."""
+"""``sio generate`` (also under ``torchrun``: rank r takes shards i ≡ r mod W)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import click
 
 from sio.cli import config_option, device_option, pipeline_config
 
-from .job import GENERATORS, generate_shard_set
+from .registry import GENERATORS, generate_shard_set
 from .train_ddpm import train_from_shard_set
+
+
+def parse_shard_range(text: str | None) -> range | None:
+    if text is None:
+        return None
+    start, sep, stop = text.partition(":")
+    try:
+        return range(int(start), int(stop))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected START:STOP, e.g. 0:10") from None
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) alone."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def _device(requested: str | None, local_rank: int) -> str:
+    import torch
+
+    if requested:
+        return requested
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
 
 @click.command()
@@ -23,9 +51,9 @@ from .train_ddpm import train_from_shard_set
 )
 @click.option(
     "--generator-dir",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Folder of the generator (save_pretrained layout).",
+    help="Folder of the generator (default: the config's generator.path).",
 )
 @click.option(
     "--train-on",
@@ -34,55 +62,97 @@ from .train_ddpm import train_from_shard_set
     help="Train the built-in DDPM on this real shard set first if --generator-dir "
     "does not exist yet.",
 )
-@click.option("--num", type=int, default=None, help="Number of images (overrides the config).")
 @click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Folder for the synthetic shard set.",
+    "--num",
+    "--num-images",
+    "num",
+    type=int,
+    default=None,
+    help="Number of images (overrides the config); under torchrun write --num-images.",
 )
+@click.option("--out", required=True, help="Folder or s3://bucket/prefix for the shard set.")
+@click.option("--shard-size", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--shards", "shard_range", default=None, help="Only shards START:STOP.")
 @click.option(
     "--classifier",
     type=click.Path(dir_okay=False),
     default=None,
-    help="checkpoint.pt of a real-trained classifier: records label agreement.",
+    help="checkpoint.pt of a real-trained classifier: pseudo-labels for unconditional "
+    "generators, label agreement for conditional ones.",
 )
 @click.option("--seed", type=int, default=None)
+@click.option(
+    "--staging",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local folder for shards on their way to s3:// (default ~/.cache/sio).",
+)
 @config_option
 @device_option
-def generate(name, generator_dir, train_on, num, out, classifier, seed, config_path, device):
-    """Write labelled synthetic images from a generator as a shard set."""
+def generate(
+    name,
+    generator_dir,
+    train_on,
+    num,
+    out,
+    shard_size,
+    batch_size,
+    shard_range,
+    classifier,
+    seed,
+    staging,
+    config_path,
+    device,
+):
+    """Write labelled synthetic images from a generator as a shard set, resumably."""
     from sio.train import load_checkpoint
 
-    from sio.pipeline import default_device
-
     config = pipeline_config(config_path)
-    device = device or default_device()
-    name = name or config.generator.name
+    rank, world_size, local_rank = _distributed()
+    device = _device(device, local_rank)
+    generator = dataclasses.replace(config.generator, name=name or config.generator.name)
+    generator_dir = generator_dir or generator.path
+    if not generator_dir:
+        raise click.UsageError("give --generator-dir (or generator.path in the config)")
     if not Path(generator_dir).exists():
-        if train_on is None:
+        if train_on is None or world_size > 1:
             raise click.UsageError(
-                f"{generator_dir} does not exist; give --train-on REAL_SET "
-                "to train the built-in DDPM there first"
+                f"{generator_dir} does not exist; give --train-on REAL_SET (in one process, "
+                "not under torchrun) to train the built-in DDPM there first"
             )
-        train_from_shard_set(train_on, config.generator, generator_dir, device)
-    overrides = {"num_images": num, "seed": seed}
+        train_from_shard_set(train_on, generator, generator_dir, device)
+    overrides = {
+        "num_images": num,
+        "seed": seed,
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+    }
     job = dataclasses.replace(
         config.generate, **{k: v for k, v in overrides.items() if v is not None}
     )
-    judge = load_checkpoint(classifier, device)[0] if classifier else None
+    judge, names = None, None
+    if classifier:
+        judge, state = load_checkpoint(classifier, device)
+        names = state["class_names"]
     manifest = generate_shard_set(
         generator_dir,
         out,
         job,
-        config.generator.sampler,
-        name=name,
+        generator,
         classifier=judge,
         classifier_path=classifier,
+        class_names=names,
         device=device,
+        shards=parse_shard_range(shard_range),
+        rank=rank,
+        world_size=world_size,
+        staging=staging,
     )
-    quality = manifest["provenance"].get("quality")
-    click.echo(
-        f"{out}: {manifest['num_samples']} images"
-        + (f", label agreement {100 * quality['label_agreement']:.1f}%" if quality else "")
-    )
+    if manifest is not None:
+        quality = manifest["provenance"].get("quality")
+        agreement = f", label agreement {100 * quality['label_agreement']:.1f}%" if quality else ""
+        click.echo(
+            f"{out}: {manifest['num_samples']} images in {len(manifest['shards'])} "
+            f"shards{agreement}"
+        )

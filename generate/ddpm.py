@@ -1,27 +1,32 @@
-"""The built-in class-conditional DDPM: a diffusers ``UNet2DModel`` plus our own DDIM loop.
+"""DDPM generators: any diffusers ``UNet2DModel`` folder, sampled with our own loop.
 
 diffusers' ``DDPMPipeline``/``DDIMPipeline`` call the UNet without ``class_labels``, so a
-class-conditional UNet needs its own loop (Ho et al. 2020, DDPM; Song et al. 2021, DDIM). The
-UNet is trained with classifier-free guidance in mind (Ho & Salimans 2022): labels are dropped to
-an extra "null" class id ``num_classes`` during training, and sampling mixes the conditional and
-unconditional predictions, ``eps = eps_null + w * (eps_cond - eps_null)`` (``w = 1`` is plain
-conditional sampling).
-
-A generator folder holds ``unet/`` and ``scheduler/`` (diffusers' ``save_pretrained`` layout)
-and ``sio_generator.json`` (class names, image size, channels).
+class-conditional UNet (``num_class_embeds``) needs its own loop (Ho et al. 2020, DDPM; Song et
+al. 2021, DDIM). A folder is either diffusers' ``save_pretrained`` layout (``unet/``,
+``scheduler/``) or the hub's flat one (``config.json``, weights and ``scheduler_config.json``,
+e.g. a copy of google/ddpm-cifar10-32). sio's own generators add ``sio_generator.json`` with the
+class names; their UNet has one extra class id, the "null" class used for classifier-free
+guidance (Ho & Salimans 2022): ``eps = eps_null + w * (eps_cond - eps_null)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from sio.config import DDPMModelConfig
+from sio.config import DDPMModelConfig, SamplerConfig
+from sio.files import sha256_file
 
 GENERATOR_FILE = "sio_generator.json"
+DEFAULT_SAMPLER = SamplerConfig()
+LAYOUTS = (
+    "unet/config.json + scheduler/scheduler_config.json (diffusers save_pretrained)",
+    "config.json + scheduler_config.json (the hub's flat layout)",
+)
 
 
 def build_unet(model: DDPMModelConfig, *, image_size: int, channels: int, num_classes: int):
@@ -54,48 +59,85 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
-class ConditionalDDPM:
+def _find_layout(folder: Path) -> tuple[str | None, Path]:
+    """(unet subfolder or None, scheduler config folder), or FileNotFoundError naming both."""
+    if (folder / "unet" / "config.json").is_file():
+        return "unet", folder / "scheduler"
+    if (folder / "config.json").is_file():
+        return None, folder
+    raise FileNotFoundError(
+        f"{folder}: no UNet config. A ddpm generator folder holds "
+        f"either {LAYOUTS[0]} or {LAYOUTS[1]}."
+    )
+
+
+class DDPMGenerator:
     """Network + sampler; ``sample(n, labels, seed)`` gives uint8 NxCxHxW images."""
 
+    name = "ddpm"
+
     def __init__(
-        self, unet: UNet2DModel, scheduler: DDIMScheduler, *, class_names, image_size, channels
+        self,
+        unet: UNet2DModel,
+        scheduler,
+        *,
+        class_names=(),
+        image_size=None,
+        channels=None,
+        null_class: int | None = None,
+        sampler: SamplerConfig = DEFAULT_SAMPLER,
     ):
-        self.unet = unet.eval()
+        self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
+        self.conditional = unet.config.num_class_embeds is not None
         self.class_names = tuple(class_names)
-        self.image_size = int(image_size)
-        self.channels = int(channels)
+        self.image_size = int(image_size or unet.config.sample_size)
+        self.channels = int(channels or unet.config.in_channels)
+        self.null_class = null_class
+        self.sampler = sampler
+        self.autocast = contextlib.nullcontext
+        self.weights: list[Path] = []
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu"):
+    def from_pretrained(cls, folder: str | Path, device="cpu", sampler=DEFAULT_SAMPLER):
         folder = Path(folder)
+        subfolder, scheduler_dir = _find_layout(folder)
+        if not (scheduler_dir / "scheduler_config.json").is_file():
+            raise FileNotFoundError(
+                f"{scheduler_dir / 'scheduler_config.json'}: missing; "
+                f"expected {LAYOUTS[0]} or {LAYOUTS[1]}"
+            )
+        weights_dir = folder / subfolder if subfolder else folder
+        try:
+            unet = UNet2DModel.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{weights_dir}: cannot load the UNet weights against "
+                f"{weights_dir / 'config.json'}: {err}"
+            ) from None
+        scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
         meta_path = folder / GENERATOR_FILE
-        for needed in (
-            meta_path,
-            folder / "unet" / "config.json",
-            folder / "scheduler" / "scheduler_config.json",
-        ):
-            if not needed.is_file():
-                raise FileNotFoundError(
-                    f"{needed}: missing. A ddpm generator folder holds unet/ and scheduler/ "
-                    f"(diffusers save_pretrained) and {GENERATOR_FILE}; `sio generate` writes it."
-                )
-        meta = json.loads(meta_path.read_text())
-        unet = UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        scheduler = DDIMScheduler.from_pretrained(
-            folder, subfolder="scheduler", local_files_only=True
-        )
-        return cls(
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        n_embeds = unet.config.num_class_embeds
+        names = meta.get("class_names") or [str(i) for i in range(n_embeds or 0)]
+        null = len(names) if meta and n_embeds == len(names) + 1 else None
+        generator = cls(
             unet.to(device),
             scheduler,
-            class_names=meta["class_names"],
-            image_size=meta["image_size"],
-            channels=meta["channels"],
+            class_names=names,
+            null_class=null,
+            image_size=meta.get("image_size"),
+            channels=meta.get("channels"),
+            sampler=sampler,
         )
+        generator.weights = sorted(weights_dir.glob("*.safetensors")) or sorted(
+            weights_dir.glob("*.bin")
+        )
+        return generator
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -109,36 +151,80 @@ class ConditionalDDPM:
         }
         (folder / GENERATOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
+    def checkpoint_sha256(self) -> str:
+        if not self.weights:
+            raise FileNotFoundError("the generator was not loaded from a folder with weights")
+        return sha256_file(self.weights[0])
+
+    def describe(self) -> dict:
+        return {
+            "sampler": {
+                "kind": self.sampler.kind,
+                "steps": self.sampler.steps,
+                "eta": self.sampler.eta,
+                "guidance": self.sampler.guidance,
+            }
+        }
+
+    def prepare(self, *, precision: str = "fp32", compile: bool = False) -> None:
+        """bf16 autocast and torch.compile, for GPUs."""
+        device = self.unet.device.type
+        if precision == "bf16":
+            self.autocast = lambda: torch.autocast(device, dtype=torch.bfloat16)
+        if compile:
+            self.unet = torch.compile(self.unet)
+
+    def _scheduler(self, steps: int):
+        kind = DDIMScheduler if self.sampler.kind == "ddim" else DDPMScheduler
+        scheduler = kind.from_config(self.scheduler.config)
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def _check_labels(self, n: int, labels, guidance: float):
+        if not self.conditional:
+            if labels is not None:
+                raise ValueError("this UNet is unconditional: sample with labels=None")
+            if guidance != 1.0:
+                raise ValueError("guidance needs a class-conditional UNet")
+            return None
+        if labels is None or labels.shape != (n,):
+            raise ValueError(
+                f"a class-conditional UNet needs {n} labels, class ids in 0..{self.num_classes - 1}"
+            )
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"labels must be class ids in 0..{self.num_classes - 1}")
+        if guidance != 1.0 and self.null_class is None:
+            raise ValueError("guidance needs a null class (a UNet trained by sio has one)")
+        return labels.to(self.unet.device)
+
     @torch.no_grad()
     def sample(
-        self,
-        n: int,
-        labels: torch.Tensor,
-        seed: int,
-        *,
-        steps: int = 50,
-        eta: float = 0.0,
-        guidance: float = 1.0,
+        self, n: int, labels: torch.Tensor | None, seed: int, *, steps=None, eta=None, guidance=None
     ) -> torch.Tensor:
-        """DDIM sampling of ``n`` images of classes ``labels``; one seed, one set of images."""
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"labels must be {n} class ids in 0..{self.num_classes - 1}")
+        """Sample ``n`` images (of classes ``labels`` if conditional); one seed, one result."""
+        steps = steps or self.sampler.steps
+        eta = self.sampler.eta if eta is None else eta
+        guidance = self.sampler.guidance if guidance is None else guidance
+        labels = self._check_labels(n, labels, guidance)
         device = self.unet.device
         generator = torch.Generator().manual_seed(seed)
-        shape = (n, self.channels, self.image_size, self.image_size)
-        x = torch.randn(shape, generator=generator).to(device)
-        labels = labels.to(device)
-        null = torch.full_like(labels, self.num_classes)
-        self.scheduler.set_timesteps(steps)
-        for t in self.scheduler.timesteps:
-            if guidance == 1.0:
-                eps = self.unet(x, t, class_labels=labels).sample
-            else:
-                both = self.unet(
-                    torch.cat([x, x]), t, class_labels=torch.cat([labels, null])
-                ).sample
-                eps_cond, eps_null = both.chunk(2)
-                eps = eps_null + guidance * (eps_cond - eps_null)
-            noise_gen = generator if eta > 0 else None
-            x = self.scheduler.step(eps, t, x, eta=eta, generator=noise_gen).prev_sample
+        x = torch.randn(
+            (n, self.channels, self.image_size, self.image_size), generator=generator
+        ).to(device)
+        scheduler = self._scheduler(steps)
+        extra = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
+        for t in scheduler.timesteps:
+            with self.autocast():
+                eps = self._predict(x, t, labels, guidance).float()
+            x = scheduler.step(eps, t, x, generator=generator, **extra).prev_sample
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    def _predict(self, x, t, labels, guidance):
+        if labels is None:
+            return self.unet(x, t).sample
+        if guidance == 1.0:
+            return self.unet(x, t, class_labels=labels).sample
+        null = torch.full_like(labels, self.null_class)
+        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+        eps_cond, eps_null = both.chunk(2)
+        return eps_null + guidance * (eps_cond - eps_null)

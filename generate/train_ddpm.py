@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sio.shards import iter_batches, read_manifest
 from tqdm import tqdm
 
 from sio.config import GeneratorConfig
 from sio.seeding import torch_generator
+from sio.shards import iter_batches, read_manifest
 
-from .ddpm import ConditionalDDPM, build_scheduler, build_unet
+from .ddpm import DDPMGenerator, build_scheduler, build_unet
 
 LABEL_DROPOUT = 0.1
 
@@ -41,7 +41,7 @@ def train_ddpm(
     class_names,
     config: GeneratorConfig,
     device: str | torch.device = "cpu",
-) -> ConditionalDDPM:
+) -> DDPMGenerator:
     """Train on uint8 NxCxHxW ``images`` with class ids ``labels``; returns the EMA generator."""
     train = config.train
     num_classes = len(class_names)
@@ -81,12 +81,14 @@ def train_ddpm(
                 p_ema.lerp_(p, 1 - train.ema_decay)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    return ConditionalDDPM(
+    return DDPMGenerator(
         ema,
         scheduler,
         class_names=class_names,
         image_size=images.shape[-1],
         channels=images.shape[1],
+        null_class=num_classes,
+        sampler=config.sampler,
     )
 
 

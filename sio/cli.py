@@ -71,10 +71,11 @@ def get_cli() -> click.Group:
     """The full command: each stage's commands live in its own folder and are added here."""
     from sio.evaluate.cli import evaluate, report
     from sio.generate.cli import generate
+    from sio.generate.stylegan2_export import stylegan2_export
     from sio.shards.cli import shard, shards
     from sio.train.cli import train
 
-    for command in (shard, shards, generate, train, evaluate, report):
+    for command in (shard, shards, generate, stylegan2_export, train, evaluate, report):
         cli.add_command(command)
     return cli
 

@@ -28,11 +28,36 @@ def _arm(alpha: float, seed: int) -> str:
     return f"alpha{alpha:g}-seed{seed}"
 
 
+def _generator_folder(
+    config: PipelineConfig, out: Path, real: Path, real_sha: str, device, force: bool, timings: dict
+) -> Path:
+    """generator.path if set, else the built-in DDPM trained on the real ID training set."""
+    from sio.generate import train_from_shard_set
+
+    if config.generator.path:
+        return Path(config.generator.path)
+    stage_dir = out / "generator"
+    gen_dir = stage_dir / config.generator.name
+    run_stage(
+        "train generator",
+        stage_dir,
+        {
+            "model": to_dict(config.generator.model),
+            "train": to_dict(config.generator.train),
+            "real_manifest_sha256": real_sha,
+        },
+        lambda: train_from_shard_set(real, config.generator, gen_dir, device),
+        force=force,
+        timings=timings,
+    )
+    return gen_dir
+
+
 def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | None = None) -> str:
     from sio.evaluate import evaluate_bank, extract_activations, report, write_results
-    from sio.generate import checkpoint_sha256, generate_shard_set, train_from_shard_set
-    from sio.shards import read_benchmark, write_benchmark
-    from sio.train import load_checkpoint, train_classifier
+    from sio.generate import generate_shard_set, weights_fingerprint
+    from sio.shards import read_benchmark, read_manifest, write_benchmark
+    from sio.train import load_checkpoint, method_inputs, train_classifier
 
     device = device or default_device()
     out = Path(config.output_dir)
@@ -64,6 +89,8 @@ def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | N
             "real_manifest_sha256": real_sha,
             "synthetic_manifest_sha256": synthetic_sha,
         }
+        for name, path in method_inputs(config.train).items():  # OE outliers, PixMix mixing
+            definition[f"{name}_manifest_sha256"] = sha256_file(Path(path) / "manifest.json")
         run_stage(
             f"train {_arm(alpha, seed)}",
             folder,
@@ -84,41 +111,35 @@ def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | N
 
     checkpoints = {(1.0, seed): train_arm(1.0, seed, None, None) for seed in config.seeds}
 
-    gen_stage = out / "generator"
-    gen_dir = gen_stage / config.generator.name
-    run_stage(
-        "train generator",
-        gen_stage,
-        {"generator": to_dict(config.generator), "real_manifest_sha256": real_sha},
-        lambda: train_from_shard_set(real, config.generator, gen_dir, device),
-        force=force,
-        timings=timings,
-    )
-
+    gen_dir = _generator_folder(config, out, real, real_sha, device, force, timings)
     syn_dir = out / "synthetic"
     judge_path = checkpoints[(1.0, config.seeds[0])]
 
     def generate():
-        if not (syn_dir / "manifest.json").is_file():
-            judge, _ = load_checkpoint(judge_path, device)
-            generate_shard_set(
-                gen_dir,
-                syn_dir,
-                config.generate,
-                config.generator.sampler,
-                name=config.generator.name,
-                classifier=judge,
-                classifier_path=str(judge_path),
-                device=device,
-            )
+        judge, _ = load_checkpoint(judge_path, device)
+        manifest = generate_shard_set(
+            gen_dir,
+            syn_dir,
+            config.generate,
+            config.generator,
+            classifier=judge,
+            classifier_path=str(judge_path),
+            class_names=benchmark.class_names,
+            device=device,
+            image_size=read_manifest(real).image_size[0],
+        )
+        assert manifest is not None, "a single process writes every shard and the manifest"
 
+    generator_settings = {
+        k: v for k, v in to_dict(config.generator).items() if k not in ("model", "train")
+    }
     run_stage(
         "generate",
         syn_dir,
         {
             "generate": to_dict(config.generate),
-            "sampler": to_dict(config.generator.sampler),
-            "generator_sha256": checkpoint_sha256(gen_dir),
+            "generator": generator_settings,
+            "generator_weights_sha256": weights_fingerprint(gen_dir),
             "classifier_sha256": sha256_file(judge_path),
         },
         generate,

@@ -10,10 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sio.generate import ConditionalDDPM, checkpoint_sha256, generate_shard_set, train_ddpm
-from sio.generate.ddpm import GENERATOR_FILE, build_scheduler, build_unet
-from sio.shards import iter_samples, read_manifest, verify_shard_set
-from sio.train import build_classifier
 
 from sio.config import (
     DDPMModelConfig,
@@ -23,19 +19,26 @@ from sio.config import (
     SamplerConfig,
     to_dict,
 )
+from sio.generate import DDPMGenerator, generate_shard_set, train_ddpm
+from sio.generate.ddpm import GENERATOR_FILE, build_scheduler, build_unet
 from sio.seeding import derive_seed
+from sio.shards import iter_samples, read_manifest, verify_shard_set
+from sio.train import build_classifier
 
 TINY = DDPMModelConfig(block_out_channels=(8, 16), layers_per_block=1)
 CLASSES = ("a", "b", "c")
 SAMPLER = SamplerConfig(steps=2)
 JOB = GenerateConfig(num_images=10, batch_size=4, shard_size=4, seed=0)
+GENERATOR = GeneratorConfig(sampler=SAMPLER)
 
 
-def tiny_generator(seed: int = 0) -> ConditionalDDPM:
+def tiny_generator(seed: int = 0) -> DDPMGenerator:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # diffusers initialises parameters from the global generator
         unet = build_unet(TINY, image_size=8, channels=1, num_classes=len(CLASSES))
-    return ConditionalDDPM(unet, build_scheduler(), class_names=CLASSES, image_size=8, channels=1)
+    return DDPMGenerator(
+        unet, build_scheduler(), class_names=CLASSES, image_size=8, channels=1, null_class=3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,7 @@ def test_invalid_labels_raise(generator, labels):
 
 
 def test_save_and_load_round_trip(generator, generator_dir):
-    loaded = ConditionalDDPM.from_pretrained(generator_dir)
+    loaded = DDPMGenerator.from_pretrained(generator_dir)
     assert loaded.class_names == CLASSES
     assert (loaded.image_size, loaded.channels, loaded.num_classes) == (8, 1, 3)
     assert json.loads((generator_dir / GENERATOR_FILE).read_text())["kind"] == "ddpm"
@@ -101,16 +104,36 @@ def test_save_and_load_round_trip(generator, generator_dir):
     )
 
 
-@pytest.mark.parametrize(
-    "missing", [GENERATOR_FILE, "unet/config.json", "scheduler/scheduler_config.json"]
-)
+@pytest.mark.parametrize("missing", ["unet/config.json", "scheduler/scheduler_config.json"])
 def test_from_pretrained_names_missing_file(tmp_path, generator, missing):
     folder = tmp_path / "gen"
     generator.save_pretrained(folder)
     (folder / missing).unlink()
-    with pytest.raises(FileNotFoundError, match=missing) as err:
-        ConditionalDDPM.from_pretrained(folder)
-    assert str(folder / missing) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="config.json") as err:
+        DDPMGenerator.from_pretrained(folder)
+    assert str(folder) in str(err.value)
+
+
+def test_from_pretrained_names_mismatched_weights(tmp_path, generator):
+    folder = tmp_path / "gen"
+    generator.save_pretrained(folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["block_out_channels"] = [16, 32]  # the weights are for (8, 16)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot load the UNet weights") as err:
+        DDPMGenerator.from_pretrained(folder)
+    assert str(folder / "unet") in str(err.value)
+
+
+def test_without_sio_file_a_conditional_unet_has_numbered_classes(tmp_path, generator):
+    folder = tmp_path / "gen"
+    generator.save_pretrained(folder)
+    (folder / GENERATOR_FILE).unlink()
+    loaded = DDPMGenerator.from_pretrained(folder)
+    assert loaded.class_names == ("0", "1", "2", "3") and loaded.null_class is None
+    with pytest.raises(ValueError, match="null class"):
+        loaded.sample(4, LABELS, seed=0, guidance=2.0)
 
 
 def two_class_images():
@@ -165,7 +188,7 @@ def read_back(folder):
 
 def test_generate_shard_set(tmp_path, generator, generator_dir):
     out = tmp_path / "syn"
-    manifest = generate_shard_set(generator_dir, out, JOB, SAMPLER)
+    manifest = generate_shard_set(generator_dir, out, JOB, GENERATOR)
     assert verify_shard_set(out) == 10
     assert manifest == read_manifest(out).to_json()
     assert manifest["kind"] == "synthetic" and manifest["class_names"] == list(CLASSES)
@@ -177,14 +200,15 @@ def test_generate_shard_set(tmp_path, generator, generator_dir):
     weights = generator_dir / "unet" / "diffusion_pytorch_model.safetensors"
     assert provenance["generator"] == "ddpm"
     assert provenance["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert provenance["checkpoint_sha256"] == checkpoint_sha256(generator_dir)
-    assert provenance["sampler"] == {"steps": 2, "eta": 0.0, "guidance": 1.0}
+    sampler = {"kind": "ddim", "steps": 2, "eta": 0.0, "guidance": 1.0}
+    assert provenance["settings"] == {"sampler": sampler}
     assert provenance["generate"] == to_dict(JOB)
+    assert provenance["labels"] == {"mode": "conditional"}
     assert "quality" not in provenance
-    # batch b (4 images) is sampled with derive_seed(seed, b): regenerate each batch alone
-    for b, first in enumerate(range(0, 10, 4)):
+    # shard i (one batch of <= 4 images here) is sampled from (seed, i) alone: regenerate it
+    for i, first in enumerate(range(0, 10, 4)):
         n = min(4, 10 - first)
-        seed = derive_seed(JOB.seed, b)
+        seed = derive_seed(JOB.seed, "shard", i, "batch", 0)
         batch = generator.sample(n, torch.arange(first, first + n) % 3, seed, steps=2)
         np.testing.assert_array_equal(images[first : first + n], batch.numpy())
         for j in range(first, first + n):
@@ -197,11 +221,11 @@ def test_generate_shard_set(tmp_path, generator, generator_dir):
 
 
 def test_generate_is_deterministic(tmp_path, generator_dir):
-    first = generate_shard_set(generator_dir, tmp_path / "one", JOB, SAMPLER)
-    second = generate_shard_set(generator_dir, tmp_path / "two", JOB, SAMPLER)
+    first = generate_shard_set(generator_dir, tmp_path / "one", JOB, GENERATOR)
+    second = generate_shard_set(generator_dir, tmp_path / "two", JOB, GENERATOR)
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
     other = generate_shard_set(
-        generator_dir, tmp_path / "three", dataclasses.replace(JOB, seed=1), SAMPLER
+        generator_dir, tmp_path / "three", dataclasses.replace(JOB, seed=1), GENERATOR
     )
     assert [s["sha256"] for s in first["shards"]] != [s["sha256"] for s in other["shards"]]
 
@@ -214,7 +238,7 @@ def test_label_agreement_matches_classifier(tmp_path, generator_dir):
         ).eval()
     out = tmp_path / "judged"
     manifest = generate_shard_set(
-        generator_dir, out, JOB, SAMPLER, classifier=classifier, classifier_path="judge.pt"
+        generator_dir, out, JOB, GENERATOR, classifier=classifier, classifier_path="judge.pt"
     )
     images, labels, metas = read_back(out)
     with torch.no_grad():

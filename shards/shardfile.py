@@ -1,0 +1,120 @@
+"""One shard at a time: for producers that write shards independently (resumable, parallel).
+
+``ShardFileWriter`` writes one ``<name>.tar`` (under ``.tar.tmp`` until ``close``) and returns
+its ``ShardStats``: the manifest's line for the shard plus the class counts and pixel sums that
+``manifest_from_stats`` adds up into a shard set's manifest, whatever order and process the
+shards were written in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from sio.files import sha256_file
+
+from .format import Manifest, ShardInfo, _check_key
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    shard: ShardInfo
+    class_counts: tuple[int, ...]
+    pixel_sum: tuple[float, ...]
+    pixel_sq_sum: tuple[float, ...]
+    num_pixels: int  # per channel
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ShardStats:
+        return cls(
+            **{
+                **data,
+                "shard": ShardInfo(**data["shard"]),
+                **{k: tuple(data[k]) for k in ("class_counts", "pixel_sum", "pixel_sq_sum")},
+            }
+        )
+
+
+def pixel_sums(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sums of x and x² (x in [0, 1]) over uint8 NxCxHxW images."""
+    x = images.astype(np.float64).transpose(1, 0, 2, 3).reshape(images.shape[1], -1) / 255.0
+    return x.sum(1), (x * x).sum(1), x.shape[1]
+
+
+class ShardFileWriter:
+    """Writes one shard; samples arrive as already-encoded PNG bytes plus label and provenance."""
+
+    def __init__(self, path: str | Path, num_classes: int, channels: int):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._tar = wds.TarWriter(str(self.tmp), encoder=False, mtime=0)
+        self.class_counts = np.zeros(num_classes, dtype=np.int64)
+        self.pixel_sum = np.zeros(channels)
+        self.pixel_sq_sum = np.zeros(channels)
+        self.num_pixels = 0
+        self.count = 0
+
+    def write(self, key: str, png: bytes, label: int, meta: dict) -> None:
+        if not 0 <= label < len(self.class_counts):
+            raise ValueError(f"sample {key}: label {label} outside 0..{len(self.class_counts) - 1}")
+        self._tar.write(
+            {
+                "__key__": _check_key(key),
+                "png": png,
+                "cls": str(label).encode(),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            }
+        )
+        self.class_counts[label] += 1
+        self.count += 1
+
+    def add_pixels(self, images: np.ndarray) -> None:
+        """Account for a batch of uint8 NxCxHxW images in the shard's pixel statistics."""
+        sums, sq_sums, n = pixel_sums(images)
+        self.pixel_sum += sums
+        self.pixel_sq_sum += sq_sums
+        self.num_pixels += n
+
+    def abort(self) -> None:
+        """Give up this shard: close the file and remove it (a rerun writes it again)."""
+        self._tar.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def close(self) -> ShardStats:
+        self._tar.close()
+        os.replace(self.tmp, self.path)
+        info = ShardInfo(
+            self.path.name, self.count, self.path.stat().st_size, sha256_file(self.path)
+        )
+        return ShardStats(
+            info,
+            tuple(int(c) for c in self.class_counts),
+            tuple(float(v) for v in self.pixel_sum),
+            tuple(float(v) for v in self.pixel_sq_sum),
+            self.num_pixels,
+        )
+
+
+def manifest_from_stats(stats: list[ShardStats], **fields) -> Manifest:
+    """A manifest from per-shard stats (in shard order); ``fields`` are the set's own
+    (kind, name, image_size, channels, class_names, provenance)."""
+    counts = np.sum([s.class_counts for s in stats], axis=0)
+    n_pixels = max(1, sum(s.num_pixels for s in stats))
+    mean = np.sum([s.pixel_sum for s in stats], axis=0) / n_pixels
+    mean_sq = np.sum([s.pixel_sq_sum for s in stats], axis=0) / n_pixels
+    std = np.sqrt(np.maximum(mean_sq - mean**2, 0.0))
+    return Manifest(
+        **fields,
+        class_counts=tuple(int(c) for c in counts),
+        pixel_mean=tuple(float(m) for m in mean),
+        pixel_std=tuple(float(s) for s in std),
+        shards=tuple(s.shard for s in stats),
+    )

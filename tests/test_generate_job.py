@@ -1,0 +1,361 @@
+"""The generation job: pseudo-labels and quotas, hub layouts, BigGAN, ranges, resume after a
+kill, torchrun ranks and S3 output, all with tiny models built here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from sio.config import (
+    BigGANSettings,
+    DDPMModelConfig,
+    GenerateConfig,
+    GeneratorConfig,
+    LabelConfig,
+    SamplerConfig,
+)
+from sio.generate import generate_shard_set
+from sio.generate.ddpm import DDPMGenerator, build_scheduler, build_unet
+from sio.shards import iter_samples, read_manifest, verify_shard_set
+
+BIN = Path(sys.executable).parent
+TINY_SAMPLER = SamplerConfig(steps=2)
+
+
+@pytest.fixture(scope="module")
+def uncond_dir(tmp_path_factory):
+    """An unconditional UNet in the hub's flat layout (like google/ddpm-cifar10-32)."""
+    folder = tmp_path_factory.mktemp("uncond")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DModel(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=8,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+        )
+    unet.save_pretrained(folder)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cond_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cond") / "ddpm"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = build_unet(
+            DDPMModelConfig(block_out_channels=(8, 16)), image_size=8, channels=1, num_classes=3
+        )
+    DDPMGenerator(
+        unet, build_scheduler(), class_names=("a", "b", "c"), null_class=3
+    ).save_pretrained(folder)
+    return folder
+
+
+class PixelClassifier(torch.nn.Module):
+    """A fixed random linear classifier on the pixels: different images, different classes."""
+
+    def __init__(self, bias):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.fc = torch.nn.Linear(64, len(bias))
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(len(bias), 64, generator=generator) * 3)
+            self.fc.bias.copy_(torch.tensor(bias))
+
+    def forward(self, images):
+        return self.fc((images.float() / 255 - 0.5).flatten(1))
+
+
+def classifier_with_bias(bias):
+    return PixelClassifier(bias).eval()
+
+
+def read_back(folder):
+    images, labels, metas = zip(*iter_samples(folder), strict=True)
+    return np.stack(images), list(labels), list(metas)
+
+
+def shard_hashes(manifest):
+    return [s["sha256"] for s in manifest["shards"]]
+
+
+def test_unconditional_hub_layout_gets_pseudo_labels_with_quota(tmp_path, uncond_dir):
+    classifier = classifier_with_bias([0.0, 0.0, 0.0])
+    job = GenerateConfig(num_images=12, batch_size=6, shard_size=6, seed=1)
+    generator = GeneratorConfig(sampler=TINY_SAMPLER)
+    manifest = generate_shard_set(
+        uncond_dir,
+        tmp_path / "syn",
+        job,
+        generator,
+        classifier=classifier,
+        class_names=("x", "y", "z"),
+    )
+    assert verify_shard_set(tmp_path / "syn") == 12
+    assert manifest["provenance"]["labels"] == {
+        "mode": "pseudo",
+        "min_confidence": 0.0,
+        "quota": True,
+    }
+    images, labels, metas = read_back(tmp_path / "syn")
+    # quota: each 6-image shard holds exactly two images of each class
+    assert [labels[:6].count(c) for c in range(3)] == [2, 2, 2]
+    assert [labels[6:].count(c) for c in range(3)] == [2, 2, 2]
+    with torch.no_grad():
+        probs = classifier(torch.from_numpy(images)).softmax(1)
+    # every label is the classifier's argmax on the stored image, with its confidence recorded
+    assert labels == probs.argmax(1).tolist()
+    for meta, p in zip(metas, probs.max(1).values.tolist(), strict=True):
+        assert meta["pseudo_label_confidence"] == pytest.approx(p, abs=1e-6)
+
+
+def test_quota_that_cannot_fill_names_the_class(tmp_path, uncond_dir):
+    classifier = classifier_with_bias([1000.0, -1000.0, -1000.0])  # always predicts class 0
+    job = GenerateConfig(num_images=3, batch_size=3, shard_size=3)
+    with pytest.raises(RuntimeError, match="y: 1, z: 1"):
+        generate_shard_set(
+            uncond_dir,
+            tmp_path / "syn",
+            job,
+            GeneratorConfig(sampler=TINY_SAMPLER),
+            classifier=classifier,
+            class_names=("x", "y", "z"),
+        )
+    # without a quota the same classifier labels everything as class 0
+    manifest = generate_shard_set(
+        uncond_dir,
+        tmp_path / "free",
+        job,
+        GeneratorConfig(sampler=TINY_SAMPLER, labels=LabelConfig(quota=False)),
+        classifier=classifier,
+        class_names=("x", "y", "z"),
+    )
+    assert manifest["class_counts"] == [3, 0, 0]
+
+
+def test_unconditional_without_classifier_is_refused(tmp_path, uncond_dir):
+    with pytest.raises(ValueError, match="classifier"):
+        generate_shard_set(
+            uncond_dir,
+            tmp_path / "syn",
+            GenerateConfig(num_images=2),
+            GeneratorConfig(sampler=TINY_SAMPLER),
+        )
+
+
+def write_biggan(folder: Path, state=None):
+    from pytorch_pretrained_biggan import BigGAN, BigGANConfig
+
+    config = BigGANConfig(
+        output_dim=16,
+        z_dim=8,
+        class_embed_dim=8,
+        channel_width=4,
+        num_classes=10,
+        layers=[(True, 16, 8), (False, 8, 4), (True, 4, 2), (False, 2, 1)],
+        attention_layer_position=2,
+    )
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(vars(config)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BigGAN(config)
+    torch.save(state if state is not None else model.state_dict(), folder / "pytorch_model.bin")
+    return model
+
+
+def test_biggan_from_folder_with_class_map(tmp_path):
+    model = write_biggan(tmp_path / "biggan")
+    generator = GeneratorConfig(
+        name="biggan",
+        path=str(tmp_path / "biggan"),
+        biggan=BigGANSettings(truncation=0.5, imagenet_classes=(7, 3)),
+    )
+    job = GenerateConfig(num_images=4, batch_size=4, shard_size=4, seed=2)
+    manifest = generate_shard_set(
+        tmp_path / "biggan",
+        tmp_path / "syn",
+        job,
+        generator,
+        class_names=("cat", "dog"),
+        image_size=8,
+    )
+    assert manifest["image_size"] == [8, 8] and manifest["channels"] == 3
+    images, labels, metas = read_back(tmp_path / "syn")
+    assert labels == [0, 1, 0, 1]
+    # recompute the first image by hand: truncated z, one-hot of ImageNet class 7, resize to 8
+    from scipy.stats import truncnorm
+
+    z = (
+        truncnorm.rvs(
+            -2, 2, size=(4, 8), random_state=np.random.RandomState(metas[0]["seed"] % 2**32)
+        ).astype(np.float32)
+        * 0.5
+    )
+    one_hot = torch.nn.functional.one_hot(torch.tensor([7, 3, 7, 3]), 10).float()
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(z), one_hot, 0.5)
+    small = torch.nn.functional.interpolate(out, size=(8, 8), mode="bilinear", antialias=True)
+    expected = ((small.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_biggan_mismatched_and_missing_checkpoints(tmp_path):
+    model = write_biggan(tmp_path / "ok")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("embeddings")}
+    write_biggan(tmp_path / "bad", state=state)
+    generator = GeneratorConfig(
+        name="biggan", path="x", biggan=BigGANSettings(imagenet_classes=(1,))
+    )
+    job = GenerateConfig(num_images=1)
+    with pytest.raises(ValueError, match=r"(?s)pytorch_model\.bin does not match.*embeddings"):
+        generate_shard_set(tmp_path / "bad", tmp_path / "o1", job, generator)
+    (tmp_path / "ok" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        generate_shard_set(tmp_path / "ok", tmp_path / "o2", job, generator)
+
+
+def test_shard_ranges_resume_to_the_same_set(tmp_path, cond_dir):
+    job = GenerateConfig(num_images=10, batch_size=3, shard_size=4, seed=5)
+    generator = GeneratorConfig(sampler=TINY_SAMPLER)
+    whole = generate_shard_set(cond_dir, tmp_path / "whole", job, generator)
+    parts = tmp_path / "parts"
+    assert generate_shard_set(cond_dir, parts, job, generator, shards=range(1, 3)) is None
+    assert not (parts / "manifest.json").exists()
+    assert sorted(p.name for p in parts.glob("*.tar")) == ["shard-000001.tar", "shard-000002.tar"]
+    (parts / "shard-000000.tar.tmp").write_bytes(b"half a shard from a crash")
+    resumed = generate_shard_set(cond_dir, parts, job, generator)
+    assert shard_hashes(resumed) == shard_hashes(whole)
+    assert resumed == whole | {"name": "parts"}
+    assert not list(parts.glob("*.tmp"))
+    with pytest.raises(ValueError, match="different generation job"):
+        generate_shard_set(cond_dir, parts, GenerateConfig(num_images=10, seed=6), generator)
+
+
+def cli_generate(cond_dir, out, *extra, env=None, runner=None):
+    args = [
+        *(runner or [str(BIN / "python"), "-m", "sio"]),
+        "generate",
+        "--generator-dir",
+        str(cond_dir),
+        "--out",
+        str(out),
+        "--num-images",
+        "240",
+        "--shard-size",
+        "4",
+        "--batch-size",
+        "4",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+    return subprocess.Popen(
+        args,
+        # torchrun runs each rank with one thread; float sums (and so a rare pixel) depend on
+        # the thread count, so every run here uses one thread to compare bytes
+        env={**os.environ, "SIO_POLL_S": "0.1", "OMP_NUM_THREADS": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cond_dir):
+    out = tmp_path_factory.mktemp("reference") / "syn"
+    process = cli_generate(cond_dir, out)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    return read_manifest(out).to_json()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_checksums(tmp_path, cond_dir, reference):
+    out = tmp_path / "syn"
+    process = cli_generate(cond_dir, out)
+    deadline = time.monotonic() + 60
+    while not (out / ".progress" / "shard-000002.tar.json").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list((out / ".progress").glob("shard-*.json")))
+    assert 3 <= done < 60, "the kill must land mid-run"
+    assert not (out / "manifest.json").exists()
+    process = cli_generate(cond_dir, out)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert shard_hashes(read_manifest(out).to_json()) == shard_hashes(reference)
+    assert verify_shard_set(out) == 240
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_write_disjoint_shards_of_the_same_set(tmp_path, cond_dir, reference):
+    out = tmp_path / "syn"
+    runner = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", "-m", "sio"]
+    process = cli_generate(cond_dir, out, runner=runner)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    manifest = read_manifest(out).to_json()
+    assert shard_hashes(manifest) == shard_hashes(reference)
+    for i in range(60):
+        record = json.loads((out / ".progress" / f"shard-{i:06d}.tar.json").read_text())
+        assert record["rank"] == i % 2
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_generate_to_s3(tmp_path, cond_dir, s3_endpoint):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="synth")
+    job = GenerateConfig(num_images=10, batch_size=4, shard_size=4, seed=5)
+    generator = GeneratorConfig(sampler=TINY_SAMPLER)
+    local = generate_shard_set(cond_dir, tmp_path / "local", job, generator)
+    remote = generate_shard_set(
+        cond_dir, "s3://synth/sets/syn", job, generator, staging=tmp_path / "staging"
+    )
+    assert shard_hashes(remote) == shard_hashes(local)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="synth")["Contents"]}
+    assert {f"sets/syn/shard-00000{i}.tar" for i in range(3)} <= keys
+    assert "sets/syn/manifest.json" in keys
+    manifest = json.loads(
+        client.get_object(Bucket="synth", Key="sets/syn/manifest.json")["Body"].read()
+    )
+    assert manifest == remote
+    body = client.get_object(Bucket="synth", Key="sets/syn/shard-000001.tar")["Body"].read()
+    assert body == (tmp_path / "local" / "shard-000001.tar").read_bytes()
+    assert not list((tmp_path / "staging").glob("*.tar"))  # uploaded, then removed locally
