@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
-
-from sio.files import sha256_file
 
 from .format import Manifest, ShardInfo, _check_key
+from .tarwrite import TarShard
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class ShardFileWriter:
     def __init__(self, path: str | Path, num_classes: int, channels: int):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self._tar = wds.TarWriter(str(self.tmp), encoder=False, mtime=0)
+        self._tar = TarShard(self.tmp)
         self.class_counts = np.zeros(num_classes, dtype=np.int64)
         self.pixel_sum = np.zeros(channels)
         self.pixel_sq_sum = np.zeros(channels)
@@ -65,14 +63,12 @@ class ShardFileWriter:
     def write(self, key: str, png: bytes, label: int, meta: dict) -> None:
         if not 0 <= label < len(self.class_counts):
             raise ValueError(f"sample {key}: label {label} outside 0..{len(self.class_counts) - 1}")
-        self._tar.write(
-            {
-                "__key__": _check_key(key),
-                "png": png,
-                "cls": str(label).encode(),
-                "json": json.dumps(meta, sort_keys=True).encode(),
-            }
-        )
+        members = {
+            "png": png,
+            "cls": str(label).encode(),
+            "json": json.dumps(meta, sort_keys=True).encode(),
+        }
+        self._tar.add(_check_key(key), members)
         self.class_counts[label] += 1
         self.count += 1
 
@@ -85,15 +81,12 @@ class ShardFileWriter:
 
     def abort(self) -> None:
         """Give up this shard: close the file and remove it (a rerun writes it again)."""
-        self._tar.close()
-        self.tmp.unlink(missing_ok=True)
+        self._tar.abort()
 
     def close(self) -> ShardStats:
-        self._tar.close()
+        size, sha256 = self._tar.close()
         os.replace(self.tmp, self.path)
-        info = ShardInfo(
-            self.path.name, self.count, self.path.stat().st_size, sha256_file(self.path)
-        )
+        info = ShardInfo(self.path.name, self.count, size, sha256)
         return ShardStats(
             info,
             tuple(int(c) for c in self.class_counts),
