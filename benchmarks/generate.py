@@ -19,8 +19,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from sio.config import BigGANSettings, DDPMModelConfig, GenerateConfig, SamplerConfig
 from sio.environment import describe_machine
-from sio.generate import BigGANGenerator, DDPMGenerator, Job, run_job
+from sio.generate import BigGANGenerator, DDPMGenerator, Job, StyleGAN2Generator, run_job
 from sio.generate.ddpm import build_scheduler, build_unet
+from sio.generate.stylegan2_network import StyleGAN2
+from sio.generate.stylegan2_spec import GeneratorSpec, MappingSpec, SynthesisSpec
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -78,6 +80,22 @@ def biggan(width, layers, size):
     )
 
 
+def stylegan2_cifar10_architecture():
+    """stylegan2-ada-pytorch's cifar10.pkl architecture (train.py --cfg=cifar --cond=1: 2
+    mapping layers, channel_base 32768, conv_clamp 256), random weights."""
+    spec = GeneratorSpec(
+        z_dim=512,
+        c_dim=10,
+        w_dim=512,
+        img_resolution=32,
+        img_channels=3,
+        mapping=MappingSpec(num_layers=2),
+        synthesis=SynthesisSpec(channel_base=32768, channel_max=512, conv_clamp=256),
+    )
+    network = StyleGAN2(spec).to(DEVICE)
+    return StyleGAN2Generator(network, weights=Path("random"))
+
+
 def time_job(label, generator, num, batch, shard):
     generator.checkpoint_sha256 = lambda: "random-weights"
     config = GenerateConfig(num_images=num, batch_size=batch, shard_size=shard)
@@ -116,6 +134,15 @@ def main():
             64 if not GPU else 20000,
             32 if not GPU else 1000,
             1000,
+        )
+    )
+    rows.append(
+        time_job(
+            "StyleGAN2-ADA cifar10 architecture",
+            stylegan2_cifar10_architecture(),
+            128 if not GPU else 102400,
+            64 if not GPU else 1024,
+            128 if not GPU else 10240,
         )
     )
     out = Path(__file__).parent / "results" / "generate.json"

@@ -52,7 +52,7 @@ def _device(requested: str | None, local_rank: int) -> str:
 @click.option(
     "--generator-dir",
     default=None,
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     help="Folder of the generator (default: the config's generator.path).",
 )
 @click.option(
@@ -111,10 +111,12 @@ def generate(
     config = pipeline_config(config_path)
     rank, world_size, local_rank = _distributed()
     device = _device(device, local_rank)
-    generator = dataclasses.replace(config.generator, name=name or config.generator.name)
-    generator_dir = generator_dir or generator.path
+    generator_dir = generator_dir or config.generator.path
     if not generator_dir:
         raise click.UsageError("give --generator-dir (or generator.path in the config)")
+    generator = dataclasses.replace(
+        config.generator, name=name or config.generator.name, path=str(generator_dir)
+    )
     if not Path(generator_dir).exists():
         if train_on is None or world_size > 1:
             raise click.UsageError(
