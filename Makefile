@@ -28,6 +28,9 @@ test: lint
 
 benchmark: install
 	$(BIN)/python benchmarks/demo.py
+	$(BIN)/python benchmarks/shard.py
+	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/evaluate.py
 
 clean:
 	rm -rf runs build *.egg-info

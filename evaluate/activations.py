@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sio.shards import iter_batches, read_benchmark
-from sio.train import load_checkpoint
 from tqdm import tqdm
 
 from sio.files import sha256_file
+from sio.shards import iter_batches, read_benchmark
+from sio.train import load_checkpoint
 
 ID_SPLITS = ("train", "val", "test")
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import dataclasses
 
 import click
 
 from sio.cli import config_option, device_option, pipeline_config
 
-from .activations import extract_activations, load_activations
-from .evaluate import evaluate_bank, markdown_table, write_results
+from .activations import load_activations
+from .evaluate import evaluate_bank, evaluate_checkpoint, markdown_table, write_results
 from .report import report as write_report
 
 
@@ -40,36 +39,33 @@ from .report import report as write_report
 @config_option
 @device_option
 def evaluate(run_dir, benchmark, activations, methods, fpr_convention, out, config_path, device):
-    """Score ID and OOD sets with post-hoc detectors; writes results.json and results.md."""
+    """Score ID and OOD sets with post-hoc detectors; writes results.json and results.md.
+
+    With --activations, detectors that need the model and images (odin) are skipped, and
+    results.json says so.
+    """
     from sio.pipeline import default_device
 
     config = pipeline_config(config_path).evaluate
-    methods = methods.split(",") if methods else list(config.methods)
-    convention = fpr_convention or config.fpr_convention
-    out = Path(out)
+    overrides = {}
+    if methods:
+        overrides["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if fpr_convention:
+        overrides["fpr_convention"] = fpr_convention
+    config = dataclasses.replace(config, **overrides)
     if (run_dir is None) == (activations is None):
         raise click.UsageError("give exactly one of --run (with --benchmark) or --activations")
     if activations is not None:
-        bank = load_activations(activations)
+        results = evaluate_bank(
+            load_activations(activations), config.methods, config.fpr_convention, config=config
+        )
+        write_results(results, out)
     else:
         if benchmark is None:
             raise click.UsageError("--run needs --benchmark")
-        out.mkdir(parents=True, exist_ok=True)
-        bank = extract_activations(
-            Path(run_dir) / "checkpoint.pt",
-            Path(benchmark),
-            out / "activations.npz",
-            batch_size=config.batch_size,
-            device=device or default_device(),
+        results = evaluate_checkpoint(
+            run_dir, benchmark, out, config, device=device or default_device()
         )
-    results = evaluate_bank(bank, methods, convention)
-    write_results(results, out)
-    if run_dir is not None:
-        from sio.train import load_checkpoint
-
-        _, state = load_checkpoint(run_dir)
-        run = {"alpha": state["alpha"], "seed": state["seed"], "checkpoint": str(run_dir)}
-        (out / "run.json").write_text(json.dumps(run) + "\n")
     click.echo(markdown_table(results))
 
 

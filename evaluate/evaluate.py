@@ -6,9 +6,12 @@
      "methods": {"msp": {"near": {"datasets": {"cifar100": {"fpr95": .., "auroc": ..,
                                                             "aupr_in": .., "aupr_out": ..}},
                                   "mean": {...the same four...}},
-                         "far": {...}}}}
+                         "far": {...}}},
+     "skipped": {"odin": "needs the model and the images: use sio evaluate --run"},
+     "detectors": {"vim": {"dim": 256, "alpha": 3.1}, ...}}
 
-All values are percentages.
+Metric values are percentages. ``skipped`` lists detectors that could not run on what was
+given (ODIN without the model); ``detectors`` records settings and fitted values.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .activations import ActivationBank
-from .detectors import finite_scores, fit_detector
+from sio.config import EvaluateConfig
+
+from .activations import ActivationBank, extract_activations
+from .detectors import DETECTORS, finite_scores, fit_detector, needs_images
+from .image_scoring import ModelInputs, score_image_sets
 from .metrics import METRICS, mean_metrics, ood_metrics
+
+NEEDS_MODEL = "needs the model and the images: use sio evaluate --run"
 
 
 def id_accuracy(bank: ActivationBank) -> float:
@@ -28,26 +36,120 @@ def id_accuracy(bank: ActivationBank) -> float:
     return 100 * float(np.mean(predictions == bank.id_labels["test"]))
 
 
-def evaluate_bank(bank: ActivationBank, methods, fpr_convention: str = "id") -> dict:
-    results = {"id_acc": id_accuracy(bank), "fpr_convention": fpr_convention, "methods": {}}
+def check_methods(methods) -> list[str]:
+    """The names, checked before any work: each known (the error lists them) and listed once."""
+    methods = list(methods)
     for method in methods:
-        detector = fit_detector(method, bank)
-        id_scores = finite_scores(detector, bank, bank.id_features["test"], "id.test")
-        entry = {}
-        for group, sets in bank.ood.items():
-            if not sets:
+        DETECTORS.get(method)
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ValueError(f"detectors listed twice: {', '.join(repeated)}")
+    return methods
+
+
+def activation_scores(method: str, bank: ActivationBank, config: EvaluateConfig):
+    """(detector, ID test scores, {group: {name: scores}}) for an activation detector."""
+    detector = fit_detector(method, bank, config)
+    id_scores = finite_scores(detector, bank, bank.id_features["test"], "id.test")
+    ood = {
+        group: {
+            name: finite_scores(detector, bank, feats, f"ood.{group}.{name}")
+            for name, feats in sets.items()
+        }
+        for group, sets in bank.ood.items()
+    }
+    return detector, id_scores, ood
+
+
+def metrics_entry(id_scores, ood_scores: dict, fpr_convention: str) -> dict:
+    entry = {}
+    for group, sets in ood_scores.items():
+        if not sets:
+            continue
+        per_dataset = {
+            name: ood_metrics(id_scores, scores, fpr_convention) for name, scores in sets.items()
+        }
+        entry[group] = {"datasets": per_dataset, "mean": mean_metrics(per_dataset)}
+    return entry
+
+
+def evaluate_bank(
+    bank: ActivationBank,
+    methods,
+    fpr_convention: str = "id",
+    *,
+    config: EvaluateConfig | None = None,
+    inputs: ModelInputs | None = None,
+) -> dict:
+    """Every detector in ``methods`` on ``bank``; detectors that need images use ``inputs`` (the
+    checkpoint and benchmark) and are skipped, with the reason recorded, without it."""
+    config = config or EvaluateConfig()
+    results = {
+        "id_acc": id_accuracy(bank),
+        "fpr_convention": fpr_convention,
+        "methods": {},
+        "skipped": {},
+        "detectors": {},
+    }
+    for method in check_methods(methods):
+        if needs_images(method):
+            if inputs is None:
+                results["skipped"][method] = NEEDS_MODEL
                 continue
-            per_dataset = {
-                name: ood_metrics(
-                    id_scores,
-                    finite_scores(detector, bank, feats, f"ood.{group}.{name}"),
-                    fpr_convention,
-                )
-                for name, feats in sets.items()
-            }
-            entry[group] = {"datasets": per_dataset, "mean": mean_metrics(per_dataset)}
-        results["methods"][method] = entry
+            detector = DETECTORS.get(method).from_config(config)
+            id_scores, ood_scores = score_image_sets(detector, inputs)
+        else:
+            detector, id_scores, ood_scores = activation_scores(method, bank, config)
+        results["methods"][method] = metrics_entry(id_scores, ood_scores, fpr_convention)
+        results["detectors"][method] = detector.info()
     return results
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    benchmark_dir: str | Path,
+    out: str | Path,
+    config: EvaluateConfig,
+    *,
+    device: str = "cpu",
+) -> dict:
+    """``sio evaluate --run``: extract (or reuse) ``out/activations.npz``, score every detector
+    of ``config`` (ODIN with the model and images), write results.json, results.md and
+    run.json (alpha and seed from the checkpoint)."""
+    from sio.train import load_checkpoint
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint.pt"
+    out.mkdir(parents=True, exist_ok=True)
+    check_methods(config.methods)
+    bank = extract_activations(
+        checkpoint,
+        Path(benchmark_dir),
+        out / "activations.npz",
+        batch_size=config.batch_size,
+        device=device,
+    )
+    inputs = ModelInputs(checkpoint, Path(benchmark_dir), config.batch_size, device)
+    results = evaluate_bank(
+        bank, config.methods, config.fpr_convention, config=config, inputs=inputs
+    )
+    write_results(results, out)
+    _, state = load_checkpoint(checkpoint)
+    run = {"alpha": state["alpha"], "seed": state["seed"], "checkpoint": str(checkpoint)}
+    (out / "run.json").write_text(json.dumps(run) + "\n")
+    return results
+
+
+def _settings(info: dict) -> str:
+    def text(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, list) and len(value) > 4:
+            return f"[{len(value)} values]"
+        return str(value)
+
+    return ", ".join(f"{key} {text(value)}" for key, value in info.items())
 
 
 def markdown_table(results: dict) -> str:
@@ -55,13 +157,19 @@ def markdown_table(results: dict) -> str:
     header = "| dataset | FPR@95 | AUROC | AUPR_IN | AUPR_OUT | ACC |\n|---|---|---|---|---|---|"
     lines = [f"FPR@95 convention: {results['fpr_convention']}-positive. Values in percent.", ""]
     for method, groups in results["methods"].items():
-        lines += [f"### {method}", "", header]
+        lines += [f"### {method}", ""]
+        info = results.get("detectors", {}).get(method)
+        if info:
+            lines += [f"Settings: {_settings(info)}.", ""]
+        lines.append(header)
         for group, entry in groups.items():
             rows = [*entry["datasets"].items(), (f"{group}ood", entry["mean"])]
             for name, values in rows:
                 cells = " | ".join(f"{values[m]:.2f}" for m in METRICS)
                 lines.append(f"| {name} | {cells} | {results['id_acc']:.2f} |")
         lines.append("")
+    for method, reason in results.get("skipped", {}).items():
+        lines.append(f"Skipped {method}: {reason}.")
     return "\n".join(lines)
 
 

@@ -4,6 +4,10 @@ Each run folder holds ``results.json`` and ``run.json`` (alpha, seed). Runs are 
 alpha; every value is the mean and the population standard deviation (``np.std``, as OpenOOD)
 over *all* seeds of the group. The SIO reference code averages the wrong runs (run 1 twice,
 run 2 never); this averages each seed once.
+
+The summary table lists detectors in the paper's Table 1 order. Its Average row is, per arm and
+column, the mean ± std over seeds of each seed's average over the detectors (not the mean of
+the detectors' stds); Best is the detector with the highest mean, with its own std.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from sio.config import ALL_DETECTORS
 
 
 def load_run(folder: str | Path) -> dict:
@@ -28,7 +34,21 @@ def load_run(folder: str | Path) -> dict:
 
 
 def _mean_std(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    """Mean, population std and n; ``values`` (one per seed, in seed order) stay for the
+    Average row, whose spread is that of the per-seed averages."""
+    values = [float(v) for v in values]
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "n": len(values),
+        "values": values,
+    }
+
+
+def _paper_order(methods) -> list[str]:
+    """SIO's Table 1 order (openmax, msp, tempscale, ...), then any other detector by name."""
+    rank = {name: i for i, name in enumerate(ALL_DETECTORS)}
+    return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -83,7 +103,7 @@ def summary_table(arms: dict) -> str:
         f"{what} {label}" for what in ("near AUROC", "far AUROC", "ID acc") for label in labels
     ]
     lines = ["| detector | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    methods = list(next(iter(arms.values()))["methods"])
+    methods = _paper_order(next(iter(arms.values()))["methods"])
     rows: dict[str, list[dict]] = {}
     for method in methods:
         row = []
@@ -94,10 +114,8 @@ def summary_table(arms: dict) -> str:
     for method, row in rows.items():
         lines.append(f"| {method} | " + " | ".join(_cell(s) for s in row) + " |")
     columns_stats = list(zip(*rows.values(), strict=True))
-    average = [
-        {"mean": np.mean([s["mean"] for s in col]), "std": np.mean([s["std"] for s in col])}
-        for col in columns_stats
-    ]
+    # per seed, the average over detectors; then mean and std of those averages over seeds
+    average = [_mean_std(np.mean([s["values"] for s in col], axis=0)) for col in columns_stats]
     best = [max(col, key=lambda s: s["mean"]) for col in columns_stats]
     lines.append("| Average | " + " | ".join(_cell(s) for s in average) + " |")
     lines.append("| Best | " + " | ".join(_cell(s) for s in best) + " |")
@@ -113,9 +131,10 @@ def dataset_table(arms: dict) -> str:
         "|---|---" + "|---" * len(columns) + "|",
     ]
     first = next(iter(arms.values()))
-    for method, groups in first["methods"].items():
-        for group, entry in groups.items():
-            for name in entry["datasets"]:
+    for method in _paper_order(first["methods"]):
+        groups = first["methods"][method]
+        for group in sorted(groups, key=lambda g: g != "near"):  # near sets first
+            for name in groups[group]["datasets"]:
                 stats = [
                     arms[a]["methods"][method][group]["datasets"][name][metric]
                     for metric in ("auroc", "fpr95")

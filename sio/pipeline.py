@@ -54,7 +54,7 @@ def _generator_folder(
 
 
 def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | None = None) -> str:
-    from sio.evaluate import evaluate_bank, extract_activations, report, write_results
+    from sio.evaluate import evaluate_checkpoint, report
     from sio.generate import generate_shard_set, weights_fingerprint
     from sio.shards import read_benchmark, read_manifest, write_benchmark
     from sio.train import load_checkpoint, method_inputs, train_classifier
@@ -155,20 +155,8 @@ def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | N
         folder = out / "evaluate" / _arm(alpha, seed)
         eval_folders.append(folder)
 
-        def evaluate(folder=folder, checkpoint=checkpoint, alpha=alpha, seed=seed):
-            bank = extract_activations(
-                checkpoint,
-                bench_dir,
-                folder / "activations.npz",
-                batch_size=config.evaluate.batch_size,
-                device=device,
-            )
-            write_results(
-                evaluate_bank(bank, config.evaluate.methods, config.evaluate.fpr_convention), folder
-            )
-            (folder / "run.json").write_text(
-                json.dumps({"alpha": alpha, "seed": seed, "checkpoint": str(checkpoint)}) + "\n"
-            )
+        def evaluate(folder=folder, checkpoint=checkpoint):
+            evaluate_checkpoint(checkpoint, bench_dir, folder, config.evaluate, device=device)
 
         run_stage(
             f"evaluate {_arm(alpha, seed)}",

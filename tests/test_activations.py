@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from sio.evaluate import ActivationBank, ActivationsError, load_activations
 
 

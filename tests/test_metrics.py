@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sio.evaluate.metrics import METRICS, fpr_at_95_tpr, mean_metrics, ood_metrics
 from sklearn.metrics import auc, precision_recall_curve
+
+from sio.evaluate.metrics import METRICS, fpr_at_95_tpr, mean_metrics, ood_metrics
 
 
 def metrics(id_scores, ood_scores, convention="id"):

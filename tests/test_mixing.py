@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+
 from sio.train.mixing import batch_counts, compose, rank_share, steps_per_epoch, worker_steps
 
 ALPHAS = ["0", "0.05", "0.1", "0.25", "0.29", "0.3", "1/3", "0.5", "0.57", "0.7", "0.8"]

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from sio.evaluate.metrics import METRICS
 from sio.evaluate.report import aggregate, load_run, report
 

@@ -1,0 +1,109 @@
+"""TempScale and KLM on hand-made activation banks (logits = h when W = I and b = 0)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from scipy.stats import entropy
+
+from sio.evaluate import ActivationBank, DetectorError
+from sio.evaluate.detectors import fit_detector
+from sio.evaluate.detectors_logits import TEMPLATE_FLOOR, fit_temperature, log_max_softmax
+
+LN3 = math.log(3.0)
+
+
+def bank_with(val, val_labels, classes=2) -> ActivationBank:
+    val = np.asarray(val, np.float32)
+    dim = val.shape[1]
+    weight = np.eye(classes, dim, dtype=np.float32)
+    features = {"train": val, "val": val, "test": val}
+    labels = dict.fromkeys(("train", "val", "test"), np.asarray(val_labels, np.int64))
+    return ActivationBank(weight, np.zeros(classes, np.float32), features, labels, {"near": {}})
+
+
+def test_temperature_minimises_the_nll_by_hand():
+    # Four val samples with logits [2, 0], labels 0, 0, 0, 1: NLL(T) = -(3 log s(2/T) +
+    # log s(-2/T)) / 4 with s the logistic function; its derivative vanishes at s(2/T) = 3/4,
+    # i.e. 2/T = ln 3, T = 2 / ln 3.
+    z = np.array([[2.0, 0.0]] * 4)
+    assert fit_temperature(z, np.array([0, 0, 0, 1])) == pytest.approx(2 / LN3, rel=1e-5)
+
+
+def test_tempscale_scores_log_max_softmax_at_fitted_t():
+    bank = bank_with([[2, 0]] * 4, [0, 0, 0, 1])
+    detector = fit_detector("tempscale", bank)
+    assert detector.temperature == pytest.approx(2 / LN3, rel=1e-5)
+    # h = [1, 0]: z / T = [ln3 / 2, 0] -> max softmax = 1 / (1 + 3^(-1/2)) = sqrt3 / (sqrt3 + 1)
+    score = detector.score(bank, np.array([[1.0, 0.0]]))
+    expected = math.log(math.sqrt(3) / (math.sqrt(3) + 1))
+    np.testing.assert_allclose(score, [expected], rtol=1e-5)
+    assert detector.info() == {"temperature": detector.temperature}
+
+
+def test_tempscale_on_perfectly_classified_val_uses_t_1_and_says_so():
+    # every val sample right: the NLL falls towards 0 as T -> 0 and has no minimiser
+    bank = bank_with([[2, 0], [0, 3]], [0, 1])
+    detector = fit_detector("tempscale", bank)
+    assert detector.temperature == 1.0
+    assert "no minimum" in detector.info()["note"]
+    np.testing.assert_allclose(
+        detector.score(bank, np.array([[1.0, 0.0]])), [math.log(math.e / (math.e + 1))]
+    )
+
+
+@pytest.mark.parametrize("name", ["tempscale", "klm", "react"])
+def test_detectors_fitted_on_val_need_val_samples(name):
+    bank = bank_with(np.zeros((0, 2)), [])
+    with pytest.raises(DetectorError, match=rf"{name} on id\.val: the ID val set is empty"):
+        fit_detector(name, bank)
+
+
+def test_log_max_softmax_keeps_apart_what_softmax_rounds_to_one():
+    logits = np.array([[0.0, -50.0], [0.0, -60.0], [LN3, 0.0]])
+    assert softmax(logits[:2], axis=1).max(axis=1).tolist() == [1.0, 1.0]
+    scores = log_max_softmax(logits)
+    # -log(1 + e^-50) = -e^-50 to double precision; likewise e^-60; row 3: log(3/4)
+    np.testing.assert_allclose(scores, [-math.exp(-50), -math.exp(-60), math.log(0.75)])
+    assert scores[0] < scores[1]
+
+
+def klm_bank():
+    # val: two samples predicted as class 0 with softmax [3/4, 1/4]; none predicted as 1
+    return bank_with([[LN3, 0.0], [LN3, 0.0]], [0, 1])
+
+
+def test_klm_templates_and_scores_by_hand():
+    bank = klm_bank()
+    detector = fit_detector("klm", bank)
+    np.testing.assert_allclose(detector.templates, [[0.75, 0.25], [0.0, 1.0]])
+    assert detector.info() == {"classes_without_val_predictions": [1]}
+    # h = [ln3, 0]: p = d_0 -> KL 0. h = [0, ln3]: p = [1/4, 3/4]; KL(p || d_0) =
+    # 1/4 ln(1/3) + 3/4 ln 3 = ln3 / 2, and KL(p || e_1) is ~ 1/4 * 708: the min is ln3 / 2.
+    scores = detector.score(bank, np.array([[LN3, 0.0], [0.0, LN3]]))
+    np.testing.assert_allclose(scores, [0.0, -LN3 / 2], atol=1e-12)
+
+
+def test_klm_one_hot_template_is_finite_where_openood_gives_inf():
+    bank = klm_bank()
+    detector = fit_detector("klm", bank)
+    h = np.array([[0.0, 50.0]])
+    p = softmax(h, axis=1)[0]
+    assert entropy(p, [0.0, 1.0]) == np.inf  # OpenOOD's KL against the one-hot template
+    # ours: p0 (ln p0 - ln floor) + p1 ln p1, finite and far below KL(p || d_0) ~ ln 4
+    expected = p[0] * (math.log(p[0]) - math.log(TEMPLATE_FLOOR)) + p[1] * math.log(p[1])
+    score = detector.score(bank, h)
+    assert np.isfinite(score).all()
+    np.testing.assert_allclose(score, [-expected], rtol=1e-9)
+
+
+def test_klm_with_underflowing_template_entries_stays_finite():
+    # val logits 800 apart: softmax entries underflow to exact 0 in the template
+    bank = bank_with([[800.0, 0.0], [0.0, 800.0]], [0, 1])
+    detector = fit_detector("klm", bank)
+    assert (detector.templates == np.eye(2)).all()
+    scores = detector.score(bank, np.array([[0.0, 0.0], [1.0, 0.0], [-3.0, 900.0]]))
+    assert np.isfinite(scores).all()
