@@ -9,6 +9,7 @@ import click
 from sio.cli import config_option, pipeline_config
 
 from .benchmark import write_benchmark
+from .records import RECORD_SIZE
 from .verify import verify_shard_set
 
 
@@ -70,8 +71,37 @@ def shards():
 
 
 @shards.command()
-@click.argument("folder", type=click.Path(file_okay=False))
+@click.argument("folder")
 def verify(folder):
-    """Check every shard of FOLDER against its manifest (count, size, sha256)."""
+    """Check every shard of FOLDER (a folder or an s3:// or http(s):// prefix) against its
+    manifest (count, size, sha256)."""
     count = verify_shard_set(folder)
     click.echo(f"{folder}: ok, {count} samples")
+
+
+@shards.command()
+@click.argument("source")
+@click.argument("destination")
+@click.option(
+    "--encoding",
+    type=click.Choice(["records", "png"]),
+    required=True,
+    help="records: batched uint8 arrays (fast to stream); png: one PNG per sample.",
+)
+@click.option(
+    "--record-size",
+    type=int,
+    default=RECORD_SIZE,
+    show_default=True,
+    help="Images per record (records encoding).",
+)
+def convert(source, destination, encoding, record_size):
+    """Write shard set SOURCE (folder or URL) in another encoding to DESTINATION (folder or
+    s3://), shard for shard and sample for sample."""
+    from .convert import convert_shard_set
+
+    manifest = convert_shard_set(source, destination, encoding, record_size=record_size)
+    click.echo(
+        f"{destination}: {manifest.num_samples} samples in {len(manifest.shards)} shards, "
+        f"encoding {encoding}"
+    )

@@ -3,8 +3,10 @@
 A shard set is a folder of WebDataset tar shards plus ``manifest.json``. Each sample has three
 members: ``<key>.png`` (the uint8 image), ``<key>.cls`` (the class id, an ASCII integer >= 0) and
 ``<key>.json`` (provenance: ``source`` real|synthetic and whatever the producer adds). Keys have no
-dots. Shards are written under ``*.tar.tmp`` and renamed when complete, with an integer ``mtime``
-so that the same samples give byte-identical shards. The manifest, written last and atomically,
+dots. A set in the ``records`` encoding (manifest field ``encoding``; see records.py) holds
+batched records of many images per tar sample instead. Shards are written under ``*.tar.tmp``
+and renamed when complete, with an integer ``mtime`` so that the same samples give
+byte-identical shards. The manifest, written last and atomically,
 lists every shard with its sample count, size and sha256.
 """
 
@@ -26,6 +28,11 @@ from .tarwrite import TarShard
 
 FORMAT = "sio-shards/1"
 MANIFEST = "manifest.json"
+# the members of one tar sample in each encoding: per-sample PNG, or a record of many images
+ENCODINGS = {
+    "png": frozenset({"png", "cls", "json"}),
+    "records": frozenset({"images.npy", "labels.npy", "meta.json"}),
+}
 _JSON = json.JSONEncoder(sort_keys=True)  # what json.dumps(meta, sort_keys=True) builds per call
 STATS_BATCH_BYTES = 1 << 20  # images are summed for the pixel statistics a megabyte at a time
 STATS_BATCH_MAX = 65_536
@@ -56,12 +63,14 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     provenance: dict = field(default_factory=dict)
     sio_version: str = sio.__version__
+    encoding: str = "png"  # or "records"; absent from the JSON of png sets (their old form)
 
     @property
     def num_samples(self) -> int:
         return sum(s.num_samples for s in self.shards)
 
     def to_json(self) -> dict:
+        encoding = {} if self.encoding == "png" else {"encoding": self.encoding}
         return {
             "format": FORMAT,
             "kind": self.kind,
@@ -76,12 +85,16 @@ class Manifest:
             "shards": [vars(s) for s in self.shards],
             "provenance": self.provenance,
             "sio_version": self.sio_version,
+            **encoding,
         }
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> Manifest:
         if data.get("format") != FORMAT:
             raise ShardError(f"{where}: not an sio shard-set manifest (format {FORMAT!r})")
+        encoding = data.get("encoding", "png")
+        if encoding not in ENCODINGS:
+            raise ShardError(f"{where}: unknown encoding {encoding!r}; known: {sorted(ENCODINGS)}")
         try:
             return cls(
                 kind=data["kind"],
@@ -95,6 +108,7 @@ class Manifest:
                 shards=tuple(ShardInfo(**s) for s in data["shards"]),
                 provenance=data.get("provenance", {}),
                 sio_version=data.get("sio_version", "unknown"),
+                encoding=encoding,
             )
         except (KeyError, TypeError) as err:
             raise ShardError(f"{where}: malformed manifest: {err!r}") from None

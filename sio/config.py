@@ -349,6 +349,9 @@ class TrainConfig:
     weight_decay: float | None = None
     num_workers: int = 2
     shuffle_buffer: int = 1000
+    steps_per_epoch: int | None = None  # null: SIO's epoch, ceil(N_real / batch_size) steps
+    resident: bool = False  # load the shard sets into (host or GPU) memory once, index there
+    on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: error, or skip and count
     crop_padding: int | None = None
     hflip: bool | None = None
     resized_crop: int | None = None  # > 0: RandomResizedCrop to this size instead of pad-crop
@@ -370,6 +373,11 @@ class TrainConfig:
         _check(self.lr > 0, "lr", "must be positive")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
         _check(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
+        _check(
+            self.steps_per_epoch is None or self.steps_per_epoch > 0,
+            "steps_per_epoch",
+            "must be positive (or null for ceil(N_real / batch_size))",
+        )
         _check(self.crop_padding >= 0, "crop_padding", "must be >= 0")
         _check(self.resized_crop >= 0, "resized_crop", "must be >= 0")
         _check(

@@ -117,8 +117,8 @@ def objective_and_batches(data, method_name, alpha, **changes):
     manifest = read_manifest(data["real"])
     model, method = build_objective(config, manifest, 0, STEPS, "cpu")
     counts = batch_counts(BATCH, alpha)
-    syn_urls = shard_urls(data["synthetic"]) if counts[1] else []
-    spec = batch_spec(data["real"], syn_urls, counts, 0, config, method)
+    synthetic = data["synthetic"] if counts[1] else None
+    spec = batch_spec(data["real"], synthetic, counts, 0, config, method)
     return model, method, list(MixedBatches(spec, SharedEpoch(0))), config
 
 

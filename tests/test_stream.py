@@ -225,6 +225,26 @@ def test_crop_is_a_padded_crop(padding):
     assert {dy for dy, _ in used} == set(range(2 * padding + 1))
 
 
+def test_crop_picks_what_the_indexing_formula_picks():
+    """The gather over flattened images takes, draw for draw, the pixels that
+    padded[i, :, dy_i + r, dx_i + c] takes (the advanced-indexing formula it replaced)."""
+    images = random_images(n=16, c=3, h=7, w=9, seed=2)
+    out = random_crop_flip(images, torch.Generator().manual_seed(8), padding=3, hflip=True)
+    generator = torch.Generator().manual_seed(8)
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (3, 3, 3, 3))
+    dy = torch.randint(0, 7, (n,), generator=generator)
+    dx = torch.randint(0, 7, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    expected = padded[
+        torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols
+    ]
+    flip = torch.rand(n, generator=generator) < 0.5
+    expected = torch.where(flip[:, None, None, None], expected.flip(-1), expected)
+    assert torch.equal(out, expected)
+
+
 def test_crop_seeded():
     images = random_images()
     a = random_crop_flip(images, torch.Generator().manual_seed(3), padding=2, hflip=True)

@@ -154,9 +154,9 @@ def test_resume_after_interruption(tmp_path, data, monkeypatch):
     # moved on, but the checkpoint on disk is the one written after epoch 1.
     original = trainer_module._train_epoch
 
-    def interrupted(model, loader, optimizer, schedule, epoch, steps, device):
+    def interrupted(model, loader, optimizer, schedule, epoch, steps, device, *context):
         if epoch < 2:
-            return original(model, loader, optimizer, schedule, epoch, steps, device)
+            return original(model, loader, optimizer, schedule, epoch, steps, device, *context)
 
         def two_batches_then_stop():
             for i, batch in enumerate(loader):

@@ -14,18 +14,21 @@ def random_crop_flip(
 ) -> torch.Tensor:
     """Zero-pad by ``padding`` and crop back to size at a random offset per image, then flip
     each image horizontally with probability 1/2 when ``hflip``."""
-    n, _, height, width = images.shape
+    n, channels, height, width = images.shape
     if padding > 0 and n > 0:
         padded = F.pad(images, (padding, padding, padding, padding))
         dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
         dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(height))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(width))[:, None, None, :]
-        batch = torch.arange(n)[:, None, None, None]
-        channel = torch.arange(images.shape[1])[None, :, None, None]
-        images = padded[batch, channel, rows, cols]
+        # one gather over the flattened padded images: pixel (r, c) of crop i is element
+        # (dy_i + r) * padded_width + dx_i + c (the generator, and so every draw, is on the CPU;
+        # the images may be on a GPU)
+        padded_width = width + 2 * padding
+        grid = (torch.arange(height)[:, None] * padded_width + torch.arange(width)).flatten()
+        index = ((dy * padded_width + dx)[:, None] + grid[None]).to(images.device)
+        index = index[:, None, :].expand(n, channels, height * width)
+        images = padded.flatten(2).gather(2, index).view(n, channels, height, width)
     if hflip and n > 0:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     return images
 

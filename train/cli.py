@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import click
 
 from sio.cli import config_option, device_option, pipeline_config
 
+from .distributed import torchrun_command
 from .trainer import train_classifier
 
 
+def _torchrun_arguments(options: dict) -> list[str]:
+    """The same ``sio train`` command line, for each rank, without ``--nproc``."""
+    arguments = ["train"]
+    for name in ("real", "synthetic", "alpha", "seed", "out", "config", "device"):
+        if options[name] is not None:
+            arguments += [f"--{name}", str(options[name])]
+    return arguments + (["--resume"] if options["resume"] else [])
+
+
 @click.command()
-@click.option(
-    "--real", required=True, type=click.Path(file_okay=False), help="Real training shard set."
-)
+@click.option("--real", required=True, help="Real training shard set: folder or URL.")
 @click.option(
     "--synthetic",
-    type=click.Path(file_okay=False),
     default=None,
-    help="Synthetic shard set (needed when alpha < 1).",
+    help="Synthetic shard set, folder or URL (needed when alpha < 1).",
 )
 @click.option(
     "--alpha",
@@ -32,12 +42,36 @@ from .trainer import train_classifier
     type=click.Path(file_okay=False),
     help="Run folder: checkpoint.pt and log.jsonl.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last checkpoint (a finished run is left as it "
+    "is, a folder without one starts afresh). Without it, a folder that holds a checkpoint "
+    "is refused, so a run is never overwritten.",
+)
+@click.option(
+    "--nproc",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Data-parallel processes: runs `torchrun --standalone --nproc_per_node N -m sio "
+    "train ...` (NCCL, one GPU each; gloo on the CPU).",
+)
 @config_option
 @device_option
-def train(real, synthetic, alpha, seed, out, config_path, device):
+def train(real, synthetic, alpha, seed, out, resume, nproc, config_path, device):
     """Train a classifier on exact real:synthetic = alpha : 1-alpha batches."""
     from sio.pipeline import default_device
 
+    if nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise click.UsageError("--nproc inside a torchrun process: drop --nproc")
+        options = dict(locals(), config=config_path)
+        status = subprocess.call(torchrun_command(nproc, _torchrun_arguments(options)))
+        if status:
+            raise click.ClickException(f"torchrun exited with status {status}")
+        click.echo(f"checkpoint: {os.path.join(out, 'checkpoint.pt')}")
+        return
     config = pipeline_config(config_path)
     alpha = config.sio_alpha if alpha is None else alpha
     path = train_classifier(
@@ -48,5 +82,6 @@ def train(real, synthetic, alpha, seed, out, config_path, device):
         config=config.train,
         out=out,
         device=device or default_device(),
+        resume=resume,
     )
     click.echo(f"checkpoint: {path}")

@@ -62,4 +62,4 @@ def compose(real: torch.Tensor, synthetic: torch.Tensor, generator: torch.Genera
         [torch.zeros(len(real), dtype=torch.bool), torch.ones(len(synthetic), dtype=torch.bool)]
     )
     order = torch.randperm(len(images), generator=generator)
-    return images[order], order, is_synthetic[order]
+    return images[order.to(images.device)], order, is_synthetic[order]

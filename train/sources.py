@@ -1,8 +1,34 @@
-"""The shard sets a training run reads besides the real one, checked against it."""
+"""The shard sets a training run reads, from folders or URLs, checked against the real one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sio.shards import Manifest, read_manifest, shard_urls
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """A shard set as the streams read it: its manifest, shard URLs and encoding."""
+
+    location: str
+    manifest: Manifest
+    urls: tuple[str, ...]
+
+    @classmethod
+    def open(cls, location) -> ShardSource:
+        manifest = read_manifest(location)
+        return cls(str(location), manifest, tuple(shard_urls(location, manifest)))
+
+    @property
+    def encoding(self) -> str:
+        return self.manifest.encoding
+
+    @property
+    def expected(self) -> tuple[tuple[str, int], ...]:
+        """Images per shard URL, for the streams' truncation check."""
+        counts = (s.num_samples for s in self.manifest.shards)
+        return tuple(zip(self.urls, counts, strict=True))
 
 
 def check_compatible(real: Manifest, other: Manifest, what: str, *, same_classes: bool) -> None:
@@ -20,25 +46,45 @@ def check_compatible(real: Manifest, other: Manifest, what: str, *, same_classes
             )
 
 
-def synthetic_urls(real_manifest: Manifest, synthetic, alpha: float, n_syn: int) -> list[str]:
+def synthetic_source(real: Manifest, synthetic, alpha: float, n_syn: int) -> ShardSource | None:
     if not n_syn:
-        return []
+        return None
     if synthetic is None:
         raise ValueError(
             f"alpha = {alpha} puts {n_syn} synthetic samples in every batch, "
             "but no synthetic shard set was given"
         )
-    syn_manifest = read_manifest(synthetic)
-    check_compatible(real_manifest, syn_manifest, "synthetic", same_classes=True)
-    return shard_urls(synthetic, syn_manifest)
+    source = ShardSource.open(synthetic)
+    check_compatible(real, source.manifest, "synthetic", same_classes=True)
+    return source
 
 
-def extra_sources(real_manifest: Manifest, inputs: dict[str, str], counts: dict[str, int]):
-    """(name, urls, samples per batch) for each extra shard set of a method (OE's outliers,
+def extra_sources(real: Manifest, inputs: dict[str, str], counts: dict[str, int]):
+    """(name, source, samples per batch) for each extra shard set of a method (OE's outliers,
     PixMix's mixing pictures): same channels and image size as the real set, any classes."""
     extras = []
     for name, count in counts.items():
-        manifest = read_manifest(inputs[name])
-        check_compatible(real_manifest, manifest, name, same_classes=False)
-        extras.append((name, tuple(shard_urls(inputs[name], manifest)), count))
+        source = ShardSource.open(inputs[name])
+        check_compatible(real, source.manifest, name, same_classes=False)
+        extras.append((name, source, count))
     return tuple(extras)
+
+
+def check_shard_count(name: str, source: ShardSource, ranks: int, workers: int) -> None:
+    """Under DDP, refuse a streamed shard set with fewer shards than ranks x workers.
+
+    sio's streams are resampled: every (rank, worker) reader walks all shards in its own random
+    order, so no reader ever runs dry and the step count is fixed; a small set can neither hang
+    DDP nor change the composition. What it does change is diversity: each reader draws from
+    the shard it is on (through a shuffle buffer), and the readers that make one global step are
+    the same worker on every rank. With fewer shards than readers, some readers are always on
+    the same shard at once, so the ranks' parts of one global batch repeat each other's samples.
+    A single process is exempt: its workers make different steps."""
+    readers = ranks * max(1, workers)
+    if ranks > 1 and len(source.urls) < readers:
+        raise ValueError(
+            f"the {name} shard set {source.location} has {len(source.urls)} shards, fewer than "
+            f"the {ranks} ranks x {max(1, workers)} workers reading it: some readers would "
+            "always share a shard, and the ranks' parts of a global batch would repeat samples. "
+            "Write smaller shards, use fewer workers, or set train.resident: true"
+        )

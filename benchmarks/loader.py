@@ -1,0 +1,257 @@
+"""Training-loader throughput per worker process, and SIO's no-overhead promise.
+
+1. Loader. Natural-looking 32x32 RGB images (``natural_images``): a real set and a synthetic set,
+   written as per-sample PNG shards (``ShardSetWriter``, 1,000 per shard) and converted to
+   batched records (``convert_shard_set``, 1,000 images per record). Mixed batches at alpha =
+   0.8 and B = 128 (102 real + 26 synthetic, every batch exact), crop pad 4 + flip, are drawn in
+   this one process, exactly what one DataLoader worker does (``MixedBatches`` without workers):
+   - png: streaming per-sample PNG shards (tar parse, shuffle buffer, PNG decode);
+   - records: streaming records shards;
+   - resident: ``ResidentBatches`` over both sets held in memory (composition by index);
+   - ceiling: one in-memory uint8 tensor, a random index batch of 128, the same augmentation.
+   One torch thread, as in a DataLoader worker (torch sets it there). Paths alternate over
+   rounds (the machine may be shared); medians of images per wall second and per CPU-second of
+   this process, each as a share of the ceiling.
+2. Overhead of alpha. The trainer's own epoch (``train_epoch``: forward, backward, SGD step,
+   exact-composition checks) on a digits-sized task (8x8 grey images, ``small_cnn``, B = 128),
+   one model fed by two persistent DataLoaders of one worker each, alpha = 1.0 (one stream) and
+   alpha = 0.8 (two streams composed per batch), whole epochs alternating between them in one
+   process (so drift on a shared machine hits both alike); each epoch restarts its streams as
+   in training. One torch thread in the training process: with one busy worker that is two
+   processes for two cores (more oversubscribes them, and step times swing by 10x). The ratio
+   is the median over pairs of adjacent epochs of steps/s at 0.8 over steps/s at 1.0.
+
+Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
+Usage: python benchmarks/loader.py [rounds] [num_real]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from sio.config import TrainConfig
+from sio.environment import describe_machine
+from sio.shards import ShardSetWriter, convert_shard_set
+from sio.shards.samplefiles import natural_images
+from sio.train import batch_counts
+from sio.train.augment import random_crop_flip
+from sio.train.loop import EpochContext, train_epoch
+from sio.train.resident import ResidentBatches, load_resident
+from sio.train.sources import ShardSource
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
+from sio.train.trainer import Objective, batch_spec, build_objective
+
+BATCH, N_REAL, N_SYN = 128, 102, 26  # alpha = 0.8
+EPOCH_STEPS = 50
+WARMUP = {"png": 3, "records": 10, "resident": 10, "ceiling": 10}
+MEASURED = {"png": 30, "records": 200, "resident": 200, "ceiling": 200}
+PATHS = {
+    "png": "streaming, per-sample PNG shards",
+    "records": "streaming, batched records (1,000 images each)",
+    "resident": "resident sets, composition by index",
+    "ceiling": "in-memory uint8 tensor, index + augmentation (ceiling)",
+}
+
+
+def write_set(folder: Path, images: np.ndarray, kind: str) -> Path:
+    with ShardSetWriter(
+        folder,
+        kind=kind,
+        name=kind,
+        image_size=images.shape[1:3],
+        channels=1 if images.ndim == 3 else 3,
+        class_names=[str(c) for c in range(10)],
+        shard_size=1000,
+    ) as writer:
+        for i, image in enumerate(images):
+            writer.write(f"{kind}-{i:06d}", image, i % 10, {"source": kind, "index": i})
+    return folder
+
+
+def make_sets(root: Path, num_real: int, size: int, channels: int) -> dict:
+    """{encoding: (real folder, synthetic folder)} of the same images in both encodings."""
+    sets = {}
+    for kind, count, seed in (("real", num_real, 0), ("synthetic", num_real // 2, 1)):
+        images = natural_images(count, size, seed=seed, channels=channels)
+        png = write_set(root / f"{kind}-png", images, kind)
+        convert_shard_set(png, root / f"{kind}-records", "records")
+    for encoding in ("png", "records"):
+        sets[encoding] = (root / f"real-{encoding}", root / f"synthetic-{encoding}")
+    return sets
+
+
+def spec_for(real: Path, synthetic: Path, steps: int) -> MixSpec:
+    real_source, syn_source = ShardSource.open(real), ShardSource.open(synthetic)
+    return MixSpec(
+        real_urls=real_source.urls,
+        synthetic_urls=syn_source.urls,
+        n_real=N_REAL,
+        n_syn=N_SYN,
+        channels=3,
+        image_size=(32, 32),
+        steps_per_epoch=steps,
+        seed=0,
+        crop_padding=4,
+        hflip=True,
+        encodings=(("real", real_source.encoding), ("synthetic", syn_source.encoding)),
+    )
+
+
+def timed(batches, warmup: int) -> tuple[float, float, int]:
+    """(wall s, CPU s, images) over the batches after the first ``warmup``."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        next(iterator)
+    wall, cpu, images = time.perf_counter(), time.process_time(), 0
+    for batch in iterator:
+        images += len(batch["labels"])
+    return time.perf_counter() - wall, time.process_time() - cpu, images
+
+
+def ceiling_batches(pool: torch.Tensor, steps: int):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        index = torch.randint(len(pool), (BATCH,), generator=generator)
+        images = random_crop_flip(pool[index], generator, padding=4, hflip=True)
+        yield {"images": images, "labels": index}
+
+
+def loader_round(sets: dict, resident_sets: dict, pool: torch.Tensor) -> dict:
+    results = {}
+    for path in PATHS:
+        steps = WARMUP[path] + MEASURED[path]
+        if path == "ceiling":
+            batches = ceiling_batches(pool, steps)
+        else:
+            spec = spec_for(*sets["records" if path == "resident" else path], steps)
+            batches = MixedBatches(spec, SharedEpoch(0))
+            if path == "resident":
+                counts = {"real": (N_REAL,), "synthetic": (N_SYN,)}
+                batches = ResidentBatches(spec, SharedEpoch(0), resident_sets, counts)
+        wall, cpu, images = timed(batches, WARMUP[path])
+        results[path] = (images / wall, images / cpu)
+    return results
+
+
+def alpha_pairs(root: Path, pairs: int) -> dict:
+    """Steps/s of alternating epochs at alpha 1.0 and 0.8 on one model, per encoding."""
+    sets = make_sets(root / "digits", 4096, 8, 1)
+    config = TrainConfig(batch_size=BATCH, num_workers=1, steps_per_epoch=EPOCH_STEPS)
+    results = {}
+    for encoding, (real, synthetic) in sets.items():
+        manifest = ShardSource.open(real).manifest
+        model, method = build_objective(config, manifest, 0, EPOCH_STEPS, "cpu")
+        objective = Objective(model, method)
+        optimizer = torch.optim.SGD(objective.parameters(), lr=0.01, momentum=0.9)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        loaders = {}
+        for alpha in (1.0, 0.8):
+            counts = batch_counts(BATCH, alpha)
+            spec = batch_spec(real, synthetic, counts, 0, config, method)
+            epoch = SharedEpoch(0)
+            loader = DataLoader(
+                MixedBatches(spec, epoch), batch_size=None, num_workers=1, persistent_workers=True
+            )
+            loaders[alpha] = (loader, epoch, EpochContext(quota=(spec.n_real, spec.n_syn)))
+        rates = {1.0: [], 0.8: []}
+        for number in range(pairs + 1):  # the first pair warms up
+            for alpha in (1.0, 0.8) if number % 2 else (0.8, 1.0):
+                loader, epoch, context = loaders[alpha]
+                epoch.set(number)
+                with contextlib.redirect_stderr(io.StringIO()):  # the progress bar
+                    record = train_epoch(
+                        objective, loader, optimizer, schedule, number, EPOCH_STEPS, "cpu", context
+                    )
+                if number:
+                    rates[alpha].append(record["images_per_s"] / BATCH)
+        results[encoding] = {"1.0": rates[1.0], "0.8": rates[0.8]}
+    return results
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    num_real = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        sets = make_sets(root, num_real, 32, 3)
+        resident_sets = {
+            name: load_resident(ShardSource.open(folder), "cpu")
+            for name, folder in zip(("real", "synthetic"), sets["records"], strict=True)
+        }
+        pool = resident_sets["real"].images
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what a DataLoader worker runs with
+        loader = [loader_round(sets, resident_sets, pool) for _ in range(rounds)]
+        overhead = alpha_pairs(root, 4 * rounds)
+        torch.set_num_threads(threads)
+    report(loader, overhead, num_real)
+
+
+def report(loader: list[dict], overhead: dict, num_real: int) -> None:
+    wall = {p: statistics.median(r[p][0] for r in loader) for p in PATHS}
+    cpu = {p: statistics.median(r[p][1] for r in loader) for p in PATHS}
+    lines = [
+        f"Loader: {num_real:,} real + {num_real // 2:,} synthetic 32x32 RGB images, alpha 0.8, "
+        f"B = {BATCH}, crop 4 + flip, one process, {len(loader)} alternating rounds",
+        "",
+        "| path | images/s per worker (wall, median) | share | images per CPU-second | share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for path, label in PATHS.items():
+        lines.append(
+            f"| {label} | {wall[path]:,.0f} | {100 * wall[path] / wall['ceiling']:.0f} % | "
+            f"{cpu[path]:,.0f} | {100 * cpu[path] / cpu['ceiling']:.0f} % |"
+        )
+    lines += [
+        "",
+        f"Overhead of alpha: the trainer's epochs of {EPOCH_STEPS} steps, small_cnn on 8x8 "
+        "grey, B = 128, 1 worker per loader, 1 torch thread, alternating in one process",
+        "",
+        "| encoding | steps/s at alpha 1.0 (median) | at alpha 0.8 | ratio 0.8 / 1.0 "
+        "(median of pairs) |",
+        "|---|---:|---:|---:|",
+    ]
+    ratios = {}
+    for encoding, rates in overhead.items():
+        one, mixed = statistics.median(rates["1.0"]), statistics.median(rates["0.8"])
+        pairs = [m / o for m, o in zip(rates["0.8"], rates["1.0"], strict=True)]
+        ratios[encoding] = statistics.median(pairs)
+        lines.append(f"| {encoding} | {one:.1f} | {mixed:.1f} | {ratios[encoding]:.3f} |")
+    print("\n".join(lines))
+    result = {
+        "loader": {
+            "rounds": loader,
+            "median_images_per_s": wall,
+            "median_images_per_cpu_s": cpu,
+            "share_of_ceiling": {p: wall[p] / wall["ceiling"] for p in PATHS},
+            "num_real": num_real,
+            "batch": [N_REAL, N_SYN],
+        },
+        "alpha_overhead": {
+            "steps_per_s": overhead,
+            "ratio_08_to_10": ratios,
+            "epoch_steps": EPOCH_STEPS,
+            "model": "small_cnn on 8x8 grey, 4,096 real + 2,048 synthetic images",
+        },
+        "torch_threads_while_measuring": 1,
+        "dataloader_workers_per_loader": 1,
+        "machine": describe_machine(),
+    }
+    results_dir = Path(__file__).parent / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "loader.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Faults: truncated and corrupt shards (named errors, or skipped and counted), explicit
+``--resume`` that never overwrites a run, and a run killed with SIGKILL that resumes to the same
+end as an uninterrupted one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+import yaml
+from click.testing import CliRunner
+
+from sio.cli import get_cli
+from sio.config import TrainConfig
+from sio.shards import ShardError, ShardSetWriter, iter_samples
+from sio.train import load_checkpoint, train_classifier
+
+CONFIG = TrainConfig(
+    epochs=2, batch_size=8, num_workers=0, shuffle_buffer=8, crop_padding=0, lr=0.05
+)
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_set(folder, count, kind="real"):
+    rng = np.random.default_rng(len(kind))
+    with ShardSetWriter(
+        folder,
+        kind=kind,
+        name=kind,
+        image_size=(8, 8),
+        channels=1,
+        class_names=("a", "b"),
+        shard_size=8,
+    ) as writer:
+        for i in range(count):
+            image = rng.integers(0, 60, (8, 8)) + 150 * (i % 2)
+            writer.write(f"{kind}-{i:04d}", image.astype(np.uint8), i % 2, {"i": i})
+    return folder
+
+
+def member_offsets(path):
+    with tarfile.open(path) as tar:
+        return {info.name: info.offset for info in tar}
+
+
+def truncate_at(path, member):
+    offset = member_offsets(path)[member]
+    path.write_bytes(path.read_bytes()[:offset])
+
+
+def test_shard_cut_at_a_member_boundary_is_caught_by_its_count(tmp_path):
+    folder = write_set(tmp_path / "real", 24)
+    truncate_at(folder / "shard-000001.tar", "real-0013.cls")  # five whole samples remain
+    with pytest.raises(ShardError, match=r"shard-000001\.tar: 5 samples read, the manifest says 8"):
+        list(iter_samples(folder))
+
+
+def test_shard_cut_inside_a_member_names_it(tmp_path):
+    folder = write_set(tmp_path / "real", 24)
+    path = folder / "shard-000002.tar"
+    offset = member_offsets(path)["real-0019.png"]
+    path.write_bytes(path.read_bytes()[: offset + 600])
+    with pytest.raises(ShardError, match=r"shard-000002\.tar: member real-0019\.png: .*truncated"):
+        list(iter_samples(folder))
+
+
+def test_corrupt_header_is_named(tmp_path):
+    folder = write_set(tmp_path / "real", 16)
+    path = folder / "shard-000001.tar"
+    data = bytearray(path.read_bytes())
+    data[member_offsets(path)["real-0010.json"] + 3] ^= 0x01  # inside the member's name
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"shard-000001\.tar: the member after real-0010.cls: bad"):
+        list(iter_samples(folder))
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """A real set with one undecodable PNG (shard 0) and one truncated shard (shard 2)."""
+    folder = write_set(tmp_path / "real", 40)
+    path = folder / "shard-000000.tar"
+    samples = []
+    with tarfile.open(path) as tar:
+        for info in tar:
+            key, ext = info.name.split(".", 1)
+            if not samples or samples[-1]["__key__"] != key:
+                samples.append({"__key__": key})
+            samples[-1][ext] = tar.extractfile(info).read()
+    samples[3]["png"] = b"\x89PNG broken"
+    with wds.TarWriter(str(path), encoder=False, mtime=0) as tar:
+        for sample in samples:
+            tar.write(sample)
+    truncate_at(folder / "shard-000002.tar", "real-0020.cls")
+    return folder
+
+
+def test_corrupt_data_stops_training_by_default_naming_url_and_member(broken, tmp_path):
+    with pytest.raises(ShardError, match=r"shard-00000[02]\.tar.*(real-0003|manifest says 8)"):
+        train_classifier(
+            real=broken, synthetic=None, alpha=1.0, seed=0, config=CONFIG, out=tmp_path / "x"
+        )
+
+
+def test_skip_counts_what_it_skipped_and_keeps_batches_exact(broken, tmp_path):
+    config = dataclasses.replace(CONFIG, on_error="skip", epochs=3)
+    out = tmp_path / "run"
+    train_classifier(real=broken, synthetic=None, alpha=1.0, seed=0, config=config, out=out)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["real_seen"] == 5 * 8 and r["synthetic_seen"] == 0 for r in log)
+    assert sum(r["skipped_samples"] for r in log) >= 1  # the broken PNG, once per pass
+    assert sum(r["skipped_shards"] for r in log) >= 1  # the truncated shard
+    assert all(r["skipped_records"] == 0 for r in log)
+
+
+def run_cli(*args):
+    return CliRunner().invoke(get_cli(), ["train", *map(str, args)])
+
+
+def test_cli_resume_is_explicit_and_never_overwrites(tmp_path):
+    real = write_set(tmp_path / "real", 16)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"train": {**vars_of(CONFIG), "epochs": 1}}))
+    common = ["--real", real, "--alpha", 1, "--out", tmp_path / "run", "--config", config]
+    first = run_cli(*common, "--device", "cpu")
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    again = run_cli(*common, "--device", "cpu")
+    assert again.exit_code == 1
+    assert "holds a finished run (1 epochs); nothing was overwritten" in again.output
+    resumed = run_cli(*common, "--device", "cpu", "--resume")
+    assert resumed.exit_code == 0 and "complete" in resumed.output
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def vars_of(config: TrainConfig) -> dict:
+    keys = ("epochs", "batch_size", "num_workers", "shuffle_buffer", "crop_padding", "lr")
+    return {key: getattr(config, key) for key in keys}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    real = write_set(tmp_path / "real", 40)
+    epochs = 40
+    settings = {**vars_of(CONFIG), "epochs": epochs}
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump({"train": settings}))
+    out = tmp_path / "killed"
+    args = ["--real", real, "--alpha", 1, "--out", out, "--config", config_file, "--device", "cpu"]
+    process = subprocess.Popen(
+        [str(BIN / "python"), "-m", "sio", "train", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # as this process: comparable weights
+    )
+    deadline = time.monotonic() + 90
+    log = out / "log.jsonl"
+    while not (log.is_file() and log.read_text().count("\n") >= 1):  # checkpoint of epoch >= 1
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(out)[1]["epoch"]
+    assert 1 <= killed_at < epochs, "the kill must land mid-run"
+    resumed = run_cli(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    config = TrainConfig(**settings)
+    reference = tmp_path / "reference"
+    train_classifier(real=real, synthetic=None, alpha=1.0, seed=0, config=config, out=reference)
+    (model_a, state_a), (model_b, state_b) = load_checkpoint(out), load_checkpoint(reference)
+    assert state_a["step"] == state_b["step"] == epochs * 5 and state_a["complete"]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(epochs))
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)

@@ -1,0 +1,143 @@
+"""The run's checkpoint: written atomically after every epoch, resumed from, loaded for use.
+
+``checkpoint.pt`` holds what resuming needs (model, method state, optimizer, schedule, every
+rank's RNG states, epoch, step) and what using the classifier needs (architecture, head, method,
+classes, normalisation, the training config). Data order needs no state: it derives from (seed,
+epoch, rank, worker, source), so a resumed run repeats the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sio.config import TrainConfig, to_dict
+
+from .methods import METHODS
+from .models import build_classifier
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "sio-checkpoint/1"
+# fields of the training config that may change between a run and its resumption
+RESUMABLE_CHANGES = ("on_error",)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """(classifier in eval mode, checkpoint dict) from a ``checkpoint.pt`` or its run folder.
+
+    ``state["method"]`` names the training method and ``state["head"]`` the classifier head
+    (``godin`` for G-ODIN, whose classifier has ``godin_score``); older checkpoints are ``ce``
+    with a linear head."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no checkpoint; `sio train --out DIR` writes DIR/{CHECKPOINT}"
+        )
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an sio checkpoint (format {CHECKPOINT_FORMAT!r})")
+    state.setdefault("method", "ce")
+    model = build_classifier(
+        state["model"],
+        in_channels=state["channels"],
+        num_classes=len(state["class_names"]),
+        mean=state["pixel_mean"],
+        std=state["pixel_std"],
+        head=state.get("head", "linear"),
+        **state.get("head_options", {}),
+    )
+    model.load_state_dict(state["model_state"])
+    return model.to(device).eval(), state
+
+
+def header(manifest, config, alpha, seed, real, synthetic, world_size: int) -> dict:
+    method_class = METHODS.get(config.method)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": config.model,
+        "method": config.method,
+        "head": method_class.head,
+        "head_options": method_class.head_options(config),
+        "channels": manifest.channels,
+        "image_size": list(manifest.image_size),
+        "class_names": list(manifest.class_names),
+        "pixel_mean": list(manifest.pixel_mean),
+        "pixel_std": list(manifest.pixel_std),
+        "config": to_dict(config),
+        "alpha": alpha,
+        "seed": seed,
+        "world_size": world_size,
+        "real": str(real),
+        "synthetic": None if synthetic is None else str(synthetic),
+        "epoch": 0,
+        "step": 0,
+        "complete": False,
+        "history": [],
+    }
+
+
+def _run_definition(state: dict) -> dict:
+    # a field added to TrainConfig after a checkpoint was written ran at its default there
+    config = {**to_dict(TrainConfig()), **state["config"]}
+    config = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+    return {
+        "config": config,
+        "alpha": state["alpha"],
+        "seed": state["seed"],
+        "model": state["model"],
+        "world_size": state.get("world_size", 1),
+    }
+
+
+def check_same_run(path: Path, previous: dict, state: dict) -> None:
+    """Refuse to resume a checkpoint made with another config, alpha, seed, model or number of
+    ranks (each changes the batches or the schedule)."""
+    old, new = _run_definition(previous), _run_definition(state)
+    for key in old:
+        if old[key] != new[key]:
+            raise ValueError(
+                f"{path} was trained with {key} = {old[key]!r}, "
+                f"not {new[key]!r}; use another output folder"
+            )
+
+
+def rng_state() -> dict:
+    """This process's global RNG states (torch, CUDA, numpy, Python), as tensors and lists."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(internal), python_gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, python_gauss = state["python"]
+    random.setstate((version, tuple(internal), python_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
