@@ -322,21 +322,6 @@ def test_torchrun_ranks_write_disjoint_shards_of_the_same_set(tmp_path, cond_dir
         assert record["rank"] == i % 2
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_generate_to_s3(tmp_path, cond_dir, s3_endpoint):
     import boto3
 

@@ -101,21 +101,6 @@ def http_root(sets):
     server.server_close()
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def upload(client, folder: Path, bucket: str, prefix: str) -> str:
     for path in sorted(folder.iterdir()):
         client.upload_file(str(path), bucket, f"{prefix}/{path.name}")

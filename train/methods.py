@@ -15,6 +15,7 @@ This module holds ce, logitnorm, ce_plus, cutmix, pixmix and oe; godin.py and vo
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-class Method(nn.Module):
+class Method(nn.Module, abc.ABC):
     """A training objective. Its parameters and buffers (if any) are trained by the same
     optimiser and saved in the checkpoint as ``method_state``."""
 
@@ -96,8 +97,9 @@ class Method(nn.Module):
     def param_groups(self, model: nn.Module) -> list[dict]:
         return [{"params": list(model.parameters())}]
 
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(the loss to minimise, the ID logits for logged accuracy) of one batch."""
 
 
 @METHODS.register("ce")
