@@ -25,7 +25,6 @@ from sio.train.sources import ShardSource, check_shard_count
 from sio.train.trainer import batch_plan
 
 BIN = Path(sys.executable).parent
-MASTER_PORT = "29533"  # the generate test uses 29517
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 8])
@@ -89,7 +88,7 @@ def test_two_gloo_ranks_under_torchrun(tmp_path):
     out, steps_log = tmp_path / "run", tmp_path / "steps"
     command = [
         *(str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--master_port", MASTER_PORT, "-m", "sio", "train"),
+        *("--standalone", "-m", "sio", "train"),  # a free port: nothing fixed to collide
         *("--real", str(real), "--synthetic", str(synthetic), "--alpha", "0.75"),
         *("--out", str(out), "--config", str(tmp_path / "pipeline.yaml"), "--device", "cpu"),
     ]

@@ -311,7 +311,8 @@ def test_killed_run_resumes_to_identical_checksums(tmp_path, cond_dir, reference
 @pytest.mark.slow
 def test_torchrun_ranks_write_disjoint_shards_of_the_same_set(tmp_path, cond_dir, reference):
     out = tmp_path / "syn"
-    runner = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", "-m", "sio"]
+    # --standalone: torchrun picks a free port, so no fixed port can collide
+    runner = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "sio"]
     process = cli_generate(cond_dir, out, runner=runner)
     output, _ = process.communicate(timeout=180)
     assert process.returncode == 0, output
