@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from sio.config import ConfigError, _check, parse_dataclass
+from sio.config import ConfigError, _check, load_yaml_dataclass
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
 BUILT_IN = ("digits",)
@@ -132,12 +130,4 @@ def benchmark_file(name: str) -> Path:
 
 def load_spec(name: str) -> BenchmarkSpec:
     """Read and validate a benchmark file; every error names the file and the field."""
-    path = benchmark_file(name)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    try:
-        return parse_dataclass(BenchmarkSpec, data, "")
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {str(err).lstrip('.')}") from None
+    return load_yaml_dataclass(BenchmarkSpec, benchmark_file(name))

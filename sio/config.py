@@ -587,12 +587,17 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
             "shard, generator, generate, train and evaluate; the repository's pipeline.yaml "
             "is a complete example."
         )
+    return load_yaml_dataclass(PipelineConfig, path)
+
+
+def load_yaml_dataclass(cls: type, path: Path):
+    """Parse a YAML file into ``cls``; every error names the file and the field path."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:
-        return parse_dataclass(PipelineConfig, data, "")
+        return parse_dataclass(cls, data, "")
     except ConfigError as err:
         raise ConfigError(f"{path}: {str(err).lstrip('.')}") from None
 
