@@ -12,6 +12,7 @@ finite scores raises ``DetectorError`` naming the detector, the dataset and the 
 from __future__ import annotations
 
 import abc
+import itertools
 
 import numpy as np
 from scipy.special import logsumexp
@@ -24,6 +25,28 @@ from .activations import ActivationBank
 DETECTORS: Registry = Registry("detector")
 
 
+def grid_settings(grid: dict[str, tuple]) -> list[dict]:
+    """The cartesian product of ``grid`` in OpenOOD v1.5's order (``recursive_generator``: the
+    first key varies fastest), as {setting: value} dicts; [] for an empty grid."""
+    if not grid:
+        return []
+    names = list(grid)
+    combos = itertools.product(*(grid[name] for name in reversed(names)))
+    return [dict(zip(names, reversed(combo), strict=True)) for combo in combos]
+
+
+class Searchable:
+    """``search_grid``: OpenOOD v1.5's ``postprocessor_sweep`` for a detector whose APS is on,
+    keyed by its ``evaluate.<name>`` config fields; {} = no search (the settings are kept)."""
+
+    search_grid: dict[str, tuple] = {}
+
+    @classmethod
+    def search_settings(cls, bank: ActivationBank) -> list[dict]:
+        """The candidate settings for ``bank``, in grid order."""
+        return grid_settings(cls.search_grid)
+
+
 class DetectorError(ValueError):
     """A detector that cannot give finite scores; the message names detector, dataset, cause."""
 
@@ -32,7 +55,7 @@ def detector_error(name: str, dataset: str, cause: str) -> DetectorError:
     return DetectorError(f"detector {name} on {dataset}: {cause}")
 
 
-class Detector(abc.ABC):
+class Detector(Searchable, abc.ABC):
     """``fit`` learns what the detector needs from ID activations (nothing, for logit scores);
     ``score`` maps penultimate features to one score per row, higher = more in-distribution."""
 
@@ -54,7 +77,7 @@ class Detector(abc.ABC):
         return {}
 
 
-class InputDetector(abc.ABC):
+class InputDetector(Searchable, abc.ABC):
     """A detector that needs the classifier and its input images (ODIN's input gradients)."""
 
     name = "input-detector"

@@ -35,6 +35,8 @@ class ReAct(Detector):
     logsumexp(W min(h, c) + b)."""
 
     name = "react"
+    # OpenOOD v1.5 configs/postprocessors/react.yml, postprocessor_sweep.percentile_list
+    search_grid = {"percentile": (85.0, 90.0, 95.0, 99.0)}
 
     def __init__(self, percentile: float = PercentileSettings.percentile):
         self.percentile = percentile
@@ -103,9 +105,20 @@ class VIM(Detector):
     """
 
     name = "vim"
+    # OpenOOD v1.5 configs/postprocessors/vim.yml, postprocessor_sweep.dim_list
+    search_grid = {"dim": (256, 1000)}
 
     def __init__(self, dim: int | None = None):
         self.configured_dim = dim
+
+    @classmethod
+    def search_settings(cls, bank):
+        """The grid's dims below D (a dim >= D leaves no residual), then the default rule's dim
+        (``vim_dim``) if it is not among them, so the grid is never empty."""
+        width = bank.fc_weight.shape[1]
+        dims = [dim for dim in cls.search_grid["dim"] if dim < width]
+        default = vim_dim(None, width)
+        return [{"dim": dim} for dim in (dims if default in dims else [*dims, default])]
 
     @classmethod
     def from_config(cls, config):

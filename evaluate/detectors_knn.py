@@ -79,6 +79,8 @@ class KNN(Detector):
     """
 
     name = "knn"
+    # OpenOOD v1.5 configs/postprocessors/knn.yml, postprocessor_sweep.K_list
+    search_grid = {"k": (50, 100, 200, 500, 1000)}
 
     def __init__(self, k: int = KnnSettings.k, backend: str = KnnSettings.backend):
         if backend not in ("auto", "faiss", "torch"):
@@ -88,6 +90,12 @@ class KNN(Detector):
     @classmethod
     def from_config(cls, config):
         return cls(config.knn.k, config.knn.backend)
+
+    @classmethod
+    def search_settings(cls, bank):
+        """The grid's k up to the number of ID train samples ([]: no search, the configured k)."""
+        train = len(bank.id_features["train"])
+        return [{"k": k} for k in cls.search_grid["k"] if k <= train]
 
     def fit(self, bank):
         train = split_rows(self.name, bank, "train")

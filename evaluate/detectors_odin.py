@@ -21,6 +21,8 @@ class ODIN(InputDetector):
     """
 
     name = "odin"
+    # OpenOOD v1.5 configs/postprocessors/odin.yml, postprocessor_sweep (temperature, noise)
+    search_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "epsilon": (0.0014, 0.0028)}
 
     def __init__(
         self,

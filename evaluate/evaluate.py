@@ -11,7 +11,10 @@
      "detectors": {"vim": {"dim": 256, "alpha": 3.1}, ...}}
 
 Metric values are percentages. ``skipped`` lists detectors that could not run on what was
-given (ODIN without the model); ``detectors`` records settings and fitted values.
+given (ODIN without the model); ``detectors`` records settings and fitted values. With
+``evaluate.search`` on, every test metric leaves out the OOD val rows, and a searched detector's
+entry also holds ``"search": {"grid", "candidates": [{..setting.., "val_auroc"}], "chosen",
+"id_val_samples", "ood_val_samples"}`` (see search.py).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import numpy as np
 from sio.config import EvaluateConfig
 
 from .activations import ActivationBank, extract_activations
-from .detectors import DETECTORS, finite_scores, fit_detector, needs_images
-from .image_scoring import ModelInputs, score_image_sets
+from .detectors import DETECTORS, finite_scores, needs_images
+from .image_scoring import ModelInputs, load_model, score_image_sets, score_image_val
 from .metrics import METRICS, mean_metrics, ood_metrics
+from .search import OodSplit, grid_search, ood_split, search_activation_detector
 
 NEEDS_MODEL = "needs the model and the images: use sio evaluate --run"
 
@@ -47,9 +51,8 @@ def check_methods(methods) -> list[str]:
     return methods
 
 
-def activation_scores(method: str, bank: ActivationBank, config: EvaluateConfig):
-    """(detector, ID test scores, {group: {name: scores}}) for an activation detector."""
-    detector = fit_detector(method, bank, config)
+def activation_scores(detector, bank: ActivationBank):
+    """(ID test scores, {group: {name: scores}}) of a fitted activation detector on ``bank``."""
     id_scores = finite_scores(detector, bank, bank.id_features["test"], "id.test")
     ood = {
         group: {
@@ -58,7 +61,29 @@ def activation_scores(method: str, bank: ActivationBank, config: EvaluateConfig)
         }
         for group, sets in bank.ood.items()
     }
-    return detector, id_scores, ood
+    return id_scores, ood
+
+
+def image_scores(
+    method: str, bank: ActivationBank, config: EvaluateConfig, inputs: ModelInputs, split
+):
+    """(detector, search entry or None, ID test scores, OOD scores) for a detector that needs
+    the model: its grid searched on the ID val and OOD val images when ``split`` is given."""
+    cls, model = DETECTORS.get(method), load_model(inputs)
+    settings = cls.search_settings(bank) if split is not None else []
+    search = None
+    if settings:
+        detector, search = grid_search(
+            method,
+            settings,
+            config,
+            cls.from_config,
+            lambda detector: score_image_val(detector, model, inputs, split.val),
+        )
+    else:
+        detector = cls.from_config(config)
+    rows = None if split is None else split.test
+    return (detector, search, *score_image_sets(detector, inputs, rows, model))
 
 
 def metrics_entry(id_scores, ood_scores: dict, fpr_convention: str) -> dict:
@@ -82,8 +107,12 @@ def evaluate_bank(
     inputs: ModelInputs | None = None,
 ) -> dict:
     """Every detector in ``methods`` on ``bank``; detectors that need images use ``inputs`` (the
-    checkpoint and benchmark) and are skipped, with the reason recorded, without it."""
+    checkpoint and benchmark) and are skipped, with the reason recorded, without it. With
+    ``config.search.enabled`` the OOD val rows are held out of every test metric and each
+    detector with a grid takes the setting with the best val AUROC (search.py)."""
     config = config or EvaluateConfig()
+    split: OodSplit | None = ood_split(bank, config.search) if config.search.enabled else None
+    test_bank = bank if split is None else split.test_bank(bank)
     results = {
         "id_acc": id_accuracy(bank),
         "fpr_convention": fpr_convention,
@@ -96,12 +125,15 @@ def evaluate_bank(
             if inputs is None:
                 results["skipped"][method] = NEEDS_MODEL
                 continue
-            detector = DETECTORS.get(method).from_config(config)
-            id_scores, ood_scores = score_image_sets(detector, inputs)
+            detector, search, id_scores, ood_scores = image_scores(
+                method, bank, config, inputs, split
+            )
         else:
-            detector, id_scores, ood_scores = activation_scores(method, bank, config)
+            detector, search = search_activation_detector(method, bank, config, split)
+            id_scores, ood_scores = activation_scores(detector, test_bank)
         results["methods"][method] = metrics_entry(id_scores, ood_scores, fpr_convention)
-        results["detectors"][method] = detector.info()
+        info = detector.info()
+        results["detectors"][method] = info if search is None else {**info, "search": search}
     return results
 
 
@@ -149,7 +181,20 @@ def _settings(info: dict) -> str:
             return f"[{len(value)} values]"
         return str(value)
 
-    return ", ".join(f"{key} {text(value)}" for key, value in info.items())
+    return ", ".join(f"{key} {text(value)}" for key, value in info.items() if key != "search")
+
+
+def _search_line(search: dict) -> str:
+    """One line of results.md for a searched detector: each candidate's val AUROC."""
+
+    def setting(entry):
+        return " ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "val_auroc")
+
+    tried = "; ".join(f"{setting(c)}: {c['val_auroc']:.2f}" for c in search["candidates"])
+    return (
+        f"Search (ID val {search['id_val_samples']} vs OOD val {search['ood_val_samples']}): "
+        f"chose {setting(search['chosen'])}; val AUROC {tried}."
+    )
 
 
 def markdown_table(results: dict) -> str:
@@ -161,6 +206,8 @@ def markdown_table(results: dict) -> str:
         info = results.get("detectors", {}).get(method)
         if info:
             lines += [f"Settings: {_settings(info)}.", ""]
+        if info and "search" in info:
+            lines += [_search_line(info["search"]), ""]
         lines.append(header)
         for group, entry in groups.items():
             rows = [*entry["datasets"].items(), (f"{group}ood", entry["mean"])]

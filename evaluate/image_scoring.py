@@ -1,5 +1,10 @@
 """Scoring with detectors that need the model and the images: the benchmark's shard sets are
-streamed through the checkpoint's classifier (``sio evaluate --run`` and ``sio run``)."""
+streamed through the checkpoint's classifier (``sio evaluate --run`` and ``sio run``).
+
+With the search on, ``rows`` ({group: {name: sorted row indices}}, from ``search.OodSplit``)
+picks the samples of each OOD set to score: its test part, or its OOD val part. Rows index the
+shard set's samples in order, the same order as the activations extracted from it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from sio.shards import iter_batches, read_benchmark
@@ -25,34 +31,75 @@ class ModelInputs:
     device: str = "cpu"
 
 
-def score_shard_set(detector: InputDetector, model, shard_set: Path, inputs: ModelInputs):
-    scores = [
-        detector.score_batch(model, images.to(inputs.device))
-        for images, _ in tqdm(
-            iter_batches(shard_set, inputs.batch_size),
-            desc=f"{detector.name} {shard_set.name}",
-            unit="batch",
-            leave=False,
-        )
-    ]
-    return np.concatenate(scores) if scores else np.zeros(0)
-
-
-def score_image_sets(detector: InputDetector, inputs: ModelInputs):
-    """(ID test scores, {"near": {name: scores}, "far": {...}}), each checked to be finite."""
-    benchmark = read_benchmark(inputs.benchmark_dir)
+def load_model(inputs: ModelInputs):
     model, _ = load_checkpoint(inputs.checkpoint, inputs.device)
+    return model
+
+
+def score_shard_set(
+    detector: InputDetector, model, shard_set: Path, inputs: ModelInputs, rows=None
+) -> np.ndarray:
+    """Scores of every sample of ``shard_set`` in order, or of the sorted sample ``rows`` only."""
+    scores, start = [], 0
+    for images, _ in tqdm(
+        iter_batches(shard_set, inputs.batch_size),
+        desc=f"{detector.name} {shard_set.name}",
+        unit="batch",
+        leave=False,
+    ):
+        batch, first, start = images, start, start + len(images)
+        if rows is not None:
+            picked = rows[(rows >= first) & (rows < start)] - first
+            batch = images[torch.as_tensor(picked, dtype=torch.long)]
+        if len(batch):
+            scores.append(detector.score_batch(model, batch.to(inputs.device)))
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    if rows is not None and len(scores) != len(rows):
+        raise ValueError(
+            f"{shard_set}: {start} samples, fewer than the activations extracted from it"
+        )
+    return scores
+
+
+def _ood_sets(benchmark):
+    return (("near", benchmark.near), ("far", benchmark.far))
+
+
+def score_image_sets(detector: InputDetector, inputs: ModelInputs, rows=None, model=None):
+    """(ID test scores, {"near": {name: scores}, "far": {...}}), each checked to be finite; with
+    ``rows``, only those rows of each OOD set."""
+    benchmark = read_benchmark(inputs.benchmark_dir)
+    model = load_model(inputs) if model is None else model
     id_scores = check_finite(
         detector.name,
         "id.test",
         score_shard_set(detector, model, benchmark.id_splits["test"], inputs),
     )
     ood = {}
-    for group, sets in (("near", benchmark.near), ("far", benchmark.far)):
+    for group, sets in _ood_sets(benchmark):
         ood[group] = {
             name: check_finite(
-                detector.name, f"ood.{group}.{name}", score_shard_set(detector, model, path, inputs)
+                detector.name,
+                f"ood.{group}.{name}",
+                score_shard_set(
+                    detector, model, path, inputs, None if rows is None else rows[group][name]
+                ),
             )
             for name, path in sets.items()
         }
     return id_scores, ood
+
+
+def score_image_val(detector: InputDetector, model, inputs: ModelInputs, val_rows):
+    """(ID val scores, the ``val_rows`` of every OOD set stacked): the search's val data."""
+    benchmark = read_benchmark(inputs.benchmark_dir)
+    id_val = score_shard_set(detector, model, benchmark.id_splits["val"], inputs)
+    ood_val = [
+        score_shard_set(detector, model, path, inputs, val_rows[group][name])
+        for group, sets in _ood_sets(benchmark)
+        for name, path in sets.items()
+    ]
+    return (
+        check_finite(detector.name, "id.val", id_val),
+        check_finite(detector.name, "ood.val", np.concatenate(ood_val)),
+    )

@@ -29,6 +29,12 @@ def _aupr(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(auc(recall, precision))
 
 
+def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """AUROC in percent with ID as positive (the search's criterion)."""
+    is_id = np.r_[np.ones(len(id_scores)), np.zeros(len(ood_scores))]
+    return 100 * float(roc_auc_score(is_id, np.r_[id_scores, ood_scores]))
+
+
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, fpr_convention: str = "id"):
     """{fpr95, auroc, aupr_in, aupr_out} in percent for one ID/OOD pair."""
     if fpr_convention not in ("id", "ood"):
@@ -41,7 +47,7 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, fpr_convention: s
         fpr95 = fpr_at_95_tpr(-ood_scores, -id_scores)
     return {
         "fpr95": 100 * fpr95,
-        "auroc": 100 * float(roc_auc_score(is_id, scores)),
+        "auroc": auroc(id_scores, ood_scores),
         "aupr_in": 100 * _aupr(is_id, scores),
         "aupr_out": 100 * _aupr(1 - is_id, -scores),
     }

@@ -459,6 +459,20 @@ class OpenMaxSettings:
         _check(self.alpha_rank >= 1, "alpha_rank", "must be >= 1")
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """Optional detector hyperparameter search (OpenOOD v1.5's APS), off by default: a seeded
+    ``ood_val_fraction`` of each OOD set is held out as OOD val and left out of every test
+    metric; ID val is the ID side. Grids: sio/evaluate/search.py."""
+
+    enabled: bool = False
+    ood_val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(0 < self.ood_val_fraction <= 0.5, "ood_val_fraction", "must be in (0, 0.5]")
+
+
 ALL_DETECTORS = (
     *("openmax", "msp", "tempscale", "odin", "ebo", "gradnorm"),
     *("react", "mls", "klm", "vim", "knn", "dice"),
@@ -478,6 +492,7 @@ class EvaluateConfig:
     knn: KnnSettings = field(default_factory=KnnSettings)
     vim: VimSettings = field(default_factory=VimSettings)
     openmax: OpenMaxSettings = field(default_factory=OpenMaxSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
 
     def __post_init__(self):
         _check(len(self.methods) >= 1, "methods", "needs at least one detector")
