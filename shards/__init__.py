@@ -16,6 +16,7 @@ from .read import (
 )
 from .records import decode_record
 from .shardfile import ShardFileWriter, ShardStats, manifest_from_stats
+from .subset import subset_shard_set
 from .verify import verify_shard_set
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "sha256_file",
     "shard_chunks",
     "shard_urls",
+    "subset_shard_set",
     "verify_shard_set",
     "write_benchmark",
 ]

@@ -105,3 +105,16 @@ def convert(source, destination, encoding, record_size):
         f"{destination}: {manifest.num_samples} samples in {len(manifest.shards)} shards, "
         f"encoding {encoding}"
     )
+
+
+@shards.command()
+@click.argument("source", type=click.Path(file_okay=False, exists=True))
+@click.argument("destination", type=click.Path(file_okay=False))
+@click.option("--num", type=int, required=True, help="Samples to keep: a shard boundary.")
+def subset(source, destination, num):
+    """Write the first NUM samples of local shard set SOURCE (whole shards, linked, not
+    re-encoded) to DESTINATION as a shard set of its own."""
+    from .subset import subset_shard_set
+
+    manifest = subset_shard_set(source, num, destination)
+    click.echo(f"{destination}: {manifest.num_samples} samples in {len(manifest.shards)} shards")

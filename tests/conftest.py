@@ -1,8 +1,13 @@
-"""Shared fixtures: a local S3-compatible endpoint (moto, loopback only)."""
+"""Shared fixtures: a local S3-compatible endpoint (moto, loopback only) and a tiny
+class-conditional DDPM folder."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+
+from sio.config import DDPMModelConfig
+from sio.generate.ddpm import DDPMGenerator, build_scheduler, build_unet
 
 
 @pytest.fixture
@@ -19,3 +24,18 @@ def s3_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def cond_dir(tmp_path_factory):
+    """A conditional 8x8 grey DDPM with three classes and a null class, random weights."""
+    folder = tmp_path_factory.mktemp("cond") / "ddpm"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = build_unet(
+            DDPMModelConfig(block_out_channels=(8, 16)), image_size=8, channels=1, num_classes=3
+        )
+    DDPMGenerator(
+        unet, build_scheduler(), class_names=("a", "b", "c"), null_class=3
+    ).save_pretrained(folder)
+    return folder

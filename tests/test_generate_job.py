@@ -18,14 +18,12 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from sio.config import (
     BigGANSettings,
-    DDPMModelConfig,
     GenerateConfig,
     GeneratorConfig,
     LabelConfig,
     SamplerConfig,
 )
 from sio.generate import generate_shard_set
-from sio.generate.ddpm import DDPMGenerator, build_scheduler, build_unet
 from sio.shards import iter_samples, read_manifest, verify_shard_set
 
 BIN = Path(sys.executable).parent
@@ -50,20 +48,6 @@ def uncond_dir(tmp_path_factory):
         )
     unet.save_pretrained(folder)
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def cond_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cond") / "ddpm"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = build_unet(
-            DDPMModelConfig(block_out_channels=(8, 16)), image_size=8, channels=1, num_classes=3
-        )
-    DDPMGenerator(
-        unet, build_scheduler(), class_names=("a", "b", "c"), null_class=3
-    ).save_pretrained(folder)
     return folder
 
 
