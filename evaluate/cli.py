@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 
@@ -78,5 +79,13 @@ def evaluate(run_dir, benchmark, activations, methods, fpr_convention, out, conf
     help="Also write report.json and report.md here.",
 )
 def report(runs, out):
-    """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std."""
+    """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std. Given one
+    `sio run` output folder (it holds study.json), write its report.md with the study's plots."""
+    if len(runs) == 1 and (Path(runs[0]) / "study.json").is_file():
+        from .study_report import study_report
+
+        if out is not None:
+            raise click.UsageError("a study report is written into its own folder; drop --out")
+        click.echo(study_report(runs[0]))
+        return
     click.echo(write_report(list(runs), out))

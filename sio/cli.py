@@ -71,11 +71,13 @@ def get_cli() -> click.Group:
     """The full command: each stage's commands live in its own folder and are added here."""
     from sio.evaluate.cli import evaluate, report
     from sio.generate.cli import generate
+    from sio.generate.fid_cli import fid
     from sio.generate.stylegan2_export import stylegan2_export
     from sio.shards.cli import shard, shards
     from sio.train.cli import train
 
-    for command in (shard, shards, generate, stylegan2_export, train, evaluate, report):
+    commands = (shard, shards, generate, fid, stylegan2_export, train, evaluate, report)
+    for command in commands:
         cli.add_command(command)
     return cli
 

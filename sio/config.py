@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -154,9 +155,11 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """``path``: a pretrained generator folder on disk; empty = train the built-in DDPM."""
+    """``path``: a pretrained generator folder on disk; empty = train the built-in DDPM.
+    ``label`` names the generator in a study's folders and plots (default: ``name``)."""
 
     name: Literal["ddpm", "biggan", "stylegan2-ada"] = "ddpm"
+    label: str = ""
     path: str = ""
     model: DDPMModelConfig = field(default_factory=DDPMModelConfig)
     train: DDPMTrainConfig = field(default_factory=DDPMTrainConfig)
@@ -171,6 +174,16 @@ class GeneratorConfig:
             "path",
             f"the {self.name} generator is loaded from a folder: set generator.path",
         )
+        _check(
+            re.fullmatch(r"[A-Za-z0-9_.+-]*", self.label) is not None,
+            "label",
+            f"{self.label!r}: a folder name (letters, digits, _ . + -)",
+        )
+
+    @property
+    def key(self) -> str:
+        """The generator's name in a study: its label, else its kind."""
+        return self.label or self.name
 
 
 @dataclass(frozen=True)
@@ -508,9 +521,57 @@ def check_alpha(alpha: float, field_name: str = "alpha") -> float:
     return alpha
 
 
+# sha256 of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (torch.hub names files
+# after the first 8 hex digits of their sha256; the full value is as published for that file)
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+
+
+@dataclass(frozen=True)
+class FidConfig:
+    """Synthetic-set quality. ``inception_weights``: torch-fidelity's Inception file (checked
+    against ``inception_sha256``) for FID; empty: the Fréchet distance of a real-trained
+    classifier's penultimate features, reported as ``fd_classifier``, never as FID."""
+
+    inception_weights: str = ""
+    inception_sha256: str = INCEPTION_SHA256
+    batch_size: int = 200
+    max_images: int | None = None  # per set: the first N images (null: all)
+
+    def __post_init__(self):
+        _check(self.batch_size > 0, "batch_size", "must be positive")
+        _check(self.max_images is None or self.max_images >= 2, "max_images", "must be >= 2")
+        _check(
+            re.fullmatch(r"[0-9a-f]{8,64}", self.inception_sha256) is not None,
+            "inception_sha256",
+            "8 to 64 lower-case hex digits (a prefix of the file's sha256)",
+        )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What ``sio run`` varies besides seeds. ``alphas``, ``num_synthetic`` and ``generators``
+    (each a full generator section with its own ``label``) add values to the base point
+    (``sio_alpha``, ``generate.num_images``, ``generator``). ``grid: false`` varies one axis at a
+    time around the base point (the paper's figures); ``true`` runs every combination. Each
+    generator is trained and sampled once, at its largest count; smaller counts are its first
+    shards, so they must be multiples of ``generate.shard_size``."""
+
+    alphas: tuple[float, ...] = ()
+    num_synthetic: tuple[int, ...] = ()
+    generators: tuple[GeneratorConfig, ...] = ()
+    grid: bool = False
+
+    def __post_init__(self):
+        for i, alpha in enumerate(self.alphas):
+            check_alpha(alpha, f"alphas[{i}]")
+        for i, count in enumerate(self.num_synthetic):
+            _check(count > 0, f"num_synthetic[{i}]", "must be positive")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything ``sio run`` does: baseline (alpha = 1) against +SIO (``sio_alpha``) over seeds."""
+    """Everything ``sio run`` does: baseline (alpha = 1) against +SIO (``sio_alpha``) over seeds,
+    and the sweep's other alphas, synthetic counts and generators."""
 
     output_dir: str = "runs/digits"
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -520,11 +581,37 @@ class PipelineConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    fid: FidConfig = field(default_factory=FidConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self):
         check_alpha(self.sio_alpha, "sio_alpha")
         _check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", "must be distinct")
+        keys = [g.key for g in self.generators]
+        for i, key in enumerate(keys):
+            _check(
+                key not in keys[:i],
+                f"sweep.generators[{i - 1}].label" if i else "generator.label",
+                f"{key!r} names two generators; give each a distinct label",
+            )
+        self._check_counts()
+
+    @property
+    def generators(self) -> tuple[GeneratorConfig, ...]:
+        """The base generator, then the sweep's."""
+        return (self.generator, *self.sweep.generators)
+
+    def _check_counts(self) -> None:
+        counts = (self.generate.num_images, *self.sweep.num_synthetic)
+        shard_size = self.generate.shard_size
+        for i, count in enumerate(counts):
+            _check(
+                count == max(counts) or count % shard_size == 0,
+                f"sweep.num_synthetic[{i - 1}]" if i else "generate.num_images",
+                f"{count} is a prefix of the generated set and must be a multiple of "
+                f"generate.shard_size ({shard_size}) or the largest count",
+            )
 
 
 # --- parsing ---------------------------------------------------------------------------------

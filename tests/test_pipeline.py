@@ -53,17 +53,17 @@ def test_run_writes_every_stage_and_a_report(finished_run):
         assert set(arm["methods"]) == {"msp", "ebo"}
     # The printed table is the measured one: its cells come from the evaluated runs.
     results = [
-        json.loads((out / "evaluate" / f"alpha0.75-seed{s}" / "results.json").read_text())
+        json.loads((out / "evaluate" / f"ddpm-n96-alpha0.75-seed{s}" / "results.json").read_text())
         for s in (0, 1)
     ]
     far = [r["methods"]["msp"]["far"]["mean"]["auroc"] for r in results]
     mean = report["0.75"]["methods"]["msp"]["far"]["mean"]["auroc"]["mean"]
     assert mean == pytest.approx(sum(far) / 2)
     assert f"{mean:.2f}" in text
-    manifest = json.loads((out / "synthetic" / "manifest.json").read_text())
+    manifest = json.loads((out / "synthetic" / "ddpm" / "manifest.json").read_text())
     assert manifest["kind"] == "synthetic" and manifest["num_samples"] == 96
     assert 0.0 <= manifest["provenance"]["quality"]["label_agreement"] <= 1.0
-    log = (out / "train" / "alpha0.75-seed0" / "log.jsonl").read_text().splitlines()
+    log = (out / "train" / "ddpm-n96-alpha0.75-seed0" / "log.jsonl").read_text().splitlines()
     epoch = json.loads(log[-1])
     assert (epoch["real_seen"], epoch["synthetic_seen"]) == (
         48 * epoch["steps"],
@@ -112,9 +112,22 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
     out = run_dir / "out"
     cli = get_cli()
     runner = CliRunner()
-    verify = runner.invoke(cli, ["shards", "verify", str(out / "synthetic")])
+    verify = runner.invoke(cli, ["shards", "verify", str(out / "synthetic" / "ddpm")])
     assert verify.exit_code == 0, verify.output
     assert "96 samples" in verify.output
+    fid_args = [
+        "fid",
+        str(out / "synthetic" / "ddpm"),
+        "--real",
+        str(out / "benchmark" / "id_train"),
+    ]
+    refused = runner.invoke(cli, ["fid", *fid_args[1:], "--config", str(path)])
+    assert refused.exit_code == 1 and "fid.inception_weights" in refused.output
+    judge = out / "train" / "alpha1-seed0" / "checkpoint.pt"
+    fid = runner.invoke(cli, [*fid_args, "--config", str(path), "--classifier", str(judge)])
+    assert fid.exit_code == 0, fid.output
+    recorded = json.loads((out / "quality" / "ddpm" / "fid.json").read_text())
+    assert f"fd_classifier = {recorded['value']:.4f}" in fid.output  # the pipeline's judge
     train = runner.invoke(
         cli,
         [
@@ -124,7 +137,7 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
             "--real",
             str(out / "benchmark" / "id_train"),
             "--synthetic",
-            str(out / "synthetic"),
+            str(out / "synthetic" / "ddpm"),
             "--alpha",
             "0.5",
             "--seed",

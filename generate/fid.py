@@ -1,0 +1,237 @@
+"""Fréchet distances between a synthetic shard set and a real one (``sio fid``).
+
+d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^½ Σ₂ Σ₁^½)^½)  (Heusel et al., NeurIPS 2017), from the
+mean and unbiased covariance of each set's features, accumulated in float64. The trace of the
+matrix square root is taken from the eigenvalues of the symmetric Σ₁^½ Σ₂ Σ₁^½ (similar to
+Σ₁Σ₂), so no complex ``sqrtm`` residue needs discarding.
+
+Two feature extractors, never confused in the output:
+- ``fid``: torch-fidelity's InceptionV3 pool features (2048-d), its TF-1.x bilinear resize to
+  299×299 (the one resize mode), uint8 RGB input (grey images repeated to three channels); the
+  weights file is checked against a sha256 before it is loaded, with ``weights_only=True``.
+- ``fd_classifier``: penultimate features of a real-trained sio classifier — a labelled
+  stand-in where no Inception weights exist (as on a machine without network), not FID.
+
+Real-set statistics are cached beside the real manifest (``fid-stats/``), keyed by extractor,
+manifest checksum and image count; the result is recorded in the synthetic manifest's
+``provenance.quality``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sio.files import sha256_file, write_json_atomic
+from sio.shards import iter_batches, read_manifest
+from sio.storage import is_url
+
+STATS_DIR = "fid-stats"
+
+
+def frechet_distance(mean1, cov1, mean2, cov2) -> float:
+    """Squared Fréchet distance between the Gaussians N(mean1, cov1) and N(mean2, cov2)."""
+    mean1, mean2 = np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
+    cov1, cov2 = np.atleast_2d(cov1).astype(np.float64), np.atleast_2d(cov2).astype(np.float64)
+    values, vectors = np.linalg.eigh(cov1)
+    sqrt1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    middle = sqrt1 @ cov2 @ sqrt1
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    diff = mean1 - mean2
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt)
+
+
+@dataclass(frozen=True)
+class GaussianStats:
+    mean: np.ndarray  # D
+    cov: np.ndarray  # D x D, unbiased
+    count: int
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, mean=self.mean, cov=self.cov, count=self.count)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> GaussianStats:
+        with np.load(path) as data:
+            return cls(data["mean"], data["cov"], int(data["count"]))
+
+
+class StatsAccumulator:
+    """Running float64 sums of x and x xᵀ over feature batches."""
+
+    def __init__(self):
+        self.sum = self.outer = None
+        self.count = 0
+
+    def add(self, features: torch.Tensor) -> None:
+        x = features.detach().to("cpu", torch.float64)
+        if self.sum is None:
+            self.sum, self.outer = torch.zeros(x.shape[1], dtype=torch.float64), 0
+        self.sum += x.sum(0)
+        self.outer = self.outer + x.T @ x
+        self.count += len(x)
+
+    def result(self) -> GaussianStats:
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 images, got {self.count}")
+        mean = self.sum / self.count
+        cov = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        return GaussianStats(mean.numpy(), cov.numpy(), self.count)
+
+
+class InceptionFeatures:
+    """torch-fidelity's InceptionV3 '2048' features from a local, checksummed weights file."""
+
+    metric = "fid"
+
+    def __init__(self, weights: str | Path, expected_sha256: str, device="cpu"):
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        weights = Path(weights)
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{weights}: no Inception weights; FID needs torch-fidelity's "
+                "weights-inception-2015-12-05-6726825d.pth on disk (fid.inception_weights)"
+            )
+        digest = sha256_file(weights)
+        if not digest.startswith(expected_sha256):
+            raise ValueError(
+                f"{weights}: sha256 {digest} does not start with the expected "
+                f"{expected_sha256} (fid.inception_sha256); not the pinned Inception weights"
+            )
+        torch.load(weights, map_location="cpu", weights_only=True)  # tensors only, or it fails
+        self.network = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
+        ).to(device)
+        self.device = device
+        self.identity = {
+            "extractor": "torch-fidelity InceptionV3 pool3 (2048)",
+            "library": f"torch-fidelity {version('torch-fidelity')}",
+            "resize": "torch-fidelity TF-1.x bilinear to 299x299",
+            "weights_sha256": digest,
+        }
+        self.key = f"inception-{digest[:16]}"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        (features,) = self.network(images.contiguous())
+        return features
+
+
+class ClassifierFeatures:
+    """Penultimate features of a real-trained classifier (``sio train``'s checkpoint.pt)."""
+
+    metric = "fd_classifier"
+
+    def __init__(self, checkpoint: str | Path, device="cpu"):
+        from sio.train import load_checkpoint
+
+        self.model, state = load_checkpoint(checkpoint, device)
+        self.device = device
+        self.channels = state["channels"]
+        path = Path(checkpoint)
+        digest = sha256_file(path / "checkpoint.pt" if path.is_dir() else path)
+        self.identity = {
+            "extractor": f"sio classifier {state['model']} penultimate features "
+            "(not Inception: not comparable with FID)",
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": digest,
+        }
+        self.key = f"classifier-{digest[:16]}"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != self.channels:
+            raise ValueError(
+                f"the classifier takes {self.channels}-channel images, got {images.shape[1]}"
+            )
+        return self.model.features(images.to(self.device))
+
+
+def set_stats(shard_set, extractor, *, batch_size: int, max_images: int | None) -> GaussianStats:
+    """Feature mean and covariance of the first ``max_images`` images (all if None)."""
+    total = read_manifest(shard_set).num_samples
+    wanted = total if max_images is None else min(total, max_images)
+    accumulator = StatsAccumulator()
+    with tqdm(total=wanted, desc=f"{extractor.metric} {shard_set}", unit="img") as bar:
+        for images, _ in iter_batches(shard_set, batch_size):
+            images = images[: wanted - accumulator.count]
+            accumulator.add(extractor(images))
+            bar.update(len(images))
+            if accumulator.count >= wanted:
+                break
+    return accumulator.result()
+
+
+def real_stats(real_set, extractor, *, batch_size: int, max_images: int | None) -> GaussianStats:
+    """``set_stats`` of a real set, cached in ``<real_set>/fid-stats/`` when it is a folder."""
+    if is_url(str(real_set)):
+        return set_stats(real_set, extractor, batch_size=batch_size, max_images=max_images)
+    manifest_sha = sha256_file(Path(real_set) / "manifest.json")
+    count = "all" if max_images is None else str(max_images)
+    cache = Path(real_set) / STATS_DIR / f"{extractor.key}-{manifest_sha[:16]}-{count}.npz"
+    if cache.is_file():
+        return GaussianStats.load(cache)
+    stats = set_stats(real_set, extractor, batch_size=batch_size, max_images=max_images)
+    cache.parent.mkdir(exist_ok=True)
+    stats.save(cache)
+    return stats
+
+
+def measure_fid(
+    synthetic, real, extractor, *, batch_size: int = 200, max_images: int | None = None
+) -> dict:
+    """The Fréchet distance of ``synthetic`` to ``real`` under ``extractor``, as a record:
+    {"metric", "value", "n_synthetic", "n_real", "real", and the extractor's identity}."""
+    syn_manifest, real_manifest = read_manifest(synthetic), read_manifest(real)
+    if extractor.metric == "fd_classifier" and syn_manifest.image_size != real_manifest.image_size:
+        raise ValueError(
+            f"{synthetic}: images are {syn_manifest.image_size}, the real set's "
+            f"{real_manifest.image_size}; classifier features need one size"
+        )
+    real_gauss = real_stats(real, extractor, batch_size=batch_size, max_images=max_images)
+    syn_gauss = set_stats(synthetic, extractor, batch_size=batch_size, max_images=max_images)
+    value = frechet_distance(syn_gauss.mean, syn_gauss.cov, real_gauss.mean, real_gauss.cov)
+    return {
+        "metric": extractor.metric,
+        "value": value,
+        "n_synthetic": syn_gauss.count,
+        "n_real": real_gauss.count,
+        "real": str(real),
+        **extractor.identity,
+    }
+
+
+def record_quality(shard_set, record: dict) -> bool:
+    """Store ``record`` as ``provenance.quality[record["metric"]]`` in a local set's manifest;
+    False (nothing written) for a URL."""
+    if is_url(str(shard_set)):
+        return False
+    path = Path(shard_set) / "manifest.json"
+    manifest = read_manifest(shard_set).to_json()
+    manifest["provenance"].setdefault("quality", {})[record["metric"]] = record
+    write_json_atomic(path, manifest)
+    return True
+
+
+def fid_extractor(config, classifier: str | Path | None, device="cpu"):
+    """Inception when ``config.inception_weights`` is set, else the classifier's features."""
+    if config.inception_weights:
+        return InceptionFeatures(config.inception_weights, config.inception_sha256, device)
+    if classifier is None:
+        raise ValueError(
+            "no feature extractor: set fid.inception_weights (or --inception) for FID, or "
+            "give --classifier CHECKPOINT for the classifier-feature Fréchet distance"
+        )
+    return ClassifierFeatures(classifier, device)

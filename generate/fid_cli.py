@@ -1,0 +1,73 @@
+"""``sio fid``: the Fréchet distance of a synthetic shard set to a real one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from sio.cli import config_option, device_option, pipeline_config
+
+
+@click.command()
+@click.argument("synthetic")
+@click.option("--real", required=True, help="The real shard set (folder or URL).")
+@click.option(
+    "--inception",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth: FID "
+    "(default: the config's fid.inception_weights).",
+)
+@click.option(
+    "--inception-sha256",
+    default=None,
+    help="Expected sha256 (or its prefix) of the weights (default: the pinned file's).",
+)
+@click.option(
+    "--classifier",
+    type=click.Path(),
+    default=None,
+    help="checkpoint.pt of a real-trained classifier: without Inception weights, the "
+    "Fréchet distance of its penultimate features (reported as fd_classifier, not FID).",
+)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--max-images", type=int, default=None, help="Use each set's first N images.")
+@config_option
+@device_option
+def fid(
+    synthetic,
+    real,
+    inception,
+    inception_sha256,
+    classifier,
+    batch_size,
+    max_images,
+    config_path,
+    device,
+):
+    """Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC's manifest."""
+    import torch
+
+    from .fid import fid_extractor, measure_fid, record_quality
+
+    overrides = {
+        "inception_weights": inception,
+        "inception_sha256": inception_sha256,
+        "batch_size": batch_size,
+        "max_images": max_images,
+    }
+    config = dataclasses.replace(
+        pipeline_config(config_path).fid, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = fid_extractor(config, classifier, device)
+    record = measure_fid(
+        synthetic, real, extractor, batch_size=config.batch_size, max_images=config.max_images
+    )
+    written = record_quality(synthetic, record)
+    click.echo(
+        f"{record['metric']} = {record['value']:.4f} ({record['n_synthetic']} synthetic vs "
+        f"{record['n_real']} real images; {record['extractor']})"
+        + ("" if written else "; not recorded: the set is not a local folder")
+    )

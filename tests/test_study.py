@@ -1,0 +1,166 @@
+"""Sweeps: expansion into study points, shared stages, and the report with its plots."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from sio.cli import get_cli
+from sio.config import ConfigError, PipelineConfig, load_pipeline, parse_dataclass
+from sio.pipeline import run_pipeline
+from sio.study import Point, expand_study
+
+from .test_pipeline import TINY
+
+
+def config(**sweep) -> PipelineConfig:
+    data = {"sio_alpha": 0.8, "generate": {"num_images": 6000, "shard_size": 1000}}
+    return parse_dataclass(PipelineConfig, {**data, "sweep": sweep}, "")
+
+
+GENERATORS = [{"label": "b", "train": {"steps": 5}}, {"label": "c", "sampler": {"steps": 2}}]
+
+
+@pytest.mark.parametrize("grid", [False, True])
+@pytest.mark.parametrize("alphas", [(), (0.5,), (0.5, 0.8, 1.0, 0.9)])
+@pytest.mark.parametrize("counts", [(), (1000,), (3000, 12000)])
+@pytest.mark.parametrize("generators", [0, 1, 2])
+def test_expansion_invariants(grid, alphas, counts, generators):
+    cfg = config(
+        grid=grid,
+        alphas=list(alphas),
+        num_synthetic=list(counts),
+        generators=GENERATORS[:generators],
+    )
+    study = expand_study(cfg)
+    gens = ["ddpm", *"bc"[:generators]]
+    all_counts = list(dict.fromkeys((6000, *counts)))
+    all_alphas = [a for a in dict.fromkeys((0.8, *alphas)) if a < 1]
+    assert study.points[0] == Point("ddpm", 6000, 0.8)  # the base point comes first
+    assert len(set(study.points)) == len(study.points)
+    assert all(p.alpha < 1 for p in study.points)  # alpha 1 is the baseline, never a point
+    if grid:
+        expected = set(itertools.product(gens, all_counts, all_alphas))
+    else:  # every point differs from the base point in at most one axis
+        expected = {("ddpm", 6000, 0.8)}
+        expected |= {(g, 6000, 0.8) for g in gens}
+        expected |= {("ddpm", n, 0.8) for n in all_counts}
+        expected |= {("ddpm", 6000, a) for a in all_alphas}
+    assert {(p.generator, p.num_synthetic, p.alpha) for p in study.points} == expected
+    assert study.generators == gens
+    for g in gens:  # each generator is sampled once, at the largest count a point asks of it
+        assert study.counts(g) == sorted(
+            {p.num_synthetic for p in study.points if p.generator == g}
+        )
+
+
+def test_a_pipeline_without_sweep_is_the_baseline_and_one_point():
+    study = expand_study(PipelineConfig())
+    assert study.points == (Point("ddpm", 6000, 0.8),)
+    assert expand_study(parse_dataclass(PipelineConfig, {"sio_alpha": 1.0}, "")).points == ()
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"num_synthetic": [1500]}, r"sweep\.num_synthetic\[0\]: 1500 .* multiple of"),
+        ({"alphas": [0.5, 1.2]}, r"sweep\.alphas\[1\]: must be in \[0, 1\]"),
+        ({"generators": [{"label": "ddpm"}]}, r"sweep\.generators\[0\]\.label: 'ddpm' names two"),
+        ({"generators": [{"label": "a/b"}]}, r"sweep\.generators\[0\]\.label: 'a/b': a folder"),
+        ({"generators": [{"lable": "x"}]}, r"sweep\.generators\[0\]\.lable: unknown key"),
+        ({"counts": [1]}, r"sweep\.counts: unknown key"),
+    ],
+)
+def test_sweep_errors_name_the_field(tmp_path, sweep, message):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"sweep": sweep}))
+    with pytest.raises(ConfigError, match=f"study.yaml: {message}"):
+        load_pipeline(path)
+
+
+STUDY = {
+    **TINY,
+    "seeds": [0, 1],
+    "generator": {**TINY["generator"], "label": "g1"},
+    "sweep": {
+        "alphas": [0.5],
+        "num_synthetic": [32, 64],
+        # the same training as g1 (shared), sampled in one step: a different generator
+        "generators": [{**TINY["generator"], "label": "g2", "sampler": {"steps": 1}}],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("study")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, "output_dir": str(tmp_path / "out")}))
+    text = run_pipeline(load_pipeline(path), device="cpu")
+    return tmp_path / "out", path, text
+
+
+def test_study_shares_stages(study_run):
+    out, _, _ = study_run
+    # g1 and g2 have the same training definition: one generator training, two generated sets
+    assert sorted(p.name for p in (out / "generator").iterdir()) == ["g1"]
+    assert sorted(p.name for p in (out / "synthetic").iterdir()) == ["g1", "g1-n32", "g1-n64", "g2"]
+    full = json.loads((out / "synthetic" / "g1" / "manifest.json").read_text())
+    assert full["num_samples"] == 96  # sampled once, at the largest count
+    subset = json.loads((out / "synthetic" / "g1-n32" / "manifest.json").read_text())
+    assert subset["shards"] == full["shards"][:1]
+    assert full["provenance"]["quality"]["fd_classifier"]["value"] > 0
+    trained = sorted(p.name for p in (out / "train").iterdir())
+    points = ["alpha1", "g1-n96-alpha0.75", "g2-n96-alpha0.75", "g1-n32-alpha0.75"]
+    points += ["g1-n64-alpha0.75", "g1-n96-alpha0.5"]
+    assert trained == sorted(f"{p}-seed{s}" for p in points for s in (0, 1))
+
+
+def test_study_report_plots_and_numbers(study_run):
+    out, _, text = study_run
+    report = (out / "report.md").read_text()
+    for name in (
+        "fid_vs_auroc",
+        "auroc_vs_alpha",
+        "auroc_vs_num_synthetic",
+        "near_auroc_vs_id_acc",
+    ):
+        assert f"]({name}.png)" in report
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG" and image.width > 300
+    data = json.loads((out / "study_results.json").read_text())
+    point = next(p for p in data["points"] if p["generator"] == "g1" and p["alpha"] == 0.5)
+    per_seed = []
+    for seed in (0, 1):
+        results = json.loads(
+            (out / "evaluate" / f"g1-n96-alpha0.5-seed{seed}" / "results.json").read_text()
+        )
+        per_seed.append(np.mean([m["near"]["mean"]["auroc"] for m in results["methods"].values()]))
+    assert point["near"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert point["near"]["std"] == pytest.approx(np.std(per_seed))
+    assert f"{point['near']['mean']:.2f} ± {point['near']['std']:.2f}" in text
+    fd = json.loads((out / "quality" / "g2" / "fid.json").read_text())
+    assert f"{fd['value']:.3f} (fd_classifier)" in report
+    assert "Fréchet distance of classifier features (not FID)" not in report  # only in the plot
+
+
+def test_report_command_rebuilds_the_study_report(study_run):
+    out, path, _ = study_run
+    (out / "auroc_vs_alpha.png").unlink()
+    result = CliRunner().invoke(get_cli(), ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "auroc_vs_alpha.png").is_file()
+    assert "AUROC vs α" in result.output
+
+
+def test_rerunning_the_study_skips_every_stage(study_run):
+    out, path, _ = study_run
+    run_pipeline(load_pipeline(path), device="cpu")
+    timings = json.loads((out / "timings.json").read_text())
+    assert all(seconds == 0.0 for stage, seconds in timings.items() if stage != "total")
