@@ -5,7 +5,8 @@ Shard i holds samples ``[i·S, min((i+1)·S, N))`` and is sampled from seeds der
 byte-identical shards. A shard is complete when its record ``.progress/shard-NNNNNN.json``
 exists (written after the tar is renamed, and uploaded, in place); a rerun skips complete shards.
 Under ``torchrun`` rank r takes shards i ≡ r (mod W). The manifest is written last, by rank 0,
-once every shard exists. PNG encoding and tar writing run in threads beside the sampler.
+once every shard exists. PNG encoding (or, with ``encoding: records``, batched raw records)
+and tar writing run in threads beside the sampler.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sio
 from sio.config import GenerateConfig, LabelConfig, to_dict
 from sio.seeding import derive_seed
 from sio.shards import ShardFileWriter, ShardStats, encode_png, manifest_from_stats
+from sio.shards.records import encode_record, record_key
 from sio.storage import open_destination
 
 from .labels import QuotaFiller, balanced_labels, classify
@@ -121,6 +123,7 @@ def _batches_pseudo(job: Job, index: int):
 
 
 def _write_batch(writer: ShardFileWriter, encoders, images, labels, metas, name: str) -> None:
+    """PNG-encode a batch in the encoder threads and write it sample by sample."""
     arrays = images.permute(0, 2, 3, 1).numpy()
     if arrays.shape[-1] == 1:
         arrays = arrays[..., 0]
@@ -134,6 +137,16 @@ def _write_batch(writer: ShardFileWriter, encoders, images, labels, metas, name:
             {"source": "synthetic", "generator": name, **meta},
         )
     writer.add_pixels(images.numpy())
+
+
+def _write_record(writer: ShardFileWriter, encoders, images, labels, metas, name: str) -> None:
+    """Write a batch as one record of raw uint8 images (no image encoding)."""
+    keys = [f"syn-{meta['index']:08d}" for meta in metas]
+    provenance = [{"source": "synthetic", "generator": name, **meta} for meta in metas]
+    arrays = images.numpy()
+    members = encode_record(arrays, labels.numpy(), keys, provenance)
+    writer.write_record(record_key(metas[0]["index"]), members, labels.numpy())
+    writer.add_pixels(arrays)
 
 
 def _generate_shard(job: Job, index: int, dest, encoders, writer_pool, bar, timing) -> dict:
@@ -161,10 +174,9 @@ def _fill_shard(job, index, writer, batches, encoders, writer_pool, bar, timing)
             start = time.perf_counter()
             pending.pop(0).result()
             timing["waited"] += time.perf_counter() - start
+        write = _write_record if job.config.encoding == "records" else _write_batch
         pending.append(
-            writer_pool.submit(
-                _write_batch, writer, encoders, images, labels, metas, job.generator.name
-            )
+            writer_pool.submit(write, writer, encoders, images, labels, metas, job.generator.name)
         )
         bar.update(len(labels))
     start = time.perf_counter()
@@ -265,6 +277,7 @@ def _write_manifest(job: Job, dest, wait_for_all: bool) -> dict | None:
         channels=job.generator.channels,
         class_names=job.class_names,
         provenance=provenance,
+        encoding=job.config.encoding,
     )
     dest.write_json("manifest.json", manifest.to_json())
     return manifest.to_json()

@@ -72,6 +72,15 @@ class ShardFileWriter:
         self.class_counts[label] += 1
         self.count += 1
 
+    def write_record(self, key: str, members: dict[str, bytes], labels) -> None:
+        """One batched record (``records.encode_record``'s members) holding ``labels``."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size and not (labels.min() >= 0 and labels.max() < len(self.class_counts)):
+            raise ValueError(f"record {key}: labels outside 0..{len(self.class_counts) - 1}")
+        self._tar.add(_check_key(key), members)
+        self.class_counts += np.bincount(labels, minlength=len(self.class_counts))
+        self.count += len(labels)
+
     def add_pixels(self, images: np.ndarray) -> None:
         """Account for a batch of uint8 NxCxHxW images in the shard's pixel statistics."""
         sums, sq_sums, n = pixel_sums(images)

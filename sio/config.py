@@ -189,7 +189,9 @@ class GeneratorConfig:
 @dataclass(frozen=True)
 class GenerateConfig:
     """The generation job. Shard i is sampled from seed (seed, i) alone; on a GPU, ``precision``
-    bf16 runs the network under autocast and ``compile`` wraps it in torch.compile."""
+    bf16 runs the network under autocast and ``compile`` wraps it in torch.compile.
+    ``encoding``: png (a PNG per sample, ``encode_threads`` encoders) or records (one batched
+    uint8 record per sampled batch: no image encoding, for generators faster than PNG)."""
 
     num_images: int = 6000
     batch_size: int = 500
@@ -198,6 +200,7 @@ class GenerateConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     encode_threads: int = 2
+    encoding: Literal["png", "records"] = "png"
 
     def __post_init__(self):
         _check(self.num_images > 0, "num_images", "must be positive")
