@@ -12,13 +12,12 @@ from click.testing import CliRunner
 from torch import nn
 
 from sio.cli import get_cli
-from sio.config import DigitsConfig, EvaluateConfig, ShardConfig
+from sio.config import EvaluateConfig
 from sio.evaluate import DetectorError, evaluate_checkpoint
 from sio.evaluate.detectors import fit_detector
 from sio.evaluate.detectors_odin import ODIN
-from sio.shards import write_benchmark
-from sio.train.models import build_classifier
-from sio.train.trainer import CHECKPOINT_FORMAT
+
+from .tiny_run import write_tiny_run
 
 
 class Linear(nn.Module):
@@ -63,26 +62,7 @@ def test_odin_cannot_be_fitted_on_activations():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A two-class digits benchmark and an untrained small_cnn checkpoint, written by hand."""
-    root = tmp_path_factory.mktemp("odin")
-    digits = DigitsConfig(id_classes=(0, 1), near_ood_classes=(2,), far_ood_images_per_set=16)
-    write_benchmark(ShardConfig(shard_size=512, digits=digits), root / "bench")
-    torch.manual_seed(0)
-    model = build_classifier("small_cnn", in_channels=1, num_classes=2, mean=[0.3], std=[0.3])
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model": "small_cnn",
-        "channels": 1,
-        "class_names": ["0", "1"],
-        "pixel_mean": [0.3],
-        "pixel_std": [0.3],
-        "model_state": model.state_dict(),
-        "alpha": 1.0,
-        "seed": 7,
-    }
-    (root / "run").mkdir()
-    torch.save(state, root / "run" / "checkpoint.pt")
-    return root
+    return write_tiny_run(tmp_path_factory.mktemp("odin"), shard_size=512)
 
 
 @pytest.mark.slow

@@ -7,14 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sio.config import (
     ConfigError,
-    DigitsConfig,
     EvaluateConfig,
     SearchSettings,
-    ShardConfig,
     load_pipeline,
 )
 from sio.evaluate import (
@@ -32,9 +29,9 @@ from sio.evaluate.detectors_odin import ODIN
 from sio.evaluate.image_scoring import ModelInputs, load_model, score_shard_set
 from sio.evaluate.metrics import auroc, ood_metrics
 from sio.evaluate.search import ood_split
-from sio.shards import read_benchmark, write_benchmark
-from sio.train.models import build_classifier
-from sio.train.trainer import CHECKPOINT_FORMAT
+from sio.shards import read_benchmark
+
+from .tiny_run import write_tiny_run
 
 SEARCH = EvaluateConfig(search=SearchSettings(enabled=True))
 
@@ -216,26 +213,7 @@ def test_an_ood_set_too_small_to_split_is_an_error():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A two-class digits benchmark and an untrained small_cnn checkpoint, written by hand."""
-    root = tmp_path_factory.mktemp("search")
-    digits = DigitsConfig(id_classes=(0, 1), near_ood_classes=(2,), far_ood_images_per_set=16)
-    write_benchmark(ShardConfig(shard_size=64, digits=digits), root / "bench")
-    torch.manual_seed(0)
-    model = build_classifier("small_cnn", in_channels=1, num_classes=2, mean=[0.3], std=[0.3])
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model": "small_cnn",
-        "channels": 1,
-        "class_names": ["0", "1"],
-        "pixel_mean": [0.3],
-        "pixel_std": [0.3],
-        "model_state": model.state_dict(),
-        "alpha": 1.0,
-        "seed": 7,
-    }
-    (root / "run").mkdir()
-    torch.save(state, root / "run" / "checkpoint.pt")
-    return root
+    return write_tiny_run(tmp_path_factory.mktemp("search"), shard_size=64)
 
 
 def test_odin_grid_is_searched_on_the_images_with_the_model(tiny_run):
