@@ -30,7 +30,9 @@ def main() -> None:
         wall = time.perf_counter() - start
         out = Path(config.output_dir)
         timings = json.loads((out / "timings.json").read_text())
-        manifest = json.loads((out / "synthetic" / "manifest.json").read_text())
+        synthetic = out / "synthetic" / config.generator.key
+        manifest = json.loads((synthetic / "manifest.json").read_text())
+        distance = manifest["provenance"]["quality"]
         report = json.loads((out / "report.json").read_text())
     result = {
         "pipeline": pipeline,
@@ -38,7 +40,9 @@ def main() -> None:
         "stage_s": timings,
         "machine": describe_machine(),
         "label_agreement": manifest["provenance"]["quality"]["label_agreement"],
-        "generate_images_per_s": config.generate.num_images / timings["generate"],
+        "fd_classifier": distance.get("fd_classifier", {}).get("value"),
+        "generate_images_per_s": config.generate.num_images
+        / timings[f"generate {config.generator.key}"],
         "seeds": list(config.seeds),
         "report": report,
     }

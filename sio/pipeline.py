@@ -11,6 +11,7 @@ when it is complete for the same config and inputs (see sio/stages.py).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -122,8 +123,6 @@ class PipelineRun:
         return self.trained_generators[key]
 
     def generate(self, generator: GeneratorConfig, num: int, judge: Path) -> Path:
-        import dataclasses
-
         from sio.generate import generate_shard_set, weights_fingerprint
         from sio.shards import read_manifest
         from sio.train import load_checkpoint
@@ -266,6 +265,11 @@ def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | N
     table = study_report(out)
     run.timings["total"] = time.perf_counter() - start
     write_json_atomic(out / "timings.json", run.timings)
+    return _summary(generators, table, run.timings)
+
+
+def _summary(generators: dict, table: str, timings: dict) -> str:
+    """What ``sio run`` prints: each synthetic set's figures, the report, the stage times."""
     lines = [""]
     for key, info in generators.items():
         agreement = info["label_agreement"]
@@ -275,7 +279,7 @@ def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | N
             f"synthetic set {key}: {info['num_images']} images{judged}, "
             f"{quality['metric']} {quality['value']:.3f}"
         )
-    stage_times = ", ".join(f"{k} {v:.1f}" for k, v in run.timings.items())
+    stage_times = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     return "\n".join([*lines, "", table, "stage times (s): " + stage_times])
 
 
