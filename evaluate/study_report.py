@@ -50,7 +50,11 @@ def study_points(study: dict, root: Path) -> list[dict]:
     for (generator, count, alpha), runs in groups.items():
         figures = study["generators"].get(generator, {})
         point = {"generator": generator, "num_synthetic": count, "alpha": alpha}
-        points.append({**point, "quality": figures.get("quality"), **point_stats(runs, root)})
+        point |= {
+            "quality": figures.get("quality"),
+            "label_agreement": figures.get("label_agreement"),
+        }
+        points.append({**point, **point_stats(runs, root)})
     return points
 
 
@@ -66,14 +70,15 @@ def _label(point: dict) -> str:
 
 def points_table(points: list[dict]) -> str:
     lines = [
-        "| point | Fréchet distance | near AUROC | far AUROC | ID acc | seeds |",
-        "|---|---|---|---|---|---|",
+        "| point | Fréchet distance | label agreement | near AUROC | far AUROC | ID acc | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in points:
-        quality = p["quality"]
+        quality, agreement = p["quality"], p["label_agreement"]
         distance = "—" if quality is None else f"{quality['value']:.3f} ({quality['metric']})"
-        cells = [_cell(p["near"]), _cell(p["far"]), _cell(p["id_acc"])]
-        lines.append(f"| {_label(p)} | {distance} | " + " | ".join(cells) + f" | {p['seeds']} |")
+        agreed = "—" if agreement is None else f"{100 * agreement:.1f}%"
+        cells = [distance, agreed, _cell(p["near"]), _cell(p["far"]), _cell(p["id_acc"])]
+        lines.append(f"| {_label(p)} | " + " | ".join(cells) + f" | {p['seeds']} |")
     return "\n".join(lines)
 
 
@@ -187,9 +192,11 @@ def plot_id_acc(points, path: Path) -> None:
     _save(figure, axes, path, "ID accuracy (%)", "near-OOD AUROC, mean over detectors (%)")
 
 
-def _section(title: str, image: str | None, points: list[dict], note: str = "") -> list[str]:
+def _section(title: str, image: str | None, points: list[dict] | None, note="") -> list[str]:
+    """A plot (or why there is none) and the table of its points (None: see every point's)."""
     body = [f"![{title}]({image})", ""] if image else [f"_{note}_", ""]
-    return [f"### {title}", "", *body, points_table(points), ""]
+    table = [points_table(points), ""] if points is not None else []
+    return [f"### {title}", "", *body, *table]
 
 
 def study_section(study: dict, out: Path) -> tuple[str, dict]:
@@ -197,7 +204,15 @@ def study_section(study: dict, out: Path) -> tuple[str, dict]:
     points = study_points(study, out)
     baseline = next(p for p in points if p["generator"] is None)
     line = slices(points, study["base"])
-    sections = ["## Study", "", "Every point:", "", points_table(points), ""]
+    sections = [
+        "## Study",
+        "",
+        "Every point (mean ± std over seeds of the average over detectors, percent; the "
+        "Fréchet distance and label agreement are the generator's, over its whole set):",
+        "",
+        points_table(points),
+        "",
+    ]
     plots = (
         ("fid", "generator", "Fréchet distance vs AUROC, per generator", plot_fid),
         ("alpha", "alpha", "AUROC vs α", plot_alpha),
@@ -210,7 +225,7 @@ def study_section(study: dict, out: Path) -> tuple[str, dict]:
         else:
             sections += _section(title, None, line[axis], f"{axis} is not swept: no plot")
     plot_id_acc(points, out / PLOTS["id_acc"])
-    sections += _section("Near-OOD AUROC vs ID accuracy", PLOTS["id_acc"], points)
+    sections += _section("Near-OOD AUROC vs ID accuracy", PLOTS["id_acc"], None)
     return "\n".join(sections), {"base": study["base"], "points": points}
 
 

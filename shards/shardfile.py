@@ -41,10 +41,20 @@ class ShardStats:
         )
 
 
-def pixel_sums(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel sums of x and x² (x in [0, 1]) over uint8 NxCxHxW images."""
-    x = images.astype(np.float64).transpose(1, 0, 2, 3).reshape(images.shape[1], -1) / 255.0
-    return x.sum(1), (x * x).sum(1), x.shape[1]
+def pixel_histograms(images: np.ndarray) -> np.ndarray:
+    """C x 256 counts of each uint8 value per channel of NxCxHxW images (exact, and cheaper
+    than a float copy of the images)."""
+    return np.stack(
+        [np.bincount(images[:, c].ravel(), minlength=256) for c in range(images.shape[1])]
+    ).astype(np.int64)
+
+
+def histogram_stats(histograms: np.ndarray) -> tuple[tuple, tuple, int]:
+    """(sum of x, sum of x², pixels per channel) with x = v / 255, from summed histograms: the
+    same floats however the pixels were batched."""
+    values = np.arange(256) / 255.0
+    sums, sq_sums = histograms @ values, histograms @ (values * values)
+    return tuple(float(v) for v in sums), tuple(float(v) for v in sq_sums), int(histograms[0].sum())
 
 
 class ShardFileWriter:
@@ -55,9 +65,7 @@ class ShardFileWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self._tar = TarShard(self.tmp)
         self.class_counts = np.zeros(num_classes, dtype=np.int64)
-        self.pixel_sum = np.zeros(channels)
-        self.pixel_sq_sum = np.zeros(channels)
-        self.num_pixels = 0
+        self.histograms = np.zeros((channels, 256), dtype=np.int64)
         self.count = 0
 
     def write(self, key: str, png: bytes, label: int, meta: dict) -> None:
@@ -83,10 +91,7 @@ class ShardFileWriter:
 
     def add_pixels(self, images: np.ndarray) -> None:
         """Account for a batch of uint8 NxCxHxW images in the shard's pixel statistics."""
-        sums, sq_sums, n = pixel_sums(images)
-        self.pixel_sum += sums
-        self.pixel_sq_sum += sq_sums
-        self.num_pixels += n
+        self.histograms += pixel_histograms(images)
 
     def abort(self) -> None:
         """Give up this shard: close the file and remove it (a rerun writes it again)."""
@@ -97,11 +102,7 @@ class ShardFileWriter:
         os.replace(self.tmp, self.path)
         info = ShardInfo(self.path.name, self.count, size, sha256)
         return ShardStats(
-            info,
-            tuple(int(c) for c in self.class_counts),
-            tuple(float(v) for v in self.pixel_sum),
-            tuple(float(v) for v in self.pixel_sq_sum),
-            self.num_pixels,
+            info, tuple(int(c) for c in self.class_counts), *histogram_stats(self.histograms)
         )
 
 

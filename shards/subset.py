@@ -21,7 +21,7 @@ from sio.storage import is_url
 
 from .format import MANIFEST, Manifest, ShardError
 from .read import read_manifest, shard_chunks
-from .shardfile import ShardStats, manifest_from_stats, pixel_sums
+from .shardfile import ShardStats, histogram_stats, manifest_from_stats, pixel_histograms
 
 
 def prefix_shards(manifest: Manifest, num: int, where: str) -> int:
@@ -55,12 +55,11 @@ def _shard_stats(path: Path, shard, manifest: Manifest) -> ShardStats:
     if sha256_file(path) != shard.sha256:
         raise ShardError(f"{path}: sha256 differs from the manifest; the shard is corrupt")
     counts = np.zeros(len(manifest.class_names), dtype=np.int64)
-    sums, sq_sums, pixels = np.zeros(manifest.channels), np.zeros(manifest.channels), 0
+    histograms = np.zeros((manifest.channels, 256), dtype=np.int64)
     for chunk in shard_chunks(str(path), manifest.encoding, manifest.channels, shard.num_samples):
         counts += np.bincount(chunk.labels, minlength=len(counts))[: len(counts)]
-        chunk_sums, chunk_sq_sums, n = pixel_sums(chunk.images)
-        sums, sq_sums, pixels = sums + chunk_sums, sq_sums + chunk_sq_sums, pixels + n
-    return ShardStats(shard, tuple(int(c) for c in counts), tuple(sums), tuple(sq_sums), pixels)
+        histograms += pixel_histograms(chunk.images)
+    return ShardStats(shard, tuple(int(c) for c in counts), *histogram_stats(histograms))
 
 
 def subset_shard_set(source: str | Path, num: int, destination: str | Path) -> Manifest:
