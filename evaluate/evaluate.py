@@ -14,7 +14,8 @@ Metric values are percentages. ``skipped`` lists detectors that could not run on
 given (ODIN without the model); ``detectors`` records settings and fitted values. With
 ``evaluate.search`` on, every test metric leaves out the OOD val rows, and a searched detector's
 entry also holds ``"search": {"grid", "candidates": [{..setting.., "val_auroc"}], "chosen",
-"id_val_samples", "ood_val_samples"}`` (see search.py).
+"id_val_samples", "ood_val_samples"}`` (see search.py), and a top-level ``"search":
+{"ood_val_fraction", "seed", "ood_val_samples": {group: {set: n}}}`` says what was held out.
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def evaluate_bank(
         "skipped": {},
         "detectors": {},
     }
+    if split is not None:  # the test metrics below leave these OOD rows out
+        results["search"] = {
+            "ood_val_fraction": config.search.ood_val_fraction,
+            "seed": config.search.seed,
+            "ood_val_samples": {
+                group: {name: len(rows) for name, rows in sets.items()}
+                for group, sets in split.val.items()
+            },
+        }
     for method in check_methods(methods):
         if needs_images(method):
             if inputs is None:
