@@ -33,7 +33,7 @@ def load_run(folder: str | Path) -> dict:
     return {**run, "results": json.loads((folder / "results.json").read_text())}
 
 
-def _mean_std(values: list[float]) -> dict:
+def mean_std(values: list[float]) -> dict:
     """Mean, population std and n; ``values`` (one per seed, in seed order) stay for the
     Average row, whose spread is that of the per-seed averages."""
     values = [float(v) for v in values]
@@ -78,11 +78,11 @@ def aggregate(runs: list[dict]) -> dict:
                 raise ValueError(f"alpha {alpha}: {method}/{group}/{name} is missing in some runs")
             node = methods.setdefault(method, {}).setdefault(group, {"mean": {}, "datasets": {}})
             target = node["mean"] if name == "mean" else node["datasets"].setdefault(name, {})
-            target[metric] = _mean_std(vals)
+            target[metric] = mean_std(vals)
         arms[f"{alpha:g}"] = {
             "alpha": alpha,
             "seeds": seeds,
-            "id_acc": _mean_std([r["results"]["id_acc"] for r in group_runs]),
+            "id_acc": mean_std([r["results"]["id_acc"] for r in group_runs]),
             "methods": methods,
         }
     return arms
@@ -115,7 +115,7 @@ def summary_table(arms: dict) -> str:
         lines.append(f"| {method} | " + " | ".join(_cell(s) for s in row) + " |")
     columns_stats = list(zip(*rows.values(), strict=True))
     # per seed, the average over detectors; then mean and std of those averages over seeds
-    average = [_mean_std(np.mean([s["values"] for s in col], axis=0)) for col in columns_stats]
+    average = [mean_std(np.mean([s["values"] for s in col], axis=0)) for col in columns_stats]
     best = [max(col, key=lambda s: s["mean"]) for col in columns_stats]
     lines.append("| Average | " + " | ".join(_cell(s) for s in average) + " |")
     lines.append("| Best | " + " | ".join(_cell(s) for s in best) + " |")

@@ -17,7 +17,7 @@ import numpy as np
 
 from sio.files import write_json_atomic
 
-from .report import _mean_std, aggregate, load_run
+from .report import aggregate, load_run, mean_std
 
 PLOTS = {
     "fid": "fid_vs_auroc.png",
@@ -36,7 +36,7 @@ def point_stats(runs: list[dict], root: Path) -> dict:
     stats = {"id_acc": arm["id_acc"], "seeds": arm["seeds"]}
     for group in ("near", "far"):
         per_method = [m[group]["mean"]["auroc"]["values"] for m in arm["methods"].values()]
-        stats[group] = _mean_std(np.mean(per_method, axis=0))
+        stats[group] = mean_std(np.mean(per_method, axis=0))
     return stats
 
 
