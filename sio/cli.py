@@ -1,12 +1,58 @@
-"""The ``sio`` command: one sub-command per stage plus ``run`` and ``report``."""
+"""The ``sio`` command: one sub-command per stage plus ``run`` and ``report``.
+
+Each stage's commands live in its own folder and are imported only when called, so ``sio train``
+under torchrun loads the training stack and not the generators or sklearn, and ``sio --help``
+lists the commands from the one-line summaries below without importing any stage.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from sio.config import ConfigError, PipelineConfig, load_pipeline
+
+# command name -> (module, attribute, the first line of its help, as `sio --help` lists it)
+STAGE_COMMANDS = {
+    "shard": (
+        "sio.shards.cli",
+        "shard",
+        "Write BENCHMARK's ID train/val/test and every OOD set as shard sets.",
+    ),
+    "shards": ("sio.shards.cli", "shards", "Inspect shard sets."),
+    "generate": (
+        "sio.generate.cli",
+        "generate",
+        "Write labelled synthetic images from a generator as a shard set, resumably.",
+    ),
+    "fid": (
+        "sio.generate.fid_cli",
+        "fid",
+        "Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC's manifest.",
+    ),
+    "stylegan2-export": (
+        "sio.generate.stylegan2_export",
+        "stylegan2_export",
+        "Export a stylegan2-ada-pytorch PKL's generator to OUT_DIR as safetensors.",
+    ),
+    "train": (
+        "sio.train.cli",
+        "train",
+        "Train a classifier on exact real:synthetic = alpha : 1-alpha batches.",
+    ),
+    "evaluate": (
+        "sio.evaluate.cli",
+        "evaluate",
+        "Score ID and OOD sets with post-hoc detectors; writes results.json and results.md.",
+    ),
+    "report": (
+        "sio.evaluate.cli",
+        "report",
+        "Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std.",
+    ),
+}
 
 
 class UserError(click.ClickException):
@@ -17,15 +63,42 @@ class UserError(click.ClickException):
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
 
 
-class Group(click.Group):
-    def invoke(self, ctx):
-        from sio.shards import ShardError
-        from sio.stages import StageConflict
+def is_user_error(err: BaseException) -> bool:
+    from sio.shards.format import ShardError
+    from sio.stages import StageConflict
 
+    return isinstance(err, (*USER_ERRORS, ShardError, StageConflict))
+
+
+class Group(click.Group):
+    """Stage commands imported on first use; bad input reported as one line."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *STAGE_COMMANDS})
+
+    def get_command(self, ctx, name):
+        if name in STAGE_COMMANDS:
+            module, attribute, _ = STAGE_COMMANDS[name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [
+            (name, STAGE_COMMANDS[name][2])
+            if name in STAGE_COMMANDS
+            else (name, self.commands[name].get_short_help_str(formatter.width))
+            for name in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (*USER_ERRORS, ShardError, StageConflict) as err:
-            raise UserError(str(err)) from err
+        except Exception as err:
+            if is_user_error(err):
+                raise UserError(str(err)) from err
+            raise
 
 
 def pipeline_config(path: str | None) -> PipelineConfig:
@@ -68,17 +141,7 @@ def run(pipeline, force, device):
 
 
 def get_cli() -> click.Group:
-    """The full command: each stage's commands live in its own folder and are added here."""
-    from sio.evaluate.cli import evaluate, report
-    from sio.generate.cli import generate
-    from sio.generate.fid_cli import fid
-    from sio.generate.stylegan2_export import stylegan2_export
-    from sio.shards.cli import shard, shards
-    from sio.train.cli import train
-
-    commands = (shard, shards, generate, fid, stylegan2_export, train, evaluate, report)
-    for command in commands:
-        cli.add_command(command)
+    """The full command (stage commands load on first use)."""
     return cli
 
 

@@ -1,0 +1,53 @@
+"""The `sio` command: stage commands load on first use, and `sio --help` lists them unloaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+from sio.cli import STAGE_COMMANDS, get_cli
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_COMMANDS))
+def test_listed_summary_is_the_commands_own_first_line(name):
+    cli = get_cli()
+    command = cli.get_command(click.Context(cli), name)
+    first_paragraph = " ".join((command.help or "").split("\n\n")[0].split())
+    assert first_paragraph.startswith(STAGE_COMMANDS[name][2].rstrip("."))
+    assert command.name == name
+
+
+def imported_after(code: str) -> set[str]:
+    probe = (
+        "import sys\n"
+        f"{code}\n"
+        "heavy = ('torch', 'sklearn', 'diffusers', 'torchvision', 'matplotlib')\n"
+        "print(' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.split("\n")[-2].split())
+
+
+def test_help_imports_no_stage():
+    loaded = imported_after(
+        "from click.testing import CliRunner\n"
+        "from sio.cli import get_cli\n"
+        "result = CliRunner().invoke(get_cli(), ['--help'])\n"
+        "assert result.exit_code == 0 and 'stylegan2-export' in result.output, result.output"
+    )
+    assert loaded == set()
+
+
+def test_train_loads_the_training_stack_only():
+    loaded = imported_after(
+        "import click\n"
+        "from sio.cli import get_cli\n"
+        "cli = get_cli()\n"
+        "cli.get_command(click.Context(cli), 'train')"
+    )
+    assert "torch" in loaded and not loaded & {"sklearn", "diffusers", "matplotlib"}
