@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sio.config import ALL_DETECTORS
+from sio.files import write_text_atomic
 
 
 def load_run(folder: str | Path) -> dict:
@@ -195,6 +196,6 @@ def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(arms, indent=2) + "\n")
-        (out / "report.md").write_text(text)
+        write_text_atomic(out / "report.json", json.dumps(arms, indent=2) + "\n")
+        write_text_atomic(out / "report.md", text)
     return text

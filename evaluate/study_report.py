@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.files import write_json_atomic
+from sio.files import write_json_atomic, write_text_atomic
 
 from .report import aggregate, load_run, mean_std
 
@@ -245,10 +245,12 @@ def study_report(output_dir: str | Path) -> str:
         for r in study["runs"]
         if r["generator"] is None or all(r[k] == base[k] for k in AXIS)
     ]
+    for name in (*PLOTS.values(), STUDY_RESULTS):  # what an earlier, larger study left
+        (out / name).unlink(missing_ok=True)
     table = report(base_runs, out)
     if len({tuple(r[k] for k in AXIS) for r in study["runs"]}) <= 2:
         return table  # the baseline and at most one +SIO point: nothing is swept
     section, data = study_section(study, out)
-    (out / "report.md").write_text((out / "report.md").read_text() + "\n" + section)
+    write_text_atomic(out / "report.md", (out / "report.md").read_text() + "\n" + section)
     write_json_atomic(out / STUDY_RESULTS, data)
     return table + "\n\n" + section

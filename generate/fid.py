@@ -154,46 +154,87 @@ class ClassifierFeatures:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] != self.channels:
             raise ValueError(
-                f"the classifier takes {self.channels}-channel images, got {images.shape[1]}"
+                f"{self.identity['checkpoint']}: the classifier takes {self.channels}-channel "
+                f"images, the shard set has {images.shape[1]}"
             )
         return self.model.features(images.to(self.device))
 
 
-def set_stats(shard_set, extractor, *, batch_size: int, max_images: int | None) -> GaussianStats:
-    """Feature mean and covariance of the first ``max_images`` images (all if None)."""
+def _chosen_rows(total: int, wanted: int, spread: bool) -> np.ndarray:
+    """A boolean mask of the rows used: the first ``wanted``, or ``wanted`` evenly spaced ones
+    (``spread``: real sets are often sorted by class, so their first rows are few classes)."""
+    mask = np.zeros(total, dtype=bool)
+    if spread and 1 < wanted < total:
+        mask[np.round(np.linspace(0, total - 1, wanted)).astype(int)] = True
+    else:
+        mask[:wanted] = True
+    return mask
+
+
+def set_stats(
+    shard_set, extractor, *, batch_size: int, max_images: int | None, spread: bool = False
+) -> GaussianStats:
+    """Feature mean and covariance of a shard set: all its images, or ``max_images`` of them
+    (the first ones, or evenly spaced ones with ``spread``)."""
     total = read_manifest(shard_set).num_samples
     wanted = total if max_images is None else min(total, max_images)
+    rows, start = _chosen_rows(total, wanted, spread), 0
     accumulator = StatsAccumulator()
     with tqdm(total=wanted, desc=f"{extractor.metric} {shard_set}", unit="img") as bar:
         for images, _ in iter_batches(shard_set, batch_size):
-            images = images[: wanted - accumulator.count]
-            accumulator.add(extractor(images))
-            bar.update(len(images))
+            chosen = images[torch.from_numpy(rows[start : start + len(images)])]
+            start += len(images)
+            if len(chosen):
+                accumulator.add(extractor(chosen))
+                bar.update(len(chosen))
             if accumulator.count >= wanted:
                 break
+    if accumulator.count < 2:
+        raise ValueError(f"{shard_set}: a covariance needs at least 2 images, got {total}")
     return accumulator.result()
 
 
 def real_stats(real_set, extractor, *, batch_size: int, max_images: int | None) -> GaussianStats:
-    """``set_stats`` of a real set, cached in ``<real_set>/fid-stats/`` when it is a folder."""
+    """``set_stats`` of a real set (evenly spaced images when capped), cached in
+    ``<real_set>/fid-stats/`` when it is a folder that can be written."""
     if is_url(str(real_set)):
         return set_stats(real_set, extractor, batch_size=batch_size, max_images=max_images)
     manifest_sha = sha256_file(Path(real_set) / "manifest.json")
-    count = "all" if max_images is None else str(max_images)
+    count = "all" if max_images is None else f"even{max_images}"
     cache = Path(real_set) / STATS_DIR / f"{extractor.key}-{manifest_sha[:16]}-{count}.npz"
     if cache.is_file():
         return GaussianStats.load(cache)
-    stats = set_stats(real_set, extractor, batch_size=batch_size, max_images=max_images)
-    cache.parent.mkdir(exist_ok=True)
-    stats.save(cache)
+    stats = set_stats(
+        real_set, extractor, batch_size=batch_size, max_images=max_images, spread=True
+    )
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        stats.save(cache)
+    except OSError as err:  # a read-only dataset: measure again next time
+        print(f"{cache}: real statistics not cached ({err})", flush=True)
     return stats
 
 
+def _least(*limits: int | None) -> int | None:
+    given = [n for n in limits if n is not None]
+    return min(given) if given else None
+
+
 def measure_fid(
-    synthetic, real, extractor, *, batch_size: int = 200, max_images: int | None = None
+    synthetic,
+    real,
+    extractor,
+    *,
+    batch_size: int = 200,
+    max_images: int | None = None,
+    num_synthetic: int | None = None,
 ) -> dict:
     """The Fréchet distance of ``synthetic`` to ``real`` under ``extractor``, as a record:
-    {"metric", "value", "n_synthetic", "n_real", "real", and the extractor's identity}."""
+    {"metric", "value", "n_synthetic", "n_real", "real", and the extractor's identity}.
+
+    The synthetic set contributes its first ``min(max_images, num_synthetic)`` images (what
+    generating that many would give: compare generators at one count, since the distance falls
+    with the sample size); the real set ``max_images`` evenly spaced ones (all if None)."""
     syn_manifest, real_manifest = read_manifest(synthetic), read_manifest(real)
     if extractor.metric == "fd_classifier" and syn_manifest.image_size != real_manifest.image_size:
         raise ValueError(
@@ -201,7 +242,9 @@ def measure_fid(
             f"{real_manifest.image_size}; classifier features need one size"
         )
     real_gauss = real_stats(real, extractor, batch_size=batch_size, max_images=max_images)
-    syn_gauss = set_stats(synthetic, extractor, batch_size=batch_size, max_images=max_images)
+    syn_gauss = set_stats(
+        synthetic, extractor, batch_size=batch_size, max_images=_least(max_images, num_synthetic)
+    )
     value = frechet_distance(syn_gauss.mean, syn_gauss.cov, real_gauss.mean, real_gauss.cov)
     return {
         "metric": extractor.metric,

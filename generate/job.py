@@ -161,7 +161,10 @@ def _generate_shard(job: Job, index: int, dest, encoders, writer_pool, bar, timi
         raise
     stats = writer.close()
     dest.publish(shard_name(index))
-    judged = stats.shard.num_samples if job.classifier is not None else 0
+    # label agreement judges conditioning labels; pseudo-labels agree with the classifier by design
+    judged = (
+        stats.shard.num_samples if job.classifier is not None and job.generator.conditional else 0
+    )
     return {"stats": stats.to_json(), "agree": agree, "judged": judged}
 
 

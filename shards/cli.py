@@ -108,8 +108,8 @@ def convert(source, destination, encoding, record_size):
 
 
 @shards.command()
-@click.argument("source", type=click.Path(file_okay=False, exists=True))
-@click.argument("destination", type=click.Path(file_okay=False))
+@click.argument("source")
+@click.argument("destination")
 @click.option("--num", type=int, required=True, help="Samples to keep: a shard boundary.")
 def subset(source, destination, num):
     """Write the first NUM samples of local shard set SOURCE (whole shards, linked, not

@@ -64,9 +64,12 @@ def _shard_stats(path: Path, shard, manifest: Manifest) -> ShardStats:
 
 def subset_shard_set(source: str | Path, num: int, destination: str | Path) -> Manifest:
     """Write the shard set of ``source``'s first ``num`` samples to ``destination``."""
-    if is_url(str(source)):
-        raise ShardError(f"{source}: subsets are made of local shard sets; download it first")
+    for where in (source, destination):
+        if is_url(str(where)):
+            raise ShardError(f"{where}: subsets are made from and into local folders")
     source, destination = Path(source), Path(destination)
+    if destination.resolve() == source.resolve():
+        raise ShardError(f"{destination}: the subset must go to another folder than its source")
     manifest = read_manifest(source)
     keep = prefix_shards(manifest, num, str(source))
     destination.mkdir(parents=True, exist_ok=True)

@@ -220,9 +220,10 @@ class GeneratorConfig:
             f"the {self.name} generator is loaded from a folder: set generator.path",
         )
         _check(
-            re.fullmatch(r"[A-Za-z0-9_.+-]*", self.label) is not None,
+            re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.+-]*)?", self.label) is not None,
             "label",
-            f"{self.label!r}: a folder name (letters, digits, _ . + -)",
+            f"{self.label!r}: a folder name (letters, digits, _ . + -; starting with a letter "
+            "or digit)",
         )
 
     @property
@@ -329,6 +330,7 @@ class PipelineConfig:
                 f"{key!r} names two generators; give each a distinct label",
             )
         self._check_counts()
+        self._check_alphas()
 
     @property
     def generators(self) -> tuple[GeneratorConfig, ...]:
@@ -344,6 +346,24 @@ class PipelineConfig:
                 f"sweep.num_synthetic[{i - 1}]" if i else "generate.num_images",
                 f"{count} is a prefix of the generated set and must be a multiple of "
                 f"generate.shard_size ({shard_size}) or the largest count",
+            )
+
+    def _check_alphas(self) -> None:
+        swept = self.sweep.alphas or self.sweep.num_synthetic or self.sweep.generators
+        _check(
+            self.sio_alpha < 1 or not swept,
+            "sio_alpha",
+            "the sweep varies around the base point (generator, num_images, sio_alpha), "
+            "which needs sio_alpha < 1 (alpha = 1 is the baseline, always run)",
+        )
+        names: dict[str, float] = {}
+        for i, alpha in enumerate((self.sio_alpha, *self.sweep.alphas)):
+            where = f"sweep.alphas[{i - 1}]" if i else "sio_alpha"
+            seen = names.setdefault(f"{alpha:g}", alpha)
+            _check(
+                seen == alpha,
+                where,
+                f"{alpha} and {seen} would share the run folder name alpha{alpha:g}",
             )
 
 

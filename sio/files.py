@@ -16,9 +16,14 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: str | Path, data) -> None:
-    """Write JSON under a temporary name, then rename: readers never see half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text under a temporary name, then rename: readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """JSON (sorted keys, indented) written as ``write_text_atomic`` does."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -21,7 +21,7 @@ import torch
 
 from sio.config import GeneratorConfig, PipelineConfig, to_dict
 from sio.files import sha256_file, write_json_atomic
-from sio.stages import run_stage
+from sio.stages import COMPLETE_FILE, STAGE_FILE, run_stage
 from sio.study import Point, expand_study
 
 STUDY_FILE = "study.json"
@@ -111,7 +111,7 @@ class PipelineRun:
         }
         key = json.dumps(definition, sort_keys=True)
         if key not in self.trained_generators:
-            stage_dir = self.out / "generator" / generator.key
+            stage_dir = self._trained_before(definition) or self.out / "generator" / generator.key
             weights = stage_dir / "weights"
             self.stage(
                 f"train generator {generator.key}",
@@ -121,6 +121,15 @@ class PipelineRun:
             )
             self.trained_generators[key] = weights
         return self.trained_generators[key]
+
+    def _trained_before(self, definition: dict) -> Path | None:
+        """A complete generator folder made from ``definition`` under another label, if any
+        (labels are names: reordering or renaming generators must not retrain one)."""
+        for stamp in sorted((self.out / "generator").glob(f"*/{STAGE_FILE}")):
+            folder = stamp.parent
+            if (folder / COMPLETE_FILE).is_file() and json.loads(stamp.read_text()) == definition:
+                return folder
+        return None
 
     def generate(self, generator: GeneratorConfig, num: int, judge: Path) -> Path:
         from sio.generate import generate_shard_set, weights_fingerprint
@@ -159,14 +168,17 @@ class PipelineRun:
         return folder
 
     def quality(self, key: str, synthetic: Path, judge: Path) -> dict:
-        """FID (or the labelled classifier-feature distance) of a synthetic set, recorded in
-        its manifest and in ``quality/<generator>/fid.json``."""
+        """FID (or the labelled classifier-feature distance) of a synthetic set's first
+        ``generate.num_images`` images (every generator has at least those: one sample size for
+        all), recorded in its manifest and in ``quality/<generator>/fid.json``."""
         from sio.generate.fid import fid_extractor, measure_fid, record_quality
 
         fid = self.config.fid
         folder = self.out / "quality" / key
+        num_synthetic = self.config.generate.num_images  # every generator at one count
         definition = {
             "fid": to_dict(fid),
+            "num_synthetic": num_synthetic,
             "synthetic_shards_sha256": shards_fingerprint(synthetic),
             "real_manifest_sha256": self.real_sha,
             "classifier_sha256": None if fid.inception_weights else sha256_file(judge),
@@ -180,6 +192,7 @@ class PipelineRun:
                 extractor,
                 batch_size=fid.batch_size,
                 max_images=fid.max_images,
+                num_synthetic=num_synthetic,
             )
             record_quality(synthetic, record)
             write_json_atomic(folder / "fid.json", record)

@@ -101,8 +101,13 @@ def test_tiny_extractor_on_shard_sets_against_a_hand_computed_value(tmp_path):
     assert again["value"] == record["value"]
     assert extractor.images_seen == 7  # the real statistics came from the cache
     limited = measure_fid(synthetic, real, MeanIntensity(), batch_size=2, max_images=2)
-    # real {4, 5}: mean 4.5, variance 0.5
-    assert limited["value"] == pytest.approx(3.5**2 + 2 + 0.5 - 2 * math.sqrt(1), abs=1e-9)
+    # two evenly spaced real images {4, 6} (real sets are often sorted by class): mean 5,
+    # variance 2; so (1 - 5)^2 + 2 + 2 - 2 sqrt(2 * 2)
+    assert limited["value"] == pytest.approx(16 + 2 + 2 - 4, abs=1e-9)
+    assert (limited["n_synthetic"], limited["n_real"]) == (2, 2)
+    longer = constant_set(tmp_path / "longer", [0, 2, 100])
+    first_two = measure_fid(longer, real, MeanIntensity(), batch_size=2, num_synthetic=2)
+    assert first_two["value"] == pytest.approx(record["value"], abs=1e-9)  # the first 2 only
     assert record_quality(synthetic, record)
     assert read_manifest(synthetic).provenance["quality"]["fd_test"] == record
 

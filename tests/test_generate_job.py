@@ -92,6 +92,7 @@ def test_unconditional_hub_layout_gets_pseudo_labels_with_quota(tmp_path, uncond
         class_names=("x", "y", "z"),
     )
     assert verify_shard_set(tmp_path / "syn") == 12
+    assert "quality" not in manifest["provenance"]  # no label agreement for pseudo-labels
     assert manifest["provenance"]["labels"] == {
         "mode": "pseudo",
         "min_confidence": 0.0,

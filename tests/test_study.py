@@ -75,11 +75,16 @@ def test_a_pipeline_without_sweep_is_the_baseline_and_one_point():
         ({"generators": [{"label": "a/b"}]}, r"sweep\.generators\[0\]\.label: 'a/b': a folder"),
         ({"generators": [{"lable": "x"}]}, r"sweep\.generators\[0\]\.lable: unknown key"),
         ({"counts": [1]}, r"sweep\.counts: unknown key"),
+        ({"generators": [{"label": ".."}]}, r"sweep\.generators\[0\]\.label: '\.\.': a folder"),
+        ({"alphas": [0.5, 0.5000001]}, r"sweep\.alphas\[1\]: .* share the run folder name"),
+        ({"alphas": [0.5], "sio_alpha": 1.0}, r"sio_alpha: the sweep varies around the base"),
     ],
 )
 def test_sweep_errors_name_the_field(tmp_path, sweep, message):
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"sweep": sweep}))
+    top = {k: v for k, v in sweep.items() if k == "sio_alpha"}  # a top-level key
+    sweep = {k: v for k, v in sweep.items() if k != "sio_alpha"}
+    path.write_text(yaml.safe_dump({**top, "sweep": sweep}))
     with pytest.raises(ConfigError, match=f"study.yaml: {message}"):
         load_pipeline(path)
 
@@ -164,3 +169,16 @@ def test_rerunning_the_study_skips_every_stage(study_run):
     run_pipeline(load_pipeline(path), device="cpu")
     timings = json.loads((out / "timings.json").read_text())
     assert all(seconds == 0.0 for stage, seconds in timings.items() if stage != "total")
+
+
+def test_a_renamed_generator_reuses_its_training(study_run):
+    from sio.pipeline import PipelineRun
+
+    out, path, _ = study_run
+    data = yaml.safe_load(path.read_text())
+    data["generator"]["label"] = "renamed"
+    config = parse_dataclass(PipelineConfig, data, "")
+    run = PipelineRun(config, out, "cpu", force=False)
+    run.shard()
+    assert run.generator_weights(config.generator) == out / "generator" / "g1" / "weights"
+    assert not (out / "generator" / "renamed").exists()

@@ -58,6 +58,14 @@ def test_subset_off_a_shard_boundary_lists_the_valid_sizes(tmp_path, ten):
     assert not (tmp_path / "six" / "manifest.json").exists()
 
 
+def test_subset_refuses_urls_and_its_own_folder(tmp_path, ten):
+    with pytest.raises(ShardError, match="s3://b/x: subsets are made from and into local"):
+        subset_shard_set(tmp_path / "ten", 8, "s3://b/x")
+    with pytest.raises(ShardError, match="another folder than its source"):
+        subset_shard_set(tmp_path / "ten", 8, tmp_path / "ten" / ".." / "ten")
+    assert read_manifest(tmp_path / "ten").num_samples == 10
+
+
 def test_subset_names_a_corrupt_shard(tmp_path, ten):
     shard = tmp_path / "ten" / ten[2].shards[1].name
     data = bytearray(shard.read_bytes())
