@@ -50,8 +50,16 @@ class PipelineRun:
         self.timings: dict[str, float] = {}
         self.trained_generators: dict[str, Path] = {}  # training definition -> weights folder
 
-    def stage(self, label: str, folder: Path, definition: dict, work) -> None:
-        run_stage(label, folder, definition, work, force=self.force, timings=self.timings)
+    def stage(self, label: str, folder: Path, definition: dict, work, resumable=()) -> None:
+        run_stage(
+            label,
+            folder,
+            definition,
+            work,
+            force=self.force,
+            timings=self.timings,
+            resumable=resumable,
+        )
 
     def shard(self) -> None:
         from sio.shards import read_benchmark, write_benchmark
@@ -164,7 +172,9 @@ class PipelineRun:
             "generator_weights_sha256": weights_fingerprint(weights),
             "classifier_sha256": sha256_file(judge),
         }
-        self.stage(f"generate {generator.key}", folder, definition, work)
+        # a new largest count resizes the set: its complete shards stay (generate/job.py)
+        resizes = ("generate.num_images",)
+        self.stage(f"generate {generator.key}", folder, definition, work, resizes)
         return folder
 
     def quality(self, key: str, synthetic: Path, judge: Path) -> dict:
@@ -197,7 +207,8 @@ class PipelineRun:
             record_quality(synthetic, record)
             write_json_atomic(folder / "fid.json", record)
 
-        self.stage(f"fid {key}", folder, definition, work)
+        # a resized synthetic set is measured again (its first images are the same)
+        self.stage(f"fid {key}", folder, definition, work, ("synthetic_shards_sha256",))
         return json.loads((folder / "fid.json").read_text())
 
     def subset(self, key: str, synthetic: Path, num: int) -> Path:
@@ -210,6 +221,7 @@ class PipelineRun:
             folder,
             definition,
             lambda: subset_shard_set(synthetic, num, folder),
+            ("source_shards_sha256",),  # the source grew: the same prefix, linked again
         )
         return folder
 

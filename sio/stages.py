@@ -31,13 +31,17 @@ def _differences(old, new, path="") -> list[str]:
     return [] if old == new else [path or "(root)"]
 
 
-def needs_run(folder: Path, definition: dict, force: bool) -> bool:
-    """True if the stage must run (fresh, incomplete, or forced); False if it is done."""
+def needs_run(folder: Path, definition: dict, force: bool, resumable=()) -> bool:
+    """True if the stage must run (fresh, incomplete, changed only in ``resumable`` fields, or
+    forced); False if it is done."""
     stamp = folder / STAGE_FILE
     if stamp.is_file():
         previous = json.loads(stamp.read_text())
         if previous == definition:
             return not (folder / COMPLETE_FILE).is_file()
+        if set(_differences(previous, definition)) <= set(resumable):
+            (folder / COMPLETE_FILE).unlink(missing_ok=True)  # the work itself adapts
+            return True
         if not force:
             changed = ", ".join(_differences(previous, definition)[:6])
             raise StageConflict(
@@ -63,10 +67,13 @@ def run_stage(
     *,
     force: bool,
     timings: dict,
+    resumable: tuple[str, ...] = (),
 ) -> None:
-    """Call ``work()`` unless ``folder`` is complete for ``definition``; prints its wall time."""
+    """Call ``work()`` unless ``folder`` is complete for ``definition``; prints its wall time.
+    A change in only the ``resumable`` fields (dotted paths) reruns ``work()`` on the folder as
+    it is, for work that adapts (a generation job resized), instead of refusing the folder."""
     folder = Path(folder)
-    if not needs_run(folder, definition, force):
+    if not needs_run(folder, definition, force, resumable):
         timings[label] = 0.0
         print(f"  {label}: done earlier with the same config, skipped", flush=True)
         return

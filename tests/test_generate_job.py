@@ -23,7 +23,7 @@ from sio.config import (
     LabelConfig,
     SamplerConfig,
 )
-from sio.generate import generate_shard_set
+from sio.generate import Job, generate_shard_set, load_generator, run_job
 from sio.shards import iter_samples, read_manifest, verify_shard_set
 
 BIN = Path(sys.executable).parent
@@ -368,3 +368,27 @@ def test_bf16_autocast_and_compile_run_on_this_device(tmp_path, cond_dir):
     bf16_error = np.abs(sets["bf16"] - sets["fp32"])
     assert 0 < bf16_error.mean() < 2 and bf16_error.max() <= 16
     assert np.abs(sets["compiled"] - sets["fp32"]).max() <= 1
+
+
+def test_a_resized_job_keeps_its_complete_shards(tmp_path, cond_dir):
+    """Growing 10 -> 16 images regenerates only the old partial last shard and the new one;
+    shrinking to 8 generates nothing; each result equals a fresh job of that size."""
+    generator = GeneratorConfig(sampler=TINY_SAMPLER)
+
+    def job(num):
+        return Job(
+            load_generator(generator, cond_dir),
+            GenerateConfig(num_images=num, batch_size=4, shard_size=4, seed=9),
+            ("a", "b", "c"),
+        )
+
+    for num, generated in ((10, 10), (16, 8), (8, 0)):
+        resized = job(num)
+        manifest = run_job(resized, tmp_path / "resized")
+        assert resized.last_timing["images"] == generated
+        fresh = run_job(job(num), tmp_path / f"fresh{num}")
+        assert manifest == fresh | {"name": "resized"}
+    with pytest.raises(ValueError, match="different generation job"):
+        other = job(8)
+        other.config = GenerateConfig(num_images=8, batch_size=4, shard_size=4, seed=10)
+        run_job(other, tmp_path / "resized")

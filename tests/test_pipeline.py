@@ -180,3 +180,36 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
     first = json.loads((tmp_path / "eval" / "results.json").read_text())["methods"]["msp"]
     second = json.loads((tmp_path / "eval2" / "results.json").read_text())["methods"]["msp"]
     assert first == second
+
+
+def test_stage_reruns_in_place_when_only_a_resumable_field_changed(tmp_path):
+    from sio.stages import run_stage
+
+    calls = []
+
+    def work():
+        calls.append(sorted(p.name for p in (tmp_path / "stage").iterdir()))
+        (tmp_path / "stage" / "kept.txt").write_text("work of an earlier run")
+
+    first = {"job": {"num_images": 8, "seed": 1}}
+    run_stage("s", tmp_path / "stage", first, work, force=False, timings={})
+    grown = {"job": {"num_images": 16, "seed": 1}}
+    run_stage(
+        "s", tmp_path / "stage", grown, work, force=False, timings={}, resumable=("job.num_images",)
+    )
+    assert calls[1] == ["kept.txt", "stage.json"]  # rerun on the folder as it was
+    with pytest.raises(StageConflict, match=r"changed: job\.seed"):
+        other = {"job": {"num_images": 16, "seed": 2}}
+        run_stage(
+            "s",
+            tmp_path / "stage",
+            other,
+            work,
+            force=False,
+            timings={},
+            resumable=("job.num_images",),
+        )
+    run_stage(
+        "s", tmp_path / "stage", grown, work, force=False, timings={}, resumable=("job.num_images",)
+    )
+    assert len(calls) == 2  # complete again: skipped

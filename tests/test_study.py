@@ -182,3 +182,25 @@ def test_a_renamed_generator_reuses_its_training(study_run):
     run.shard()
     assert run.generator_weights(config.generator) == out / "generator" / "g1" / "weights"
     assert not (out / "generator" / "renamed").exists()
+
+
+def test_a_larger_count_extends_the_generated_set(study_run, tmp_path):
+    """Adding a larger synthetic count generates only the new shards: the earlier largest set
+    becomes a prefix subset with the same shards, so its classifiers are not trained again."""
+    import shutil
+
+    out, path, _ = study_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    data = yaml.safe_load(path.read_text())
+    data["output_dir"] = str(copy)
+    data["sweep"] = {**data["sweep"], "num_synthetic": [32, 64, 128]}
+    run_pipeline(parse_dataclass(PipelineConfig, data, ""), device="cpu")
+    timings = json.loads((copy / "timings.json").read_text())
+    assert timings["generate g1"] > 0 and timings["train g1-n96-alpha0.75-seed0"] == 0.0
+    assert timings["train g1-n128-alpha0.75-seed0"] > 0
+    full = json.loads((copy / "synthetic" / "g1" / "manifest.json").read_text())
+    before = json.loads((out / "synthetic" / "g1" / "manifest.json").read_text())
+    assert full["num_samples"] == 128 and full["shards"][:3] == before["shards"]
+    cut = json.loads((copy / "synthetic" / "g1-n96" / "manifest.json").read_text())
+    assert cut["shards"] == before["shards"]
