@@ -48,7 +48,6 @@ class PipelineRun:
     def __init__(self, config: PipelineConfig, out: Path, device: str, force: bool):
         self.config, self.out, self.device, self.force = config, out, device, force
         self.timings: dict[str, float] = {}
-        self.trained_generators: dict[str, Path] = {}  # training definition -> weights folder
 
     def stage(self, label: str, folder: Path, definition: dict, work, resumable=()) -> None:
         run_stage(
@@ -117,22 +116,19 @@ class PipelineRun:
             "train": to_dict(generator.train),
             "real_manifest_sha256": self.real_sha,
         }
-        key = json.dumps(definition, sort_keys=True)
-        if key not in self.trained_generators:
-            stage_dir = self._trained_before(definition) or self.out / "generator" / generator.key
-            weights = stage_dir / "weights"
-            self.stage(
-                f"train generator {generator.key}",
-                stage_dir,
-                definition,
-                lambda: train_from_shard_set(self.real, generator, weights, self.device),
-            )
-            self.trained_generators[key] = weights
-        return self.trained_generators[key]
+        stage_dir = self._trained_before(definition) or self.out / "generator" / generator.key
+        weights = stage_dir / "weights"
+        self.stage(
+            f"train generator {generator.key}",
+            stage_dir,
+            definition,
+            lambda: train_from_shard_set(self.real, generator, weights, self.device),
+        )
+        return weights
 
     def _trained_before(self, definition: dict) -> Path | None:
-        """A complete generator folder made from ``definition`` under another label, if any
-        (labels are names: reordering or renaming generators must not retrain one)."""
+        """A complete generator folder made from ``definition``, under whatever label: one
+        training per distinct definition, and renaming or reordering generators retrains none."""
         for stamp in sorted((self.out / "generator").glob(f"*/{STAGE_FILE}")):
             folder = stamp.parent
             if (folder / COMPLETE_FILE).is_file() and json.loads(stamp.read_text()) == definition:
