@@ -15,16 +15,14 @@ import dataclasses
 import importlib.util
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import sklearn
-import torch
 
-import sio
 from sio.config import ALL_DETECTORS, EvaluateConfig, KnnSettings
+from sio.environment import describe_machine
 from sio.evaluate import ActivationBank
 from sio.evaluate.detector_base import finite_scores
 from sio.evaluate.detectors import fit_detector
@@ -103,18 +101,13 @@ def time_detector(method: str, bank: ActivationBank, config: EvaluateConfig) -> 
 
 
 def machine() -> dict:
+    """describe_machine() plus the libraries this benchmark's numbers depend on."""
     faiss = importlib.util.find_spec("faiss") is not None
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **describe_machine(),
         "numpy": np.__version__,
         "scikit-learn": sklearn.__version__,
         "faiss": __import__("faiss").__version__ if faiss else None,
-        "sio": sio.__version__,
     }
 
 
