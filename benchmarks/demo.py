@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from sio.config import load_pipeline
-from sio.environment import describe_machine
-from sio.pipeline import run_pipeline
+from sio.core.environment import describe_machine
+from sio.pipeline.config import load_pipeline
+from sio.pipeline.run import run_pipeline
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import sklearn
 
-from sio.config import ALL_DETECTORS, EvaluateConfig, KnnSettings
-from sio.environment import describe_machine
+from sio.core.environment import describe_machine
 from sio.evaluate import ActivationBank
-from sio.evaluate.detector_base import finite_scores
+from sio.evaluate.config import ALL_DETECTORS, EvaluateConfig, KnnSettings
 from sio.evaluate.detectors import fit_detector
+from sio.evaluate.detectors.base import finite_scores
 from sio.evaluate.evaluate import metrics_entry
 
 CLASSES, WIDTH, SEED = 10, 512, 0

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from sio.config import BigGANSettings, DDPMModelConfig, GenerateConfig, SamplerConfig
-from sio.environment import describe_machine
+from sio.core.environment import describe_machine
 from sio.generate import BigGANGenerator, DDPMGenerator, Job, StyleGAN2Generator, run_job
-from sio.generate.ddpm import build_scheduler, build_unet
-from sio.generate.stylegan2_network import StyleGAN2
-from sio.generate.stylegan2_spec import GeneratorSpec, MappingSpec, SynthesisSpec
+from sio.generate.config import BigGANSettings, DDPMModelConfig, GenerateConfig, SamplerConfig
+from sio.generate.ddpm.model import build_scheduler, build_unet
+from sio.generate.stylegan2.network import StyleGAN2
+from sio.generate.stylegan2.spec import GeneratorSpec, MappingSpec, SynthesisSpec
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"

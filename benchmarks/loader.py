@@ -40,12 +40,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sio.config import TrainConfig
-from sio.environment import describe_machine
-from sio.shards import ShardSetWriter, convert_shard_set
+from sio.core.environment import describe_machine
 from sio.shards.samplefiles import natural_images
+from sio.shardset import ShardSetWriter, convert_shard_set
 from sio.train import batch_counts
 from sio.train.augment import random_crop_flip
+from sio.train.config import TrainConfig
 from sio.train.loop import EpochContext, train_epoch
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import ShardSource

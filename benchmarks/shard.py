@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sio.config import ShardConfig
-from sio.environment import describe_machine
-from sio.shards import ShardSetWriter, read_manifest, write_benchmark
+from sio.core.environment import describe_machine
+from sio.shards import write_benchmark
+from sio.shards.config import ShardConfig
 from sio.shards.samplefiles import natural_images, write_cifar10
+from sio.shardset import ShardSetWriter, read_manifest
 
 SPEC = """
 name: speed

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from sio.config import load_pipeline
-from sio.environment import describe_machine
-from sio.pipeline import run_pipeline
-from sio.study import expand_study
+from sio.core.environment import describe_machine
+from sio.pipeline.config import load_pipeline
+from sio.pipeline.run import run_pipeline
+from sio.pipeline.study import expand_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sio.files import sha256_file
-from sio.shards import iter_batches, read_benchmark
+from sio.core.files import sha256_file
+from sio.shards import read_benchmark
+from sio.shardset import iter_batches
 from sio.train import load_checkpoint
 
 ID_SPLITS = ("train", "val", "test")

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from sio.cli import config_option, device_option, pipeline_config
-
-from .activations import load_activations
-from .evaluate import evaluate_bank, evaluate_checkpoint, markdown_table, write_results
-from .report import report as write_report
+from sio.core.cli import config_option, device_option, pipeline_config
+from sio.evaluate.activations import load_activations
+from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_table, write_results
+from sio.evaluate.report import report as write_report
 
 
 @click.command()
@@ -45,7 +44,7 @@ def evaluate(run_dir, benchmark, activations, methods, fpr_convention, out, conf
     With --activations, detectors that need the model and images (odin) are skipped, and
     results.json says so.
     """
-    from sio.pipeline import default_device
+    from sio.core.environment import default_device
 
     config = pipeline_config(config_path).evaluate
     overrides = {}
@@ -82,7 +81,7 @@ def report(runs, out):
     """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std. Given one
     `sio run` output folder (it holds study.json), write its report.md with the study's plots."""
     if len(runs) == 1 and (Path(runs[0]) / "study.json").is_file():
-        from .study_report import study_report
+        from sio.pipeline.study_report import study_report
 
         if out is not None:
             raise click.UsageError("a study report is written into its own folder; drop --out")

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.config import EvaluateConfig
-
-from .activations import ActivationBank, extract_activations
-from .detectors import DETECTORS, finite_scores, needs_images
-from .image_scoring import ModelInputs, load_model, score_image_sets, score_image_val
-from .metrics import METRICS, mean_metrics, ood_metrics
-from .search import OodSplit, grid_search, ood_split, search_activation_detector
+from sio.evaluate.activations import ActivationBank, extract_activations
+from sio.evaluate.config import EvaluateConfig
+from sio.evaluate.detectors import DETECTORS, finite_scores, needs_images
+from sio.evaluate.image_scoring import ModelInputs, load_model, score_image_sets, score_image_val
+from sio.evaluate.metrics import METRICS, mean_metrics, ood_metrics
+from sio.evaluate.search import OodSplit, grid_search, ood_split, search_activation_detector
 
 NEEDS_MODEL = "needs the model and the images: use sio evaluate --run"
 

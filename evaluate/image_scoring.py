@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sio.shards import iter_batches, read_benchmark
+from sio.evaluate.detectors.base import InputDetector, check_finite
+from sio.shards import read_benchmark
+from sio.shardset import iter_batches
 from sio.train import load_checkpoint
-
-from .detector_base import InputDetector, check_finite
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.config import ALL_DETECTORS
-from sio.files import write_text_atomic
+from sio.core.files import write_text_atomic
+from sio.evaluate.config import ALL_DETECTORS
 
 
 def load_run(folder: str | Path) -> dict:

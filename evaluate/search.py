@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sio.config import EvaluateConfig, SearchSettings
-from sio.seeding import numpy_rng
-
-from .activations import ActivationBank
-from .detector_base import detector_error
-from .detectors import DETECTORS, finite_scores, fit_detector
-from .metrics import auroc
+from sio.core.seeding import numpy_rng
+from sio.evaluate.activations import ActivationBank
+from sio.evaluate.config import EvaluateConfig, SearchSettings
+from sio.evaluate.detectors import DETECTORS, finite_scores, fit_detector
+from sio.evaluate.detectors.base import detector_error
+from sio.evaluate.metrics import auroc
 
 
 @dataclass(frozen=True)

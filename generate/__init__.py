@@ -1,24 +1,20 @@
 """Generate stage: generators (network + sampler) and resumable synthetic shard sets."""
 
-from .biggan import BigGANGenerator
-from .ddpm import DDPMGenerator
-from .job import Job, run_job
-from .registry import GENERATORS, generate_shard_set, load_generator, weights_fingerprint
-from .stylegan2 import StyleGAN2Generator
-from .stylegan2_export import export_safetensors
-from .train_ddpm import train_ddpm, train_from_shard_set
+from sio.core.lazy import lazy_exports
 
-__all__ = [
-    "GENERATORS",
-    "BigGANGenerator",
-    "DDPMGenerator",
-    "Job",
-    "StyleGAN2Generator",
-    "export_safetensors",
-    "generate_shard_set",
-    "load_generator",
-    "run_job",
-    "train_ddpm",
-    "train_from_shard_set",
-    "weights_fingerprint",
-]
+_EXPORTS = {
+    "BigGANGenerator": "sio.generate.biggan",
+    "DDPMGenerator": "sio.generate.ddpm.model",
+    "train_ddpm": "sio.generate.ddpm.train",
+    "train_from_shard_set": "sio.generate.ddpm.train",
+    "Job": "sio.generate.job",
+    "run_job": "sio.generate.job",
+    "GENERATORS": "sio.generate.registry",
+    "generate_shard_set": "sio.generate.registry",
+    "load_generator": "sio.generate.registry",
+    "weights_fingerprint": "sio.generate.registry",
+    "export_safetensors": "sio.generate.stylegan2.export",
+    "StyleGAN2Generator": "sio.generate.stylegan2.generator",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import truncnorm
 
-from sio.config import BigGANSettings
-from sio.files import sha256_file
+from sio.core.files import sha256_file
+from sio.generate.config import BigGANSettings
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "pytorch_model.bin"
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from sio.cli import config_option, device_option, pipeline_config
-
-from .registry import GENERATORS, generate_shard_set
-from .train_ddpm import train_from_shard_set
+from sio.core.cli import config_option, device_option, pipeline_config
+from sio.generate.ddpm.train import train_from_shard_set
+from sio.generate.registry import GENERATORS, generate_shard_set
 
 
 def parse_shard_range(text: str | None) -> range | None:

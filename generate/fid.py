@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sio.files import sha256_file, write_json_atomic
-from sio.shards import iter_batches, read_manifest
-from sio.storage import is_url
+from sio.core.files import sha256_file, write_json_atomic
+from sio.core.storage import is_url
+from sio.shardset import iter_batches, read_manifest
 
 STATS_DIR = "fid-stats"
 

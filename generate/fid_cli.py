@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from sio.cli import config_option, device_option, pipeline_config
+from sio.core.cli import config_option, device_option, pipeline_config
 
 
 @click.command()
@@ -49,7 +49,7 @@ def fid(
     """Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC's manifest."""
     import torch
 
-    from .fid import fid_extractor, measure_fid, record_quality
+    from sio.generate.fid import fid_extractor, measure_fid, record_quality
 
     overrides = {
         "inception_weights": inception,

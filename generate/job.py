@@ -23,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 import sio
-from sio.config import GenerateConfig, LabelConfig, to_dict
-from sio.seeding import derive_seed
-from sio.shards import ShardFileWriter, ShardStats, encode_png, manifest_from_stats
-from sio.shards.records import encode_record, record_key
-from sio.storage import open_destination
-
-from .labels import QuotaFiller, balanced_labels, classify
+from sio.core.config import to_dict
+from sio.core.seeding import derive_seed
+from sio.core.storage import open_destination
+from sio.generate.config import GenerateConfig, LabelConfig
+from sio.generate.labels import QuotaFiller, balanced_labels, classify
+from sio.shardset import ShardFileWriter, ShardStats, encode_png, manifest_from_stats
+from sio.shardset.records import encode_record, record_key
 
 PROGRESS = ".progress"
 JOB_FILE = f"{PROGRESS}/job.json"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from sio.config import GenerateConfig, GeneratorConfig
-from sio.files import sha256_file
-from sio.registry import Registry
-
-from .biggan import BigGANGenerator
-from .ddpm import DDPMGenerator
-from .job import Job, run_job
-from .stylegan2 import StyleGAN2Generator
+from sio.core.files import sha256_file
+from sio.core.registry import Registry
+from sio.generate.biggan import BigGANGenerator
+from sio.generate.config import GenerateConfig, GeneratorConfig
+from sio.generate.ddpm.model import DDPMGenerator
+from sio.generate.job import Job, run_job
+from sio.generate.stylegan2.generator import StyleGAN2Generator
 
 GENERATORS: Registry = Registry("generator")
 

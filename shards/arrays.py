@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import (
+from sio.shards.sources import (
     DatasetError,
     ReadContext,
     Source,
@@ -288,9 +288,8 @@ def read_mnist5k(spec, context):
     embedded=True,
 )
 def read_crops(spec, context):
-    from sio.seeding import numpy_rng
-
-    from .digits import render_crops
+    from sio.core.seeding import numpy_rng
+    from sio.shards.digits import render_crops
 
     if not spec.part or spec.count <= 0:
         raise DatasetError(f"set {spec.name!r}: crops need `part` (image names) and `count` > 0")

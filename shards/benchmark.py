@@ -22,11 +22,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sio.config import ShardConfig, to_dict
-from sio.files import write_json_atomic
-
-from .format import MANIFEST, ShardError, ShardSetWriter
-from .read import read_manifest
+from sio.core.config import to_dict
+from sio.core.files import write_json_atomic
+from sio.shards.config import ShardConfig
+from sio.shardset.format import MANIFEST, ShardError, ShardSetWriter
+from sio.shardset.read import read_manifest
 
 BENCHMARK_FILE = "benchmark.json"
 BENCHMARK_FORMAT = "sio-benchmark/1"
@@ -128,7 +128,7 @@ def _write_split(out: Path, folder, images, labels, class_names, metas, config: 
 
 
 def _write_digits(config: ShardConfig, out: Path, splits) -> Benchmark | None:
-    from .digits import build_digits
+    from sio.shards.digits import build_digits
 
     all_splits = build_digits(config.digits, config.seed)
     chosen = choose_splits(all_splits, splits)
@@ -158,8 +158,8 @@ def write_benchmark(
     if config.benchmark == "digits":
         result = _write_digits(config, out, splits)
     else:
-        from .build import write_spec_benchmark
-        from .spec import load_spec
+        from sio.shards.build import write_spec_benchmark
+        from sio.shards.spec import load_spec
 
         result = write_spec_benchmark(load_spec(config.benchmark), config, out, splits, report)
     if report is not None:

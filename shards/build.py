@@ -18,11 +18,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sio.seeding import numpy_rng
-
-from .format import ShardSetWriter
-from .sources import DatasetError, ReadContext, Source, get_reader
-from .spec import BenchmarkSpec, SourceSpec, SplitSpec
+from sio.core.seeding import numpy_rng
+from sio.shards.sources import DatasetError, ReadContext, Source, get_reader
+from sio.shards.spec import BenchmarkSpec, SourceSpec, SplitSpec
+from sio.shardset.format import ShardSetWriter
 
 
 def resize_crop(image: Image.Image, shorter: int, size: int) -> Image.Image:
@@ -180,9 +179,8 @@ def check_data_root(bench: BenchmarkSpec, rows, data_root) -> None:
 
 def write_spec_benchmark(bench: BenchmarkSpec, config, out: Path, splits=None, report=None):
     """Write the splits of a benchmark file (see benchmark.write_benchmark)."""
-    from sio.config import to_dict
-
-    from .benchmark import choose_splits, finish_benchmark, is_complete
+    from sio.core.config import to_dict
+    from sio.shards.benchmark import choose_splits, finish_benchmark, is_complete
 
     rows = plan(bench)
     chosen = choose_splits(rows, splits)
@@ -237,7 +235,7 @@ def _same_id_classes(known, source: Source, folder: str):
 
 
 def _id_class_names(out: Path):
-    from .read import read_manifest
+    from sio.shardset.read import read_manifest
 
     manifest = out / "id_train" / "manifest.json"
     return read_manifest(out / "id_train").class_names if manifest.is_file() else ()

@@ -6,11 +6,10 @@ import dataclasses
 
 import click
 
-from sio.cli import config_option, pipeline_config
-
-from .benchmark import write_benchmark
-from .records import RECORD_SIZE
-from .verify import verify_shard_set
+from sio.core.cli import config_option, pipeline_config
+from sio.shards.benchmark import write_benchmark
+from sio.shardset.records import RECORD_SIZE
+from sio.shardset.verify import verify_shard_set
 
 
 @click.command()
@@ -43,7 +42,7 @@ def shard(benchmark, out, data_root, splits, seed, shard_size, config_path):
     imagenet-dogs, mnist5k) or the path of your own .yaml. Complete splits made the same way
     are kept, so an interrupted run resumes; a split made differently is refused.
     """
-    from .spec import benchmark_file
+    from sio.shards.spec import benchmark_file
 
     if benchmark != "digits":
         benchmark_file(benchmark)  # an unknown name fails here, before any work
@@ -98,7 +97,7 @@ def verify(folder):
 def convert(source, destination, encoding, record_size):
     """Write shard set SOURCE (folder or URL) in another encoding to DESTINATION (folder or
     s3://), shard for shard and sample for sample."""
-    from .convert import convert_shard_set
+    from sio.shardset.convert import convert_shard_set
 
     manifest = convert_shard_set(source, destination, encoding, record_size=record_size)
     click.echo(
@@ -114,7 +113,7 @@ def convert(source, destination, encoding, record_size):
 def subset(source, destination, num):
     """Write the first NUM samples of local shard set SOURCE (whole shards, linked, not
     re-encoded) to DESTINATION as a shard set of its own."""
-    from .subset import subset_shard_set
+    from sio.shardset.subset import subset_shard_set
 
     manifest = subset_shard_set(source, num, destination)
     click.echo(f"{destination}: {manifest.num_samples} samples in {len(manifest.shards)} shards")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from sio.config import DigitsConfig
-from sio.seeding import numpy_rng
+from sio.core.seeding import numpy_rng
+from sio.shards.config import DigitsConfig
 
 IMAGE_SIZE = 8
 FAR_OOD_SOURCES = {

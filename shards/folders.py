@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import (
+from sio.shards.sources import (
     DatasetError,
     Source,
     concat,

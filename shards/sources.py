@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .format import ShardError
+from sio.shardset.format import ShardError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -85,7 +85,7 @@ def reader(name: str, **info):
 
 
 def get_reader(name: str) -> Reader:
-    from . import arrays, folders  # noqa: F401 - registers the readers
+    from sio.shards import arrays, folders  # noqa: F401 - registers the readers
 
     if name not in READERS:
         raise DatasetError(f"unknown dataset reader {name!r}; known: {', '.join(sorted(READERS))}")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sio.configparse import ConfigError, load_yaml_dataclass
-from sio.configparse import check as _check
+from sio.core.config import ConfigError, load_yaml_dataclass
+from sio.core.config import check as _check
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
 BUILT_IN = ("digits",)

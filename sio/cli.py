@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
-from sio.config import ConfigError, PipelineConfig, load_pipeline
+from sio.core.cli import CliDefaults, UserError, device_option
+from sio.core.config import ConfigError
+from sio.pipeline.config import PipelineConfig, load_pipeline
 
 # command name -> (module, attribute, the first line of its help, as `sio --help` lists it)
 STAGE_COMMANDS = {
@@ -33,7 +35,7 @@ STAGE_COMMANDS = {
         "Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC's manifest.",
     ),
     "stylegan2-export": (
-        "sio.generate.stylegan2_export",
+        "sio.generate.stylegan2.export",
         "stylegan2_export",
         "Export a stylegan2-ada-pytorch PKL's generator to OUT_DIR as safetensors.",
     ),
@@ -55,17 +57,13 @@ STAGE_COMMANDS = {
 }
 
 
-class UserError(click.ClickException):
-    """Shown as ``Error: ...`` with exit status 1, without a traceback."""
-
-
 # Errors that mean "bad input", not "bug": shown to the user as one clear line.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
 
 
 def is_user_error(err: BaseException) -> bool:
-    from sio.shards.format import ShardError
-    from sio.stages import StageConflict
+    from sio.core.stages import StageConflict
+    from sio.shardset.format import ShardError
 
     return isinstance(err, (*USER_ERRORS, ShardError, StageConflict))
 
@@ -110,21 +108,12 @@ def pipeline_config(path: str | None) -> PipelineConfig:
     return PipelineConfig()
 
 
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="pipeline.yaml to read defaults from (else ./pipeline.yaml).",
-)
-device_option = click.option(
-    "--device", default=None, help="torch device (default: cuda when available, else cpu)."
-)
-
-
 @click.group(cls=Group)
 @click.version_option(package_name="sio")
-def cli():
+@click.pass_context
+def cli(ctx):
     """sio: synthetic in-distribution data for out-of-distribution detection."""
+    ctx.obj = CliDefaults(load=pipeline_config)
 
 
 @cli.command()
@@ -135,7 +124,7 @@ def cli():
 @device_option
 def run(pipeline, force, device):
     """Run every stage of PIPELINE (default ./pipeline.yaml) and print baseline vs +SIO."""
-    from sio.pipeline import run_pipeline
+    from sio.pipeline.run import run_pipeline
 
     click.echo(run_pipeline(load_pipeline(pipeline), force=force, device=device))
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sio.config import DDPMModelConfig
-from sio.generate.ddpm import DDPMGenerator, build_scheduler, build_unet
+from sio.generate.config import DDPMModelConfig
+from sio.generate.ddpm.model import DDPMGenerator, build_scheduler, build_unet
 
 
 @pytest.fixture

@@ -14,10 +14,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sio.cli import get_cli
-from sio.config import ConfigError, ShardConfig
-from sio.shards import iter_samples, read_benchmark, read_manifest, verify_shard_set
+from sio.core.config import ConfigError
+from sio.shards import read_benchmark
 from sio.shards.benchmark import write_benchmark
 from sio.shards.build import fit_image, read_set
+from sio.shards.config import ShardConfig
 from sio.shards.samplefiles import (
     natural_images,
     write_cifar10,
@@ -28,6 +29,7 @@ from sio.shards.samplefiles import (
 )
 from sio.shards.sources import DatasetError
 from sio.shards.spec import load_spec, shipped_benchmarks
+from sio.shardset import iter_samples, read_manifest, verify_shard_set
 
 NAMES10 = tuple(f"k{i}" for i in range(10))
 

@@ -1,4 +1,4 @@
-"""sio.config: defaults, load_pipeline's error messages, frozenness and the to_dict round trip."""
+"""The pipeline config: defaults, error messages, frozenness and the to_dict round trip."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ import dataclasses
 
 import pytest
 
-from sio.config import (
-    ConfigError,
-    DigitsConfig,
-    PipelineConfig,
-    load_pipeline,
-    parse_dataclass,
-    to_dict,
-)
+from sio.core.config import ConfigError, parse_dataclass, to_dict
+from sio.pipeline.config import PipelineConfig, load_pipeline
+from sio.shards.config import DigitsConfig
 
 
 def write(tmp_path, text: str, name: str = "pipeline.yaml"):

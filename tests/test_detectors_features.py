@@ -10,10 +10,10 @@ import torch
 from scipy.special import logsumexp
 
 from sio.evaluate import ActivationBank, DetectorError
-from sio.evaluate import detectors_knn as knn_module
 from sio.evaluate.detectors import fit_detector
-from sio.evaluate.detectors_features import DICE, VIM, ReAct, vim_dim
-from sio.evaluate.detectors_knn import KNN, TorchSearch, faiss_available, unit_rows
+from sio.evaluate.detectors import knn as knn_module
+from sio.evaluate.detectors.features import DICE, VIM, ReAct, vim_dim
+from sio.evaluate.detectors.knn import KNN, TorchSearch, faiss_available, unit_rows
 
 
 def make_bank(train, *, val=None, weight=None, bias=None, labels=None) -> ActivationBank:

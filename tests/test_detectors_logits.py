@@ -11,7 +11,7 @@ from scipy.stats import entropy
 
 from sio.evaluate import ActivationBank, DetectorError
 from sio.evaluate.detectors import fit_detector
-from sio.evaluate.detectors_logits import TEMPLATE_FLOOR, fit_temperature, log_max_softmax
+from sio.evaluate.detectors.logits import TEMPLATE_FLOOR, fit_temperature, log_max_softmax
 
 LN3 = math.log(3.0)
 

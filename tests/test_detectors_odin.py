@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from sio.cli import get_cli
-from sio.config import EvaluateConfig
 from sio.evaluate import DetectorError, evaluate_checkpoint
+from sio.evaluate.config import EvaluateConfig
 from sio.evaluate.detectors import fit_detector
-from sio.evaluate.detectors_odin import ODIN
+from sio.evaluate.detectors.odin import ODIN
 
 from .tiny_run import write_tiny_run
 

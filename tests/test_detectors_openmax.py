@@ -10,7 +10,7 @@ from scipy.stats import weibull_min
 
 from sio.evaluate import ActivationBank, DetectorError, evaluate_bank
 from sio.evaluate.detectors import fit_detector
-from sio.evaluate.detectors_openmax import LIBMR_TRANSLATION, OpenMax, TailModel, weibull_mle
+from sio.evaluate.detectors.openmax import LIBMR_TRANSLATION, OpenMax, TailModel, weibull_mle
 
 
 def test_weibull_mle_matches_scipy():

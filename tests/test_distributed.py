@@ -16,10 +16,10 @@ import yaml
 from click.testing import CliRunner
 
 from sio.cli import get_cli
-from sio.config import TrainConfig
-from sio.shards import ShardSetWriter
+from sio.shardset import ShardSetWriter
 from sio.train import batch_counts, load_checkpoint, train_classifier
 from sio.train import cli as train_cli
+from sio.train.config import TrainConfig
 from sio.train.distributed import World, torchrun_command
 from sio.train.sources import ShardSource, check_shard_count
 from sio.train.trainer import batch_plan

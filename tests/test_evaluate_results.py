@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sio.config import ALL_DETECTORS, EvaluateConfig, KnnSettings, VimSettings
 from sio.evaluate import DETECTORS, ActivationBank, DetectorError, evaluate_bank, markdown_table
+from sio.evaluate.config import ALL_DETECTORS, EvaluateConfig, KnnSettings, VimSettings
 from sio.evaluate.detectors import needs_images
 
 ACTIVATION_DETECTORS = [m for m in ALL_DETECTORS if m != "odin"]

@@ -22,9 +22,9 @@ import yaml
 from click.testing import CliRunner
 
 from sio.cli import get_cli
-from sio.config import TrainConfig
-from sio.shards import ShardError, ShardSetWriter, iter_samples
+from sio.shardset import ShardError, ShardSetWriter, iter_samples
 from sio.train import load_checkpoint, train_classifier
+from sio.train.config import TrainConfig
 
 CONFIG = TrainConfig(
     epochs=2, batch_size=8, num_workers=0, shuffle_buffer=8, crop_padding=0, lr=0.05

@@ -18,7 +18,7 @@ from sio.generate.fid import (
     measure_fid,
     record_quality,
 )
-from sio.shards import ShardSetWriter, read_manifest
+from sio.shardset import ShardSetWriter, read_manifest
 
 
 def test_one_dimensional_gaussians():
@@ -129,7 +129,7 @@ def inception_weights(path):
 
 
 def test_inception_weights_are_checked_then_used(tmp_path):
-    from sio.files import sha256_file
+    from sio.core.files import sha256_file
 
     weights = inception_weights(tmp_path / "weights-inception.pth")
     with pytest.raises(ValueError, match="does not start with the expected 6726825d"):
@@ -150,7 +150,7 @@ def test_inception_weights_are_checked_then_used(tmp_path):
 def test_a_weights_file_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"fc.weight": torch.zeros(1), "payload": MeanIntensity}, path)
-    from sio.files import sha256_file
+    from sio.core.files import sha256_file
 
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         InceptionFeatures(path, sha256_file(path))

@@ -11,18 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sio.config import (
+from sio.core.config import to_dict
+from sio.core.seeding import derive_seed
+from sio.generate import DDPMGenerator, generate_shard_set, train_ddpm
+from sio.generate.config import (
     DDPMModelConfig,
     DDPMTrainConfig,
     GenerateConfig,
     GeneratorConfig,
     SamplerConfig,
-    to_dict,
 )
-from sio.generate import DDPMGenerator, generate_shard_set, train_ddpm
-from sio.generate.ddpm import GENERATOR_FILE, build_scheduler, build_unet
-from sio.seeding import derive_seed
-from sio.shards import iter_samples, read_manifest, verify_shard_set
+from sio.generate.ddpm.model import GENERATOR_FILE, build_scheduler, build_unet
+from sio.shardset import iter_samples, read_manifest, verify_shard_set
 from sio.train import build_classifier
 
 TINY = DDPMModelConfig(block_out_channels=(8, 16), layers_per_block=1)

@@ -16,15 +16,15 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from sio.config import (
+from sio.generate import Job, generate_shard_set, load_generator, run_job
+from sio.generate.config import (
     BigGANSettings,
     GenerateConfig,
     GeneratorConfig,
     LabelConfig,
     SamplerConfig,
 )
-from sio.generate import Job, generate_shard_set, load_generator, run_job
-from sio.shards import iter_samples, read_manifest, verify_shard_set
+from sio.shardset import iter_samples, read_manifest, verify_shard_set
 
 BIN = Path(sys.executable).parent
 TINY_SAMPLER = SamplerConfig(steps=2)
@@ -334,7 +334,7 @@ def test_generate_to_s3(tmp_path, cond_dir, s3_endpoint):
 
 def test_records_encoding_holds_the_same_samples_as_png(tmp_path, cond_dir):
     """A records job converted to PNG gives the PNG job's shards byte for byte."""
-    from sio.shards import convert_shard_set
+    from sio.shardset import convert_shard_set
 
     generator = GeneratorConfig(sampler=TINY_SAMPLER)
     png_job = GenerateConfig(num_images=10, batch_size=3, shard_size=4, seed=4)

@@ -8,10 +8,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from sio.config import DigitsConfig, EvaluateConfig, ShardConfig, TrainConfig
 from sio.evaluate import DetectorError, evaluate_checkpoint
-from sio.shards import iter_batches, read_benchmark, write_benchmark
+from sio.evaluate.config import EvaluateConfig
+from sio.shards import read_benchmark, write_benchmark
+from sio.shards.config import DigitsConfig, ShardConfig
+from sio.shardset import iter_batches
 from sio.train import load_checkpoint, train_classifier
+from sio.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

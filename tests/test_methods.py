@@ -11,16 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sio.config import TrainConfig
+from sio.core.schedules import warmup_cosine
 from sio.train import METHODS, MethodContext, build_classifier, build_method
-from sio.train.batch_transforms import (
+from sio.train.config import TrainConfig
+from sio.train.methods.batch_transforms import (
     CutMixTransform,
     PixMixTransform,
     RandAugmentTransform,
     mixing_weights,
 )
-from sio.train.methods import uniform_kl, warmup_cosine
-from sio.train.ops import AUGMIX_OPS, RANDAUGMENT_OPS, apply_op
+from sio.train.methods.oe import uniform_kl
+from sio.train.methods.ops import AUGMIX_OPS, RANDAUGMENT_OPS, apply_op
 
 CLASSES = 3
 

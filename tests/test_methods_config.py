@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sio.config import (
-    TRAIN_DEFAULTS,
-    TRAIN_PRESETS,
-    ConfigError,
-    PipelineConfig,
-    TrainConfig,
-    load_pipeline,
-    parse_dataclass,
-    to_dict,
-)
+from sio.core.config import ConfigError, parse_dataclass, to_dict
+from sio.pipeline.config import PipelineConfig, load_pipeline
 from sio.train.augment import base_augment, random_resized_crop
+from sio.train.config import TRAIN_DEFAULTS, TRAIN_PRESETS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

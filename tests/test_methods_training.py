@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from sio.config import CePlusSettings, OESettings, PixMixSettings, TrainConfig, VosSettings
-from sio.shards import ShardSetWriter, read_manifest, shard_urls
+from sio.shardset import ShardSetWriter, read_manifest, shard_urls
 from sio.train import METHODS, batch_counts, load_checkpoint, train_classifier
-from sio.train.batch_transforms import CutMixTransform
+from sio.train.config import CePlusSettings, OESettings, PixMixSettings, TrainConfig, VosSettings
+from sio.train.methods.batch_transforms import CutMixTransform
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 from sio.train.trainer import batch_spec, build_objective
 

@@ -9,9 +9,9 @@ import yaml
 from click.testing import CliRunner
 
 from sio.cli import get_cli
-from sio.config import load_pipeline
-from sio.pipeline import run_pipeline
-from sio.stages import StageConflict
+from sio.core.stages import StageConflict
+from sio.pipeline.config import load_pipeline
+from sio.pipeline.run import run_pipeline
 
 TINY = {
     "seeds": [0, 1],
@@ -183,7 +183,7 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
 
 
 def test_stage_reruns_in_place_when_only_a_resumable_field_changed(tmp_path):
-    from sio.stages import run_stage
+    from sio.core.stages import run_stage
 
     calls = []
 

@@ -15,19 +15,19 @@ import webdataset as wds
 from click.testing import CliRunner
 
 from sio.cli import get_cli
-from sio.config import TrainConfig
-from sio.shards import (
+from sio.core.files import sha256_file
+from sio.shardset import (
     ShardError,
     ShardSetWriter,
     convert_shard_set,
     iter_batches,
     iter_samples,
     read_manifest,
-    sha256_file,
     verify_shard_set,
 )
-from sio.shards.tario import tar_members, tar_samples
+from sio.shardset.tario import tar_members, tar_samples
 from sio.train import load_checkpoint, train_classifier
+from sio.train.config import TrainConfig
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import ShardSource
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from sio.config import TrainConfig
-from sio.shards import (
+from sio.core.storage import ResumingStream, TransientError, open_url
+from sio.shardset import (
     ShardError,
     ShardSetWriter,
     convert_shard_set,
@@ -23,8 +23,8 @@ from sio.shards import (
     read_manifest,
     verify_shard_set,
 )
-from sio.storage import ResumingStream, TransientError, open_url
 from sio.train import load_checkpoint, train_classifier
+from sio.train.config import TrainConfig
 
 CONFIG = TrainConfig(
     epochs=2, batch_size=8, num_workers=0, shuffle_buffer=16, crop_padding=1, lr=0.05

@@ -8,12 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from sio.config import (
-    ConfigError,
-    EvaluateConfig,
-    SearchSettings,
-    load_pipeline,
-)
+from sio.core.config import ConfigError
 from sio.evaluate import (
     ActivationBank,
     DetectorError,
@@ -22,13 +17,15 @@ from sio.evaluate import (
     load_activations,
     write_results,
 )
+from sio.evaluate.config import EvaluateConfig, SearchSettings
 from sio.evaluate.detectors import fit_detector
-from sio.evaluate.detectors_features import VIM
-from sio.evaluate.detectors_knn import KNN
-from sio.evaluate.detectors_odin import ODIN
+from sio.evaluate.detectors.features import VIM
+from sio.evaluate.detectors.knn import KNN
+from sio.evaluate.detectors.odin import ODIN
 from sio.evaluate.image_scoring import ModelInputs, load_model, score_shard_set
 from sio.evaluate.metrics import auroc, ood_metrics
 from sio.evaluate.search import ood_split
+from sio.pipeline.config import load_pipeline
 from sio.shards import read_benchmark
 
 from .tiny_run import write_tiny_run

@@ -9,20 +9,19 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from sio.config import DigitsConfig, ShardConfig
-from sio.shards import (
+from sio.shards import read_benchmark, write_benchmark
+from sio.shards.config import DigitsConfig, ShardConfig
+from sio.shards.digits import build_digits
+from sio.shardset import (
     ShardError,
     ShardSetWriter,
     encode_png,
     iter_batches,
     iter_samples,
-    read_benchmark,
     read_manifest,
     shard_urls,
     verify_shard_set,
-    write_benchmark,
 )
-from sio.shards.digits import build_digits
 
 CLASSES = ("a", "b", "c", "d")
 
@@ -490,7 +489,7 @@ def test_tar_bytes_match_webdataset_tarwriter(tmp_path):
 def test_tar_headers_fall_back_to_tarfile_for_long_or_unicode_names():
     import tarfile
 
-    from sio.shards.tarwrite import _tarinfo, member_header
+    from sio.shardset.tarwrite import _tarinfo, member_header
 
     for name, size in [("k.png", 7), ("a" * 100, 0), ("b" * 130 + ".json", 5), ("é.cls", 1)]:
         want = _tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -508,7 +507,7 @@ def test_failed_write_leaves_no_shards(tmp_path):
 
 @pytest.mark.parametrize("batch_bytes", [1, 200, 1 << 20])
 def test_pixel_statistics_exact_whatever_the_batch(tmp_path, monkeypatch, batch_bytes):
-    import sio.shards.format as format_module
+    import sio.shardset.format as format_module
 
     monkeypatch.setattr(format_module, "STATS_BATCH_BYTES", batch_bytes)
     images, labels, metas = make_samples(23, (6, 5, 3), seed=4)

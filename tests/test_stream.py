@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sio.shards import ShardSetWriter, shard_urls
+from sio.shardset import ShardSetWriter, shard_urls
 from sio.train.augment import random_crop_flip
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 
@@ -287,7 +287,7 @@ def test_crop_empty_batch():
 def test_corrupt_member_is_named_through_workers(spec, tmp_path):
     import webdataset as wds
 
-    from sio.shards import ShardError
+    from sio.shardset import ShardError
 
     bad = tmp_path / "bad-000000.tar"
     with wds.TarWriter(str(bad), encoder=False, mtime=0) as tar:
@@ -300,6 +300,6 @@ def test_corrupt_member_is_named_through_workers(spec, tmp_path):
 
 
 def _png_bytes(value):
-    from sio.shards import encode_png
+    from sio.shardset import encode_png
 
     return encode_png(np.full((8, 8), value, np.uint8))

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sio.cli import get_cli
-from sio.config import ConfigError, PipelineConfig, load_pipeline, parse_dataclass
-from sio.pipeline import run_pipeline
-from sio.study import Point, expand_study
+from sio.core.config import ConfigError, parse_dataclass
+from sio.pipeline.config import PipelineConfig, load_pipeline
+from sio.pipeline.run import run_pipeline
+from sio.pipeline.study import Point, expand_study
 
 from .test_pipeline import TINY
 
@@ -172,7 +173,7 @@ def test_rerunning_the_study_skips_every_stage(study_run):
 
 
 def test_a_renamed_generator_reuses_its_training(study_run):
-    from sio.pipeline import PipelineRun
+    from sio.pipeline.run import PipelineRun
 
     out, path, _ = study_run
     data = yaml.safe_load(path.read_text())

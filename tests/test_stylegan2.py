@@ -27,20 +27,15 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from sio.cli import get_cli
-from sio.config import (
-    ConfigError,
-    GenerateConfig,
-    GeneratorConfig,
-    StyleGAN2Settings,
-    parse_dataclass,
-)
-from sio.files import sha256_file
+from sio.core.config import ConfigError, parse_dataclass
+from sio.core.files import sha256_file
 from sio.generate import StyleGAN2Generator, export_safetensors, generate_shard_set
+from sio.generate.config import GenerateConfig, GeneratorConfig, StyleGAN2Settings
 from sio.generate.registry import load_generator, weights_fingerprint
-from sio.generate.stylegan2_load import build_network, read_pickle
-from sio.generate.stylegan2_spec import GeneratorSpec
-from sio.generate.stylegan2_unpickle import UnsafePickleError, load_network_pickle
-from sio.shards import iter_samples, verify_shard_set
+from sio.generate.stylegan2.load import build_network, read_pickle
+from sio.generate.stylegan2.spec import GeneratorSpec
+from sio.generate.stylegan2.unpickle import UnsafePickleError, load_network_pickle
+from sio.shardset import iter_samples, verify_shard_set
 
 DATA = Path(__file__).parent / "data"
 BUFFERS = ("w_avg", "noise_const", "resample_filter")

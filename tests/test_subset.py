@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from sio.cli import get_cli
-from sio.config import GenerateConfig, GeneratorConfig, SamplerConfig
 from sio.generate import generate_shard_set
-from sio.shards import ShardError, ShardSetWriter, iter_samples, read_manifest, subset_shard_set
+from sio.generate.config import GenerateConfig, GeneratorConfig, SamplerConfig
+from sio.shardset import ShardError, ShardSetWriter, iter_samples, read_manifest, subset_shard_set
 
 
 def write_set(folder, images, labels, shard_size):

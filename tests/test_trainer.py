@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from sio.config import TrainConfig, to_dict
-from sio.shards import ShardSetWriter, iter_batches
+from sio.core.config import to_dict
+from sio.shardset import ShardSetWriter, iter_batches
 from sio.train import load_checkpoint, train_classifier
 from sio.train import trainer as trainer_module
+from sio.train.config import TrainConfig
 
 CLASSES = ("left", "right")
 N_REAL, N_SYN, BATCH = 40, 20, 8

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sio.config import DigitsConfig, ShardConfig
 from sio.shards import write_benchmark
+from sio.shards.config import DigitsConfig, ShardConfig
 from sio.train.models import build_classifier
 from sio.train.trainer import CHECKPOINT_FORMAT
 

@@ -1,30 +1,27 @@
 """Train stage: stream real and synthetic shard sets at exactly alpha : 1 - alpha per batch,
 with any of the training methods in METHODS and the architectures in BACKBONES."""
 
-from . import densenet, godin, vos  # noqa: F401  (register densenet100, godin, vos)
-from .godin import GodinClassifier
-from .methods import METHODS, Method, MethodContext, build_method, method_inputs
-from .mixing import batch_counts, compose, rank_share, steps_per_epoch, worker_steps
-from .models import BACKBONES, HEADS, Classifier, build_classifier
-from .trainer import CHECKPOINT, load_checkpoint, train_classifier
+from sio.core.lazy import lazy_exports
 
-__all__ = [
-    "BACKBONES",
-    "CHECKPOINT",
-    "HEADS",
-    "METHODS",
-    "Classifier",
-    "GodinClassifier",
-    "Method",
-    "MethodContext",
-    "batch_counts",
-    "build_classifier",
-    "build_method",
-    "compose",
-    "load_checkpoint",
-    "method_inputs",
-    "rank_share",
-    "steps_per_epoch",
-    "train_classifier",
-    "worker_steps",
-]
+_EXPORTS = {
+    "METHODS": "sio.train.methods",
+    "GodinClassifier": "sio.train.methods",
+    "Method": "sio.train.methods",
+    "MethodContext": "sio.train.methods",
+    "build_method": "sio.train.methods",
+    "method_inputs": "sio.train.methods",
+    "batch_counts": "sio.train.mixing",
+    "compose": "sio.train.mixing",
+    "rank_share": "sio.train.mixing",
+    "steps_per_epoch": "sio.train.mixing",
+    "worker_steps": "sio.train.mixing",
+    "BACKBONES": "sio.train.models",
+    "HEADS": "sio.train.models",
+    "Classifier": "sio.train.models",
+    "build_classifier": "sio.train.models",
+    "CHECKPOINT": "sio.train.trainer",
+    "load_checkpoint": "sio.train.trainer",
+    "train_classifier": "sio.train.trainer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sio.config import TrainConfig, to_dict
-
-from .methods import METHODS
-from .models import build_classifier
+from sio.core.config import to_dict
+from sio.train.config import TrainConfig
+from sio.train.methods import METHODS
+from sio.train.models import build_classifier
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sio-checkpoint/1"

@@ -7,10 +7,9 @@ import subprocess
 
 import click
 
-from sio.cli import config_option, device_option, pipeline_config
-
-from .distributed import torchrun_command
-from .trainer import train_classifier
+from sio.core.cli import config_option, device_option, pipeline_config
+from sio.train.distributed import torchrun_command
+from sio.train.trainer import train_classifier
 
 
 def _torchrun_arguments(options: dict) -> list[str]:
@@ -61,7 +60,7 @@ def _torchrun_arguments(options: dict) -> list[str]:
 @device_option
 def train(real, synthetic, alpha, seed, out, resume, nproc, config_path, device):
     """Train a classifier on exact real:synthetic = alpha : 1-alpha batches."""
-    from sio.pipeline import default_device
+    from sio.core.environment import default_device
 
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import BACKBONES
+from sio.train.models import BACKBONES
 
 
 class Bottleneck(nn.Module):

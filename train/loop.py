@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .distributed import World, all_max, all_sum
-from .stream import SKIP_KINDS
+from sio.train.distributed import World, all_max, all_sum
+from sio.train.stream import SKIP_KINDS
 
 
 @dataclass(frozen=True)

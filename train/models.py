@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sio.registry import Registry
+from sio.core.registry import Registry
 
 BACKBONES: Registry = Registry("model")
 HEADS: Registry = Registry("classifier head")
@@ -133,3 +133,6 @@ def build_classifier(
     backbone = BACKBONES.get(name)(in_channels)
     std = [max(s, 1e-3) for s in std]  # a constant channel must not divide by zero
     return HEADS.get(head)(backbone, num_classes, mean, std, **options)
+
+
+from sio.train import densenet  # noqa: E402, F401  (registers densenet100 in BACKBONES)

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sio.seeding import torch_generator
-from sio.shards import ShardError, shard_chunks
-
-from .sources import ShardSource
-from .stream import SKIP_KINDS, MixSpec, SharedEpoch, assemble
+from sio.core.seeding import torch_generator
+from sio.shardset import ShardError, shard_chunks
+from sio.train.sources import ShardSource
+from sio.train.stream import SKIP_KINDS, MixSpec, SharedEpoch, assemble
 
 HOST_SHARE, GPU_SHARE = 0.8, 0.5  # of the available host memory, of the free GPU memory
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sio.shards import Manifest, read_manifest, shard_urls
+from sio.shardset import Manifest, read_manifest, shard_urls
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sio.seeding import numpy_rng, python_rng, torch_generator
-from sio.shards import ShardError, decode_record, decode_sample
-from sio.shards.tario import check_count, tar_samples
-
-from .augment import base_augment
-from .mixing import compose, worker_steps
+from sio.core.seeding import numpy_rng, python_rng, torch_generator
+from sio.shardset import ShardError, decode_record, decode_sample
+from sio.shardset.tario import check_count, tar_samples
+from sio.train.augment import base_augment
+from sio.train.mixing import compose, worker_steps
 
 SKIP_KINDS = ("samples", "records", "shards")
 

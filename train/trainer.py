@@ -19,12 +19,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sio.config import TrainConfig, check_alpha
-from sio.seeding import derive_seed
-from sio.shards import Manifest
-
-from . import distributed
-from .checkpoint import (
+from sio.core.config import check_alpha
+from sio.core.seeding import derive_seed
+from sio.shardset import Manifest
+from sio.train import distributed
+from sio.train.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
     check_same_run,
@@ -34,16 +33,17 @@ from .checkpoint import (
     set_rng_state,
     write_atomic,
 )
-from .checkpoint import save_atomic as _save_atomic
-from .distributed import World
-from .loop import EpochContext
-from .loop import train_epoch as _train_epoch
-from .methods import METHODS, MethodContext, build_method
-from .mixing import batch_counts, rank_share, steps_per_epoch
-from .models import build_classifier
-from .resident import ResidentBatches, load_resident
-from .sources import ShardSource, check_shard_count, extra_sources, synthetic_source
-from .stream import MixedBatches, MixSpec, SharedEpoch
+from sio.train.checkpoint import save_atomic as _save_atomic
+from sio.train.config import TrainConfig
+from sio.train.distributed import World
+from sio.train.loop import EpochContext
+from sio.train.loop import train_epoch as _train_epoch
+from sio.train.methods import METHODS, MethodContext, build_method
+from sio.train.mixing import batch_counts, rank_share, steps_per_epoch
+from sio.train.models import build_classifier
+from sio.train.resident import ResidentBatches, load_resident
+from sio.train.sources import ShardSource, check_shard_count, extra_sources, synthetic_source
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "load_checkpoint", "train_classifier"]
 

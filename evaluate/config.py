@@ -1,0 +1,104 @@
+"""The ``evaluate`` section: each post-hoc detector's settings, the search, ``EvaluateConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sio.core.config import check as _check
+
+
+@dataclass(frozen=True)
+class OdinSettings:
+    """ODIN: softmax temperature and input-perturbation size (pixels in [0, 1])."""
+
+    temperature: float = 1000.0
+    epsilon: float = 0.0014
+
+    def __post_init__(self):
+        _check(self.temperature > 0, "temperature", "must be positive")
+        _check(self.epsilon >= 0, "epsilon", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PercentileSettings:
+    """ReAct's clipping and DICE's sparsification percentile, in (0, 100)."""
+
+    percentile: float = 90.0
+
+    def __post_init__(self):
+        _check(0 < self.percentile < 100, "percentile", "must be in (0, 100)")
+
+
+@dataclass(frozen=True)
+class KnnSettings:
+    """KNN: the k-th nearest ID train feature; backend auto = faiss if importable, else torch."""
+
+    k: int = 50
+    backend: Literal["auto", "faiss", "torch"] = "auto"
+
+    def __post_init__(self):
+        _check(self.k >= 1, "k", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class VimSettings:
+    """VIM: principal-space dimension; null = 256 when the feature width D >= 512, else D // 2."""
+
+    dim: int | None = None
+
+    def __post_init__(self):
+        _check(self.dim is None or self.dim >= 1, "dim", "must be >= 1 or null")
+
+
+@dataclass(frozen=True)
+class OpenMaxSettings:
+    """OpenMax: Weibull tail size per class and the number of top classes recalibrated."""
+
+    tail_size: int = 20
+    alpha_rank: int = 3
+
+    def __post_init__(self):
+        _check(self.tail_size >= 2, "tail_size", "must be >= 2")
+        _check(self.alpha_rank >= 1, "alpha_rank", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Optional detector hyperparameter search (OpenOOD v1.5's APS), off by default: a seeded
+    ``ood_val_fraction`` of each OOD set is held out as OOD val and left out of every test
+    metric; ID val is the ID side. Grids: sio/evaluate/search.py."""
+
+    enabled: bool = False
+    ood_val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(0 < self.ood_val_fraction <= 0.5, "ood_val_fraction", "must be in (0, 0.5]")
+
+
+ALL_DETECTORS = (
+    *("openmax", "msp", "tempscale", "odin", "ebo", "gradnorm"),
+    *("react", "mls", "klm", "vim", "knn", "dice"),
+)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Post-hoc detectors (names in sio.evaluate.DETECTORS; defaults as OpenOOD v1.5), metrics."""
+
+    methods: tuple[str, ...] = ALL_DETECTORS
+    fpr_convention: Literal["id", "ood"] = "id"
+    batch_size: int = 512
+    odin: OdinSettings = field(default_factory=OdinSettings)
+    react: PercentileSettings = field(default_factory=PercentileSettings)
+    dice: PercentileSettings = field(default_factory=PercentileSettings)
+    knn: KnnSettings = field(default_factory=KnnSettings)
+    vim: VimSettings = field(default_factory=VimSettings)
+    openmax: OpenMaxSettings = field(default_factory=OpenMaxSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+
+    def __post_init__(self):
+        _check(len(self.methods) >= 1, "methods", "needs at least one detector")
+        _check(len(set(self.methods)) == len(self.methods), "methods", "must be distinct")
+        _check(self.batch_size > 0, "batch_size", "must be positive")

@@ -1,0 +1,141 @@
+"""OpenMax with libMR's tail fit, reimplemented with numpy and scipy (no libmr to build)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.special import logsumexp
+
+from sio.evaluate.config import OpenMaxSettings
+from sio.evaluate.detectors.base import DETECTORS, Detector, detector_error, split_rows
+
+# libMR shifts the tail so that its smallest value sits at this constant before fitting.
+LIBMR_TRANSLATION = 10000.0
+
+
+def weibull_mle(samples: np.ndarray) -> tuple[float, float]:
+    """(shape k, scale lambda) maximising the two-parameter Weibull likelihood of ``samples``.
+
+    The shape solves sum x^k ln x / sum x^k - 1/k - mean ln x = 0 (the profile-likelihood
+    equation; scale-free, so x is divided by its maximum first), found with Brent's method;
+    then lambda = (mean x^k)^(1/k). Needs positive samples with at least two distinct values.
+    """
+    x = np.asarray(samples, np.float64)
+    if x.min() <= 0 or x.max() == x.min():
+        raise ValueError("a Weibull fit needs positive samples with at least two distinct values")
+    log_y = np.log(x / x.max())  # <= 0, max 0
+
+    def equation(shape: float) -> float:
+        weights = np.exp(shape * log_y)
+        return weights @ log_y / weights.sum() - 1 / shape - log_y.mean()
+
+    high = 1.0
+    while equation(high) < 0:  # g rises from -inf (k -> 0) to -mean(log y) > 0 (k -> inf)
+        high *= 2
+    shape = brentq(equation, high / 2 if high > 1 else 1e-6, high, xtol=1e-12, rtol=1e-14)
+    log_scale = np.log(x.max()) + (logsumexp(shape * log_y) - np.log(len(x))) / shape
+    return float(shape), float(np.exp(log_scale))
+
+
+@dataclass(frozen=True)
+class TailModel:
+    """libMR's ``FitHigh``: a Weibull on the largest values, shifted so the smallest of them is
+    at 10000; ``cdf`` is libMR's ``w_score``: the probability that ``x`` is an outlier."""
+
+    shape: float
+    scale: float
+    smallest: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray, tail_size: int) -> TailModel:
+        tail = np.sort(np.asarray(values, np.float64))[-tail_size:]
+        shape, scale = weibull_mle(tail - tail[0] + LIBMR_TRANSLATION)
+        return cls(shape, scale, float(tail[0]))
+
+    def cdf(self, values: np.ndarray) -> np.ndarray:
+        shifted = np.asarray(values, np.float64) - self.smallest + LIBMR_TRANSLATION
+        with np.errstate(over="ignore", divide="ignore"):
+            power = np.exp(self.shape * (np.log(np.maximum(shifted, 0.0)) - np.log(self.scale)))
+        return -np.expm1(-power)  # 1 - exp(-(x / scale)^shape), exactly 0 or 1 at the ends
+
+
+def distances(logits: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every row of ``logits`` to every class mean: N x C."""
+    sq = (logits**2).sum(axis=1)[:, None] + (means**2).sum(axis=1)[None, :] - 2 * logits @ means.T
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+@DETECTORS.register("openmax")
+class OpenMax(Detector):
+    """OpenMax (Bendale & Boult, "Towards open set deep networks", CVPR 2016), as OpenOOD v1.5:
+    per class, the mean logit vector (MAV) of the correctly classified ID train samples and a
+    Weibull fitted (libMR ``FitHigh``) to their ``tail_size`` (20) largest distances to it. At
+    test time the top ``alpha_rank`` (3) classes, weighted (a + 1 - i) / a, are recalibrated:
+    z'_c = z_c (1 - w_c W_c(||z - MAV_c||)), z_unknown = sum_c (z_c - z'_c); score =
+    -P(unknown) = -softmax([z', z_unknown])_unknown, computed stably (OpenOOD exponentiates
+    float32 logits directly and overflows to inf / inf = NaN above ~88).
+    """
+
+    name = "openmax"
+
+    def __init__(
+        self,
+        tail_size: int = OpenMaxSettings.tail_size,
+        alpha_rank: int = OpenMaxSettings.alpha_rank,
+    ):
+        self.tail_size, self.alpha_rank = tail_size, alpha_rank
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.openmax.tail_size, config.openmax.alpha_rank)
+
+    def fit(self, bank):
+        logits = bank.logits(split_rows(self.name, bank, "train"))
+        labels = bank.id_labels["train"]
+        correct = logits.argmax(axis=1) == labels
+        self.means, self.tails = [], []
+        for k in range(bank.fc_weight.shape[0]):
+            members = logits[correct & (labels == k)]
+            if len(members) < 2:
+                raise detector_error(
+                    self.name,
+                    "id.train",
+                    f"class {k} has {len(members)} correctly classified ID train samples; a "
+                    "mean activation vector and a Weibull tail need at least 2",
+                )
+            mean = members.mean(axis=0)
+            try:
+                tail = TailModel.fit(np.linalg.norm(members - mean, axis=1), self.tail_size)
+            except ValueError as err:
+                raise detector_error(self.name, "id.train", f"class {k}: {err}") from None
+            self.means.append(mean)
+            self.tails.append(tail)
+        self.means = np.stack(self.means)
+        return self
+
+    def rank_weights(self, logits: np.ndarray) -> np.ndarray:
+        """(a + 1 - i) / a for the i-th largest logit, i = 1..a; 0 for the other classes."""
+        alpha = min(self.alpha_rank, logits.shape[1])
+        weights = np.zeros_like(logits)
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :alpha]
+        rows = np.arange(len(logits))[:, None]
+        weights[rows, top] = (alpha + 1 - np.arange(1, alpha + 1)) / alpha
+        return weights
+
+    def score(self, bank, features):
+        logits = bank.logits(features)
+        dist = distances(logits, self.means)
+        outlier = np.stack([tail.cdf(dist[:, k]) for k, tail in enumerate(self.tails)], axis=1)
+        recalibrated = logits * (1 - outlier * self.rank_weights(logits))
+        unknown = (logits - recalibrated).sum(axis=1, keepdims=True)
+        all_logits = np.concatenate([recalibrated, unknown], axis=1)
+        return -np.exp(unknown[:, 0] - logsumexp(all_logits, axis=1))
+
+    def info(self):
+        return {
+            "tail_size": self.tail_size,
+            "alpha_rank": self.alpha_rank,
+            "weibull_shape": [t.shape for t in self.tails],
+        }

@@ -1,0 +1,173 @@
+"""The ``generator``, ``generate`` and ``fid`` sections of pipeline.yaml."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sio.core.config import check as _check
+
+
+@dataclass(frozen=True)
+class DDPMModelConfig:
+    """A diffusers ``UNet2DModel`` with a class embedding; see generate/ddpm.py."""
+
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    attention: bool = False
+
+
+@dataclass(frozen=True)
+class DDPMTrainConfig:
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    ema_decay: float = 0.995
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.steps > 0, "steps", "must be positive")
+        _check(self.batch_size > 0, "batch_size", "must be positive")
+        _check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Diffusion sampling: ``kind`` ddim or ddpm, ``steps`` denoising steps, DDIM's ``eta``, and
+    the classifier-free guidance weight ``guidance`` (1 = plain conditional; needs a null class)."""
+
+    kind: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = 20
+    eta: float = 0.0
+    guidance: float = 1.0
+
+    def __post_init__(self):
+        _check(self.steps > 0, "steps", "must be positive")
+        _check(0 <= self.eta <= 1, "eta", "must be in [0, 1]")
+        _check(self.guidance >= 0, "guidance", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class BigGANSettings:
+    """pytorch-pretrained-biggan: ``imagenet_classes[k]`` is the ImageNet index of class k."""
+
+    truncation: float = 0.4
+    imagenet_classes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        _check(0 < self.truncation <= 1, "truncation", "must be in (0, 1]")
+        _check(
+            all(0 <= c < 1000 for c in self.imagenet_classes),
+            "imagenet_classes",
+            "ImageNet class indices are 0..999",
+        )
+
+
+@dataclass(frozen=True)
+class StyleGAN2Settings:
+    """stylegan2-ada-pytorch generators: truncation ``w' = w_avg + ψ (w − w_avg)`` (ψ = 1: none)
+    and the noise inputs: ``const`` (the network's stored noise), ``random`` (drawn from the
+    batch seed) or ``none``."""
+
+    truncation_psi: float = 1.0
+    noise_mode: Literal["const", "random", "none"] = "const"
+
+    def __post_init__(self):
+        _check(0 < self.truncation_psi <= 1, "truncation_psi", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Pseudo-labels for unconditional generators: ``argmax f(x)`` of a real-trained classifier,
+    kept only with confidence >= ``min_confidence``; with ``quota`` every class gets its balanced
+    share of each shard (sampling goes on until it is filled)."""
+
+    min_confidence: float = 0.0
+    quota: bool = True
+
+    def __post_init__(self):
+        _check(0 <= self.min_confidence < 1, "min_confidence", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """``path``: a pretrained generator folder on disk; empty = train the built-in DDPM.
+    ``label`` names the generator in a study's folders and plots (default: ``name``)."""
+
+    name: Literal["ddpm", "biggan", "stylegan2-ada"] = "ddpm"
+    label: str = ""
+    path: str = ""
+    model: DDPMModelConfig = field(default_factory=DDPMModelConfig)
+    train: DDPMTrainConfig = field(default_factory=DDPMTrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    biggan: BigGANSettings = field(default_factory=BigGANSettings)
+    stylegan2: StyleGAN2Settings = field(default_factory=StyleGAN2Settings)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+
+    def __post_init__(self):
+        _check(
+            self.name == "ddpm" or self.path,
+            "path",
+            f"the {self.name} generator is loaded from a folder: set generator.path",
+        )
+        _check(
+            re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.+-]*)?", self.label) is not None,
+            "label",
+            f"{self.label!r}: a folder name (letters, digits, _ . + -; starting with a letter "
+            "or digit)",
+        )
+
+    @property
+    def key(self) -> str:
+        """The generator's name in a study: its label, else its kind."""
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """The generation job. Shard i is sampled from seed (seed, i) alone; on a GPU, ``precision``
+    bf16 runs the network under autocast and ``compile`` wraps it in torch.compile.
+    ``encoding``: png (a PNG per sample, ``encode_threads`` encoders) or records (one batched
+    uint8 record per sampled batch: no image encoding, for generators faster than PNG)."""
+
+    num_images: int = 6000
+    batch_size: int = 500
+    shard_size: int = 1000
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    encode_threads: int = 2
+    encoding: Literal["png", "records"] = "png"
+
+    def __post_init__(self):
+        _check(self.num_images > 0, "num_images", "must be positive")
+        _check(self.batch_size > 0, "batch_size", "must be positive")
+        _check(self.shard_size > 0, "shard_size", "must be positive")
+        _check(self.encode_threads >= 1, "encode_threads", "must be >= 1")
+
+
+# sha256 of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (torch.hub names files
+# after the first 8 hex digits of their sha256; the full value is as published for that file)
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+
+
+@dataclass(frozen=True)
+class FidConfig:
+    """Synthetic-set quality. ``inception_weights``: torch-fidelity's Inception file (checked
+    against ``inception_sha256``) for FID; empty: the Fréchet distance of a real-trained
+    classifier's penultimate features, reported as ``fd_classifier``, never as FID."""
+
+    inception_weights: str = ""
+    inception_sha256: str = INCEPTION_SHA256
+    batch_size: int = 200
+    max_images: int | None = None  # per set: the first N images (null: all)
+
+    def __post_init__(self):
+        _check(self.batch_size > 0, "batch_size", "must be positive")
+        _check(self.max_images is None or self.max_images >= 2, "max_images", "must be >= 2")
+        _check(
+            re.fullmatch(r"[0-9a-f]{8,64}", self.inception_sha256) is not None,
+            "inception_sha256",
+            "8 to 64 lower-case hex digits (a prefix of the file's sha256)",
+        )

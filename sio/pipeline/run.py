@@ -1,0 +1,329 @@
+"""``sio run``: every stage from one ``pipeline.yaml``, baseline (alpha = 1) against +SIO.
+
+Order: shard the benchmark; train the baseline classifiers (one per seed); per generator of the
+study (sio/study.py): train it on the real ID training set (built-in DDPMs; once per distinct
+training definition), generate its largest synthetic count once (label agreement judged by the
+first baseline classifier), measure its Fréchet distance to the real set, and cut its smaller
+counts as prefix subsets; train the +SIO classifiers of every study point and seed; evaluate
+every classifier; report. Stages meet only in folders under ``output_dir``; each is skipped
+when it is complete for the same config and inputs (see sio/stages.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from sio.core.config import to_dict
+from sio.core.environment import default_device
+from sio.core.files import sha256_file, write_json_atomic
+from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage
+from sio.generate.config import GeneratorConfig
+from sio.pipeline.config import PipelineConfig
+from sio.pipeline.study import Point, expand_study
+
+STUDY_FILE = "study.json"
+
+
+def shards_fingerprint(shard_set: Path) -> str:
+    """sha256 over a shard set's shard list (names, counts, checksums): its content, whatever
+    quality figures are later recorded in its manifest."""
+    shards = json.loads((shard_set / "manifest.json").read_text())["shards"]
+    return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+
+
+def _baseline_name(seed: int) -> str:
+    return f"alpha1-seed{seed}"
+
+
+class PipelineRun:
+    """The stages of one ``sio run``, each a folder under ``out``."""
+
+    def __init__(self, config: PipelineConfig, out: Path, device: str, force: bool):
+        self.config, self.out, self.device, self.force = config, out, device, force
+        self.timings: dict[str, float] = {}
+
+    def stage(self, label: str, folder: Path, definition: dict, work, resumable=()) -> None:
+        run_stage(
+            label,
+            folder,
+            definition,
+            work,
+            force=self.force,
+            timings=self.timings,
+            resumable=resumable,
+        )
+
+    def shard(self) -> None:
+        from sio.shards import read_benchmark, write_benchmark
+
+        self.bench_dir = self.out / "benchmark"
+        shard_config = self.config.shard
+        self.stage(
+            "shard",
+            self.bench_dir,
+            {"shard": to_dict(shard_config)},
+            lambda: write_benchmark(shard_config, self.bench_dir),
+        )
+        self.benchmark = read_benchmark(self.bench_dir)
+        self.real = self.benchmark.id_splits["train"]
+        self.real_sha = sha256_file(self.real / "manifest.json")
+
+    def train(self, name: str, alpha: float, seed: int, synthetic: Path | None) -> Path:
+        from sio.train import method_inputs, train_classifier
+
+        folder = self.out / "train" / name
+        definition = {
+            "train": to_dict(self.config.train),
+            "alpha": alpha,
+            "seed": seed,
+            "real_manifest_sha256": self.real_sha,
+            "synthetic_shards_sha256": synthetic and shards_fingerprint(synthetic),
+        }
+        for key, path in method_inputs(self.config.train).items():  # OE outliers, PixMix
+            definition[f"{key}_manifest_sha256"] = sha256_file(Path(path) / "manifest.json")
+        self.stage(
+            f"train {name}",
+            folder,
+            definition,
+            lambda: train_classifier(
+                real=self.real,
+                synthetic=synthetic,
+                alpha=alpha,
+                seed=seed,
+                config=self.config.train,
+                out=folder,
+                device=self.device,
+            ),
+        )
+        return folder / "checkpoint.pt"
+
+    def generator_weights(self, generator: GeneratorConfig) -> Path:
+        """generator.path if set, else a built-in DDPM trained on the real ID training set
+        (one training per distinct model and training settings)."""
+        from sio.generate import train_from_shard_set
+
+        if generator.path:
+            return Path(generator.path)
+        definition = {
+            "model": to_dict(generator.model),
+            "train": to_dict(generator.train),
+            "real_manifest_sha256": self.real_sha,
+        }
+        stage_dir = self._trained_before(definition) or self.out / "generator" / generator.key
+        weights = stage_dir / "weights"
+        self.stage(
+            f"train generator {generator.key}",
+            stage_dir,
+            definition,
+            lambda: train_from_shard_set(self.real, generator, weights, self.device),
+        )
+        return weights
+
+    def _trained_before(self, definition: dict) -> Path | None:
+        """A complete generator folder made from ``definition``, under whatever label: one
+        training per distinct definition, and renaming or reordering generators retrains none."""
+        for stamp in sorted((self.out / "generator").glob(f"*/{STAGE_FILE}")):
+            folder = stamp.parent
+            if (folder / COMPLETE_FILE).is_file() and json.loads(stamp.read_text()) == definition:
+                return folder
+        return None
+
+    def generate(self, generator: GeneratorConfig, num: int, judge: Path) -> Path:
+        from sio.generate import generate_shard_set, weights_fingerprint
+        from sio.shardset import read_manifest
+        from sio.train import load_checkpoint
+
+        weights = self.generator_weights(generator)
+        folder = self.out / "synthetic" / generator.key
+        job = dataclasses.replace(self.config.generate, num_images=num)
+
+        def work():
+            classifier, _ = load_checkpoint(judge, self.device)
+            manifest = generate_shard_set(
+                weights,
+                folder,
+                job,
+                generator,
+                classifier=classifier,
+                classifier_path=str(judge),
+                class_names=self.benchmark.class_names,
+                device=self.device,
+                image_size=read_manifest(self.real).image_size[0],
+            )
+            assert manifest is not None, "a single process writes every shard and the manifest"
+
+        settings = to_dict(generator)
+        for key in ("model", "train", "label"):  # the weights fingerprint covers model, train
+            del settings[key]
+        definition = {
+            "generate": to_dict(job),
+            "generator": settings,
+            "generator_weights_sha256": weights_fingerprint(weights),
+            "classifier_sha256": sha256_file(judge),
+        }
+        # a new largest count resizes the set: its complete shards stay (generate/job.py)
+        resizes = ("generate.num_images",)
+        self.stage(f"generate {generator.key}", folder, definition, work, resizes)
+        return folder
+
+    def quality(self, key: str, synthetic: Path, judge: Path) -> dict:
+        """FID (or the labelled classifier-feature distance) of a synthetic set's first
+        ``generate.num_images`` images (every generator has at least those: one sample size for
+        all), recorded in its manifest and in ``quality/<generator>/fid.json``."""
+        from sio.generate.fid import fid_extractor, measure_fid, record_quality
+
+        fid = self.config.fid
+        folder = self.out / "quality" / key
+        num_synthetic = self.config.generate.num_images  # every generator at one count
+        definition = {
+            "fid": to_dict(fid),
+            "num_synthetic": num_synthetic,
+            "synthetic_shards_sha256": shards_fingerprint(synthetic),
+            "real_manifest_sha256": self.real_sha,
+            "classifier_sha256": None if fid.inception_weights else sha256_file(judge),
+        }
+
+        def work():
+            extractor = fid_extractor(fid, judge, self.device)
+            record = measure_fid(
+                synthetic,
+                self.real,
+                extractor,
+                batch_size=fid.batch_size,
+                max_images=fid.max_images,
+                num_synthetic=num_synthetic,
+            )
+            record_quality(synthetic, record)
+            write_json_atomic(folder / "fid.json", record)
+
+        # a resized synthetic set is measured again (its first images are the same)
+        self.stage(f"fid {key}", folder, definition, work, ("synthetic_shards_sha256",))
+        return json.loads((folder / "fid.json").read_text())
+
+    def subset(self, key: str, synthetic: Path, num: int) -> Path:
+        from sio.shardset import subset_shard_set
+
+        folder = self.out / "synthetic" / f"{key}-n{num}"
+        definition = {"source_shards_sha256": shards_fingerprint(synthetic), "num": num}
+        self.stage(
+            f"subset {key} n{num}",
+            folder,
+            definition,
+            lambda: subset_shard_set(synthetic, num, folder),
+            ("source_shards_sha256",),  # the source grew: the same prefix, linked again
+        )
+        return folder
+
+    def evaluate(self, name: str, checkpoint: Path) -> Path:
+        from sio.evaluate import evaluate_checkpoint
+
+        folder = self.out / "evaluate" / name
+        self.stage(
+            f"evaluate {name}",
+            folder,
+            {
+                "evaluate": to_dict(self.config.evaluate),
+                "checkpoint_sha256": sha256_file(checkpoint),
+                "benchmark_sha256": sha256_file(self.bench_dir / "benchmark.json"),
+            },
+            lambda: evaluate_checkpoint(
+                checkpoint, self.bench_dir, folder, self.config.evaluate, device=self.device
+            ),
+        )
+        return folder
+
+
+def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | None = None) -> str:
+    from sio.pipeline.study_report import study_report
+
+    device = device or default_device()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "pipeline.resolved.json", to_dict(config))
+    start = time.perf_counter()
+    print(f"sio run -> {out} (device {device})", flush=True)
+    run = PipelineRun(config, out, device, force)
+    run.shard()
+    study = expand_study(config)
+    runs = [
+        {
+            "name": _baseline_name(seed),
+            "generator": None,
+            "num_synthetic": 0,
+            "alpha": 1.0,
+            "seed": seed,
+        }
+        for seed in config.seeds
+    ]
+    checkpoints = {r["name"]: run.train(r["name"], 1.0, r["seed"], None) for r in runs}
+    judge = checkpoints[_baseline_name(config.seeds[0])]
+    synthetic, generators = _synthetic_sets(run, study, judge)
+    for point in study.points:
+        for seed in config.seeds:
+            name = f"{point.name}-seed{seed}"
+            runs.append({**_point_fields(point), "name": name, "seed": seed})
+            checkpoints[name] = run.train(
+                name, point.alpha, seed, synthetic[(point.generator, point.num_synthetic)]
+            )
+    for entry in runs:
+        folder = run.evaluate(entry["name"], checkpoints[entry["name"]])
+        entry["evaluate"] = str(folder.relative_to(out))
+    base_point = {
+        "generator": config.generator.key,
+        "num_synthetic": config.generate.num_images,
+        "alpha": config.sio_alpha,
+    }
+    write_json_atomic(
+        out / STUDY_FILE, {"base": base_point, "generators": generators, "runs": runs}
+    )
+    table = study_report(out)
+    run.timings["total"] = time.perf_counter() - start
+    write_json_atomic(out / "timings.json", run.timings)
+    return _summary(generators, table, run.timings)
+
+
+def _summary(generators: dict, table: str, timings: dict) -> str:
+    """What ``sio run`` prints: each synthetic set's figures, the report, the stage times."""
+    lines = [""]
+    for key, info in generators.items():
+        agreement = info["label_agreement"]
+        judged = "" if agreement is None else f", label agreement {100 * agreement:.1f}%"
+        quality = info["quality"]
+        lines.append(
+            f"synthetic set {key}: {info['num_images']} images{judged}, "
+            f"{quality['metric']} {quality['value']:.3f}"
+        )
+    stage_times = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    return "\n".join([*lines, "", table, "stage times (s): " + stage_times])
+
+
+def _point_fields(point: Point) -> dict:
+    return {
+        "generator": point.generator,
+        "num_synthetic": point.num_synthetic,
+        "alpha": point.alpha,
+    }
+
+
+def _synthetic_sets(run: PipelineRun, study, judge: Path):
+    """{(generator key, count): shard set} and, per generator, its set's figures."""
+    by_key = {g.key: g for g in run.config.generators}
+    sets, figures = {}, {}
+    for key in study.generators:
+        counts = study.counts(key)
+        full = run.generate(by_key[key], counts[-1], judge)
+        manifest = json.loads((full / "manifest.json").read_text())
+        figures[key] = {
+            "synthetic": str(full.relative_to(run.out)),
+            "num_images": counts[-1],
+            "label_agreement": manifest["provenance"].get("quality", {}).get("label_agreement"),
+            "quality": run.quality(key, full, judge),
+        }
+        sets[(key, counts[-1])] = full
+        for count in counts[:-1]:
+            sets[(key, count)] = run.subset(key, full, count)
+    return sets, figures

@@ -1,0 +1,255 @@
+"""The study report: FID vs AUROC, AUROC vs alpha, AUROC vs synthetic count, AUROC vs ID accuracy.
+
+Reads ``study.json`` (written by ``sio run``: every evaluated run with its generator, synthetic
+count, alpha and seed, and each generator's synthetic-set figures) and the runs' results. Each
+point is mean ± population std over seeds of the per-seed average over detectors (the Average
+row of the paper's Table 1), for near- and far-OOD AUROC and for ID accuracy. The plots are
+slices through the base point (first generator, ``generate.num_images``, ``sio_alpha``): the
+alpha plot varies alpha at the base generator and count, and so on; the tables list every point.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sio.core.files import write_json_atomic, write_text_atomic
+from sio.evaluate.report import aggregate, load_run, mean_std
+
+PLOTS = {
+    "fid": "fid_vs_auroc.png",
+    "alpha": "auroc_vs_alpha.png",
+    "num_synthetic": "auroc_vs_num_synthetic.png",
+    "id_acc": "near_auroc_vs_id_acc.png",
+}
+AXIS = ("generator", "num_synthetic", "alpha")
+STUDY_RESULTS = "study_results.json"  # every point's figures, beside report.md
+
+
+def point_stats(runs: list[dict], root: Path) -> dict:
+    """{near, far, id_acc}: mean ± std over the seeds of ``runs`` (one study point); their
+    folders are relative to ``root``."""
+    (arm,) = aggregate([load_run(root / r["evaluate"]) for r in runs]).values()
+    stats = {"id_acc": arm["id_acc"], "seeds": arm["seeds"]}
+    for group in ("near", "far"):
+        per_method = [m[group]["mean"]["auroc"]["values"] for m in arm["methods"].values()]
+        stats[group] = mean_std(np.mean(per_method, axis=0))
+    return stats
+
+
+def study_points(study: dict, root: Path) -> list[dict]:
+    """Every point of the study (the baseline first) with its generator figures and stats."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in study["runs"]:
+        key = tuple(run[k] for k in AXIS)
+        groups.setdefault(key, []).append(run)
+    points = []
+    for (generator, count, alpha), runs in groups.items():
+        figures = study["generators"].get(generator, {})
+        point = {"generator": generator, "num_synthetic": count, "alpha": alpha}
+        point |= {
+            "quality": figures.get("quality"),
+            "label_agreement": figures.get("label_agreement"),
+        }
+        points.append({**point, **point_stats(runs, root)})
+    return points
+
+
+def _cell(stat: dict) -> str:
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def _label(point: dict) -> str:
+    if point["generator"] is None:
+        return "baseline (α = 1)"
+    return f"{point['generator']}, n = {point['num_synthetic']}, α = {point['alpha']:g}"
+
+
+def points_table(points: list[dict]) -> str:
+    lines = [
+        "| point | Fréchet distance | label agreement | near AUROC | far AUROC | ID acc | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        quality, agreement = p["quality"], p["label_agreement"]
+        distance = "—" if quality is None else f"{quality['value']:.3f} ({quality['metric']})"
+        agreed = "—" if agreement is None else f"{100 * agreement:.1f}%"
+        cells = [distance, agreed, _cell(p["near"]), _cell(p["far"]), _cell(p["id_acc"])]
+        lines.append(f"| {_label(p)} | " + " | ".join(cells) + f" | {p['seeds']} |")
+    return "\n".join(lines)
+
+
+def slices(points: list[dict], base: dict) -> dict[str, list[dict]]:
+    """The points along each axis through the base point, sorted by that axis."""
+    out = {}
+    for axis in AXIS:
+        others = [k for k in AXIS if k != axis]
+        line = [
+            p for p in points if p["generator"] is not None and all(p[k] == base[k] for k in others)
+        ]
+        out[axis] = line if axis == "generator" else sorted(line, key=lambda p: p[axis])
+    return out
+
+
+def _distance_name(points: list[dict]) -> str:
+    metrics = {p["quality"]["metric"] for p in points if p["quality"]}
+    if metrics == {"fid"}:
+        return "FID (Inception)"
+    if metrics == {"fd_classifier"}:
+        return "Fréchet distance of classifier features (not FID)"
+    return "Fréchet distance (mixed extractors)"
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 4), dpi=120)
+    return figure, axes
+
+
+def _save(figure, axes, path: Path, xlabel: str, ylabel: str = "mean AUROC over detectors (%)"):
+    import matplotlib.pyplot as plt
+
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _series(axes, xs, points, linestyle="-"):
+    for group, color in (("near", "C0"), ("far", "C1")):
+        means = [p[group]["mean"] for p in points]
+        stds = [p[group]["std"] for p in points]
+        axes.errorbar(
+            xs,
+            means,
+            yerr=stds,
+            color=color,
+            marker="o",
+            capsize=3,
+            ls=linestyle,
+            label=f"{group}-OOD",
+        )
+
+
+def _baseline_lines(axes, baseline: dict) -> None:
+    for group, color in (("near", "C0"), ("far", "C1")):
+        axes.axhline(baseline[group]["mean"], color=color, ls=":", label=f"baseline {group}")
+
+
+def plot_fid(line, baseline, path: Path) -> None:
+    figure, axes = _figure()
+    xs = [p["quality"]["value"] for p in line]
+    _series(axes, xs, line, linestyle="none")
+    for x, p in zip(xs, line, strict=True):
+        axes.annotate(
+            p["generator"],
+            (x, p["near"]["mean"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    _baseline_lines(axes, baseline)
+    _save(figure, axes, path, _distance_name(line) + " to the real ID train set")
+
+
+def plot_alpha(line, baseline, path: Path) -> None:
+    figure, axes = _figure()
+    points = [*line, baseline]  # alpha = 1 is the baseline: the right end of the curve
+    _series(axes, [p["alpha"] for p in points], points)
+    _save(figure, axes, path, "α (real fraction of each batch; 1 = baseline)")
+
+
+def plot_count(line, baseline, path: Path) -> None:
+    figure, axes = _figure()
+    _series(axes, [p["num_synthetic"] for p in line], line)
+    _baseline_lines(axes, baseline)
+    _save(figure, axes, path, "synthetic images")
+
+
+def plot_id_acc(points, path: Path) -> None:
+    figure, axes = _figure()
+    for i, p in enumerate(points):
+        axes.errorbar(
+            p["id_acc"]["mean"],
+            p["near"]["mean"],
+            xerr=p["id_acc"]["std"],
+            yerr=p["near"]["std"],
+            marker="s" if p["generator"] is None else "o",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=_label(p),
+        )
+    _save(figure, axes, path, "ID accuracy (%)", "near-OOD AUROC, mean over detectors (%)")
+
+
+def _section(title: str, image: str | None, points: list[dict] | None, note="") -> list[str]:
+    """A plot (or why there is none) and the table of its points (None: see every point's)."""
+    body = [f"![{title}]({image})", ""] if image else [f"_{note}_", ""]
+    table = [points_table(points), ""] if points is not None else []
+    return [f"### {title}", "", *body, *table]
+
+
+def study_section(study: dict, out: Path) -> tuple[str, dict]:
+    """The study's Markdown (plots written to ``out``) and its JSON form."""
+    points = study_points(study, out)
+    baseline = next(p for p in points if p["generator"] is None)
+    line = slices(points, study["base"])
+    sections = [
+        "## Study",
+        "",
+        "Every point (mean ± std over seeds of the average over detectors, percent; the "
+        "Fréchet distance and label agreement are the generator's, over its whole set):",
+        "",
+        points_table(points),
+        "",
+    ]
+    plots = (
+        ("fid", "generator", "Fréchet distance vs AUROC, per generator", plot_fid),
+        ("alpha", "alpha", "AUROC vs α", plot_alpha),
+        ("num_synthetic", "num_synthetic", "AUROC vs number of synthetic images", plot_count),
+    )
+    for name, axis, title, draw in plots:
+        if len(line[axis]) >= 2:
+            draw(line[axis], baseline, out / PLOTS[name])
+            sections += _section(title, PLOTS[name], [*line[axis], baseline])
+        else:
+            sections += _section(title, None, line[axis], f"{axis} is not swept: no plot")
+    plot_id_acc(points, out / PLOTS["id_acc"])
+    sections += _section("Near-OOD AUROC vs ID accuracy", PLOTS["id_acc"], None)
+    return "\n".join(sections), {"base": study["base"], "points": points}
+
+
+def study_report(output_dir: str | Path) -> str:
+    """report.md/report.json of a ``sio run`` folder: the baseline-vs-+SIO tables at the base
+    point, then the study's plots and tables."""
+    from sio.evaluate.report import report
+
+    out = Path(output_dir)
+    path = out / "study.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; `sio run` writes it beside report.md")
+    study = json.loads(path.read_text())
+    base = study["base"]
+    base_runs = [
+        out / r["evaluate"]
+        for r in study["runs"]
+        if r["generator"] is None or all(r[k] == base[k] for k in AXIS)
+    ]
+    for name in (*PLOTS.values(), STUDY_RESULTS):  # what an earlier, larger study left
+        (out / name).unlink(missing_ok=True)
+    table = report(base_runs, out)
+    if len({tuple(r[k] for k in AXIS) for r in study["runs"]}) <= 2:
+        return table  # the baseline and at most one +SIO point: nothing is swept
+    section, data = study_section(study, out)
+    write_text_atomic(out / "report.md", (out / "report.md").read_text() + "\n" + section)
+    write_json_atomic(out / STUDY_RESULTS, data)
+    return table + "\n\n" + section

@@ -1,0 +1,138 @@
+"""Reading shard sets from a folder or a URL: the manifest, the shard URLs, and decoded samples
+(in either encoding) with named errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sio.core.storage import is_url, join_location, read_bytes
+from sio.shardset.format import MANIFEST, Manifest, ShardError
+from sio.shardset.records import decode_record, record_meta
+from sio.shardset.tario import check_count, tar_samples
+
+
+def read_manifest(shard_set: str | Path) -> Manifest:
+    """The manifest of a shard set in a folder or at an ``s3://`` or ``http(s)://`` prefix."""
+    where = join_location(shard_set, MANIFEST)
+    if not is_url(shard_set) and not Path(where).is_file():
+        raise ShardError(_no_manifest(where))
+    try:
+        text = read_bytes(where)
+    except FileNotFoundError:
+        raise ShardError(_no_manifest(where)) from None
+    except OSError as err:
+        raise ShardError(f"{where}: cannot read the manifest: {err}") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{where}: not valid JSON: {err}") from None
+    return Manifest.from_json(data, where)
+
+
+def _no_manifest(where: str) -> str:
+    return (
+        f"{where}: no manifest. A shard set is a folder (or URL prefix) of shard-NNNNNN.tar "
+        "files plus manifest.json, written by `sio shard` or `sio generate`."
+    )
+
+
+def shard_urls(shard_set: str | Path, manifest: Manifest | None = None) -> list[str]:
+    manifest = manifest or read_manifest(shard_set)
+    return [join_location(shard_set, s.name) for s in manifest.shards]
+
+
+def decode_sample(sample: dict, channels: int) -> tuple[np.ndarray, int, dict]:
+    """A raw per-sample PNG to (uint8 CxHxW image, label, provenance), or a ShardError naming
+    the URL, the sample and the member."""
+    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+    member = "png"
+    try:
+        with Image.open(io.BytesIO(sample["png"])) as image:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        member = "cls"
+        label = int(sample["cls"])
+        member = "json"
+        meta = json.loads(sample["json"])
+    except KeyError as err:
+        raise ShardError(f"{where}: member {err.args[0]} is missing") from None
+    except Exception as err:  # noqa: BLE001 - any decoding failure is named with its member
+        raise ShardError(f"{where}: member {member}: cannot decode: {err}") from err
+    if label < 0:
+        raise ShardError(f"{where}: member cls holds {label}; class ids are >= 0")
+    image = array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return image, label, meta
+
+
+class Chunk(NamedTuple):
+    """Consecutive samples of a shard: uint8 NxCxHxW images, int64 labels, keys, provenance."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    keys: list[str]
+    provenance: list[dict]
+
+
+def shard_chunks(url: str, encoding: str, channels: int, expected: int | None = None):
+    """Every sample of one shard, in order, as chunks: one per record, or one per PNG sample;
+    a shard with another count than ``expected`` is an error naming it."""
+    count = 0
+    for sample in tar_samples(url):
+        if encoding == "records":
+            images, labels = decode_record(sample, channels)
+            keys, provenance = record_meta(sample, len(images))
+        else:
+            image, label, meta = decode_sample(sample, channels)
+            images, labels = image[None], np.array([label], dtype=np.int64)
+            keys, provenance = [sample["__key__"]], [meta]
+        count += len(images)
+        yield Chunk(images, labels, keys, provenance)
+    check_count(url, count, expected)
+
+
+def iter_chunks(shard_set: str | Path) -> Iterator[Chunk]:
+    manifest = read_manifest(shard_set)
+    for url, shard in zip(shard_urls(shard_set, manifest), manifest.shards, strict=True):
+        if not is_url(url) and not Path(url).is_file():
+            raise ShardError(f"{url}: shard listed in the manifest is missing")
+        yield from shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples)
+
+
+def iter_samples(shard_set: str | Path) -> Iterator[tuple[np.ndarray, int, dict]]:
+    """Every sample of a shard set once, in shard order (for evaluation and inspection), as
+    (uint8 CxHxW image, label, provenance), whichever the encoding."""
+    for chunk in iter_chunks(shard_set):
+        for image, label, meta in zip(chunk.images, chunk.labels, chunk.provenance, strict=True):
+            yield image, int(label), meta
+
+
+def iter_batches(
+    shard_set: str | Path, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 NxCxHxW images, int64 labels) batches, in order, the last one possibly short."""
+    images, labels, held = [], [], 0
+    for chunk in iter_chunks(shard_set):
+        images.append(chunk.images)
+        labels.append(chunk.labels)
+        held += len(chunk.images)
+        if held < batch_size:
+            continue
+        all_images, all_labels, start = _joined(images), _joined(labels), 0
+        while held - start >= batch_size:
+            end = start + batch_size
+            yield torch.from_numpy(all_images[start:end]), torch.from_numpy(all_labels[start:end])
+            start = end
+        images, labels, held = [all_images[start:]], [all_labels[start:]], held - start
+    if held:
+        yield torch.from_numpy(_joined(images)), torch.from_numpy(_joined(labels))
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
