@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sio.core.files import sha256_file
+from sio.core.definition import differences
+from sio.core.files import atomic_path, sha256_file, write_json_atomic
 from sio.shards import read_benchmark
-from sio.shardset import iter_batches
-from sio.train import load_checkpoint
+from sio.shardset import MANIFEST, iter_batches
+from sio.train import load_classifier
 
 ID_SPLITS = ("train", "val", "test")
 
@@ -133,14 +134,18 @@ def extract_activations(
     key = {
         "checkpoint_sha256": sha256_file(checkpoint),
         "benchmark": {
-            name: sha256_file(path / "manifest.json")
+            name: sha256_file(path / MANIFEST)
             for name, path in {**benchmark.id_splits, **benchmark.near, **benchmark.far}.items()
         },
     }
     sidecar = out.with_suffix(".json")
-    if out.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == key:
+    if (
+        out.is_file()
+        and sidecar.is_file()
+        and not differences(json.loads(sidecar.read_text()), key)
+    ):
         return load_activations(out)
-    model, _ = load_checkpoint(checkpoint, device)
+    model, _ = load_classifier(checkpoint, device)
     id_features, id_labels = {}, {}
     for split in ID_SPLITS:
         id_features[split], id_labels[split] = _features_of(
@@ -159,8 +164,7 @@ def extract_activations(
         id_labels,
         ood,
     )
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, **bank.to_npz_dict())
-    tmp.replace(out)
-    sidecar.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+    with atomic_path(out, suffix=".npz") as tmp:
+        np.savez(tmp, **bank.to_npz_dict())
+    write_json_atomic(sidecar, key)
     return bank

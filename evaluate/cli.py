@@ -1,16 +1,14 @@
-"""``sio evaluate`` and ``sio report``."""
+"""``sio evaluate``."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import click
 
 from sio.core.cli import config_option, device_option, pipeline_config
 from sio.evaluate.activations import load_activations
 from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_table, write_results
-from sio.evaluate.report import report as write_report
 
 
 @click.command()
@@ -67,24 +65,3 @@ def evaluate(run_dir, benchmark, activations, methods, fpr_convention, out, conf
             run_dir, benchmark, out, config, device=device or default_device()
         )
     click.echo(markdown_table(results))
-
-
-@click.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Also write report.json and report.md here.",
-)
-def report(runs, out):
-    """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std. Given one
-    `sio run` output folder (it holds study.json), write its report.md with the study's plots."""
-    if len(runs) == 1 and (Path(runs[0]) / "study.json").is_file():
-        from sio.pipeline.study_report import study_report
-
-        if out is not None:
-            raise click.UsageError("a study report is written into its own folder; drop --out")
-        click.echo(study_report(runs[0]))
-        return
-    click.echo(write_report(list(runs), out))

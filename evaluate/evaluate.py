@@ -157,11 +157,9 @@ def evaluate_checkpoint(
     """``sio evaluate --run``: extract (or reuse) ``out/activations.npz``, score every detector
     of ``config`` (ODIN with the model and images), write results.json, results.md and
     run.json (alpha and seed from the checkpoint)."""
-    from sio.train import load_checkpoint
+    from sio.train import checkpoint_file, load_classifier
 
-    checkpoint, out = Path(checkpoint), Path(out)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "checkpoint.pt"
+    checkpoint, out = checkpoint_file(checkpoint), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_methods(config.methods)
     bank = extract_activations(
@@ -176,8 +174,8 @@ def evaluate_checkpoint(
         bank, config.methods, config.fpr_convention, config=config, inputs=inputs
     )
     write_results(results, out)
-    _, state = load_checkpoint(checkpoint)
-    run = {"alpha": state["alpha"], "seed": state["seed"], "checkpoint": str(checkpoint)}
+    _, info = load_classifier(checkpoint)
+    run = {"alpha": info.alpha, "seed": info.seed, "checkpoint": str(checkpoint)}
     (out / "run.json").write_text(json.dumps(run) + "\n")
     return results
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from sio.evaluate.detectors.base import InputDetector, check_finite
 from sio.shards import read_benchmark
 from sio.shardset import iter_batches
-from sio.train import load_checkpoint
+from sio.train import load_classifier
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ModelInputs:
 
 
 def load_model(inputs: ModelInputs):
-    model, _ = load_checkpoint(inputs.checkpoint, inputs.device)
+    model, _ = load_classifier(inputs.checkpoint, inputs.device)
     return model
 
 

@@ -105,7 +105,7 @@ def generate(
     device,
 ):
     """Write labelled synthetic images from a generator as a shard set, resumably."""
-    from sio.train import load_checkpoint
+    from sio.train import load_classifier
 
     config = pipeline_config(config_path)
     rank, world_size, local_rank = _distributed()
@@ -134,8 +134,8 @@ def generate(
     )
     judge, names = None, None
     if classifier:
-        judge, state = load_checkpoint(classifier, device)
-        names = state["class_names"]
+        judge, info = load_classifier(classifier, device)
+        names = info.class_names
     manifest = generate_shard_set(
         generator_dir,
         out,

@@ -19,7 +19,6 @@ manifest checksum and image count; the result is recorded in the synthetic manif
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -28,9 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sio.core.files import sha256_file, write_json_atomic
+from sio.core.files import atomic_path, sha256_file, write_json_atomic
 from sio.core.storage import is_url
-from sio.shardset import iter_batches, read_manifest
+from sio.shardset import MANIFEST, iter_batches, read_manifest
 
 STATS_DIR = "fid-stats"
 
@@ -54,9 +53,8 @@ class GaussianStats:
     count: int
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mean=self.mean, cov=self.cov, count=self.count)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, mean=self.mean, cov=self.cov, count=self.count)
 
     @classmethod
     def load(cls, path: Path) -> GaussianStats:
@@ -135,15 +133,14 @@ class ClassifierFeatures:
     metric = "fd_classifier"
 
     def __init__(self, checkpoint: str | Path, device="cpu"):
-        from sio.train import load_checkpoint
+        from sio.train import load_classifier
 
-        self.model, state = load_checkpoint(checkpoint, device)
+        self.model, info = load_classifier(checkpoint, device)
         self.device = device
-        self.channels = state["channels"]
-        path = Path(checkpoint)
-        digest = sha256_file(path / "checkpoint.pt" if path.is_dir() else path)
+        self.channels = info.channels
+        digest = info.sha256
         self.identity = {
-            "extractor": f"sio classifier {state['model']} penultimate features "
+            "extractor": f"sio classifier {info.model} penultimate features "
             "(not Inception: not comparable with FID)",
             "checkpoint": str(checkpoint),
             "checkpoint_sha256": digest,
@@ -199,7 +196,7 @@ def real_stats(real_set, extractor, *, batch_size: int, max_images: int | None) 
     ``<real_set>/fid-stats/`` when it is a folder that can be written."""
     if is_url(str(real_set)):
         return set_stats(real_set, extractor, batch_size=batch_size, max_images=max_images)
-    manifest_sha = sha256_file(Path(real_set) / "manifest.json")
+    manifest_sha = sha256_file(Path(real_set) / MANIFEST)
     count = "all" if max_images is None else f"even{max_images}"
     cache = Path(real_set) / STATS_DIR / f"{extractor.key}-{manifest_sha[:16]}-{count}.npz"
     if cache.is_file():
@@ -261,7 +258,7 @@ def record_quality(shard_set, record: dict) -> bool:
     False (nothing written) for a URL."""
     if is_url(str(shard_set)):
         return False
-    path = Path(shard_set) / "manifest.json"
+    path = Path(shard_set) / MANIFEST
     manifest = read_manifest(shard_set).to_json()
     manifest["provenance"].setdefault("quality", {})[record["metric"]] = record
     write_json_atomic(path, manifest)

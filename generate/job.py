@@ -24,11 +24,12 @@ from tqdm import tqdm
 
 import sio
 from sio.core.config import to_dict
+from sio.core.definition import require_same
 from sio.core.seeding import derive_seed
 from sio.core.storage import open_destination
 from sio.generate.config import GenerateConfig, LabelConfig
 from sio.generate.labels import QuotaFiller, balanced_labels, classify
-from sio.shardset import ShardFileWriter, ShardStats, encode_png, manifest_from_stats
+from sio.shardset import MANIFEST, ShardFileWriter, ShardStats, encode_png, manifest_from_stats
 from sio.shardset.records import encode_record, record_key
 
 PROGRESS = ".progress"
@@ -191,21 +192,19 @@ def _fill_shard(job, index, writer, batches, encoders, writer_pool, bar, timing)
     return agree
 
 
-def _without_count(definition: dict) -> dict:
-    return {**definition, "generate": {**definition["generate"], "num_images": None}}
-
-
 def _check_job(dest, job: Job) -> None:
     """Refuse a folder holding another job's shards; the same job with another ``num_images``
     is a resize: shard i's samples depend on (seed, i) alone, so its complete shards stay."""
     definition = job.definition()
     if dest.exists(JOB_FILE):
         previous = dest.read_json(JOB_FILE)
-        if _without_count(previous) != _without_count(definition):
-            raise ValueError(
-                f"{dest.url} holds shards of a different generation job; "
-                "use another output or delete it"
-            )
+        require_same(
+            f"{dest.url} holds shards of a different generation job",
+            previous,
+            definition,
+            ignore=("generate.num_images",),
+            remedy="use another output or delete it",
+        )
         if previous == definition:
             return
     dest.write_json(JOB_FILE, definition)
@@ -296,5 +295,5 @@ def _write_manifest(job: Job, dest, wait_for_all: bool) -> dict | None:
         provenance=provenance,
         encoding=job.config.encoding,
     )
-    dest.write_json("manifest.json", manifest.to_json())
+    dest.write_json(MANIFEST, manifest.to_json())
     return manifest.to_json()

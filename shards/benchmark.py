@@ -23,9 +23,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sio.core.config import to_dict
+from sio.core.definition import require_same
 from sio.core.files import write_json_atomic
 from sio.shards.config import ShardConfig
-from sio.shardset.format import MANIFEST, ShardError, ShardSetWriter
+from sio.shardset import MANIFEST, ShardError, ShardSetWriter
 from sio.shardset.read import read_manifest
 
 BENCHMARK_FILE = "benchmark.json"
@@ -68,12 +69,14 @@ def is_complete(folder: Path, identity: dict, ignore: tuple[str, ...] = ()) -> b
     differently (``ignore``: provenance keys that record, but do not define, the set)."""
     if not (folder / MANIFEST).is_file():
         return False
-    provenance = read_manifest(folder).provenance
-    if {k: v for k, v in provenance.items() if k not in ignore} != identity:
-        raise ShardError(
-            f"{folder} was written with a different shard config or benchmark definition; "
-            "remove it or choose another --out"
-        )
+    require_same(
+        f"{folder} was written with a different shard config or benchmark definition",
+        read_manifest(folder).provenance,
+        identity,
+        ignore=ignore,
+        remedy="remove it or choose another --out",
+        error=ShardError,
+    )
     return True
 
 

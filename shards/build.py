@@ -21,7 +21,7 @@ from tqdm import tqdm
 from sio.core.seeding import numpy_rng
 from sio.shards.sources import DatasetError, ReadContext, Source, get_reader
 from sio.shards.spec import BenchmarkSpec, SourceSpec, SplitSpec
-from sio.shardset.format import ShardSetWriter
+from sio.shardset import MANIFEST, ShardSetWriter
 
 
 def resize_crop(image: Image.Image, shorter: int, size: int) -> Image.Image:
@@ -237,5 +237,5 @@ def _same_id_classes(known, source: Source, folder: str):
 def _id_class_names(out: Path):
     from sio.shardset.read import read_manifest
 
-    manifest = out / "id_train" / "manifest.json"
+    manifest = out / "id_train" / MANIFEST
     return read_manifest(out / "id_train").class_names if manifest.is_file() else ()

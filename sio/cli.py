@@ -49,11 +49,6 @@ STAGE_COMMANDS = {
         "evaluate",
         "Score ID and OOD sets with post-hoc detectors; writes results.json and results.md.",
     ),
-    "report": (
-        "sio.evaluate.cli",
-        "report",
-        "Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std.",
-    ),
 }
 
 
@@ -127,6 +122,29 @@ def run(pipeline, force, device):
     from sio.pipeline.run import run_pipeline
 
     click.echo(run_pipeline(load_pipeline(pipeline), force=force, device=device))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write report.json and report.md here.",
+)
+def report(runs, out):
+    """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std. Given one
+    `sio run` output folder (it holds study.json), write its report.md with the study's plots."""
+    if len(runs) == 1 and (Path(runs[0]) / "study.json").is_file():
+        from sio.pipeline.study_report import study_report
+
+        if out is not None:
+            raise click.UsageError("a study report is written into its own folder; drop --out")
+        click.echo(study_report(runs[0]))
+        return
+    from sio.evaluate import report as write_report
+
+    click.echo(write_report(list(runs), out))
 
 
 def get_cli() -> click.Group:

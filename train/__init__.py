@@ -19,8 +19,11 @@ _EXPORTS = {
     "HEADS": "sio.train.models",
     "Classifier": "sio.train.models",
     "build_classifier": "sio.train.models",
-    "CHECKPOINT": "sio.train.trainer",
-    "load_checkpoint": "sio.train.trainer",
+    "CHECKPOINT": "sio.train.checkpoint",
+    "RunInfo": "sio.train.checkpoint",
+    "checkpoint_file": "sio.train.checkpoint",
+    "load_checkpoint": "sio.train.checkpoint",
+    "load_classifier": "sio.train.checkpoint",
     "train_classifier": "sio.train.trainer",
 }
 __all__ = sorted(_EXPORTS)

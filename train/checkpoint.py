@@ -8,14 +8,16 @@ epoch, rank, worker, source), so a resumed run repeats the batches of an uninter
 
 from __future__ import annotations
 
-import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sio.core.config import to_dict
+from sio.core.definition import require_same
+from sio.core.files import atomic_path, sha256_file
 from sio.train.config import TrainConfig
 from sio.train.methods import METHODS
 from sio.train.models import build_classifier
@@ -27,15 +29,8 @@ RESUMABLE_CHANGES = ("on_error",)
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
@@ -44,9 +39,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     ``state["method"]`` names the training method and ``state["head"]`` the classifier head
     (``godin`` for G-ODIN, whose classifier has ``godin_score``); older checkpoints are ``ce``
     with a linear head."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
+    path = checkpoint_file(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no checkpoint; `sio train --out DIR` writes DIR/{CHECKPOINT}"
@@ -66,6 +59,69 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     )
     model.load_state_dict(state["model_state"])
     return model.to(device).eval(), state
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What another stage may know of a trained classifier (instead of its checkpoint's keys)."""
+
+    path: Path  # the checkpoint file
+    sha256: str
+    model: str  # the backbone's registry name
+    method: str
+    head: str
+    channels: int
+    image_size: tuple[int, int] | None  # None: a checkpoint from before it was recorded
+    class_names: tuple[str, ...]
+    alpha: float
+    seed: int
+    complete: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def check_fits(self, what: str, image_size, class_names) -> None:
+        """Refuse to apply this classifier to ``what`` (a set of ``image_size`` images of
+        ``class_names``) when it was trained on another image size or class list."""
+        if self.image_size is not None and tuple(image_size) != tuple(self.image_size):
+            raise ValueError(
+                f"{self.path}: trained on {self.image_size[0]}x{self.image_size[1]} images, "
+                f"but {what} holds {image_size[0]}x{image_size[1]}"
+            )
+        if tuple(class_names) != self.class_names:
+            raise ValueError(
+                f"{self.path}: trained on {self.num_classes} classes {list(self.class_names)}, "
+                f"but {what} has {len(class_names)}: {list(class_names)}"
+            )
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or the checkpoint inside a run folder."""
+    path = Path(path)
+    return path / CHECKPOINT if path.is_dir() else path
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
+    """(classifier in eval mode, ``RunInfo``) from a ``checkpoint.pt`` or its run folder: the
+    stage API that evaluation and generation use."""
+    path = checkpoint_file(path)
+    model, state = load_checkpoint(path, device)
+    image_size = state.get("image_size")
+    info = RunInfo(
+        path=path,
+        sha256=sha256_file(path),
+        model=state["model"],
+        method=state["method"],
+        head=state.get("head", "linear"),
+        channels=state["channels"],
+        image_size=None if image_size is None else tuple(image_size),
+        class_names=tuple(state["class_names"]),
+        alpha=state["alpha"],
+        seed=state["seed"],
+        complete=bool(state.get("complete", True)),
+    )
+    return model, info
 
 
 def header(manifest, config, alpha, seed, real, synthetic, world_size: int) -> dict:
@@ -110,13 +166,12 @@ def _run_definition(state: dict) -> dict:
 def check_same_run(path: Path, previous: dict, state: dict) -> None:
     """Refuse to resume a checkpoint made with another config, alpha, seed, model or number of
     ranks (each changes the batches or the schedule)."""
-    old, new = _run_definition(previous), _run_definition(state)
-    for key in old:
-        if old[key] != new[key]:
-            raise ValueError(
-                f"{path} was trained with {key} = {old[key]!r}, "
-                f"not {new[key]!r}; use another output folder"
-            )
+    require_same(
+        f"{path} was trained with another definition",
+        _run_definition(previous),
+        _run_definition(state),
+        remedy="use another output folder",
+    )
 
 
 def rng_state() -> dict:

@@ -8,6 +8,7 @@ import subprocess
 import click
 
 from sio.core.cli import config_option, device_option, pipeline_config
+from sio.train.checkpoint import CHECKPOINT
 from sio.train.distributed import torchrun_command
 from sio.train.trainer import train_classifier
 
@@ -69,7 +70,7 @@ def train(real, synthetic, alpha, seed, out, resume, nproc, config_path, device)
         status = subprocess.call(torchrun_command(nproc, _torchrun_arguments(options)))
         if status:
             raise click.ClickException(f"torchrun exited with status {status}")
-        click.echo(f"checkpoint: {os.path.join(out, 'checkpoint.pt')}")
+        click.echo(f"checkpoint: {os.path.join(out, CHECKPOINT)}")
         return
     config = pipeline_config(config_path)
     alpha = config.sio_alpha if alpha is None else alpha

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sio.core.config import check_alpha
+from sio.core.files import write_text_atomic
 from sio.core.seeding import derive_seed
 from sio.shardset import Manifest
 from sio.train import distributed
@@ -31,7 +32,6 @@ from sio.train.checkpoint import (
     load_checkpoint,
     rng_state,
     set_rng_state,
-    write_atomic,
 )
 from sio.train.checkpoint import save_atomic as _save_atomic
 from sio.train.config import TrainConfig
@@ -136,7 +136,7 @@ def _save_epoch(state: dict, objects, out: Path, world: World) -> None:
         )
         _save_atomic(state, out / CHECKPOINT)
         lines = "".join(json.dumps(record) + "\n" for record in state["history"])
-        write_atomic(out / "log.jsonl", lines)
+        write_text_atomic(out / "log.jsonl", lines)
     distributed.barrier(world)
 
 

@@ -9,14 +9,13 @@ exponential moving average of the trained ones.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from sio.core.files import atomic_path
 from sio.core.schedules import warmup_cosine
 from sio.core.seeding import torch_generator
 from sio.generate.config import GeneratorConfig
@@ -97,11 +96,6 @@ def train_from_shard_set(
         raise ValueError(f"{real}: the built-in DDPM needs square images, got {images.shape[-2:]}")
     generator = train_ddpm(images, labels, manifest.class_names, config, device)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    generator.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        generator.save_pretrained(tmp)
     return out

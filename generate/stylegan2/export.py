@@ -8,12 +8,11 @@ under its license (non-commercial use); sio never ships them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from sio.core.files import sha256_file, write_json_atomic
+from sio.core.files import atomic_path, sha256_file, write_json_atomic
 from sio.generate.stylegan2.load import (
     EXPORT_FORMAT,
     EXPORT_META,
@@ -36,9 +35,8 @@ def export_safetensors(pkl: str | Path, out_dir: str | Path, network: str = "G_e
     spec, state = read_pickle(pkl, network)
     build_network(spec, state, pkl)  # refuse to export what would not load
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (EXPORT_WEIGHTS + ".tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, tmp)
-    os.replace(tmp, out_dir / EXPORT_WEIGHTS)
+    with atomic_path(out_dir / EXPORT_WEIGHTS) as tmp:
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, tmp)
     meta = {
         "format": EXPORT_FORMAT,
         "init_kwargs": spec.to_kwargs(),

@@ -1,12 +1,24 @@
-"""Small file helpers shared by the stages: checksums and atomic writes."""
+"""Small file helpers shared by the stages: checksums and the one atomic-write mechanism.
+
+Everything sio writes under a final name goes through ``atomic_path``: the bytes are written
+under a temporary name of this writer's own (``NAME.<uuid>.tmp[SUFFIX]``) and renamed into place
+only once complete, so a crash leaves no half-written file under a final name, and writers racing
+on one file (torchrun ranks) never share a temporary. ``stale_temporaries`` finds what a killed
+writer left, for the next writer to remove.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+TMP_MARK = ".tmp"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -17,16 +29,45 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text under a temporary name of this writer's own, then rename: readers never see
-    half a file, and writers racing on one file (torchrun ranks) never share a temporary."""
+def temporary_name(path: str | Path, suffix: str = "") -> Path:
+    """A temporary path beside ``path`` that no other writer uses; ``suffix`` keeps an ending a
+    writer insists on (numpy's ``.npz``)."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex}{TMP_MARK}{suffix}")
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to (a file or a folder); on success it
+    replaces ``path`` (a folder there is removed first), on any error it is removed."""
+    path = Path(path)
+    tmp = temporary_name(path, suffix)
     try:
-        tmp.write_text(text)
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def stale_temporaries(folder: str | Path, pattern: str = "*") -> list[Path]:
+    """Temporaries that writers of ``atomic_path`` left in ``folder`` (killed mid-write)."""
+    return sorted(Path(folder).glob(f"{pattern}{TMP_MARK}*"))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text through ``atomic_path``: readers never see half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: str | Path, data) -> None:

@@ -14,21 +14,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sio.core.definition import differences, require_same
+from sio.core.files import write_json_atomic
+
 STAGE_FILE = "stage.json"
 COMPLETE_FILE = "complete.json"
 
 
 class StageConflict(RuntimeError):
     """An output folder that holds results for a different config."""
-
-
-def _differences(old, new, path="") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        diffs = []
-        for key in sorted(set(old) | set(new)):
-            diffs += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-        return diffs
-    return [] if old == new else [path or "(root)"]
 
 
 def needs_run(folder: Path, definition: dict, force: bool, resumable=()) -> bool:
@@ -39,15 +33,16 @@ def needs_run(folder: Path, definition: dict, force: bool, resumable=()) -> bool
         previous = json.loads(stamp.read_text())
         if previous == definition:
             return not (folder / COMPLETE_FILE).is_file()
-        if set(_differences(previous, definition)) <= set(resumable):
+        if not differences(previous, definition, ignore=resumable):
             (folder / COMPLETE_FILE).unlink(missing_ok=True)  # the work itself adapts
             return True
         if not force:
-            changed = ", ".join(_differences(previous, definition)[:6])
-            raise StageConflict(
-                f"{folder} holds results for a different config (changed: "
-                f"{changed}); pass --force to replace them, or choose another "
-                "output_dir"
+            require_same(
+                f"{folder} holds results for a different config",
+                previous,
+                definition,
+                remedy="pass --force to replace them, or choose another output_dir",
+                error=StageConflict,
             )
         shutil.rmtree(folder)
     elif folder.exists() and any(folder.iterdir()):
@@ -79,9 +74,9 @@ def run_stage(
         return
     start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STAGE_FILE).write_text(json.dumps(definition, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(folder / STAGE_FILE, definition)
     work()
     seconds = time.perf_counter() - start
-    (folder / COMPLETE_FILE).write_text(json.dumps({"seconds": seconds}) + "\n")
+    write_json_atomic(folder / COMPLETE_FILE, {"seconds": seconds})
     timings[label] = seconds
     print(f"  {label}: {seconds:.1f} s", flush=True)

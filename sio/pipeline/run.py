@@ -24,6 +24,8 @@ from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage
 from sio.generate.config import GeneratorConfig
 from sio.pipeline.config import PipelineConfig
 from sio.pipeline.study import Point, expand_study
+from sio.shardset import MANIFEST
+from sio.train import CHECKPOINT
 
 STUDY_FILE = "study.json"
 
@@ -31,7 +33,7 @@ STUDY_FILE = "study.json"
 def shards_fingerprint(shard_set: Path) -> str:
     """sha256 over a shard set's shard list (names, counts, checksums): its content, whatever
     quality figures are later recorded in its manifest."""
-    shards = json.loads((shard_set / "manifest.json").read_text())["shards"]
+    shards = json.loads((shard_set / MANIFEST).read_text())["shards"]
     return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
 
 
@@ -70,7 +72,7 @@ class PipelineRun:
         )
         self.benchmark = read_benchmark(self.bench_dir)
         self.real = self.benchmark.id_splits["train"]
-        self.real_sha = sha256_file(self.real / "manifest.json")
+        self.real_sha = sha256_file(self.real / MANIFEST)
 
     def train(self, name: str, alpha: float, seed: int, synthetic: Path | None) -> Path:
         from sio.train import method_inputs, train_classifier
@@ -84,7 +86,7 @@ class PipelineRun:
             "synthetic_shards_sha256": synthetic and shards_fingerprint(synthetic),
         }
         for key, path in method_inputs(self.config.train).items():  # OE outliers, PixMix
-            definition[f"{key}_manifest_sha256"] = sha256_file(Path(path) / "manifest.json")
+            definition[f"{key}_manifest_sha256"] = sha256_file(Path(path) / MANIFEST)
         self.stage(
             f"train {name}",
             folder,
@@ -99,7 +101,7 @@ class PipelineRun:
                 device=self.device,
             ),
         )
-        return folder / "checkpoint.pt"
+        return folder / CHECKPOINT
 
     def generator_weights(self, generator: GeneratorConfig) -> Path:
         """generator.path if set, else a built-in DDPM trained on the real ID training set
@@ -135,14 +137,14 @@ class PipelineRun:
     def generate(self, generator: GeneratorConfig, num: int, judge: Path) -> Path:
         from sio.generate import generate_shard_set, weights_fingerprint
         from sio.shardset import read_manifest
-        from sio.train import load_checkpoint
+        from sio.train import load_classifier
 
         weights = self.generator_weights(generator)
         folder = self.out / "synthetic" / generator.key
         job = dataclasses.replace(self.config.generate, num_images=num)
 
         def work():
-            classifier, _ = load_checkpoint(judge, self.device)
+            classifier, _ = load_classifier(judge, self.device)
             manifest = generate_shard_set(
                 weights,
                 folder,
@@ -316,7 +318,7 @@ def _synthetic_sets(run: PipelineRun, study, judge: Path):
     for key in study.generators:
         counts = study.counts(key)
         full = run.generate(by_key[key], counts[-1], judge)
-        manifest = json.loads((full / "manifest.json").read_text())
+        manifest = json.loads((full / MANIFEST).read_text())
         figures[key] = {
             "synthetic": str(full.relative_to(run.out)),
             "num_images": counts[-1],

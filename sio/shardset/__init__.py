@@ -11,7 +11,6 @@ from sio.shardset.format import (
     Manifest,
     ShardError,
     ShardInfo,
-    ShardSetWriter,
     encode_png,
 )
 from sio.shardset.read import (
@@ -24,9 +23,9 @@ from sio.shardset.read import (
     shard_urls,
 )
 from sio.shardset.records import decode_record
-from sio.shardset.shardfile import ShardFileWriter, ShardStats, manifest_from_stats
 from sio.shardset.subset import subset_shard_set
 from sio.shardset.verify import verify_shard_set
+from sio.shardset.write import ShardFileWriter, ShardSetWriter, ShardStats, manifest_from_stats
 
 __all__ = [
     "ENCODINGS",

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 import sio
-from sio.core.files import write_json_atomic
-from sio.shardset.tarwrite import TarShard
 
 FORMAT = "sio-shards/1"
 MANIFEST = "manifest.json"
@@ -126,140 +122,3 @@ def _check_key(key: str) -> str:
     if not key or "." in key or "/" in key:
         raise ValueError(f"sample keys are non-empty and contain no dots or slashes, got {key!r}")
     return key
-
-
-class ShardSetWriter:
-    """Writes one shard set: ``write(key, image, label, meta)`` per sample, then ``close()``.
-
-    ``image`` is uint8 HxW for grey or HxWx3 for RGB. Each shard is written as ``*.tar.tmp`` and
-    renamed when complete; a failure inside ``with`` (or ``abort()``) deletes this writer's
-    shards, and a crash leaves files that the next writer on the same folder removes.
-    """
-
-    def __init__(
-        self,
-        out_dir,
-        *,
-        kind,
-        name,
-        image_size,
-        channels,
-        class_names,
-        shard_size,
-        provenance=None,
-        prefix="shard",
-    ):
-        if kind not in ("real", "synthetic"):
-            raise ValueError(f"kind is 'real' or 'synthetic', got {kind!r}")
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if (self.out_dir / MANIFEST).exists():
-            raise ShardError(f"{self.out_dir}: a complete shard set is already there")
-        for stale in [*self.out_dir.glob("*.tmp"), *self.out_dir.glob(f"{prefix}-*.tar")]:
-            stale.unlink()
-        self.meta = dict(
-            kind=kind,
-            name=name,
-            image_size=tuple(image_size),
-            channels=channels,
-            class_names=tuple(class_names),
-            provenance=provenance or {},
-        )
-        height, width = self.meta["image_size"]
-        self._shape = (height, width) if channels == 1 else (height, width, 3)
-        self.class_counts = np.zeros(len(class_names), dtype=np.int64)
-        # pixel statistics: images are copied into a batch and summed a batch at a time, into
-        # exact integer sums of values and squares per channel
-        rows = min(STATS_BATCH_MAX, max(1, STATS_BATCH_BYTES // int(np.prod(self._shape))))
-        self._batch = np.empty((rows, *self._shape), np.uint8)
-        self._in_batch = 0
-        self._pixel_sum = np.zeros(channels, dtype=np.int64)
-        self._pixel_sq_sum = np.zeros(channels, dtype=np.int64)
-        self.shards: list[ShardInfo] = []
-        self.shard_size = shard_size
-        self._pattern = f"{prefix}-%06d.tar"
-        self._tar: TarShard | None = None
-        self._in_shard = 0
-
-    def _next_shard(self) -> None:
-        self._finish_shard()
-        name = self._pattern % len(self.shards)
-        self._tar = TarShard(self.out_dir / f"{name}.tmp")
-
-    def _finish_shard(self) -> None:
-        if self._tar is None:
-            return
-        size, digest = self._tar.close()
-        final = self._tar.path.with_name(self._tar.path.name.removesuffix(".tmp"))
-        os.replace(self._tar.path, final)
-        self.shards.append(ShardInfo(final.name, self._in_shard, size, digest))
-        self._tar, self._in_shard = None, 0
-
-    def write(self, key: str, image: np.ndarray, label: int, meta: dict) -> None:
-        if image.shape != self._shape:
-            raise ValueError(f"sample {key}: image shape {image.shape}, expected {self._shape}")
-        if not 0 <= label < len(self.class_counts):
-            raise ValueError(f"sample {key}: label {label} outside 0..{len(self.class_counts) - 1}")
-        members = {
-            "cls": str(int(label)).encode(),
-            "json": _JSON.encode(meta).encode(),
-            "png": encode_png(image),
-        }
-        if self._tar is None or self._in_shard >= self.shard_size:
-            self._next_shard()
-        self._tar.add(_check_key(key), members)
-        self._in_shard += 1
-        self.class_counts[label] += 1
-        self._batch[self._in_batch] = image
-        self._in_batch += 1
-        if self._in_batch == len(self._batch):
-            self._add_batch()
-
-    def _add_batch(self) -> None:
-        # sum over the batch first (contiguous rows, fast), then over positions per channel;
-        # uint32 holds a position's sum of squares for up to 66,051 images (> STATS_BATCH_MAX)
-        batch, channels = self._batch[: self._in_batch], self.meta["channels"]
-        sums = batch.sum(0, dtype=np.uint32).reshape(-1, channels)
-        squares = np.square(batch, dtype=np.uint16).sum(0, dtype=np.uint32).reshape(-1, channels)
-        self._pixel_sum += sums.sum(0, dtype=np.int64)
-        self._pixel_sq_sum += squares.sum(0, dtype=np.int64)
-        self._in_batch = 0
-
-    def close(self, provenance: dict | None = None) -> Manifest:
-        """Finish the last shard and write the manifest; ``provenance`` adds fields known only
-        at the end (e.g. a quality figure)."""
-        self._finish_shard()
-        self._add_batch()
-        self.meta["provenance"] = {**self.meta["provenance"], **(provenance or {})}
-        sums, sq_sums = self._pixel_sum, self._pixel_sq_sum
-        n_pixels = max(1, int(self.class_counts.sum())) * int(np.prod(self.meta["image_size"]))
-        mean = sums / (n_pixels * 255.0)
-        std = np.sqrt(np.maximum(sq_sums / (n_pixels * 255.0**2) - mean**2, 0.0))
-        manifest = Manifest(
-            **self.meta,
-            class_counts=tuple(int(c) for c in self.class_counts),
-            pixel_mean=tuple(float(m) for m in mean),
-            pixel_std=tuple(float(s) for s in std),
-            shards=tuple(self.shards),
-        )
-        write_json_atomic(self.out_dir / MANIFEST, manifest.to_json())
-        return manifest
-
-    def abort(self) -> None:
-        """Give up after a failure: the shard being written and those this writer completed are
-        deleted, and no manifest is written."""
-        if self._tar is not None:
-            self._tar.abort()
-            self._tar = None
-        for shard in self.shards:
-            (self.out_dir / shard.name).unlink(missing_ok=True)
-        self.shards = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

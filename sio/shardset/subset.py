@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.core.files import sha256_file, write_json_atomic
+from sio.core.files import atomic_path, sha256_file, write_json_atomic
 from sio.core.storage import is_url
 from sio.shardset.format import MANIFEST, Manifest, ShardError
 from sio.shardset.read import read_manifest, shard_chunks
-from sio.shardset.shardfile import (
+from sio.shardset.write import (
     ShardStats,
     histogram_stats,
     manifest_from_stats,
@@ -46,13 +46,11 @@ def prefix_shards(manifest: Manifest, num: int, where: str) -> int:
 
 
 def _link(source: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:  # another file system, or links not allowed: copy
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or links not allowed: copy
+            shutil.copyfile(source, tmp)
 
 
 def _shard_stats(path: Path, shard, manifest: Manifest) -> ShardStats:
