@@ -2,26 +2,31 @@
 
 from sio.core.lazy import lazy_exports
 
-_EXPORTS = {
-    "ActivationBank": "sio.evaluate.activations",
-    "ActivationsError": "sio.evaluate.activations",
-    "extract_activations": "sio.evaluate.activations",
-    "load_activations": "sio.evaluate.activations",
-    "DETECTORS": "sio.evaluate.detectors",
-    "Detector": "sio.evaluate.detectors",
-    "DetectorError": "sio.evaluate.detectors",
-    "InputDetector": "sio.evaluate.detectors",
-    "fit_detector": "sio.evaluate.detectors",
-    "evaluate_bank": "sio.evaluate.evaluate",
-    "evaluate_checkpoint": "sio.evaluate.evaluate",
-    "markdown_table": "sio.evaluate.evaluate",
-    "write_results": "sio.evaluate.evaluate",
-    "ModelInputs": "sio.evaluate.image_scoring",
-    "fpr_at_95_tpr": "sio.evaluate.metrics",
-    "mean_metrics": "sio.evaluate.metrics",
-    "ood_metrics": "sio.evaluate.metrics",
-    "aggregate": "sio.evaluate.report",
-    "report": "sio.evaluate.report",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# each module and the public names it defines, imported on first use
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "sio.evaluate.activations": (
+            "ActivationBank",
+            "ActivationsError",
+            "extract_activations",
+            "load_activations",
+        ),
+        "sio.evaluate.detectors": (
+            "DETECTORS",
+            "Detector",
+            "DetectorError",
+            "InputDetector",
+            "fit_detector",
+        ),
+        "sio.evaluate.evaluate": (
+            "evaluate_bank",
+            "evaluate_checkpoint",
+            "markdown_table",
+            "write_results",
+        ),
+        "sio.evaluate.image_scoring": ("ModelInputs",),
+        "sio.evaluate.metrics": ("fpr_at_95_tpr", "mean_metrics", "ood_metrics"),
+        "sio.evaluate.report": ("aggregate", "report"),
+    },
+)

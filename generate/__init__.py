@@ -2,19 +2,21 @@
 
 from sio.core.lazy import lazy_exports
 
-_EXPORTS = {
-    "BigGANGenerator": "sio.generate.biggan",
-    "DDPMGenerator": "sio.generate.ddpm.model",
-    "train_ddpm": "sio.generate.ddpm.train",
-    "train_from_shard_set": "sio.generate.ddpm.train",
-    "Job": "sio.generate.job",
-    "run_job": "sio.generate.job",
-    "GENERATORS": "sio.generate.registry",
-    "generate_shard_set": "sio.generate.registry",
-    "load_generator": "sio.generate.registry",
-    "weights_fingerprint": "sio.generate.registry",
-    "export_safetensors": "sio.generate.stylegan2.export",
-    "StyleGAN2Generator": "sio.generate.stylegan2.generator",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# each module and the public names it defines, imported on first use
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "sio.generate.biggan": ("BigGANGenerator",),
+        "sio.generate.ddpm.model": ("DDPMGenerator",),
+        "sio.generate.ddpm.train": ("train_ddpm", "train_from_shard_set"),
+        "sio.generate.job": ("Job", "run_job"),
+        "sio.generate.registry": (
+            "GENERATORS",
+            "generate_shard_set",
+            "load_generator",
+            "weights_fingerprint",
+        ),
+        "sio.generate.stylegan2.export": ("export_safetensors",),
+        "sio.generate.stylegan2.generator": ("StyleGAN2Generator",),
+    },
+)

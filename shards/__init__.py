@@ -3,10 +3,10 @@ benchmarks of shard sets. The shard-set format itself is the contract in ``sio.s
 
 from sio.core.lazy import lazy_exports
 
-_EXPORTS = {
-    "Benchmark": "sio.shards.benchmark",
-    "read_benchmark": "sio.shards.benchmark",
-    "write_benchmark": "sio.shards.benchmark",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# each module and the public names it defines, imported on first use
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "sio.shards.benchmark": ("Benchmark", "read_benchmark", "write_benchmark"),
+    },
+)

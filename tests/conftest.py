@@ -39,3 +39,13 @@ def cond_dir(tmp_path_factory):
         unet, build_scheduler(), class_names=("a", "b", "c"), null_class=3
     ).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and the test machine's cores are shared: modules
+    of tiny-model tests take it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

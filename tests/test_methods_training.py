@@ -23,13 +23,7 @@ N_REAL, N_SYN, BATCH = 40, 24, 8
 STEPS = math.ceil(N_REAL / BATCH)  # 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def half_bright(label: int, rng) -> np.ndarray:

@@ -8,14 +8,7 @@ import torchvision
 
 from sio.train import BACKBONES, HEADS, GodinClassifier, build_classifier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -35,13 +35,7 @@ from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 SYN_BASE = 128  # synthetic image j is the constant 128 + j, real image i the constant i
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_set(folder, count, *, base=0, kind="real", channels=1, shard_size=16, size=(6, 5)):

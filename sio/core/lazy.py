@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 
 def lazy_exports(
-    package: str, exports: dict[str, str]
-) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package``: ``exports`` maps a public name to the
-    module that defines it."""
+    package: str, modules: dict[str, tuple[str, ...]]
+) -> tuple[Callable[[str], object], Callable[[], list[str]], list[str]]:
+    """``__getattr__``, ``__dir__`` and ``__all__`` for ``package``: ``modules`` maps each
+    module to the public names it defines."""
+    exports = {name: module for module, names in modules.items() for name in names}
 
     def getattr_(name: str) -> object:
         try:
@@ -27,4 +28,4 @@ def lazy_exports(
     def dir_() -> list[str]:
         return sorted(exports)
 
-    return getattr_, dir_
+    return getattr_, dir_, sorted(exports)

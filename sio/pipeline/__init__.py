@@ -3,11 +3,11 @@ its report. It sits above the stages and uses their public package APIs only."""
 
 from sio.core.lazy import lazy_exports
 
-_EXPORTS = {
-    "PipelineConfig": "sio.pipeline.config",
-    "SweepConfig": "sio.pipeline.config",
-    "load_pipeline": "sio.pipeline.config",
-    "run_pipeline": "sio.pipeline.run",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# each module and the public names it defines, imported on first use
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "sio.pipeline.config": ("PipelineConfig", "SweepConfig", "load_pipeline"),
+        "sio.pipeline.run": ("run_pipeline",),
+    },
+)
