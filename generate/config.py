@@ -11,7 +11,7 @@ from sio.core.config import check as _check
 
 @dataclass(frozen=True)
 class DDPMModelConfig:
-    """A diffusers ``UNet2DModel`` with a class embedding; see generate/ddpm.py."""
+    """A diffusers ``UNet2DModel`` with a class embedding; see generate/ddpm/model.py."""
 
     block_out_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1

@@ -1,7 +1,7 @@
 """The streaming SIO trainer: exact real/synthetic batches, SGD + Nesterov, per-step cosine.
 
 ``alpha = 1`` is the real-only baseline with the same batch size and step count. The training
-method (``config.method``, see methods.py) supplies the loss, and possibly a batch transform,
+method (``config.method``, see methods/) supplies the loss, and possibly a batch transform,
 extra shard sets outside the ID part, its classifier head, parameter groups and the schedule; it
 never changes the batch's real/synthetic composition. Under torchrun each rank takes its
 ``rank_share`` of the global real and synthetic quota (see loop.py and distributed.py). Shard

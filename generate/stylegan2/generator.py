@@ -2,8 +2,8 @@
 
 ``generator.name: stylegan2-ada`` with ``generator.path`` a stylegan2-ada-pytorch ``.pkl`` (e.g.
 the class-conditional ``cifar10.pkl``), a folder holding one, or a folder exported by
-``sio stylegan2-export`` (see stylegan2_load.py). The pickle is read by a restricted unpickler
-that runs none of its embedded code; the network is sio's own (stylegan2_network.py), equal to
+``sio stylegan2-export`` (see load.py). The pickle is read by a restricted unpickler
+that runs none of its embedded code; the network is sio's own (network.py), equal to
 NVIDIA's float32 path to within 1e-4.
 
 Sampling follows NVIDIA's ``generate.py``: ``z`` row-major from

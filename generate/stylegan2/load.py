@@ -1,7 +1,7 @@
 """Where a StyleGAN2-ADA generator comes from: a network pickle or sio's safetensors export.
 
 - a ``.pkl`` of NVlabs/stylegan2-ada-pytorch (a training snapshot or a ``pretrained/`` file),
-  read by the restricted unpickler (stylegan2_unpickle.py): its ``G_ema`` becomes init arguments
+  read by the restricted unpickler (unpickle.py): its ``G_ema`` becomes init arguments
   plus tensors, with no code run; or a folder holding exactly one such ``.pkl``;
 - a folder with ``stylegan2.safetensors`` (the state dict) and ``stylegan2.json`` (format
   ``sio-stylegan2/1``, the init arguments and the source pickle's sha256), written by

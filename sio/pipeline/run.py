@@ -1,12 +1,12 @@
 """``sio run``: every stage from one ``pipeline.yaml``, baseline (alpha = 1) against +SIO.
 
 Order: shard the benchmark; train the baseline classifiers (one per seed); per generator of the
-study (sio/study.py): train it on the real ID training set (built-in DDPMs; once per distinct
+study (study.py): train it on the real ID training set (built-in DDPMs; once per distinct
 training definition), generate its largest synthetic count once (label agreement judged by the
 first baseline classifier), measure its Fréchet distance to the real set, and cut its smaller
 counts as prefix subsets; train the +SIO classifiers of every study point and seed; evaluate
 every classifier; report. Stages meet only in folders under ``output_dir``; each is skipped
-when it is complete for the same config and inputs (see sio/stages.py).
+when it is complete for the same config and inputs (see sio/core/stages.py).
 """
 
 from __future__ import annotations

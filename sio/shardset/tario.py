@@ -1,7 +1,7 @@
 """Tar shards to raw samples, from a path or a URL, with every error naming shard and member.
 
 A shard is opened through webdataset's ``gopen`` (with sio's streaming ``s3://`` and
-``http(s)://`` handlers registered, see sio/storage.py) and read as a tar stream by a small
+``http(s)://`` handlers registered, see sio/core/storage.py) and read as a tar stream by a small
 reader of its own (ustar, PAX and GNU long names, as Python's tarfile reads them, a few times
 faster per member; tarfile dominated the reading of small images). Members are grouped into
 samples by key exactly as webdataset groups them (the key is the member name up to the first
