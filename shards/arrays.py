@@ -59,10 +59,33 @@ def array_source(dataset, class_names, images, labels, files) -> Source:
 # --- CIFAR-10 / CIFAR-100: python pickle batches ---------------------------------------------
 
 
+# the only globals a CIFAR batch names: numpy's array rebuilders (python 2 and 3 pickles) and
+# the codec call that protocol 2 writes bytes with (``_codecs.encode(text, "latin1")``)
+CIFAR_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles data only: dicts, lists, bytes, numbers and numpy arrays; any other global
+    (``os.system``, ``builtins.eval``, a class) stops the load before anything is called."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (not CIFAR data)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, info, what: str) -> tuple[dict, dict]:
     data, record = read_bytes(path, info, what)
     try:
-        batch = pickle.loads(data, encoding="bytes")
+        batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise DatasetError(f"{path}: not a CIFAR python pickle batch ({err})") from None
     if not isinstance(batch, dict):
