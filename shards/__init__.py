@@ -8,5 +8,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "sio.shards.benchmark": ("Benchmark", "read_benchmark", "write_benchmark"),
+        "sio.shards.build": ("check_shard_config",),
     },
 )

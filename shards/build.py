@@ -239,3 +239,40 @@ def _id_class_names(out: Path):
 
     manifest = out / "id_train" / MANIFEST
     return read_manifest(out / "id_train").class_names if manifest.is_file() else ()
+
+
+def check_shard_config(config) -> None:
+    """Everything ``config`` names, checked before any stage runs (``sio run`` parses its file
+    with this): the benchmark (a shipped name or a readable .yaml), its readers, ``data_root``
+    and the path of every set read from disk. Errors start with the field
+    (``shard.benchmark: ...``, ``shard.data_root: ...``)."""
+    from sio.core.config import ConfigError
+    from sio.shards.spec import load_spec
+
+    if config.benchmark == "digits":
+        return
+    try:
+        bench = load_spec(config.benchmark)
+    except ConfigError as err:
+        raise ConfigError(f"shard.benchmark: {err}") from None
+    rows = plan(bench)
+    for folder, _, _, spec in rows:
+        try:
+            get_reader(spec.reader)
+        except DatasetError as err:
+            raise ConfigError(f"shard.benchmark: {bench.name} set {folder}: {err}") from None
+    try:
+        check_data_root(bench, rows, config.data_root)
+    except DatasetError as err:
+        raise ConfigError(f"shard.data_root: {err}") from None
+    for folder, _, _, spec in rows:
+        info = get_reader(spec.reader)
+        if info.embedded:
+            continue
+        for relative in (spec.path, spec.imglist, spec.labels):
+            path = Path(config.data_root) / (relative or "")
+            if relative and not path.exists():
+                raise ConfigError(
+                    f"shard.data_root: {path} not found (set {folder} of {bench.name}: the "
+                    f"{info.title} reader `{info.name}` expects {info.layout}). {info.origin}"
+                )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -214,3 +215,79 @@ def test_to_dict_round_trips_non_defaults(tmp_path):
     again = parse_dataclass(PipelineConfig, to_dict(cfg), "")
     assert again == cfg
     assert again.generator.model.block_out_channels == (8, 16, 32)
+
+
+# Every name and path is checked when the file is parsed, naming the file and the field, so a
+# typo fails before the first stage runs (not after hours of sharding, training, generating).
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("evaluate: {methods: [msp, mps]}", r"evaluate\.methods\[1\]: unknown detector 'mps'"),
+        ("train: {model: resnet19}", r"train\.model: unknown model 'resnet19'; known: .*small"),
+        ("shard: {benchmark: cifar11}", r"shard\.benchmark: unknown benchmark 'cifar11'"),
+        ("shard: {benchmark: mine.yaml}", r"shard\.benchmark: mine\.yaml: benchmark file not"),
+        ("shard: {benchmark: cifar10}", r"shard\.data_root: benchmark 'cifar10' reads datasets"),
+        ("shard: {benchmark: cifar10, data_root: nowhere}", r"shard\.data_root: nowhere: "),
+        (
+            "shard: {benchmark: cifar10, data_root: .}",
+            r"shard\.data_root: cifar-10-batches-py not found \(set id_train of cifar10",
+        ),
+        ("generator: {path: no/such/ddpm}", r"generator\.path: no/such/ddpm not found"),
+        (
+            "sio_alpha: 0.5\nsweep: {generators: [{label: b, name: stylegan2-ada, path: x.pkl}]}",
+            r"sweep\.generators\[0\]\.path: x\.pkl not found \(the stylegan2-ada generator",
+        ),
+        ("fid: {inception_weights: w.pth}", r"fid\.inception_weights: w\.pth not found"),
+        ("train: {method: oe, oe: {outliers: none}}", r"train\.oe\.outliers: none not found"),
+        ("train: {method: oe, oe: {outliers: .}}", r"train\.oe\.outliers: \. holds no manifest"),
+        ("train: {method: pixmix, pixmix: {mixing: m}}", r"train\.pixmix\.mixing: m not found"),
+    ],
+)
+def test_names_and_paths_checked_at_parse_time(tmp_path, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)  # relative paths are relative to where sio runs
+    assert re.search(message, load_error(tmp_path, text)), message
+
+
+def test_existing_paths_and_urls_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "outliers").mkdir()
+    (tmp_path / "outliers" / "manifest.json").write_text("{}")
+    text = (
+        "generator: {path: gen}\nshard: {benchmark: cifar10, data_root: .}\n"
+        "train: {method: oe, oe: {outliers: outliers}}\n"
+    )
+    for name in ("cifar-100-python", "mnist", "svhn", "dtd/images", "places365/val_256"):
+        (tmp_path / name).mkdir(parents=True)
+    assert load_pipeline(write(tmp_path, text)).generator.path == "gen"
+    remote = "train: {method: oe, oe: {outliers: 's3://bucket/tin'}}"
+    assert load_pipeline(write(tmp_path, remote)).train.oe.outliers == "s3://bucket/tin"
+
+
+def test_config_literals_are_the_registries():
+    """The names a Literal admits at parse time are exactly what the registries hold."""
+    import typing
+
+    from sio.generate import GENERATORS
+    from sio.generate.config import GeneratorConfig
+    from sio.train import METHODS
+    from sio.train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    assert set(typing.get_args(hints["method"])) == set(METHODS.names())
+    generator_names = typing.get_args(typing.get_type_hints(GeneratorConfig)["name"])
+    assert set(generator_names) == set(GENERATORS.names())
+
+
+def test_a_typo_fails_before_any_stage_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from sio.cli import get_cli
+
+    out = tmp_path / "out"
+    path = write(tmp_path, f"output_dir: {out}\nevaluate: {{methods: [msp, energy]}}\n")
+    result = CliRunner().invoke(get_cli(), ["run", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}: evaluate.methods[1]: unknown detector 'energy'" in result.output
+    assert not out.exists()  # nothing was sharded, trained or generated

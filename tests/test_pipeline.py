@@ -84,8 +84,12 @@ def test_rerun_skips_every_stage(finished_run, capsys):
 def test_changed_config_is_refused_without_force(finished_run):
     tmp_path, _, _ = finished_run
     changed = write_pipeline(tmp_path, train={**TINY["train"], "epochs": 3})
+    resolved = (tmp_path / "out" / "pipeline.resolved.json").read_text()
     with pytest.raises(StageConflict, match=r"train\.epochs"):
         run_pipeline(load_pipeline(changed), device="cpu")
+    # the refused run leaves the record of the config that made the folder
+    assert (tmp_path / "out" / "pipeline.resolved.json").read_text() == resolved
+    assert json.loads(resolved)["train"]["epochs"] == 2
 
 
 def test_cli_names_the_bad_field(tmp_path):
@@ -213,3 +217,26 @@ def test_stage_reruns_in_place_when_only_a_resumable_field_changed(tmp_path):
         "s", tmp_path / "stage", grown, work, force=False, timings={}, resumable=("job.num_images",)
     )
     assert len(calls) == 2  # complete again: skipped
+
+
+@pytest.mark.parametrize("ending", ["failed", "stopped"])
+def test_a_stage_that_never_completed_is_replaced(tmp_path, ending):
+    """A failed or interrupted stage holds no results: another definition may take its folder
+    without --force; a complete stage made differently is still refused."""
+    from sio.core.stages import COMPLETE_FILE, run_stage
+
+    folder = tmp_path / "stage"
+
+    def broken():
+        (folder / "partial.bin").write_bytes(b"half")
+        raise (RuntimeError("out of memory") if ending == "failed" else KeyboardInterrupt())
+
+    with pytest.raises((RuntimeError, KeyboardInterrupt)):
+        run_stage("s", folder, {"epochs": 2}, broken, force=False, timings={})
+    assert not (folder / COMPLETE_FILE).exists()
+    done = []
+    run_stage("s", folder, {"epochs": 3}, lambda: done.append(1), force=False, timings={})
+    assert done == [1] and not (folder / "partial.bin").exists()
+    assert json.loads((folder / "stage.json").read_text()) == {"epochs": 3}
+    with pytest.raises(StageConflict, match=r"changed: epochs = 3, not 4"):
+        run_stage("s", folder, {"epochs": 4}, lambda: None, force=False, timings={})

@@ -205,3 +205,29 @@ def test_a_larger_count_extends_the_generated_set(study_run, tmp_path):
     assert full["num_samples"] == 128 and full["shards"][:3] == before["shards"]
     cut = json.loads((copy / "synthetic" / "g1-n96" / "manifest.json").read_text())
     assert cut["shards"] == before["shards"]
+
+
+def test_study_record_round_trips_and_names_a_bad_file(tmp_path):
+    from sio.pipeline.study import GeneratorFigures, StudyRecord, StudyRun
+
+    record = StudyRecord(
+        base=Point("ddpm", 6000, 0.8),
+        generators={"ddpm": GeneratorFigures("synthetic/ddpm", 6000, 0.93, {"metric": "fid"})},
+        runs=(
+            StudyRun("alpha1-seed0", None, 0, 1.0, 0, "evaluate/alpha1-seed0"),
+            StudyRun("ddpm-n6000-alpha0.8-seed0", "ddpm", 6000, 0.8, 0, "evaluate/x"),
+            StudyRun("ddpm-n3000-alpha0.8-seed0", "ddpm", 3000, 0.8, 0, "evaluate/y"),
+        ),
+    )
+    record.write(tmp_path / "study.json")
+    again = StudyRecord.read(tmp_path / "study.json")
+    assert again == record
+    assert [r.name for r in again.base_runs()] == [
+        "alpha1-seed0",
+        "ddpm-n6000-alpha0.8-seed0",
+    ]
+    data = json.loads((tmp_path / "study.json").read_text())
+    del data["runs"][1]["seed"]
+    (tmp_path / "study.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"study\.json: not a study record .*seed"):
+        StudyRecord.read(tmp_path / "study.json")

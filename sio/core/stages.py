@@ -3,7 +3,8 @@
 A stage folder holds ``stage.json`` (the resolved config and input checksums that define it,
 written before the work starts) and ``complete.json`` (written when it ends). Rerunning with the
 same definition skips a complete stage and resumes an incomplete one; a folder made from a
-different definition is refused unless ``force``, which deletes it first.
+different definition is refused unless ``force``, which deletes it first; one that never
+completed (no ``complete.json``: it failed or was stopped) is replaced without ``force``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def needs_run(folder: Path, definition: dict, force: bool, resumable=()) -> bool
         if not differences(previous, definition, ignore=resumable):
             (folder / COMPLETE_FILE).unlink(missing_ok=True)  # the work itself adapts
             return True
-        if not force:
+        if not (folder / COMPLETE_FILE).is_file():
+            # never completed (failed, killed or refused part-way): nothing worth keeping
+            changed = ", ".join(differences(previous, definition)[:3])
+            print(f"  {folder}: replacing an unfinished stage made differently ({changed})")
+        elif not force:
             require_same(
                 f"{folder} holds results for a different config",
                 previous,

@@ -109,8 +109,70 @@ class PipelineConfig:
             )
 
 
-def load_pipeline(path: str | Path) -> PipelineConfig:
-    """Read and validate a pipeline file; every error names the file and the field."""
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _check_shard_set(location: str, field_name: str, used_by: str) -> None:
+    if _is_url(location):
+        return  # remote: read (and checked) when the stage opens it
+    folder = Path(location)
+    _check(folder.is_dir(), field_name, f"{folder} not found ({used_by} reads a shard set there)")
+    _check(
+        (folder / "manifest.json").is_file(),
+        field_name,
+        f"{folder} holds no manifest.json: not a shard set (`sio shard` and `sio generate` "
+        "write them)",
+    )
+
+
+def check_references(config: PipelineConfig) -> None:
+    """Every name and path of ``config``, checked before any stage runs, against the stages'
+    registries (imported here, not when the file is parsed for a field or two): detectors,
+    training methods, models, benchmarks and their dataset paths, generator folders, FID
+    weights and the shard sets of OE and PixMix. Errors name the field (``evaluate.methods[2]:
+    unknown detector 'mps'; known: ...``); ``load_pipeline`` adds the file."""
+    from sio.evaluate import DETECTORS
+    from sio.shards import check_shard_config
+    from sio.train import BACKBONES, METHODS
+
+    for i, name in enumerate(config.evaluate.methods):
+        _check(name in DETECTORS, f"evaluate.methods[{i}]", _unknown("detector", name, DETECTORS))
+    train = config.train
+    _check(
+        train.method in METHODS, "train.method", _unknown("training method", train.method, METHODS)
+    )
+    _check(train.model in BACKBONES, "train.model", _unknown("model", train.model, BACKBONES))
+    if train.method == "pixmix":
+        _check_shard_set(train.pixmix.mixing, "train.pixmix.mixing", "pixmix")
+    if train.method == "oe":
+        _check_shard_set(train.oe.outliers, "train.oe.outliers", "Outlier Exposure")
+    check_shard_config(config.shard)
+    for i, generator in enumerate(config.generators):
+        where = f"sweep.generators[{i - 1}].path" if i else "generator.path"
+        _check(
+            not generator.path or Path(generator.path).exists(),
+            where,
+            f"{generator.path} not found (the {generator.name} generator loads from it; "
+            "empty: train the built-in DDPM)",
+        )
+    weights = config.fid.inception_weights
+    _check(
+        not weights or Path(weights).is_file(),
+        "fid.inception_weights",
+        f"{weights} not found (torch-fidelity's weights-inception-2015-12-05-6726825d.pth; "
+        "empty: the classifier-feature distance)",
+    )
+
+
+def _unknown(kind: str, name: str, registry) -> str:
+    return f"unknown {kind} {name!r}; known: {', '.join(registry.names())}"
+
+
+def load_pipeline(path: str | Path, *, check_paths: bool = True) -> PipelineConfig:
+    """Read and validate a pipeline file; every error names the file and the field. With
+    ``check_paths`` (the default) every name and path is checked too (``check_references``),
+    so a typo fails now, not after hours of earlier stages."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -118,4 +180,10 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
             "shard, generator, generate, train and evaluate; the repository's pipeline.yaml "
             "is a complete example."
         )
-    return load_yaml_dataclass(PipelineConfig, path)
+    config = load_yaml_dataclass(PipelineConfig, path)
+    if check_paths:
+        try:
+            check_references(config)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    return config

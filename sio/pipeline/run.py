@@ -23,11 +23,16 @@ from sio.core.files import sha256_file, write_json_atomic
 from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage
 from sio.generate.config import GeneratorConfig
 from sio.pipeline.config import PipelineConfig
-from sio.pipeline.study import Point, expand_study
+from sio.pipeline.study import (
+    STUDY_FILE,
+    GeneratorFigures,
+    Point,
+    StudyRecord,
+    StudyRun,
+    expand_study,
+)
 from sio.shardset import MANIFEST
 from sio.train import CHECKPOINT
-
-STUDY_FILE = "study.json"
 
 
 def shards_fingerprint(shard_set: Path) -> str:
@@ -240,75 +245,57 @@ class PipelineRun:
 
 
 def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | None = None) -> str:
+    """Every stage of ``config`` (each skipped when done with the same definition), then the
+    report. ``pipeline.resolved.json`` is written once every stage has been accepted (done
+    before with the same definition, or run now), so a refused run leaves the record of the
+    config that made the folder as it was."""
     from sio.pipeline.study_report import study_report
 
     device = device or default_device()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "pipeline.resolved.json", to_dict(config))
     start = time.perf_counter()
     print(f"sio run -> {out} (device {device})", flush=True)
     run = PipelineRun(config, out, device, force)
     run.shard()
     study = expand_study(config)
-    runs = [
-        {
-            "name": _baseline_name(seed),
-            "generator": None,
-            "num_synthetic": 0,
-            "alpha": 1.0,
-            "seed": seed,
-        }
-        for seed in config.seeds
-    ]
-    checkpoints = {r["name"]: run.train(r["name"], 1.0, r["seed"], None) for r in runs}
+    planned = [(_baseline_name(seed), None, 0, 1.0, seed) for seed in config.seeds]
+    checkpoints = {name: run.train(name, 1.0, seed, None) for name, *_, seed in planned}
     judge = checkpoints[_baseline_name(config.seeds[0])]
     synthetic, generators = _synthetic_sets(run, study, judge)
     for point in study.points:
         for seed in config.seeds:
             name = f"{point.name}-seed{seed}"
-            runs.append({**_point_fields(point), "name": name, "seed": seed})
+            planned.append((name, point.generator, point.num_synthetic, point.alpha, seed))
             checkpoints[name] = run.train(
                 name, point.alpha, seed, synthetic[(point.generator, point.num_synthetic)]
             )
-    for entry in runs:
-        folder = run.evaluate(entry["name"], checkpoints[entry["name"]])
-        entry["evaluate"] = str(folder.relative_to(out))
-    base_point = {
-        "generator": config.generator.key,
-        "num_synthetic": config.generate.num_images,
-        "alpha": config.sio_alpha,
-    }
-    write_json_atomic(
-        out / STUDY_FILE, {"base": base_point, "generators": generators, "runs": runs}
-    )
+    runs = []
+    for name, generator, count, alpha, seed in planned:
+        folder = run.evaluate(name, checkpoints[name])
+        runs.append(StudyRun(name, generator, count, alpha, seed, str(folder.relative_to(out))))
+    base = Point(config.generator.key, config.generate.num_images, config.sio_alpha)
+    StudyRecord(base=base, generators=generators, runs=tuple(runs)).write(out / STUDY_FILE)
+    write_json_atomic(out / "pipeline.resolved.json", to_dict(config))
     table = study_report(out)
     run.timings["total"] = time.perf_counter() - start
     write_json_atomic(out / "timings.json", run.timings)
     return _summary(generators, table, run.timings)
 
 
-def _summary(generators: dict, table: str, timings: dict) -> str:
+def _summary(generators: dict[str, GeneratorFigures], table: str, timings: dict) -> str:
     """What ``sio run`` prints: each synthetic set's figures, the report, the stage times."""
     lines = [""]
     for key, info in generators.items():
-        agreement = info["label_agreement"]
+        agreement = info.label_agreement
         judged = "" if agreement is None else f", label agreement {100 * agreement:.1f}%"
-        quality = info["quality"]
+        quality = info.quality
         lines.append(
-            f"synthetic set {key}: {info['num_images']} images{judged}, "
+            f"synthetic set {key}: {info.num_images} images{judged}, "
             f"{quality['metric']} {quality['value']:.3f}"
         )
     stage_times = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     return "\n".join([*lines, "", table, "stage times (s): " + stage_times])
-
-
-def _point_fields(point: Point) -> dict:
-    return {
-        "generator": point.generator,
-        "num_synthetic": point.num_synthetic,
-        "alpha": point.alpha,
-    }
 
 
 def _synthetic_sets(run: PipelineRun, study, judge: Path):
@@ -319,12 +306,12 @@ def _synthetic_sets(run: PipelineRun, study, judge: Path):
         counts = study.counts(key)
         full = run.generate(by_key[key], counts[-1], judge)
         manifest = json.loads((full / MANIFEST).read_text())
-        figures[key] = {
-            "synthetic": str(full.relative_to(run.out)),
-            "num_images": counts[-1],
-            "label_agreement": manifest["provenance"].get("quality", {}).get("label_agreement"),
-            "quality": run.quality(key, full, judge),
-        }
+        figures[key] = GeneratorFigures(
+            synthetic=str(full.relative_to(run.out)),
+            num_images=counts[-1],
+            label_agreement=manifest["provenance"].get("quality", {}).get("label_agreement"),
+            quality=run.quality(key, full, judge),
+        )
         sets[(key, counts[-1])] = full
         for count in counts[:-1]:
             sets[(key, count)] = run.subset(key, full, count)

@@ -10,10 +10,15 @@ largest count any point asks of it; smaller counts are prefixes of that set.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from sio.pipeline.config import PipelineConfig
+
+STUDY_FILE = "study.json"
 
 
 @dataclass(frozen=True, order=True)
@@ -65,3 +70,86 @@ def expand_study(config: PipelineConfig) -> Study:
         ]
     points = [Point(g, n, float(a)) for g, n, a in combos if a < 1.0]
     return Study(points=tuple(dict.fromkeys(points)), seeds=config.seeds)
+
+
+# The study record (``study.json``): written by ``sio run`` (run.py), read by the report
+# (study_report.py). Its axes are Point's fields, defined once, above.
+AXIS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Point))
+BASELINE_GENERATOR = None  # a baseline run's generator: it trains on real images only
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One evaluated classifier: its point (``generator`` None for the alpha = 1 baseline),
+    seed, run name and evaluation folder (relative to the output folder)."""
+
+    name: str
+    generator: str | None
+    num_synthetic: int
+    alpha: float
+    seed: int
+    evaluate: str
+
+    @property
+    def axes(self) -> tuple:
+        return tuple(getattr(self, k) for k in AXIS)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.generator is BASELINE_GENERATOR
+
+
+@dataclass(frozen=True)
+class GeneratorFigures:
+    """A generator's synthetic set (relative folder, size) and its quality figures."""
+
+    synthetic: str
+    num_images: int
+    label_agreement: float | None  # share of images a real-trained classifier labels as asked
+    quality: dict  # {"metric": "fid" | "fd_classifier", "value": ..., ...}
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What ``sio run`` ran: the base point, every generator's figures, every evaluated run."""
+
+    base: Point
+    generators: dict[str, GeneratorFigures]
+    runs: tuple[StudyRun, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "base": dataclasses.asdict(self.base),
+            "generators": {k: dataclasses.asdict(v) for k, v in self.generators.items()},
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = STUDY_FILE) -> StudyRecord:
+        """The record from ``to_json``'s data; a missing or unknown field names ``source``."""
+        try:
+            return cls(
+                base=Point(**data["base"]),
+                generators={
+                    k: GeneratorFigures(**v) for k, v in data.get("generators", {}).items()
+                },
+                runs=tuple(StudyRun(**r) for r in data["runs"]),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{source}: not a study record written by `sio run` ({err})") from None
+
+    def write(self, path: Path) -> None:
+        from sio.core.files import write_json_atomic
+
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> StudyRecord:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; `sio run` writes it beside report.md")
+        return cls.from_json(json.loads(path.read_text()), str(path))
+
+    def base_runs(self) -> list[StudyRun]:
+        """The baselines and the runs at the base point: the baseline-vs-+SIO table's."""
+        base = tuple(getattr(self.base, k) for k in AXIS)
+        return [r for r in self.runs if r.is_baseline or r.axes == base]

@@ -10,13 +10,14 @@ alpha plot varies alpha at the base generator and count, and so on; the tables l
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from sio.core.files import write_json_atomic, write_text_atomic
 from sio.evaluate.report import aggregate, load_run, mean_std
+from sio.pipeline.study import AXIS, STUDY_FILE, StudyRecord, StudyRun
 
 PLOTS = {
     "fid": "fid_vs_auroc.png",
@@ -24,14 +25,13 @@ PLOTS = {
     "num_synthetic": "auroc_vs_num_synthetic.png",
     "id_acc": "near_auroc_vs_id_acc.png",
 }
-AXIS = ("generator", "num_synthetic", "alpha")
 STUDY_RESULTS = "study_results.json"  # every point's figures, beside report.md
 
 
-def point_stats(runs: list[dict], root: Path) -> dict:
+def point_stats(runs: list[StudyRun], root: Path) -> dict:
     """{near, far, id_acc}: mean ± std over the seeds of ``runs`` (one study point); their
     folders are relative to ``root``."""
-    (arm,) = aggregate([load_run(root / r["evaluate"]) for r in runs]).values()
+    (arm,) = aggregate([load_run(root / r.evaluate) for r in runs]).values()
     stats = {"id_acc": arm["id_acc"], "seeds": arm["seeds"]}
     for group in ("near", "far"):
         per_method = [m[group]["mean"]["auroc"]["values"] for m in arm["methods"].values()]
@@ -39,19 +39,18 @@ def point_stats(runs: list[dict], root: Path) -> dict:
     return stats
 
 
-def study_points(study: dict, root: Path) -> list[dict]:
+def study_points(study: StudyRecord, root: Path) -> list[dict]:
     """Every point of the study (the baseline first) with its generator figures and stats."""
-    groups: dict[tuple, list[dict]] = {}
-    for run in study["runs"]:
-        key = tuple(run[k] for k in AXIS)
-        groups.setdefault(key, []).append(run)
+    groups: dict[tuple, list[StudyRun]] = {}
+    for run in study.runs:
+        groups.setdefault(run.axes, []).append(run)
     points = []
-    for (generator, count, alpha), runs in groups.items():
-        figures = study["generators"].get(generator, {})
-        point = {"generator": generator, "num_synthetic": count, "alpha": alpha}
+    for axes, runs in groups.items():
+        point = dict(zip(AXIS, axes, strict=True))
+        figures = study.generators.get(point["generator"])
         point |= {
-            "quality": figures.get("quality"),
-            "label_agreement": figures.get("label_agreement"),
+            "quality": figures and figures.quality,
+            "label_agreement": figures and figures.label_agreement,
         }
         points.append({**point, **point_stats(runs, root)})
     return points
@@ -198,11 +197,12 @@ def _section(title: str, image: str | None, points: list[dict] | None, note="") 
     return [f"### {title}", "", *body, *table]
 
 
-def study_section(study: dict, out: Path) -> tuple[str, dict]:
+def study_section(study: StudyRecord, out: Path) -> tuple[str, dict]:
     """The study's Markdown (plots written to ``out``) and its JSON form."""
     points = study_points(study, out)
     baseline = next(p for p in points if p["generator"] is None)
-    line = slices(points, study["base"])
+    base = dataclasses.asdict(study.base)
+    line = slices(points, base)
     sections = [
         "## Study",
         "",
@@ -225,7 +225,7 @@ def study_section(study: dict, out: Path) -> tuple[str, dict]:
             sections += _section(title, None, line[axis], f"{axis} is not swept: no plot")
     plot_id_acc(points, out / PLOTS["id_acc"])
     sections += _section("Near-OOD AUROC vs ID accuracy", PLOTS["id_acc"], None)
-    return "\n".join(sections), {"base": study["base"], "points": points}
+    return "\n".join(sections), {"base": base, "points": points}
 
 
 def study_report(output_dir: str | Path) -> str:
@@ -234,20 +234,12 @@ def study_report(output_dir: str | Path) -> str:
     from sio.evaluate.report import report
 
     out = Path(output_dir)
-    path = out / "study.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; `sio run` writes it beside report.md")
-    study = json.loads(path.read_text())
-    base = study["base"]
-    base_runs = [
-        out / r["evaluate"]
-        for r in study["runs"]
-        if r["generator"] is None or all(r[k] == base[k] for k in AXIS)
-    ]
+    study = StudyRecord.read(out / STUDY_FILE)
+    base_runs = [out / r.evaluate for r in study.base_runs()]
     for name in (*PLOTS.values(), STUDY_RESULTS):  # what an earlier, larger study left
         (out / name).unlink(missing_ok=True)
     table = report(base_runs, out)
-    if len({tuple(r[k] for k in AXIS) for r in study["runs"]}) <= 2:
+    if len({r.axes for r in study.runs}) <= 2:
         return table  # the baseline and at most one +SIO point: nothing is swept
     section, data = study_section(study, out)
     write_text_atomic(out / "report.md", (out / "report.md").read_text() + "\n" + section)
