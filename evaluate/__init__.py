@@ -1,4 +1,5 @@
-"""Evaluate stage: post-hoc detectors on cached activations, OOD metrics, tables over seeds."""
+"""Evaluate stage: post-hoc detectors on cached activations of sio runs or any classifier
+(``Evaluator``), OOD metrics, tables over seeds."""
 
 from sio.core.lazy import lazy_exports
 

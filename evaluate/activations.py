@@ -22,26 +22,135 @@ from tqdm import tqdm
 from sio.core.definition import differences
 from sio.core.files import atomic_path, sha256_file, write_json_atomic
 from sio.shards import read_benchmark
-from sio.shardset import MANIFEST, iter_batches
+from sio.shardset import MANIFEST, iter_batches, read_manifest
 from sio.train import load_classifier
 
 ID_SPLITS = ("train", "val", "test")
+BENCHMARK_FILE = "benchmark.json"  # what `sio shard` writes last into a benchmark folder
 
 
 class ActivationsError(ValueError):
     """An activations file that does not follow the format; the message names the key."""
 
 
+def fc_logits(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """``h @ W.T + b`` as float64. float32 features (the activations file's format, what the
+    network computes) are multiplied in float32, as the network's own last layer does, and only
+    the N x K product is widened: no float64 copy of the features (that copy was most of the
+    logit detectors' time). Other float features are multiplied in float64."""
+    features = np.asarray(features)
+    if features.dtype == np.float32:
+        product = features @ np.asarray(weight, np.float32).T
+    else:
+        product = np.asarray(features, np.float64) @ np.asarray(weight, np.float64).T
+    return product.astype(np.float64) + np.asarray(bias, np.float64)
+
+
+def _first_bad_row(array: np.ndarray) -> int | None:
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    rows = ~finite.reshape(len(array), -1).all(axis=1)
+    return int(np.argmax(rows))
+
+
+def _check_floats(key: str, array, shape_text: str, ndim: int) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != ndim:
+        raise ActivationsError(f"{key} is {array.shape}, expected {shape_text}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ActivationsError(f"{key} has dtype {array.dtype}, expected float32 (floats)")
+    bad = _first_bad_row(array)
+    if bad is not None:
+        what = "NaN" if np.isnan(array[bad]).any() else "inf"
+        where = f"row {bad}" if ndim == 2 else f"entry {bad}"
+        raise ActivationsError(f"{key} {where} holds {what}; every value must be finite")
+    return array
+
+
+def _check_features(key: str, features, dim: int) -> np.ndarray:
+    features = _check_floats(key, features, f"N x {dim} (the width of fc.weight)", 2)
+    if features.shape[1] != dim:
+        raise ActivationsError(
+            f"{key} is {features.shape}, expected N x {dim} (the width of fc.weight)"
+        )
+    return features
+
+
+def _check_labels(key: str, labels, rows: int, classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (rows,):
+        features_key = key.rsplit(".", 1)[0] + ".features"
+        raise ActivationsError(
+            f"{key} is {labels.shape}, expected ({rows},) to match {features_key}"
+        )
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise ActivationsError(f"{key} has dtype {labels.dtype}; class labels are integers")
+    outside = (labels < 0) | (labels >= classes)
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise ActivationsError(
+            f"{key} row {row} is {labels[row]}, outside [0, {classes}) (fc.weight has "
+            f"{classes} classes)"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
 @dataclass(frozen=True)
 class ActivationBank:
+    """The last layer and the penultimate features of every split, checked once when made:
+    shapes, float dtypes, every value finite, labels integers in [0, K), and an ID test set and
+    every OOD set with at least one row; errors name the array and the row. Detectors trust it.
+    """
+
     fc_weight: np.ndarray
     fc_bias: np.ndarray
     id_features: dict[str, np.ndarray]
     id_labels: dict[str, np.ndarray]
     ood: dict[str, dict[str, np.ndarray]]  # {"near": {name: features}, "far": {...}}
 
+    def __post_init__(self):
+        weight = _check_floats("fc.weight", self.fc_weight, "K x D", 2)
+        classes, dim = weight.shape
+        if classes < 1 or dim < 1:
+            raise ActivationsError(f"fc.weight is {weight.shape}; K and D must be >= 1")
+        bias = _check_floats("fc.bias", self.fc_bias, f"({classes},)", 1)
+        if bias.shape != (classes,):
+            raise ActivationsError(
+                f"fc.weight is {weight.shape} and fc.bias {bias.shape}; expected K x D and K"
+            )
+        features, labels = {}, {}
+        for split in ID_SPLITS:
+            if split not in self.id_features or split not in self.id_labels:
+                raise ActivationsError(f"id.{split}: missing (the ID splits are {ID_SPLITS})")
+            key = f"id.{split}"
+            features[split] = _check_features(f"{key}.features", self.id_features[split], dim)
+            labels[split] = _check_labels(
+                f"{key}.labels", self.id_labels[split], len(features[split]), classes
+            )
+        if len(features["test"]) == 0:
+            raise ActivationsError("id.test.features has 0 rows; the metrics need ID test data")
+        ood = {}
+        for group, sets in self.ood.items():
+            if group not in ("near", "far"):
+                raise ActivationsError(f"OOD group {group!r} is not near or far")
+            ood[group] = {}
+            for name, value in sets.items():
+                key = f"ood.{group}.{name}.features"
+                ood[group][name] = _check_features(key, value, dim)
+                if len(value) == 0:
+                    raise ActivationsError(f"{key} has 0 rows; an OOD set needs samples")
+        for attribute, value in (
+            ("fc_weight", weight),
+            ("fc_bias", bias),
+            ("id_features", features),
+            ("id_labels", labels),
+            ("ood", ood),
+        ):
+            object.__setattr__(self, attribute, value)
+
     def logits(self, features: np.ndarray) -> np.ndarray:
-        return features.astype(np.float64) @ self.fc_weight.T.astype(np.float64) + self.fc_bias
+        return fc_logits(self.fc_weight, self.fc_bias, features)
 
     def to_npz_dict(self) -> dict[str, np.ndarray]:
         arrays = {"fc.weight": self.fc_weight, "fc.bias": self.fc_bias}
@@ -55,12 +164,16 @@ class ActivationBank:
 
 
 def load_activations(path: str | Path) -> ActivationBank:
-    """Read and check an activations file; errors name the file and the key."""
+    """Read and check an activations file (see ``ActivationBank``); errors name the file, the
+    key and, for values, the row."""
     path = Path(path)
     if not path.is_file():
         raise ActivationsError(f"{path}: no such activations file")
-    with np.load(path) as data:
-        arrays = {key: data[key] for key in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise ActivationsError(f"{path}: not a readable .npz file ({err})") from None
 
     def need(key: str) -> np.ndarray:
         if key not in arrays:
@@ -68,21 +181,8 @@ def load_activations(path: str | Path) -> ActivationBank:
         return arrays[key]
 
     weight, bias = need("fc.weight"), need("fc.bias")
-    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
-        raise ActivationsError(
-            f"{path}: fc.weight is {weight.shape} and fc.bias {bias.shape}; expected K x D and K"
-        )
-    dim = weight.shape[1]
-    id_features, id_labels = {}, {}
-    for split in ID_SPLITS:
-        feats, labels = need(f"id.{split}.features"), need(f"id.{split}.labels")
-        _check_features(path, f"id.{split}.features", feats, dim)
-        if labels.shape != (len(feats),):
-            raise ActivationsError(
-                f"{path}: id.{split}.labels is {labels.shape}, expected "
-                f"({len(feats)},) to match id.{split}.features"
-            )
-        id_features[split], id_labels[split] = feats, labels.astype(np.int64)
+    id_features = {split: need(f"id.{split}.features") for split in ID_SPLITS}
+    id_labels = {split: need(f"id.{split}.labels") for split in ID_SPLITS}
     ood: dict[str, dict[str, np.ndarray]] = {"near": {}, "far": {}}
     known = {"fc.weight", "fc.bias"} | {
         f"id.{split}.{what}" for split in ID_SPLITS for what in ("features", "labels")
@@ -92,23 +192,43 @@ def load_activations(path: str | Path) -> ActivationBank:
         if parts[0] == "ood":
             if len(parts) != 4 or parts[1] not in ood or parts[3] != "features":
                 raise ActivationsError(f"{path}: key {key!r} is not ood.near|far.<name>.features")
-            _check_features(path, key, value, dim)
             ood[parts[1]][parts[2]] = value
         elif key not in known:
             raise ActivationsError(f"{path}: unknown key {key!r} (the format is in the README)")
     if not ood["near"] and not ood["far"]:
         raise ActivationsError(f"{path}: no ood.near.<name>.features or ood.far.<name>.features")
-    return ActivationBank(weight, bias, id_features, id_labels, ood)
+    try:
+        return ActivationBank(weight, bias, id_features, id_labels, ood)
+    except ActivationsError as err:
+        raise ActivationsError(f"{path}: {err}") from None
 
 
-def _check_features(path, key, features, dim):
-    if features.ndim != 2 or features.shape[1] != dim:
-        raise ActivationsError(
-            f"{path}: {key} is {features.shape}, expected N x {dim} (the width of fc.weight)"
-        )
+def benchmark_record(benchmark_dir: str | Path) -> dict:
+    """{"name", "sha256"}: which benchmark (its benchmark.json) a result was computed on."""
+    benchmark = read_benchmark(benchmark_dir)
+    return {
+        "name": benchmark.name,
+        "sha256": sha256_file(Path(benchmark_dir) / BENCHMARK_FILE),
+    }
+
+
+def benchmark_image_size(benchmark) -> tuple[int, int]:
+    return tuple(read_manifest(benchmark.id_splits["test"]).image_size)
+
+
+def check_classifier_fits(info, benchmark_dir: str | Path) -> None:
+    """Refuse a checkpoint (``RunInfo``) trained on another image size or class list than the
+    benchmark's (``RunInfo.check_fits``)."""
+    benchmark = read_benchmark(benchmark_dir)
+    info.check_fits(
+        f"benchmark {benchmark.name} ({benchmark_dir})",
+        benchmark_image_size(benchmark),
+        benchmark.class_names,
+    )
 
 
 def _features_of(model, shard_set: Path, batch_size: int, device):
+    """(features, labels) of every sample of ``shard_set``: ``model.features(uint8 images)``."""
     feats, labels = [], []
     with torch.no_grad():
         for images, batch_labels in tqdm(
@@ -145,7 +265,20 @@ def extract_activations(
         and not differences(json.loads(sidecar.read_text()), key)
     ):
         return load_activations(out)
-    model, _ = load_classifier(checkpoint, device)
+    model, info = load_classifier(checkpoint, device)
+    check_classifier_fits(info, benchmark_dir)
+    bank = model_activations(model, benchmark_dir, batch_size=batch_size, device=device)
+    with atomic_path(out, suffix=".npz") as tmp:
+        np.savez(tmp, **bank.to_npz_dict())
+    write_json_atomic(sidecar, key)
+    return bank
+
+
+def model_activations(model, benchmark_dir: Path, *, batch_size: int, device="cpu"):
+    """The ``ActivationBank`` of ``model`` (``features(uint8 images)`` and an ``fc`` linear
+    layer: sio's classifiers, or any model wrapped in ``sio.evaluate.ModelAdapter``) on every
+    split of the benchmark, kept in memory."""
+    benchmark = read_benchmark(benchmark_dir)
     id_features, id_labels = {}, {}
     for split in ID_SPLITS:
         id_features[split], id_labels[split] = _features_of(
@@ -157,14 +290,12 @@ def extract_activations(
         }
         for group, sets in (("near", benchmark.near), ("far", benchmark.far))
     }
-    bank = ActivationBank(
-        model.fc.weight.detach().cpu().numpy(),
-        model.fc.bias.detach().cpu().numpy(),
+    weight = model.fc.weight.detach().float().cpu().numpy()
+    bias = model.fc.bias
+    return ActivationBank(
+        weight,
+        np.zeros(len(weight), np.float32) if bias is None else bias.detach().float().cpu().numpy(),
         id_features,
         id_labels,
         ood,
     )
-    with atomic_path(out, suffix=".npz") as tmp:
-        np.savez(tmp, **bank.to_npz_dict())
-    write_json_atomic(sidecar, key)
-    return bank

@@ -31,16 +31,58 @@ from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_t
     default=None,
     help="Score an activations .npz instead (format in the README).",
 )
+@click.option(
+    "--model",
+    "model_spec",
+    default=None,
+    help="Evaluate any classifier instead of a run: torchvision:<name>, "
+    "openood:resnet18_32x32 (OpenOOD v1.5 checkpoints) or sio:<backbone>; needs --weights.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="State dict for --model (torch.save of model.state_dict(), or OpenOOD's best.ckpt).",
+)
+@click.option(
+    "--normalize",
+    default="train",
+    show_default=True,
+    help="Pixel normalisation for --model: train (the benchmark's ID train mean/std), none "
+    "(pixels in [0, 1]), or six comma-separated numbers: mean r,g,b then std r,g,b.",
+)
+@click.option(
+    "--fc", "fc_name", default="fc", show_default=True, help="--model's final linear layer."
+)
+@click.option(
+    "--layer", default=None, help="--model: take h from this module's output (default: fc's input)."
+)
 @click.option("--methods", default=None, help="Comma-separated detectors (default: config).")
 @click.option("--fpr-convention", type=click.Choice(["id", "ood"]), default=None)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @config_option
 @device_option
-def evaluate(run_dir, benchmark, activations, methods, fpr_convention, out, config_path, device):
+def evaluate(
+    run_dir,
+    benchmark,
+    activations,
+    model_spec,
+    weights,
+    normalize,
+    fc_name,
+    layer,
+    methods,
+    fpr_convention,
+    out,
+    config_path,
+    device,
+):
     """Score ID and OOD sets with post-hoc detectors; writes results.json and results.md.
 
-    With --activations, detectors that need the model and images (odin) are skipped, and
-    results.json says so.
+    Give one of --run (a sio run, with --benchmark), --model with --weights (any classifier,
+    with --benchmark) or --activations. With --activations, detectors that need the model and
+    images (odin) are skipped, and results.json says so; --benchmark then only records which
+    benchmark the file came from.
     """
     from sio.core.environment import default_device
 
@@ -51,13 +93,35 @@ def evaluate(run_dir, benchmark, activations, methods, fpr_convention, out, conf
     if fpr_convention:
         overrides["fpr_convention"] = fpr_convention
     config = dataclasses.replace(config, **overrides)
-    if (run_dir is None) == (activations is None):
-        raise click.UsageError("give exactly one of --run (with --benchmark) or --activations")
+    given = [x for x in (run_dir, activations, model_spec) if x is not None]
+    if len(given) != 1:
+        raise click.UsageError(
+            "give exactly one of --run (with --benchmark), --model (with --weights and "
+            "--benchmark) or --activations"
+        )
     if activations is not None:
         results = evaluate_bank(
             load_activations(activations), config.methods, config.fpr_convention, config=config
         )
+        if benchmark is not None:
+            from sio.evaluate.activations import benchmark_record
+
+            results["benchmark"] = benchmark_record(benchmark)
         write_results(results, out)
+    elif model_spec is not None:
+        if benchmark is None or weights is None:
+            raise click.UsageError("--model needs --weights and --benchmark")
+        results = _evaluate_model(
+            model_spec,
+            weights,
+            benchmark,
+            normalize,
+            fc_name,
+            layer,
+            config,
+            out,
+            device or default_device(),
+        )
     else:
         if benchmark is None:
             raise click.UsageError("--run needs --benchmark")
@@ -65,3 +129,33 @@ def evaluate(run_dir, benchmark, activations, methods, fpr_convention, out, conf
             run_dir, benchmark, out, config, device=device or default_device()
         )
     click.echo(markdown_table(results))
+
+
+def _normalisation(normalize: str, benchmark):
+    from sio.evaluate.models import train_pixel_statistics
+
+    if normalize == "train":
+        return train_pixel_statistics(benchmark)
+    if normalize == "none":
+        return None, None
+    try:
+        values = [float(v) for v in normalize.split(",")]
+    except ValueError:
+        values = []
+    if len(values) % 2 or not values:
+        raise click.UsageError(
+            f"--normalize {normalize!r}: train, none, or mean values then std values"
+        )
+    half = len(values) // 2
+    return values[:half], values[half:]
+
+
+def _evaluate_model(spec, weights, benchmark, normalize, fc_name, layer, config, out, device):
+    from sio.evaluate.models import Evaluator, build_model
+    from sio.shards import read_benchmark
+
+    mean, std = _normalisation(normalize, benchmark)
+    classes = len(read_benchmark(benchmark).class_names)
+    adapter = build_model(spec, weights, classes, mean=mean, std=std, fc_name=fc_name, layer=layer)
+    evaluator = Evaluator(adapter, benchmark=benchmark, config=config, device=device)
+    return evaluator.evaluate(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,6 +19,14 @@ class OdinSettings:
     def __post_init__(self):
         _check(self.temperature > 0, "temperature", "must be positive")
         _check(self.epsilon >= 0, "epsilon", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TempScaleSettings:
+    """Temperature scaling: ``nll`` fits T to the NLL minimum (default); ``openood`` reproduces
+    OpenOOD v1.5's T (50 L-BFGS iterations at lr 0.01 from T = 1.5, short of the minimum)."""
+
+    fit: Literal["nll", "openood"] = "nll"
 
 
 @dataclass(frozen=True)
@@ -88,8 +97,14 @@ class EvaluateConfig:
     """Post-hoc detectors (names in sio.evaluate.DETECTORS; defaults as OpenOOD v1.5), metrics."""
 
     methods: tuple[str, ...] = ALL_DETECTORS
+    # id: ID positive (the literature, SIO, OpenOOD v1.5 as tagged); ood: OOD positive
+    # (OpenOOD's main branch since Aug 2023 and its current leaderboard)
     fpr_convention: Literal["id", "ood"] = "id"
     batch_size: int = 512
+    # Python modules imported when the config is read: the detectors they register
+    # (@sio.evaluate.DETECTORS.register("name")) are then nameable in ``methods``
+    plugins: tuple[str, ...] = ()
+    tempscale: TempScaleSettings = field(default_factory=TempScaleSettings)
     odin: OdinSettings = field(default_factory=OdinSettings)
     react: PercentileSettings = field(default_factory=PercentileSettings)
     dice: PercentileSettings = field(default_factory=PercentileSettings)
@@ -102,3 +117,8 @@ class EvaluateConfig:
         _check(len(self.methods) >= 1, "methods", "needs at least one detector")
         _check(len(set(self.methods)) == len(self.methods), "methods", "must be distinct")
         _check(self.batch_size > 0, "batch_size", "must be positive")
+        for i, module in enumerate(self.plugins):
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                _check(False, f"plugins[{i}]", f"cannot import {module!r}: {err}")

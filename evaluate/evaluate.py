@@ -3,6 +3,7 @@
 ``results.json``::
 
     {"id_acc": 95.1, "fpr_convention": "id",
+     "benchmark": {"name": "cifar10", "sha256": "..."},  # its benchmark.json, when known
      "methods": {"msp": {"near": {"datasets": {"cifar100": {"fpr95": .., "auroc": ..,
                                                             "aupr_in": .., "aupr_out": ..}},
                                   "mean": {...the same four...}},
@@ -10,9 +11,12 @@
      "skipped": {"odin": "needs the model and the images: use sio evaluate --run"},
      "detectors": {"vim": {"dim": 256, "alpha": 3.1}, ...}}
 
-Metric values are percentages. ``skipped`` lists detectors that could not run on what was
-given (ODIN without the model); ``detectors`` records settings and fitted values. With
-``evaluate.search`` on, every test metric leaves out the OOD val rows, and a searched detector's
+Metric values are percentages and always finite (a NaN or inf is refused, naming where).
+``fpr_convention`` "id" counts OOD accepted at 95 % ID accepted (SIO, the literature and the
+OpenOOD v1.5 tag); "ood" counts ID rejected at 95 % OOD rejected (OpenOOD's main branch since
+August 2023, which its current leaderboard uses). ``skipped`` lists detectors that could not
+run on what was given (ODIN without the model); ``detectors`` records settings and fitted
+values. With ``evaluate.search`` on, every test metric leaves out the OOD val rows, and a searched detector's
 entry also holds ``"search": {"grid", "candidates": [{..setting.., "val_auroc"}], "chosen",
 "id_val_samples", "ood_val_samples"}`` (see search.py), and a top-level ``"search":
 {"ood_val_fraction", "seed", "ood_val_samples": {group: {set: n}}}`` says what was held out.
@@ -21,11 +25,18 @@ entry also holds ``"search": {"grid", "candidates": [{..setting.., "val_auroc"}]
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-from sio.evaluate.activations import ActivationBank, extract_activations
+from sio.core.files import write_json_atomic, write_text_atomic
+from sio.evaluate.activations import (
+    ActivationBank,
+    benchmark_record,
+    check_classifier_fits,
+    extract_activations,
+)
 from sio.evaluate.config import EvaluateConfig
 from sio.evaluate.detectors import DETECTORS, finite_scores, needs_images
 from sio.evaluate.image_scoring import ModelInputs, load_model, score_image_sets, score_image_val
@@ -160,8 +171,10 @@ def evaluate_checkpoint(
     from sio.train import checkpoint_file, load_classifier
 
     checkpoint, out = checkpoint_file(checkpoint), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     check_methods(config.methods)
+    _, info = load_classifier(checkpoint)
+    check_classifier_fits(info, benchmark_dir)  # before any work, also for a cached bank
+    out.mkdir(parents=True, exist_ok=True)
     bank = extract_activations(
         checkpoint,
         Path(benchmark_dir),
@@ -173,10 +186,15 @@ def evaluate_checkpoint(
     results = evaluate_bank(
         bank, config.methods, config.fpr_convention, config=config, inputs=inputs
     )
+    results["benchmark"] = benchmark_record(benchmark_dir)
     write_results(results, out)
-    _, info = load_classifier(checkpoint)
-    run = {"alpha": info.alpha, "seed": info.seed, "checkpoint": str(checkpoint)}
-    (out / "run.json").write_text(json.dumps(run) + "\n")
+    run = {
+        "alpha": info.alpha,
+        "seed": info.seed,
+        "checkpoint": str(checkpoint),
+        "benchmark": results["benchmark"],
+    }
+    write_json_atomic(out / "run.json", run)
     return results
 
 
@@ -227,8 +245,30 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def non_finite(value, where: str = "results") -> str | None:
+    """The path of the first NaN or inf number in ``value`` (nested dicts and lists), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite(item, f"{where}.{key}")
+        if found:
+            return found
+    return None
+
+
 def write_results(results: dict, out: str | Path) -> None:
+    """results.json and results.md; a NaN or inf anywhere is refused (named) before writing."""
+    bad = non_finite(results)
+    if bad is not None:
+        raise ValueError(f"{bad} is not a finite number; nothing was written to {out}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (out / "results.md").write_text(markdown_table(results) + "\n")
+    text = json.dumps(results, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    write_text_atomic(out / "results.json", text)
+    write_text_atomic(out / "results.md", markdown_table(results) + "\n")

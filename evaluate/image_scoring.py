@@ -23,15 +23,19 @@ from sio.train import load_classifier
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """Where an ``InputDetector`` finds the classifier and the images it scores."""
+    """Where an ``InputDetector`` finds the classifier and the images it scores: a checkpoint,
+    or a ``model`` already built (``Evaluator``: any classifier in a ``ModelAdapter``)."""
 
-    checkpoint: Path
+    checkpoint: Path | None
     benchmark_dir: Path
     batch_size: int
     device: str = "cpu"
+    model: object = None
 
 
 def load_model(inputs: ModelInputs):
+    if inputs.model is not None:
+        return inputs.model
     model, _ = load_classifier(inputs.checkpoint, inputs.device)
     return model
 

@@ -31,7 +31,38 @@ def load_run(folder: str | Path) -> dict:
                 "writes results.json and run.json"
             )
     run = json.loads((folder / "run.json").read_text())
-    return {**run, "results": json.loads((folder / "results.json").read_text())}
+    return {
+        **run,
+        "folder": str(folder),
+        "results": json.loads((folder / "results.json").read_text()),
+    }
+
+
+def _benchmark_of(run: dict):
+    record = run.get("benchmark") or run["results"].get("benchmark")
+    return None if record is None else (record["name"], record["sha256"])
+
+
+def check_same_benchmark(runs: list[dict]) -> None:
+    """Refuse to average runs evaluated on different benchmarks (name and benchmark.json
+    sha256, recorded in run.json and results.json), or runs with and without that record."""
+    found = {}
+    for run in runs:
+        found.setdefault(_benchmark_of(run), run["folder"])
+    if len(found) > 1:
+        described = "; ".join(
+            f"{folder}: "
+            + (
+                "no benchmark recorded"
+                if key is None
+                else f"{key[0]} (benchmark.json {key[1][:12]})"
+            )
+            for key, folder in found.items()
+        )
+        raise ValueError(
+            "the runs were evaluated on different benchmarks, which cannot be averaged: "
+            f"{described}; evaluate them all on one benchmark"
+        )
 
 
 def mean_std(values: list[float]) -> dict:
@@ -172,6 +203,7 @@ def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
     if not run_folders:
         raise ValueError("no run folders to report on")
     runs = [load_run(folder) for folder in run_folders]
+    check_same_benchmark(runs)
     conventions = {r["results"]["fpr_convention"] for r in runs}
     if len(conventions) > 1:
         raise ValueError(

@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from sio.evaluate import ActivationBank, DetectorError
+from sio.evaluate import DETECTORS, ActivationBank, DetectorError
+from sio.evaluate.config import EvaluateConfig, TempScaleSettings
 from sio.evaluate.detectors import fit_detector
 from sio.evaluate.detectors.logits import TEMPLATE_FLOOR, fit_temperature, log_max_softmax
 
@@ -20,8 +22,11 @@ def bank_with(val, val_labels, classes=2) -> ActivationBank:
     val = np.asarray(val, np.float32)
     dim = val.shape[1]
     weight = np.eye(classes, dim, dtype=np.float32)
-    features = {"train": val, "val": val, "test": val}
-    labels = dict.fromkeys(("train", "val", "test"), np.asarray(val_labels, np.int64))
+    val_labels = np.asarray(val_labels, np.int64)
+    # an empty val set still needs an ID test row (the bank refuses an empty ID test set)
+    test, test_labels = (val, val_labels) if len(val) else (np.zeros((1, dim), np.float32), [0])
+    features = {"train": val, "val": val, "test": test}
+    labels = {"train": val_labels, "val": val_labels, "test": np.asarray(test_labels, np.int64)}
     return ActivationBank(weight, np.zeros(classes, np.float32), features, labels, {"near": {}})
 
 
@@ -41,7 +46,48 @@ def test_tempscale_scores_log_max_softmax_at_fitted_t():
     score = detector.score(bank, np.array([[1.0, 0.0]]))
     expected = math.log(math.sqrt(3) / (math.sqrt(3) + 1))
     np.testing.assert_allclose(score, [expected], rtol=1e-5)
-    assert detector.info() == {"temperature": detector.temperature}
+    assert detector.info() == {"fit": "nll", "temperature": detector.temperature}
+
+
+def openood_reference_t(logits, labels) -> float:
+    """OpenOOD v1.5's temp_scaling_postprocessor.setup, written out as it is there."""
+    temperature = torch.nn.Parameter(torch.ones(1) * 1.5)
+    z, y = torch.tensor(logits, dtype=torch.float32), torch.tensor(labels)
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.LBFGS([temperature], lr=0.01, max_iter=50)
+
+    def eval():  # noqa: A001 (OpenOOD's name)
+        optimizer.zero_grad()
+        loss = criterion(z / temperature, y)
+        loss.backward()
+        return loss
+
+    optimizer.step(eval)
+    return temperature.item()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tempscale_openood_fit_reproduces_openood_t_and_stops_short(seed):
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(3, 12))
+    n = int(rng.integers(30, 300))
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(0, 1, (n, classes)) + rng.uniform(2, 9) * np.eye(classes)[labels]
+    logits[rng.random(n) < 0.2] = rng.normal(0, 3, (1, classes))  # some wrong, some confident
+    bank = bank_with(logits.astype(np.float32), labels, classes)
+    config = EvaluateConfig(tempscale=TempScaleSettings(fit="openood"))
+    openood = DETECTORS.get("tempscale").from_config(config).fit(bank)
+    assert openood.temperature == openood_reference_t(logits.astype(np.float32), labels)
+    assert openood.info()["fit"] == "openood"
+    converged = fit_detector("tempscale", bank).temperature
+
+    def nll(t):
+        z = torch.tensor(logits / t)
+        return torch.nn.functional.cross_entropy(z, torch.tensor(labels)).item()
+
+    # the converged fit is the NLL minimum: never worse than OpenOOD's early stop
+    assert nll(converged) <= nll(openood.temperature) + 1e-9
+    assert nll(converged) <= min(nll(converged * 1.01), nll(converged / 1.01))
 
 
 def test_tempscale_on_perfectly_classified_val_uses_t_1_and_says_so():

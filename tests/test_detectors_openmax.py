@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +21,28 @@ def test_weibull_mle_matches_scipy():
     assert weibull_mle(samples) == pytest.approx((shape, scale), rel=1e-4)
 
 
+def test_libmr_translation_is_the_python_mr_default():
+    # libmr.pyx: MR(..., int translate_amount=1), which OpenOOD's libmr.MR() uses
+    assert LIBMR_TRANSLATION == 1.0
+
+
+def test_w_scores_match_libmr():
+    # libMR 0.1.9 built once from PyPI: MR().fit_high(sorted(d)[-tail:], tail), then w_score
+    reference = json.loads((Path(__file__).parent / "data" / "libmr_w_score.json").read_text())
+    for case in reference["cases"]:
+        data = np.array(case["data"])
+        model = TailModel.fit(data, case["tail_size"])
+        scale, shape, sign, translate, small = case["params"]
+        assert (sign, translate) == (1, 1)
+        assert model.smallest == small
+        assert (model.shape, model.scale) == pytest.approx((shape, scale), rel=1e-5)
+        np.testing.assert_allclose(
+            model.cdf(np.array(case["queries"])), case["w_score"], rtol=1e-5, atol=1e-9
+        )
+
+
 def test_weibull_mle_on_a_libmr_shifted_tail():
-    # libMR's data: values near 10000 with a spread of ~1 -> a shape in the tens of thousands
+    # libMR's data: the tail shifted so that its smallest value is 1
     tail = np.sort(np.random.default_rng(0).normal(5, 1, 100))[-20:]
     shifted = tail - tail[0] + LIBMR_TRANSLATION
     shape, _, scale = weibull_min.fit(shifted, floc=0)
@@ -32,8 +54,8 @@ def test_weibull_mle_needs_spread():
         weibull_mle(np.full(5, 3.0))
 
 
-def test_tail_model_uses_the_largest_values_shifted_to_10000():
-    values = np.arange(1.0, 41.0)  # tail 20: 21..40, smallest 21 -> shifted 10000..10019
+def test_tail_model_uses_the_largest_values_shifted_to_1():
+    values = np.arange(1.0, 41.0)  # tail 20: 21..40, smallest 21 -> shifted 1..20
     model = TailModel.fit(values, 20)
     assert model.smallest == 21.0
     shape, scale = weibull_mle(np.arange(21.0, 41.0) - 21 + LIBMR_TRANSLATION)

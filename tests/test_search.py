@@ -199,7 +199,11 @@ def test_search_is_off_by_default_and_half_is_allowed():
 
 def test_an_empty_id_val_is_an_error_naming_the_detector():
     bank = knn_bank()
-    bank = dataclasses.replace(bank, id_features={**bank.id_features, "val": np.zeros((0, 8))})
+    bank = dataclasses.replace(
+        bank,
+        id_features={**bank.id_features, "val": np.zeros((0, 8), np.float32)},
+        id_labels={**bank.id_labels, "val": np.zeros(0, np.int64)},
+    )
     with pytest.raises(DetectorError, match=r"knn on id\.val: the search needs ID val"):
         evaluate_bank(bank, ["knn"], config=SEARCH)
 

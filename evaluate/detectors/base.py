@@ -1,9 +1,15 @@
 """The two detector protocols, their registry, and the finite-score guard.
 
-- ``Detector`` (eleven of the twelve): ``fit(bank)`` on ID activations, ``score(bank, h)`` on
-  penultimate features ``h``; logits are ``h @ W.T + b`` with the bank's last layer.
+- ``Detector`` (eleven of the twelve): ``fit(bank)`` on ID activations, then ``score(h)`` on
+  penultimate features ``h`` alone (as pytorch-ood's ``fit``/``predict``): ``fit`` keeps the
+  last layer (W, b) and everything else it needs; logits are ``h @ W.T + b``.
 - ``InputDetector`` (ODIN): needs the classifier and the images, ``score_batch(model, images)``;
-  only ``sio evaluate --run`` (and ``sio run``) can run it.
+  ``sio evaluate --run``, ``sio evaluate --model`` and ``Evaluator`` run it.
+
+Registering a class (``@DETECTORS.register("name")``) sets its ``name``; its settings come from
+the ``evaluate.<name>`` section of the config, whose fields are its constructor's arguments
+(``from_config``, one for all). A detector registered in Python (a module named in
+``evaluate.plugins``) is nameable in ``evaluate.methods``.
 
 Scores are higher for more in-distribution and must be finite: a detector that cannot give
 finite scores raises ``DetectorError`` naming the detector, the dataset and the cause.
@@ -12,16 +18,17 @@ finite scores raises ``DetectorError`` naming the detector, the dataset and the 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import itertools
 
 import numpy as np
 from scipy.special import logsumexp
 
 from sio.core.registry import Registry
-from sio.evaluate.activations import ActivationBank
+from sio.evaluate.activations import ActivationBank, fc_logits
 from sio.evaluate.config import EvaluateConfig
 
-DETECTORS: Registry = Registry("detector")
+DETECTORS: Registry = Registry("detector", name_attribute="name")
 
 
 def grid_settings(grid: dict[str, tuple]) -> list[dict]:
@@ -38,7 +45,17 @@ class Searchable:
     """``search_grid``: OpenOOD v1.5's ``postprocessor_sweep`` for a detector whose APS is on,
     keyed by its ``evaluate.<name>`` config fields; {} = no search (the settings are kept)."""
 
+    name = "unregistered"
     search_grid: dict[str, tuple] = {}
+
+    @classmethod
+    def from_config(cls, config: EvaluateConfig):
+        """The detector with the settings of ``config.<name>`` (a settings dataclass whose
+        fields are the constructor's keyword arguments); no such section: the defaults."""
+        section = getattr(config, cls.name, None)
+        if section is None or not dataclasses.is_dataclass(section):
+            return cls()
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(section)})
 
     @classmethod
     def search_settings(cls, bank: ActivationBank) -> list[dict]:
@@ -55,21 +72,33 @@ def detector_error(name: str, dataset: str, cause: str) -> DetectorError:
 
 
 class Detector(Searchable, abc.ABC):
-    """``fit`` learns what the detector needs from ID activations (nothing, for logit scores);
-    ``score`` maps penultimate features to one score per row, higher = more in-distribution."""
-
-    name = "detector"
-
-    @classmethod
-    def from_config(cls, config: EvaluateConfig) -> Detector:
-        """The detector with its settings from ``config`` (none, unless overridden)."""
-        return cls()
+    """``fit`` keeps the last layer and learns what the detector needs from ID activations
+    (``fit_bank``; nothing, for logit scores); ``score`` maps penultimate features to one score
+    per row, higher = more in-distribution, with no bank needed any more."""
 
     def fit(self, bank: ActivationBank) -> Detector:
+        self.fc_weight, self.fc_bias = bank.fc_weight, bank.fc_bias
+        self.fit_bank(bank)
         return self
 
+    def fit_bank(self, bank: ActivationBank) -> None:
+        """What the detector learns from the ID activations (nothing, by default)."""
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """z = h @ W.T + b, float64 (see ``fc_logits``)."""
+        return fc_logits(self.fc_weight, self.fc_bias, features)
+
+    def score(self, features: np.ndarray, *legacy) -> np.ndarray:
+        """Scores of the rows of ``features`` (``score(bank, features)`` still works: the bank
+        is not needed after ``fit``)."""
+        if legacy:
+            features = legacy[0]
+        if not hasattr(self, "fc_weight"):
+            raise detector_error(self.name, "its input", "score() needs fit(bank) first")
+        return self.score_features(np.asarray(features))
+
     @abc.abstractmethod
-    def score(self, bank: ActivationBank, features: np.ndarray) -> np.ndarray: ...
+    def score_features(self, features: np.ndarray) -> np.ndarray: ...
 
     def info(self) -> dict:
         """Settings and fitted values worth recording in results.json (JSON-ready)."""
@@ -78,12 +107,6 @@ class Detector(Searchable, abc.ABC):
 
 class InputDetector(Searchable, abc.ABC):
     """A detector that needs the classifier and its input images (ODIN's input gradients)."""
-
-    name = "input-detector"
-
-    @classmethod
-    def from_config(cls, config: EvaluateConfig) -> InputDetector:
-        return cls()
 
     @abc.abstractmethod
     def score_batch(self, model, images) -> np.ndarray:
@@ -111,11 +134,10 @@ def check_finite(name: str, dataset: str, scores: np.ndarray, features=None) -> 
     return scores
 
 
-def finite_scores(
-    detector: Detector, bank: ActivationBank, features: np.ndarray, dataset: str
-) -> np.ndarray:
-    """``detector.score`` on ``features``; raises ``DetectorError`` on any NaN or inf."""
-    return check_finite(detector.name, dataset, detector.score(bank, features), features)
+def finite_scores(detector: Detector, bank, features: np.ndarray, dataset: str) -> np.ndarray:
+    """``detector.score`` on ``features``; raises ``DetectorError`` on any NaN or inf (``bank``
+    is unused, kept for the callers that pass it)."""
+    return check_finite(detector.name, dataset, detector.score(features), features)
 
 
 # --- shared formulas --------------------------------------------------------------------------
@@ -132,9 +154,3 @@ def split_rows(name: str, bank: ActivationBank, split: str) -> np.ndarray:
     if len(features) == 0:
         raise detector_error(name, f"id.{split}", f"the ID {split} set is empty; nothing to fit")
     return features
-
-
-def fc_logits(bank: ActivationBank, features: np.ndarray, weight=None) -> np.ndarray:
-    """``h @ W.T + b`` in float64, with ``weight`` replacing the bank's W when given."""
-    weight = bank.fc_weight if weight is None else weight
-    return np.asarray(features, np.float64) @ np.asarray(weight, np.float64).T + bank.fc_bias

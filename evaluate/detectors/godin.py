@@ -12,8 +12,6 @@ class GODIN(InputDetector):
     head; eps is the checkpoint's ``train.godin.epsilon`` (0.0025). Not in the default list:
     it needs a classifier with the G-ODIN head and refuses any other."""
 
-    name = "godin"
-
     def score_batch(self, model, images):
         if not hasattr(model, "godin_score"):
             raise DetectorError(

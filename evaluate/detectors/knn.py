@@ -66,7 +66,12 @@ class FaissSearch:
 
     def kth_sq_distance(self, queries: np.ndarray, k: int) -> np.ndarray:
         distances, _ = self.index.search(queries, k)
-        return np.maximum(distances[:, k - 1].astype(np.float64), 0.0)
+        kth = distances[:, k - 1].astype(np.float64)
+        # faiss answers a NaN query with FLT_MAX (3.4e38), which would pass as a finite score
+        bad = ~(kth < 1e30)
+        if bad.any():
+            raise ValueError(f"row {int(np.argmax(bad))}: faiss found no neighbour (NaN or inf)")
+        return np.maximum(kth, 0.0)
 
 
 @DETECTORS.register("knn")
@@ -74,10 +79,11 @@ class KNN(Detector):
     """Deep nearest neighbours (Sun et al., "Out-of-distribution detection with deep nearest
     neighbors", ICML 2022): h normalised to unit L2 norm, score = -(squared) L2 distance to
     the k-th nearest normalised ID train feature (k = 50), exact search over all of ID train.
-    A zero feature vector stays zero (distance 1 to every unit vector) instead of NaN.
+    Deliberate difference: a zero feature vector stays zero (distance 1 to every unit vector)
+    instead of OpenOOD's NaN (its h / ||h|| + 1e-10 divides 0 by 0). Rows with NaN or inf are
+    refused, naming the row (faiss would silently return FLT_MAX for them).
     """
 
-    name = "knn"
     # OpenOOD v1.5 configs/postprocessors/knn.yml, postprocessor_sweep.K_list
     search_grid = {"k": (50, 100, 200, 500, 1000)}
 
@@ -87,16 +93,12 @@ class KNN(Detector):
         self.k, self.backend = k, backend
 
     @classmethod
-    def from_config(cls, config):
-        return cls(config.knn.k, config.knn.backend)
-
-    @classmethod
     def search_settings(cls, bank):
         """The grid's k up to the number of ID train samples ([]: no search, the configured k)."""
         train = len(bank.id_features["train"])
         return [{"k": k} for k in cls.search_grid["k"] if k <= train]
 
-    def fit(self, bank):
+    def fit_bank(self, bank):
         train = split_rows(self.name, bank, "train")
         if self.k > len(train):
             raise detector_error(
@@ -108,10 +110,17 @@ class KNN(Detector):
                 self.name, "id.train", "backend faiss asked for, but faiss is not installed"
             )
         self.search = (FaissSearch if use_faiss else TorchSearch)(unit_rows(train))
-        return self
 
-    def score(self, bank, features):
-        return -self.search.kth_sq_distance(unit_rows(features), self.k)
+    def score_features(self, features):
+        bad = ~np.isfinite(features).all(axis=1)
+        if bad.any():
+            raise detector_error(
+                self.name, "its input", f"row {int(np.argmax(bad))} has NaN or inf features"
+            )
+        try:
+            return -self.search.kth_sq_distance(unit_rows(features), self.k)
+        except ValueError as err:
+            raise detector_error(self.name, "its input", str(err)) from None
 
     def info(self):
         return {"k": self.k, "backend": self.search.name}

@@ -19,7 +19,6 @@ class ODIN(InputDetector):
     T = 1000, eps = 0.0014.
     """
 
-    name = "odin"
     # OpenOOD v1.5 configs/postprocessors/odin.yml, postprocessor_sweep (temperature, noise)
     search_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "epsilon": (0.0014, 0.0028)}
 
@@ -29,10 +28,6 @@ class ODIN(InputDetector):
         epsilon: float = OdinSettings.epsilon,
     ):
         self.temperature, self.epsilon = temperature, epsilon
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(config.odin.temperature, config.odin.epsilon)
 
     def perturb(self, model, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.detach().requires_grad_(True)

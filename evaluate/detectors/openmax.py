@@ -11,8 +11,9 @@ from scipy.special import logsumexp
 from sio.evaluate.config import OpenMaxSettings
 from sio.evaluate.detectors.base import DETECTORS, Detector, detector_error, split_rows
 
-# libMR shifts the tail so that its smallest value sits at this constant before fitting.
-LIBMR_TRANSLATION = 10000.0
+# libMR shifts the tail so that its smallest value sits at ``translate_amount`` before fitting:
+# 1 in libMR's Python ``MR()`` (libmr.pyx), which OpenOOD uses; 10000 is only the C++ default.
+LIBMR_TRANSLATION = 1.0
 
 
 def weibull_mle(samples: np.ndarray) -> tuple[float, float]:
@@ -42,7 +43,8 @@ def weibull_mle(samples: np.ndarray) -> tuple[float, float]:
 @dataclass(frozen=True)
 class TailModel:
     """libMR's ``FitHigh``: a Weibull on the largest values, shifted so the smallest of them is
-    at 10000; ``cdf`` is libMR's ``w_score``: the probability that ``x`` is an outlier."""
+    at 1 (``translate_amount``); ``cdf`` is libMR's ``w_score``: the probability that ``x`` is
+    an outlier (0 below the shifted origin)."""
 
     shape: float
     scale: float
@@ -75,10 +77,10 @@ class OpenMax(Detector):
     test time the top ``alpha_rank`` (3) classes, weighted (a + 1 - i) / a, are recalibrated:
     z'_c = z_c (1 - w_c W_c(||z - MAV_c||)), z_unknown = sum_c (z_c - z'_c); score =
     -P(unknown) = -softmax([z', z_unknown])_unknown, computed stably (OpenOOD exponentiates
-    float32 logits directly and overflows to inf / inf = NaN above ~88).
+    float32 logits directly and overflows to inf / inf = NaN above ~88). The Weibull is the
+    exact maximum-likelihood fit (libMR's Newton iteration stops at its tolerance; its w_scores
+    agree to ~1e-6, tests/data/libmr_w_score.json).
     """
-
-    name = "openmax"
 
     def __init__(
         self,
@@ -87,12 +89,8 @@ class OpenMax(Detector):
     ):
         self.tail_size, self.alpha_rank = tail_size, alpha_rank
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(config.openmax.tail_size, config.openmax.alpha_rank)
-
-    def fit(self, bank):
-        logits = bank.logits(split_rows(self.name, bank, "train"))
+    def fit_bank(self, bank):
+        logits = self.logits(split_rows(self.name, bank, "train"))
         labels = bank.id_labels["train"]
         correct = logits.argmax(axis=1) == labels
         self.means, self.tails = [], []
@@ -113,7 +111,6 @@ class OpenMax(Detector):
             self.means.append(mean)
             self.tails.append(tail)
         self.means = np.stack(self.means)
-        return self
 
     def rank_weights(self, logits: np.ndarray) -> np.ndarray:
         """(a + 1 - i) / a for the i-th largest logit, i = 1..a; 0 for the other classes."""
@@ -124,8 +121,8 @@ class OpenMax(Detector):
         weights[rows, top] = (alpha + 1 - np.arange(1, alpha + 1)) / alpha
         return weights
 
-    def score(self, bank, features):
-        logits = bank.logits(features)
+    def score_features(self, features):
+        logits = self.logits(features)
         dist = distances(logits, self.means)
         outlier = np.stack([tail.cdf(dist[:, k]) for k, tail in enumerate(self.tails)], axis=1)
         recalibrated = logits * (1 - outlier * self.rank_weights(logits))

@@ -11,8 +11,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps the lower-case names used in ``pipeline.yaml`` and on the CLI to classes."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, name_attribute: str | None = None):
+        """``name_attribute``: an attribute that ``register`` sets on each entry to its name, so
+        a registered class knows its registry key without repeating it."""
         self.kind = kind
+        self.name_attribute = name_attribute
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -23,6 +26,8 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = entry
+            if self.name_attribute is not None:
+                setattr(entry, self.name_attribute, name)
             return entry
 
         return add
