@@ -46,7 +46,7 @@ from sio.shardset import ShardSetWriter, convert_shard_set
 from sio.train import batch_counts
 from sio.train.augment import random_crop_flip
 from sio.train.config import TrainConfig
-from sio.train.loop import EpochContext, train_epoch
+from sio.train.loop import StepContext, train_epoch
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import ShardSource
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
@@ -163,7 +163,7 @@ def alpha_pairs(root: Path, pairs: int) -> dict:
             loader = DataLoader(
                 MixedBatches(spec, epoch), batch_size=None, num_workers=1, persistent_workers=True
             )
-            loaders[alpha] = (loader, epoch, EpochContext(quota=(spec.n_real, spec.n_syn)))
+            loaders[alpha] = (loader, epoch, StepContext(quota=(spec.n_real, spec.n_syn)))
         rates = {1.0: [], 0.8: []}
         for number in range(pairs + 1):  # the first pair warms up
             for alpha in (1.0, 0.8) if number % 2 else (0.8, 1.0):

@@ -22,6 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from sio.cli import get_cli
+from sio.core.files import sha256_file
 from sio.shardset import ShardError, ShardSetWriter, iter_samples
 from sio.train import load_checkpoint, train_classifier
 from sio.train.config import TrainConfig
@@ -104,8 +105,33 @@ def broken(tmp_path):
     with wds.TarWriter(str(path), encoder=False, mtime=0) as tar:
         for sample in samples:
             tar.write(sample)
+    rehash(folder, "shard-000000.tar")  # so the broken PNG is found by decoding, not by hash
     truncate_at(folder / "shard-000002.tar", "real-0020.cls")
     return folder
+
+
+def rehash(folder, name):
+    """Make the manifest list a shard's current sha256 (as if written so)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        if shard["name"] == name:
+            shard["sha256"] = sha256_file(folder / name)
+            shard["bytes"] = (folder / name).stat().st_size
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rewrite_shard(path, change):
+    """Rewrite a PNG shard's samples through ``change(index, sample) -> sample``."""
+    samples = []
+    with tarfile.open(path) as tar:
+        for info in tar:
+            key, ext = info.name.split(".", 1)
+            if not samples or samples[-1]["__key__"] != key:
+                samples.append({"__key__": key})
+            samples[-1][ext] = tar.extractfile(info).read()
+    with wds.TarWriter(str(path), encoder=False, mtime=0) as tar:
+        for i, sample in enumerate(samples):
+            tar.write(change(i, sample))
 
 
 def test_corrupt_data_stops_training_by_default_naming_url_and_member(broken, tmp_path):

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from sio.shardset import ShardSetWriter, shard_urls
 from sio.train.augment import random_crop_flip
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, checked
 
 N_REAL, N_SYN_SET = 60, 40
 SYN_BASE = 128  # synthetic image j is the constant 128 + j; real image i is the constant i
@@ -68,7 +68,7 @@ def run_epochs(spec, epochs, num_workers=2):
     out = []
     for e in range(epochs):
         epoch.set(e)
-        out.append(list(loader))
+        out.append(list(checked(loader)))
     return out
 
 
@@ -294,7 +294,14 @@ def test_corrupt_member_is_named_through_workers(spec, tmp_path):
         for i in range(4):
             png = b"not a png" if i == 2 else _png_bytes(SYN_BASE + i)
             tar.write({"__key__": f"syn-{i:04d}", "png": png, "cls": b"0", "json": b"{}"})
-    broken = dataclasses.replace(spec, synthetic_urls=(str(bad),), shuffle_buffer=1)
+    # a lone tar without a manifest: its count and encoding given, its sha256 unchecked
+    broken = dataclasses.replace(
+        spec,
+        synthetic_urls=(str(bad),),
+        shuffle_buffer=1,
+        expected=((str(bad), 4),),
+        encodings=(("synthetic", "png"),),
+    )
     with pytest.raises(ShardError, match=r"bad-000000\.tar.*syn-0002"):
         run_epochs(broken, 1)
 

@@ -153,22 +153,15 @@ def test_resume_after_interruption(tmp_path, data, monkeypatch):
 
     # Interrupt the second run during epoch 2 after two optimiser steps: the model in memory has
     # moved on, but the checkpoint on disk is the one written after epoch 1.
-    original = trainer_module._train_epoch
+    original = trainer_module.train_step
 
-    def interrupted(model, loader, optimizer, schedule, epoch, steps, device, *context):
-        if epoch < 2:
-            return original(model, loader, optimizer, schedule, epoch, steps, device, *context)
-
-        def two_batches_then_stop():
-            for i, batch in enumerate(loader):
-                if i == 2:
-                    raise KeyboardInterrupt
-                yield batch
-
-        return original(model, two_batches_then_stop(), optimizer, schedule, epoch, steps, device)
+    def interrupted(objective, batch, *args):
+        if batch["step"] == 2 * STEPS + 2:
+            raise KeyboardInterrupt
+        return original(objective, batch, *args)
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(trainer_module, "_train_epoch", interrupted)
+    monkeypatch.setattr(trainer_module, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_classifier(**kwargs, config=config, out=resumed)
     monkeypatch.undo()
@@ -192,7 +185,7 @@ def test_resume_after_interruption(tmp_path, data, monkeypatch):
     assert state_resumed["complete"] is True
     log_full, log_resumed = read_log(full), read_log(resumed)
     assert [r["epoch"] for r in log_resumed] == [0, 1, 2, 3]
-    # Data order comes from (seed, epoch, worker) and the weights, momentum buffers, BN statistics
+    # Data order comes from (seed, step) alone and the weights, momentum buffers, BN statistics
     # and schedule are restored, so the resumed run repeats the uninterrupted one. Observed
     # bit-identical on CPU; the small tolerance only allows for non-deterministic kernels on other
     # builds. (Dropping the momentum buffers on resume moves the weights by ~0.15: caught.)

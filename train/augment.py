@@ -9,28 +9,45 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 
-def random_crop_flip(
-    images: torch.Tensor, generator: torch.Generator, *, padding: int, hflip: bool
-) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back to size at a random offset per image, then flip
-    each image horizontally with probability 1/2 when ``hflip``."""
-    n, channels, height, width = images.shape
+def crop_flip_draws(n: int, generator: torch.Generator, *, padding: int, hflip: bool) -> dict:
+    """The random draws of ``random_crop_flip`` for ``n`` images (offsets, flips), so that a
+    global batch's draws can be made once and each rank apply its slice."""
+    draws = {}
     if padding > 0 and n > 0:
+        draws["dy"] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        draws["dx"] = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    if hflip and n > 0:
+        draws["flip"] = torch.rand(n, generator=generator) < 0.5
+    return draws
+
+
+def apply_crop_flip(images: torch.Tensor, draws: dict, *, padding: int) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back at the drawn offsets, then flip the drawn images."""
+    n, channels, height, width = images.shape
+    if "dy" in draws and n > 0:
         padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dy, dx = draws["dy"], draws["dx"]
         # one gather over the flattened padded images: pixel (r, c) of crop i is element
-        # (dy_i + r) * padded_width + dx_i + c (the generator, and so every draw, is on the CPU;
-        # the images may be on a GPU)
+        # (dy_i + r) * padded_width + dx_i + c (the draws are on the CPU; the images may be on
+        # a GPU)
         padded_width = width + 2 * padding
         grid = (torch.arange(height)[:, None] * padded_width + torch.arange(width)).flatten()
         index = ((dy * padded_width + dx)[:, None] + grid[None]).to(images.device)
         index = index[:, None, :].expand(n, channels, height * width)
         images = padded.flatten(2).gather(2, index).view(n, channels, height, width)
-    if hflip and n > 0:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    if "flip" in draws and n > 0:
+        flip = draws["flip"].to(images.device)
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     return images
+
+
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, *, padding: int, hflip: bool
+) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back to size at a random offset per image, then flip
+    each image horizontally with probability 1/2 when ``hflip``."""
+    draws = crop_flip_draws(len(images), generator, padding=padding, hflip=hflip)
+    return apply_crop_flip(images, draws, padding=padding)
 
 
 def _resized_crop_box(height, width, generator, scale, ratio) -> tuple[int, int, int, int]:
@@ -76,6 +93,44 @@ def random_resized_crop(
     return torch.stack(crops)
 
 
+def augment_draws(
+    n: int, image_size, generator: torch.Generator, *, padding: int, hflip: bool, resized_crop: int
+) -> dict:
+    """Every random draw of ``base_augment`` for ``n`` images of ``image_size`` (H, W)."""
+    draws = {}
+    if resized_crop > 0:
+        height, width = image_size
+        draws["boxes"] = [
+            _resized_crop_box(height, width, generator, (0.08, 1.0), (3 / 4, 4 / 3))
+            for _ in range(n)
+        ]
+        padding = 0
+    return {**draws, **crop_flip_draws(n, generator, padding=padding, hflip=hflip)}
+
+
+def slice_draws(draws: dict, start: int, stop: int) -> dict:
+    """The draws of images ``start .. stop - 1``."""
+    return {key: value[start:stop] for key, value in draws.items()}
+
+
+def apply_augment(images: torch.Tensor, draws: dict, *, padding: int, resized_crop: int):
+    """``base_augment`` with its draws made beforehand (``augment_draws``)."""
+    if resized_crop > 0:
+        n, channels = images.shape[:2]
+        if n == 0:
+            images = images.new_zeros((0, channels, resized_crop, resized_crop))
+        else:
+            size = [resized_crop, resized_crop]
+            images = torch.stack(
+                [
+                    TF.resized_crop(image, *box, size)
+                    for image, box in zip(images, draws["boxes"], strict=True)
+                ]
+            )
+        padding = 0
+    return apply_crop_flip(images, draws, padding=padding)
+
+
 def base_augment(
     images: torch.Tensor,
     generator: torch.Generator,
@@ -86,7 +141,12 @@ def base_augment(
 ) -> torch.Tensor:
     """The recipe's augmentation: RandomResizedCrop to ``resized_crop`` when it is > 0, else the
     padded random crop; then the horizontal flip."""
-    if resized_crop > 0:
-        images = random_resized_crop(images, generator, resized_crop)
-        padding = 0
-    return random_crop_flip(images, generator, padding=padding, hflip=hflip)
+    draws = augment_draws(
+        len(images),
+        tuple(images.shape[-2:]),
+        generator,
+        padding=padding,
+        hflip=hflip,
+        resized_crop=resized_crop,
+    )
+    return apply_augment(images, draws, padding=padding, resized_crop=resized_crop)

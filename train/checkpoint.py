@@ -25,7 +25,16 @@ from sio.train.models import build_classifier
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sio-checkpoint/1"
 # fields of the training config that may change between a run and its resumption
-RESUMABLE_CHANGES = ("on_error",)
+# (none changes the batches: those depend on (seed, step) alone, whatever the ranks and workers)
+RESUMABLE_CHANGES = (
+    "on_error",
+    "num_workers",
+    "trace",
+    "checkpoint_every",
+    "cache_dir",
+    "cache_limit",
+    "read_timeout",
+)
 
 
 def save_atomic(state: dict, path: Path) -> None:
@@ -124,7 +133,15 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
     return model, info
 
 
-def header(manifest, config, alpha, seed, real, synthetic, world_size: int) -> dict:
+def manifest_sha256(manifest) -> str:
+    """The sha256 of a manifest's canonical JSON: which shard set a run was trained on."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(manifest.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def header(manifest, config, alpha, seed, real, synthetic, world_size: int, syn_manifest=None):
     method_class = METHODS.get(config.method)
     return {
         "format": CHECKPOINT_FORMAT,
@@ -143,6 +160,8 @@ def header(manifest, config, alpha, seed, real, synthetic, world_size: int) -> d
         "world_size": world_size,
         "real": str(real),
         "synthetic": None if synthetic is None else str(synthetic),
+        "real_manifest": manifest_sha256(manifest),
+        "synthetic_manifest": None if syn_manifest is None else manifest_sha256(syn_manifest),
         "epoch": 0,
         "step": 0,
         "complete": False,
@@ -159,19 +178,26 @@ def _run_definition(state: dict) -> dict:
         "alpha": state["alpha"],
         "seed": state["seed"],
         "model": state["model"],
-        "world_size": state.get("world_size", 1),
     }
 
 
 def check_same_run(path: Path, previous: dict, state: dict) -> None:
-    """Refuse to resume a checkpoint made with another config, alpha, seed, model or number of
-    ranks (each changes the batches or the schedule)."""
+    """Refuse to resume a checkpoint made with another config, alpha, seed or model (each
+    changes the batches or the schedule), or with other real or synthetic shard sets (by their
+    manifests' sha256). The number of ranks and workers may change: the global batches do not."""
     require_same(
         f"{path} was trained with another definition",
         _run_definition(previous),
         _run_definition(state),
         remedy="use another output folder",
     )
+    for what in ("real", "synthetic"):
+        before, now = previous.get(f"{what}_manifest"), state.get(f"{what}_manifest")
+        if before is not None and before != now:
+            raise ValueError(
+                f"{path} was trained on the {what} set {previous.get(what)} (manifest sha256 "
+                f"{before}), not {state.get(what)} (manifest sha256 {now}); use another --out"
+            )
 
 
 def rng_state() -> dict:

@@ -162,10 +162,15 @@ class TrainConfig:
     nesterov: bool | None = None
     weight_decay: float | None = None
     num_workers: int = 2
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 10_000  # samples per pass group: the span of the shuffle (passes.py)
     steps_per_epoch: int | None = None  # null: SIO's epoch, ceil(N_real / batch_size) steps
     resident: bool = False  # load the shard sets into (host or GPU) memory once, index there
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: error, or skip and count
+    trace: bool = False  # trace/rank-R.jsonl in the run folder: each step's sample keys
+    checkpoint_every: int | None = None  # also checkpoint every N steps (resumable mid-epoch)
+    cache_dir: str | None = None  # node-local cache of remote shards (null: ~/.cache/sio/shards)
+    cache_limit: int | None = None  # bytes the cache may hold (null: no limit)
+    read_timeout: float = 600.0  # seconds a remote shard may stay unreachable before failing
     crop_padding: int | None = None
     hflip: bool | None = None
     resized_crop: int | None = None  # > 0: RandomResizedCrop to this size instead of pad-crop
@@ -192,6 +197,13 @@ class TrainConfig:
             "steps_per_epoch",
             "must be positive (or null for ceil(N_real / batch_size))",
         )
+        _check(
+            self.checkpoint_every is None or self.checkpoint_every > 0,
+            "checkpoint_every",
+            "must be positive (or null: at the end of every epoch only)",
+        )
+        _check(self.cache_limit is None or self.cache_limit > 0, "cache_limit", "bytes, > 0")
+        _check(self.read_timeout > 0, "read_timeout", "must be positive (seconds)")
         _check(self.crop_padding >= 0, "crop_padding", "must be >= 0")
         _check(self.resized_crop >= 0, "resized_crop", "must be >= 0")
         _check(

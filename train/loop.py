@@ -1,41 +1,88 @@
-"""One training epoch and its log line, the same for one process and for DDP ranks.
+"""Training steps and the epoch's log line, the same for one process and for DDP ranks.
 
 Under DDP every rank takes its own share of the global batch (``rank_share`` of the real and of
 the synthetic quota); its mean loss is scaled by its share of the global batch times the number
 of ranks, so DDP's gradient average is the gradient of the global batch's mean loss. The log's
-sums (loss, correct, real and synthetic samples, skipped data) are all-reduced, so the line
-describes the global batches; images/s is the global count over the slowest rank's time.
+sums (loss, correct, real and synthetic samples, bytes fetched) are all-reduced and the skipped
+data's keys gathered and deduplicated, so the line describes the global batches; images/s is
+the global count over the slowest rank's time. ``EpochTotals`` is checkpointed mid-epoch, so
+an epoch resumed at step k logs the line the uninterrupted epoch would have.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from sio.train.distributed import World, all_max, all_sum
-from sio.train.stream import SKIP_KINDS
+from sio.train.distributed import World, all_max, all_sum, gather
+from sio.train.stream import SKIP_KINDS, raise_worker_error, skip_counts
+
+SUMS = ("loss", "correct", "real", "synthetic", "batches", "fetched", "seconds")
+
+
+@dataclass
+class EpochTotals:
+    """This rank's sums over the steps of the epoch so far (checkpointed with the run)."""
+
+    sums: dict = field(default_factory=lambda: dict.fromkeys(SUMS, 0.0))
+    skipped: set = field(default_factory=set)
+    loss_sum: torch.Tensor | None = None  # device tensors: no sync per step
+    correct: torch.Tensor | None = None
+
+    def add(self, loss, logits, labels, counts, batch: dict, main: bool = True) -> None:
+        weighted = loss.detach().double() * len(labels)  # float64, as a Python sum was
+        correct = (logits.detach().argmax(1) == labels).sum()
+        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+        self.correct = correct if self.correct is None else self.correct + correct
+        self.sums["real"] += counts[0]
+        self.sums["synthetic"] += counts[1]
+        self.sums["batches"] += int(main)  # global steps: counted once, by rank 0
+        self.sums["fetched"] += batch.get("fetched", 0)
+        self.skipped |= {tuple(f) for f in batch.get("faults", ())}
+
+    def local(self) -> dict:
+        sums = dict(self.sums)
+        sums["loss"] += 0.0 if self.loss_sum is None else float(self.loss_sum)
+        sums["correct"] += 0.0 if self.correct is None else float(self.correct)
+        return sums
+
+    def state(self) -> dict:
+        return {"sums": self.local(), "skipped": sorted(self.skipped)}
+
+    @classmethod
+    def restore(cls, states: list[dict], world: World) -> EpochTotals:
+        """This rank's totals from the checkpointed ones of every rank: the same rank's with
+        the same world size, else their sum on rank 0 (the sums are additive)."""
+        totals = cls()
+        if not states:
+            return totals
+        mine = [states[world.rank]] if len(states) == world.size else states
+        if len(states) != world.size and not world.main:
+            mine = []
+        for state in mine:
+            for key in SUMS:
+                totals.sums[key] += state["sums"][key]
+            totals.skipped |= {tuple(k) for k in state["skipped"]}
+        # the float64 loss sum goes on as the tensor it was: the same additions, the same bits
+        totals.loss_sum = torch.tensor(totals.sums.pop("loss"), dtype=torch.float64)
+        totals.correct = torch.tensor(int(totals.sums.pop("correct")), dtype=torch.int64)
+        totals.sums.update(loss=0.0, correct=0.0)
+        return totals
 
 
 @dataclass(frozen=True)
-class EpochContext:
-    """What the loop checks and logs beyond the objective: this rank's exact (real, synthetic)
-    ``quota`` per batch, the global batch size, and an optional per-step composition log
-    (``SIO_STEP_LOG``: a folder, one ``steps-rank<r>.jsonl`` per rank; for audits and tests)."""
+class StepContext:
+    """What a step checks and writes beyond the objective: this rank's exact (real,
+    synthetic) ``quota`` per batch, the global batch size, and the trace file."""
 
     world: World = World()
     quota: tuple[int, int] | None = None
     batch_size: int | None = None
-    step_log: str | None = None
-
-    @classmethod
-    def create(cls, world: World, quota: tuple[int, int], batch_size: int) -> EpochContext:
-        return cls(world, quota, batch_size, os.environ.get("SIO_STEP_LOG") or None)
+    trace: Path | None = None
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -46,101 +93,76 @@ def _to_device(batch: dict, device) -> dict:
     }
 
 
-class _Totals:
-    def __init__(self):
-        self.values = dict.fromkeys(("loss", "correct", "real", "synthetic", "batches"), 0.0)
-        self.skipped = torch.zeros(len(SKIP_KINDS), dtype=torch.int64)
-        self.loss_sum = self.correct = None  # device tensors: no sync per step
-
-    def add(self, loss, logits, labels, counts: tuple[int, int]) -> None:
-        weighted = loss.detach().double() * len(labels)  # float64, as a Python sum was
-        correct = (logits.detach().argmax(1) == labels).sum()
-        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
-        self.correct = correct if self.correct is None else self.correct + correct
-        self.values["real"] += counts[0]
-        self.values["synthetic"] += counts[1]
-        self.values["batches"] += 1
-
-    def global_sums(self, world: World, device) -> dict:
-        local = dict(self.values)
-        local["loss"] = 0.0 if self.loss_sum is None else float(self.loss_sum)
-        local["correct"] = 0.0 if self.correct is None else float(self.correct)
-        names = [*local, *SKIP_KINDS]
-        summed = all_sum([*local.values(), *self.skipped.tolist()], world, device)
-        return dict(zip(names, summed, strict=True))
-
-
-def _composition(batch: dict, context: EpochContext, epoch: int) -> tuple[int, int]:
+def composition(batch: dict, context: StepContext) -> tuple[int, int]:
     n_syn = int(batch["is_synthetic"].sum())
     counts = (len(batch["is_synthetic"]) - n_syn, n_syn)
     if context.quota is not None and counts != tuple(context.quota):
         raise RuntimeError(
-            f"epoch {epoch}, step {batch['step']}: rank {context.world.rank} got "
-            f"{counts[0]} real + {counts[1]} synthetic samples, expected "
-            f"{context.quota[0]} + {context.quota[1]}"
+            f"step {batch['step']}: rank {context.world.rank} got {counts[0]} real + "
+            f"{counts[1]} synthetic samples, expected {context.quota[0]} + {context.quota[1]}"
         )
     return counts
 
 
-def _log_step(handle, batch: dict, counts, context: EpochContext, epoch: int) -> None:
-    if handle is not None:
-        line = {"epoch": epoch, "step": int(batch["step"]), "rank": context.world.rank}
-        handle.write(json.dumps({**line, "real": counts[0], "synthetic": counts[1]}) + "\n")
-
-
-def _step_log(context: EpochContext):
-    if context.step_log is None:
-        return None
-    Path(context.step_log).mkdir(parents=True, exist_ok=True)
-    return open(Path(context.step_log) / f"steps-rank{context.world.rank}.jsonl", "a")  # noqa: SIM115
-
-
-def train_epoch(objective, loader, optimizer, schedule, epoch, steps, device, context=None) -> dict:
-    """One epoch of ``objective`` (classifier + method, DDP-wrapped under torchrun) over
-    ``loader``; returns the epoch's global log line."""
-    context = context or EpochContext()
+def train_step(objective, batch: dict, optimizer, schedule, device, context, totals) -> None:
+    """One optimiser step of ``objective`` (classifier + method, DDP-wrapped under torchrun)."""
+    if "error" in batch:
+        raise_worker_error(batch)
+    counts = composition(batch, context)
     world = context.world
-    objective.train()
-    totals, handle = _Totals(), _step_log(context)
-    start = time.perf_counter()
-    progress = tqdm(loader, total=steps, desc=f"epoch {epoch}", unit="batch", leave=False)
-    for batch in progress if world.main else loader:
-        counts = _composition(batch, context, epoch)
-        if "skipped" in batch:
-            totals.skipped += batch.pop("skipped")
-        batch = _to_device(batch, device)
-        loss, logits = objective(batch)
-        if world.size > 1:  # DDP averages over ranks: weight this rank by its share
-            loss_for_grad = loss * (sum(counts) * world.size / context.batch_size)
-        else:
-            loss_for_grad = loss
-        optimizer.zero_grad(set_to_none=True)
-        loss_for_grad.backward()
-        optimizer.step()
-        schedule.step()
-        totals.add(loss, logits, batch["labels"], counts)
-        _log_step(handle, batch, counts, context, epoch)
-    if handle is not None:
-        handle.close()
-    if totals.values["batches"] != steps:
-        done = int(totals.values["batches"])
-        raise RuntimeError(f"epoch {epoch}: {done} batches, expected {steps}")
-    seconds = all_max(time.perf_counter() - start, world, device)
-    return _record(totals.global_sums(world, device), epoch, steps, seconds, schedule, world)
+    if context.trace is not None:
+        line = {"step": int(batch["step"]), **batch["ids"]}
+        with open(context.trace, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+    bookkeeping = {k: batch.pop(k) for k in ("faults", "fetched", "ids", "keys") if k in batch}
+    batch = _to_device(batch, device)
+    loss, logits = objective(batch)
+    if world.size > 1:  # DDP averages over ranks: weight this rank by its share
+        loss_for_grad = loss * (sum(counts) * world.size / context.batch_size)
+    else:
+        loss_for_grad = loss
+    optimizer.zero_grad(set_to_none=True)
+    loss_for_grad.backward()
+    optimizer.step()
+    schedule.step()
+    totals.add(loss, logits, batch["labels"], counts, bookkeeping, world.main)
 
 
-def _record(sums: dict, epoch: int, steps: int, seconds: float, schedule, world: World) -> dict:
-    seen = sums["real"] + sums["synthetic"]
+def epoch_record(totals: EpochTotals, epoch: int, steps: int, seconds: float, lr, world, device):
+    """The epoch's global log line."""
+    local = totals.local()
+    local["seconds"] += seconds
+    names = [k for k in SUMS if k != "seconds"]
+    summed = dict(zip(names, all_sum([local[k] for k in names], world, device), strict=True))
+    seconds = all_max(local["seconds"], world, device)
+    skipped = set().union(*(set(keys) for keys in gather(sorted(totals.skipped), world)))
+    skipped = {tuple(k) for k in skipped}
+    if int(summed["batches"]) != steps:
+        raise RuntimeError(f"epoch {epoch}: {int(summed['batches'])} batches, expected {steps}")
+    seen = summed["real"] + summed["synthetic"]
     record = {
         "epoch": epoch,
         "steps": steps,
-        "loss": sums["loss"] / seen,
-        "train_acc": sums["correct"] / seen,
-        "real_seen": int(sums["real"]),
-        "synthetic_seen": int(sums["synthetic"]),
-        "effective_alpha": sums["real"] / seen,
-        "images_per_s": seen / seconds,
-        "lr": schedule.get_last_lr()[0],
+        "loss": summed["loss"] / seen,
+        "train_acc": summed["correct"] / seen,
+        "real_seen": int(summed["real"]),
+        "synthetic_seen": int(summed["synthetic"]),
+        "effective_alpha": summed["real"] / seen,
+        "images_per_s": seen / max(seconds, 1e-9),
+        "lr": lr,
     }
-    skipped = {f"skipped_{kind}": int(sums[kind]) for kind in SKIP_KINDS}
-    return {**record, **skipped, "ranks": world.size}
+    counts = skip_counts(skipped)
+    record.update({f"skipped_{kind}": counts[kind] for kind in SKIP_KINDS})
+    return {**record, "bytes_fetched": int(summed["fetched"]), "ranks": world.size}
+
+
+def train_epoch(objective, loader, optimizer, schedule, epoch, steps, device, context=None):
+    """One whole epoch over ``loader``; returns its global log line (benchmarks and tests)."""
+    context = context or StepContext()
+    objective.train()
+    totals, start = EpochTotals(), time.perf_counter()
+    for batch in loader:
+        train_step(objective, batch, optimizer, schedule, device, context, totals)
+    seconds = time.perf_counter() - start
+    lr = schedule.get_last_lr()[0]
+    return epoch_record(totals, epoch, steps, seconds, lr, context.world, device)

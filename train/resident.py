@@ -1,15 +1,12 @@
 """Resident mode (``train.resident: true``): shard sets loaded once into memory, batches composed
-there by index, with the streaming path's exact composition.
+there by index, exactly the streaming path's batches.
 
-Each source becomes one uint8 N x C x H x W tensor plus its labels, in host memory or, when
-training on a GPU, in GPU memory (a set that does not fit is refused). A source is drawn as a
-sequence of passes: pass k is a random permutation of the set seeded by (seed, source, k), the
-same on every rank. Global step s takes positions [s·n, (s+1)·n) of that sequence for a source
-with n samples per global batch, and rank r takes its share of them (``rank_share``), so every
-image is used once per pass, the ranks' parts never overlap, and the batches depend on the step
-alone: a resumed run repeats them. Composition, the within-batch shuffle, the augmentation and
-the method's transform are the streaming path's (``assemble``), drawing from generators seeded
-by (seed, epoch, rank). Batches are built in the training process (no DataLoader workers).
+Each source becomes one uint8 N x C x H x W tensor plus its labels and keys, in host memory or,
+when training on a GPU, in GPU memory (a set that does not fit is refused). The samples of step
+t are the streaming path's (passes.py: the same seeded passes, the same positions, the same
+``rank_share`` slices), and composition, augmentation and the method's transform are its
+``assemble``: streaming and resident runs of one seed see the same batches. Batches are built in
+the training process (no DataLoader workers).
 """
 
 from __future__ import annotations
@@ -20,10 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sio.core.seeding import torch_generator
-from sio.shardset import ShardError, shard_chunks
+from sio.shardset import ShardError
+from sio.train.passes import PassOrders, slice_start
 from sio.train.sources import ShardSource
-from sio.train.stream import SKIP_KINDS, MixSpec, SharedEpoch, assemble
+from sio.train.stream import (
+    Check,
+    Fetcher,
+    LoadedShard,
+    MixSpec,
+    SharedEpoch,
+    assemble,
+    resolve_sources,
+)
 
 HOST_SHARE, GPU_SHARE = 0.8, 0.5  # of the available host memory, of the free GPU memory
 
@@ -32,6 +37,7 @@ HOST_SHARE, GPU_SHARE = 0.8, 0.5  # of the available host memory, of the free GP
 class ResidentSet:
     images: torch.Tensor  # uint8 N x C x H x W
     labels: torch.Tensor  # int64 N
+    keys: tuple[str, ...] = ()  # each sample's key (``key/index`` inside a record)
 
 
 def _available_bytes(device: torch.device) -> tuple[int | None, float, str]:
@@ -55,26 +61,34 @@ def check_fits(nbytes: int, device, what: str) -> None:
         )
 
 
-def load_resident(source: ShardSource, device) -> ResidentSet:
-    """Every image and label of a shard set (either encoding, any location), read once."""
+def load_resident(source: ShardSource, device, fetcher: Fetcher | None = None) -> ResidentSet:
+    """Every image, label and key of a shard set (either encoding, any location), read once,
+    each shard checked against the manifest's sha256, labels and image shape."""
     manifest = source.manifest
     count, channels = manifest.num_samples, manifest.channels
     shape = (count, channels, *manifest.image_size)
     check_fits(int(np.prod(shape)), device, source.location)
-    images, labels = np.empty(shape, np.uint8), np.empty(count, np.int64)
+    fetcher = fetcher or Fetcher(None, None, 600.0)
+    check = Check(channels, tuple(manifest.image_size), len(manifest.class_names))
+    images, labels, keys = np.empty(shape, np.uint8), np.empty(count, np.int64), []
     filled = 0
     for url, shard in zip(source.urls, manifest.shards, strict=True):
-        for chunk in shard_chunks(url, manifest.encoding, channels, shard.num_samples):
-            end = filled + len(chunk.images)
-            if end > count:
+        data = fetcher.read(url, shard.sha256)
+        loaded = LoadedShard(url, data, manifest.encoding, check, shard.num_samples)
+        for index in range(shard.num_samples):
+            if filled >= count:
                 raise ShardError(f"{url}: more samples than the manifest lists")
-            images[filled:end], labels[filled:end] = chunk.images, chunk.labels
-            filled = end
-    return ResidentSet(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
+            images[filled], labels[filled] = loaded.sample(index)
+            filled += 1
+        keys += loaded.keys
+    return ResidentSet(
+        torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device), tuple(keys)
+    )
 
 
 class ResidentBatches:
-    """One epoch of batches per iteration, like ``MixedBatches`` through a DataLoader.
+    """One epoch of batches per iteration (from the epoch's first step), like
+    ``MixedBatches`` through a DataLoader.
 
     ``sets`` maps each source (``real``, ``synthetic``, extras) to its ResidentSet; ``counts``
     maps it to the samples every rank takes per batch (the global batch's part is their sum).
@@ -82,53 +96,28 @@ class ResidentBatches:
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch, sets: dict, counts: dict):
         self.spec, self.epoch, self.sets, self.counts = spec, epoch, sets, counts
+        self.sources = resolve_sources(spec, counts)
         self.device = next(iter(sets.values())).images.device
-        self._orders: dict[tuple[str, int], torch.Tensor] = {}
+        self.orders = {name: PassOrders(s.layout, spec.seed) for name, s in self.sources.items()}
 
     def __len__(self) -> int:
         return self.spec.steps_per_epoch
 
-    def _order(self, name: str, passes: torch.Tensor) -> torch.Tensor:
-        size = len(self.sets[name].labels)
-        for k in torch.unique(passes).tolist():
-            if (name, k) not in self._orders:
-                self._orders = {
-                    key: order
-                    for key, order in self._orders.items()
-                    if key[0] != name or key[1] >= k - 1
-                }
-                generator = torch_generator(self.spec.seed, "resident", name, k)
-                self._orders[name, k] = torch.randperm(size, generator=generator)
-        return torch.stack([self._orders[name, k] for k in torch.unique(passes).tolist()])
+    def _take(self, name: str, step: int):
+        source, data = self.sources[name], self.sets[name]
+        start = slice_start(step, source.shares, self.spec.rank)
+        _, ids = self.orders[name].positions(start, source.shares[self.spec.rank])
+        index = torch.from_numpy(ids).to(data.images.device)
+        keys = [data.keys[i] for i in ids.tolist()] if data.keys else []
+        return data.images[index], data.labels[index], keys
 
-    def _take(self, name: str, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = self.counts.get(name, ())
-        total, rank = sum(counts), self.spec.rank
-        if not total:
-            shape = (0, self.spec.channels, *self.spec.image_size)
-            empty = torch.zeros(shape, dtype=torch.uint8, device=self.device)
-            return empty, torch.zeros(0, dtype=torch.int64, device=self.device)
-        data = self.sets[name]
-        start = step * total + sum(counts[:rank])
-        positions = torch.arange(start, start + counts[rank])
-        passes, offsets = positions // len(data.labels), positions % len(data.labels)
-        orders = self._order(name, passes)
-        rows = passes - passes.min()
-        index = orders[rows, offsets].to(data.images.device)
-        return data.images[index], data.labels[index]
+    def batch(self, step: int) -> dict:
+        parts = {name: self._take(name, step) for name in self.sources}
+        batch = assemble(self.spec, self.sources, parts, step)
+        return {**batch, "faults": [], "fetched": 0}
 
     def __iter__(self):
         spec = self.spec
-        epoch = self.epoch.get()
-        parts = (spec.seed, epoch, spec.rank, 0)
-        generators = (torch_generator(*parts, "compose"), torch_generator(*parts, "method"))
-        extras = [name for name in self.counts if name not in ("real", "synthetic")]
-        for step in range(spec.steps_per_epoch):
-            global_step = epoch * spec.steps_per_epoch + step
-            batch_parts = (
-                self._take("real", global_step),
-                self._take("synthetic", global_step),
-                {name: self._take(name, global_step)[0] for name in extras},
-            )
-            batch = assemble(spec, batch_parts, generators, global_step)
-            yield {**batch, "skipped": torch.zeros(len(SKIP_KINDS), dtype=torch.int64)}
+        epoch, first = self.epoch.get(), self.epoch.first_step
+        for step in range(first, spec.steps_per_epoch):
+            yield self.batch(epoch * spec.steps_per_epoch + step)

@@ -68,23 +68,3 @@ def extra_sources(real: Manifest, inputs: dict[str, str], counts: dict[str, int]
         check_compatible(real, source.manifest, name, same_classes=False)
         extras.append((name, source, count))
     return tuple(extras)
-
-
-def check_shard_count(name: str, source: ShardSource, ranks: int, workers: int) -> None:
-    """Under DDP, refuse a streamed shard set with fewer shards than ranks x workers.
-
-    sio's streams are resampled: every (rank, worker) reader walks all shards in its own random
-    order, so no reader ever runs dry and the step count is fixed; a small set can neither hang
-    DDP nor change the composition. What it does change is diversity: each reader draws from
-    the shard it is on (through a shuffle buffer), and the readers that make one global step are
-    the same worker on every rank. With fewer shards than readers, some readers are always on
-    the same shard at once, so the ranks' parts of one global batch repeat each other's samples.
-    A single process is exempt: its workers make different steps."""
-    readers = ranks * max(1, workers)
-    if ranks > 1 and len(source.urls) < readers:
-        raise ValueError(
-            f"the {name} shard set {source.location} has {len(source.urls)} shards, fewer than "
-            f"the {ranks} ranks x {max(1, workers)} workers reading it: some readers would "
-            "always share a shard, and the ranks' parts of a global batch would repeat samples. "
-            "Write smaller shards, use fewer workers, or set train.resident: true"
-        )

@@ -1,212 +1,408 @@
-"""Streaming real and synthetic shard sets into batches of exact composition.
+"""Streaming real and synthetic shard sets into batches of exact composition, elastically.
 
-Each DataLoader worker builds its own real and synthetic webdataset streams (never webdataset's
-``RandomMix``, whose weights are probabilities) and takes exactly ``n_real`` and ``n_syn``
-samples from them for every batch it owns. A stream walks the shard list in a fresh random order
-on every pass, forever (nothing is split over ranks or workers, so no worker ever runs dry), with
-a sample shuffle buffer before decoding. Shards are read from paths or ``s3://``/``http(s)://``
-URLs, in either encoding (per-sample PNG, or records of many images, each record's images in a
-seeded random order). Every random choice comes from (seed, epoch, rank, worker, source); the
-epoch reaches persistent workers through shared memory, because webdataset's own epoch counters
-reset in forked workers.
+Which samples step t holds is decided by ``passes.py``: each source is consumed as consecutive
+seeded permutations of the whole set, the global batch at step t takes the next ``n`` positions
+of each source, and rank r its ``rank_share`` slice. Everything random about a global batch is a
+function of (seed, t) alone: the samples, the order of the batch (one permutation of the global
+batch, each rank keeping its own samples in that order) and the augmentation draws (made for the
+whole global part of a source, each rank applying its slice). So 1 or W ranks, 0 or w
+DataLoader workers give the same global batches; steps are dealt to workers in turn.
+
+A reader (one per process or worker) loads the shards its positions fall in, whole, into a small
+LRU (a pass group is a few shards, see passes.py): from the path, or for ``s3://``/``http(s)://``
+through the node-local cache (cache.py), transport errors retried up to ``read_timeout``
+(``fetch_bytes``). Each shard's bytes are checked against the manifest's sha256 as they are
+read; labels must be in [0, K) and images of the manifest's channels and size.
 
 A corrupt sample, record or shard raises a ShardError naming the URL and member, or with
-``on_error="skip"`` is skipped and counted: each batch carries ``skipped`` (samples, records,
-shards skipped since the worker's previous batch) for the epoch log.
+``on_error="skip"`` is replaced by the next readable sample of the same pass and counted: each
+batch carries ``faults`` (kind, key) pairs, which the loop dedupes into the epoch's counts. A
+transport outage is never skipped. In a DataLoader worker an error travels as a batch
+``{"error": message, "traceback": ...}``, so the user sees the message without the worker's
+traceback. Each batch also carries ``ids``: the key of every real and synthetic sample (``key``,
+or ``key/index`` inside a record), for the trace.
 
-A training method may add sources (OE's outliers, PixMix's mixing pictures: ``extras``, each
-with its own stream, count and augmentation, outside the real/synthetic composition) and a
-batch ``transform`` (CutMix, PixMix, RandAugment); both draw from their own generators, so the
-ID composition and the real/synthetic streams are the same with every method.
+A training method may add sources (OE's outliers, PixMix's pictures: ``extras``, consumed the
+same way, outside the real/synthetic composition) and a batch ``transform`` (CutMix, PixMix,
+RandAugment) drawing from its own generator (per step and rank: it acts on the rank's batch).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import multiprocessing
-from collections.abc import Callable, Iterator
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sio.core.seeding import numpy_rng, python_rng, torch_generator
-from sio.shardset import ShardError, decode_record, decode_sample
-from sio.shardset.tario import check_count, tar_samples
-from sio.train.augment import base_augment
-from sio.train.mixing import compose, worker_steps
+from sio.core.seeding import torch_generator
+from sio.core.storage import TransportError, fetch_bytes, is_url
+from sio.shardset import ShardError, decode_record, decode_sample, read_manifest
+from sio.shardset.tario import split_member, tar_members
+from sio.train.augment import apply_augment, augment_draws, slice_draws
+from sio.train.cache import DEFAULT_CACHE, ShardCache, sha256_bytes
+from sio.train.mixing import worker_steps
+from sio.train.passes import Layout, PassOrders, slice_start
 
 SKIP_KINDS = ("samples", "records", "shards")
 
 
 class SharedEpoch:
-    """The current epoch, visible to persistent DataLoader workers."""
+    """The current epoch and its first step, visible to persistent DataLoader workers."""
 
-    def __init__(self, epoch: int = 0):
+    def __init__(self, epoch: int = 0, first_step: int = 0):
         self._value = multiprocessing.Value("i", epoch)
+        self._first = multiprocessing.Value("i", first_step)
 
-    def set(self, epoch: int) -> None:
+    def set(self, epoch: int, first_step: int = 0) -> None:
         self._value.value = epoch
+        self._first.value = first_step
 
     def get(self) -> int:
         return self._value.value
 
+    @property
+    def first_step(self) -> int:
+        return self._first.value
+
 
 class Faults:
-    """A worker's policy for corrupt data: raise (``skip=False``) or skip and count."""
+    """A reader's policy for corrupt data: raise (``skip=False``) or skip and note its key."""
 
     def __init__(self, skip: bool):
         self.skip = skip
-        self.counts = dict.fromkeys(SKIP_KINDS, 0)
+        self.noted: list[tuple[str, str]] = []
 
-    def handle(self, error: ShardError, kind: str) -> None:
+    def handle(self, error: ShardError, kind: str, key: str) -> None:
         if not self.skip:
             raise error
-        self.counts[kind] += 1
+        self.noted.append((kind, key))
 
-    def take(self) -> torch.Tensor:
-        """The counts since the last call, as an int64 tensor (samples, records, shards)."""
-        counts = torch.tensor([self.counts[k] for k in SKIP_KINDS], dtype=torch.int64)
-        self.counts = dict.fromkeys(SKIP_KINDS, 0)
-        return counts
+    def take(self) -> list[tuple[str, str]]:
+        noted, self.noted = self.noted, []
+        return noted
 
 
-def _endless(urls: list[str], rng, faults: Faults, read) -> Iterator:
-    """The items of ``read(url)`` over endless passes, each in a fresh random shard order; a
-    broken shard goes to ``faults``. A whole pass without one item is an error (skipping alone
-    would loop for ever)."""
-    while True:
-        produced = 0
-        for url in rng.sample(urls, len(urls)):
-            try:
-                for item in read(url):
-                    produced += 1
-                    yield item
-            except ShardError as error:
-                faults.handle(error, "shards")
-        if not produced:
-            raise ShardError(f"a whole pass over {len(urls)} shards (e.g. {urls[0]}) gave nothing")
+def skip_counts(keys: set) -> dict[str, int]:
+    return {kind: sum(1 for k, _ in keys if k == kind) for kind in SKIP_KINDS}
 
 
-def _png_reader(expected: dict):
-    def read(url: str) -> Iterator[dict]:
-        count = 0
-        for sample in tar_samples(url):
-            count += 1
-            yield sample
-        check_count(url, count, expected.get(url))
-
-    return read
+# --- one shard, read whole ----------------------------------------------------------------------
 
 
-def _decoded(samples, channels: int, faults: Faults, limit: int):
-    """Decoded (image, label) items; ``limit`` failures in a row (a whole set's worth) are an
-    error even when skipping."""
-    failures = 0
-    for sample in samples:
-        try:
-            image, label, _ = decode_sample(sample, channels)
-        except ShardError as error:
-            faults.handle(error, "samples")
-            failures += 1
-            if failures >= limit:
-                raise ShardError(f"{failures} samples in a row are undecodable: {error}") from error
-            continue
-        failures = 0
-        yield image, label
-
-
-def _record_reader(order_rng, channels: int, faults: Faults, expected: dict):
-    """(image, label) items of a records shard, each record in a random order."""
-
-    def read(url: str) -> Iterator[tuple]:
-        count, skipped = 0, False
-        for sample in tar_samples(url):
-            try:
-                images, labels = decode_record(sample, channels)
-            except ShardError as error:
-                faults.handle(error, "records")
-                skipped = True
-                continue
-            count += len(images)
-            order = order_rng.permutation(len(images))
-            yield from zip(images[order], labels[order].tolist(), strict=True)
-        if not skipped:
-            check_count(url, count, expected.get(url))
-
-    return read
+def raw_samples(data: bytes, url: str) -> list[dict]:
+    """The raw samples of a shard's bytes, grouped by key as webdataset groups them."""
+    samples: list[dict] = []
+    try:
+        for member, content in tar_members(io.BytesIO(data), url):
+            key, ext = split_member(member)
+            if not samples or samples[-1]["__key__"] != key:
+                samples.append({"__key__": key, "__url__": url})
+            if ext in samples[-1]:
+                raise ShardError(f"{url}: sample {key} has two {ext} members")
+            samples[-1][ext] = content
+    except (OSError, ValueError) as err:
+        after = f"sample {samples[-1]['__key__']}" if samples else "its start"
+        raise ShardError(f"{url}: unreadable tar after {after}: {err}") from err
+    return samples
 
 
 @dataclass(frozen=True)
-class SourceStream:
-    """How one worker reads one shard set."""
+class Check:
+    """What every image of a source must be: channels, (H, W), labels in [0, classes)."""
 
-    urls: tuple[str, ...]
     channels: int
-    shuffle_buffer: int
-    encoding: str = "png"
-    expected: tuple[tuple[str, int], ...] = ()  # images per shard URL, from the manifest
+    image_size: tuple[int, int]
+    classes: int | None
 
-    def items(self, seed_parts: tuple, faults: Faults) -> Iterator[tuple[np.ndarray, int]]:
-        rng, expected = python_rng(*seed_parts, "shards"), dict(self.expected)
-        buffer = self.shuffle_buffer
-        shuffle = wds.shuffle(
-            buffer, initial=min(buffer, 100), rng=python_rng(*seed_parts, "shuffle")
-        )
-        urls = list(self.urls)
-        if self.encoding == "records":
-            order = numpy_rng(*seed_parts, "records")
-            read = _record_reader(order, self.channels, faults, expected)
-            return shuffle(_endless(urls, rng, faults, read))
-        samples = shuffle(_endless(urls, rng, faults, _png_reader(expected)))
-        limit = sum(expected.get(url, 0) for url in urls) or 100_000
-        return _decoded(samples, self.channels, faults, limit)
+    def image(self, image: np.ndarray, where: str, member: str) -> None:
+        shape = (self.channels, *self.image_size)
+        if tuple(image.shape[-3:]) != shape:
+            raise ShardError(
+                f"{where}: member {member} holds {'x'.join(map(str, image.shape[-3:]))} images, "
+                f"the manifest says {'x'.join(map(str, shape))} (channels x height x width)"
+            )
+
+    def labels(self, labels: np.ndarray, where: str, member: str) -> None:
+        if self.classes is not None and len(labels) and int(labels.max()) >= self.classes:
+            raise ShardError(
+                f"{where}: member {member} holds class {int(labels.max())}; the set has "
+                f"{self.classes} classes (ids 0..{self.classes - 1})"
+            )
 
 
-def source_batches(
-    stream: SourceStream, batch_size: int, seed_parts: tuple, faults: Faults
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (uint8 images, labels) batches of exactly ``batch_size`` from one shard set."""
-    items = stream.items(seed_parts, faults)
-    while True:
-        batch = [next(items) for _ in range(batch_size)]
-        images = torch.from_numpy(np.stack([b[0] for b in batch]))
-        yield images, torch.tensor([b[1] for b in batch], dtype=torch.int64)
+class LoadedShard:
+    """A shard's samples in memory: raw PNG samples (decoded on use) or decoded records."""
+
+    def __init__(self, url: str, data: bytes, encoding: str, check: Check, expected: int):
+        self.url, self.check = url, check
+        samples = raw_samples(data, url)
+        self.broken: dict[int, tuple[ShardError, str, str]] = {}
+        if encoding == "records":
+            self.raw = None
+            self._records(samples)
+        else:
+            self.raw = samples
+            self.keys = [s["__key__"] for s in samples]
+        if len(self.keys) != expected:
+            raise ShardError(
+                f"{url}: {len(self.keys)} samples read, the manifest says {expected} "
+                "(truncated or replaced?)"
+            )
+
+    def _records(self, samples: list[dict]) -> None:
+        images, labels, self.keys = [], [], []
+        for sample in samples:
+            where = f"{self.url}: record {sample['__key__']}"
+            try:
+                record, record_labels = decode_record(sample, self.check.channels)
+                self.check.image(record, where, "images.npy")
+                self.check.labels(record_labels, where, "labels.npy")
+            except ShardError as error:
+                size = self._meta_size(sample)
+                for i in range(size):
+                    self.broken[len(self.keys) + i] = (error, "records", where)
+                record = np.zeros((size, self.check.channels, *self.check.image_size), np.uint8)
+                record_labels = np.zeros(size, np.int64)
+            images.append(record)
+            labels.append(record_labels)
+            self.keys += [f"{sample['__key__']}/{i}" for i in range(len(record))]
+        shape = (0, self.check.channels, *self.check.image_size)
+        self.images = np.concatenate(images) if images else np.zeros(shape, np.uint8)
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+
+    def _meta_size(self, sample: dict) -> int:
+        try:
+            return len(json.loads(sample["meta.json"])["keys"])
+        except Exception as err:  # noqa: BLE001 - without its size the shard cannot be indexed
+            raise ShardError(
+                f"{self.url}: record {sample.get('__key__')} is unreadable and its size unknown"
+            ) from err
+
+    def sample(self, index: int) -> tuple[np.ndarray, int]:
+        """(uint8 CxHxW image, label) of sample ``index``, or a ShardError naming it."""
+        if index in self.broken:
+            raise self.broken[index][0]
+        if self.raw is None:
+            return self.images[index], int(self.labels[index])
+        raw = self.raw[index]
+        image, label, _ = decode_sample(raw, self.check.channels)
+        where = f"{self.url}: sample {raw['__key__']}"
+        self.check.image(image, where, "png")
+        self.check.labels(np.array([label]), where, "cls")
+        return image, label
+
+
+# --- a source as a reader sees it ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One shard set as the readers read it: shards, their counts and sha256, its encoding,
+    and the samples each rank takes per batch."""
+
+    name: str
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+    sha256: tuple[str, ...]
+    encoding: str
+    shares: tuple[int, ...]
+    window: int
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.name, self.counts, self.window)
+
+
+def _manifest_of(urls: tuple[str, ...]):
+    location = urls[0].rsplit("/", 1)[0] if is_url(urls[0]) else str(Path(urls[0]).parent)
+    manifest = read_manifest(location)
+    by_name = {s.name: s for s in manifest.shards}
+    return manifest, by_name
+
+
+class Fetcher:
+    """A reader's way to a shard's bytes: the local file, or the node cache / the network."""
+
+    def __init__(self, cache_dir: str | None, cache_limit: int | None, read_timeout: float):
+        self.cache_dir, self.cache_limit = cache_dir, cache_limit
+        self.read_timeout = read_timeout
+        self.fetched = 0
+        self._cache = None
+
+    def read(self, url: str, sha256: str) -> bytes:
+        if not is_url(url):
+            try:
+                data = Path(url).read_bytes()
+            except FileNotFoundError:
+                raise ShardError(f"{url}: shard listed in the manifest is missing") from None
+            self._check(url, data, sha256)
+            return data
+        fetch = self._fetch
+        if sha256:
+            if self._cache is None:
+                self._cache = ShardCache(self.cache_dir or DEFAULT_CACHE, self.cache_limit)
+            data, fetched = self._cache.get(url, sha256, fetch)
+            self.fetched += fetched
+            return data
+        data = fetch(url)
+        self.fetched += len(data)
+        return data
+
+    def _fetch(self, url: str) -> bytes:
+        try:
+            return fetch_bytes(url, self.read_timeout)
+        except FileNotFoundError as err:
+            raise ShardError(f"{url}: shard listed in the manifest is missing ({err})") from None
+
+    @staticmethod
+    def _check(url: str, data: bytes, sha256: str) -> None:
+        if sha256 and sha256_bytes(data) != sha256:
+            raise ShardError(
+                f"{url}: its sha256 {sha256_bytes(data)} differs from the manifest's {sha256} "
+                "(replaced or corrupt)"
+            )
+
+
+class Reader:
+    """Samples of one source by pass position, shards loaded whole into a small LRU."""
+
+    def __init__(self, source: Source, seed: int, check: Check, fetcher: Fetcher, faults):
+        self.source, self.check, self.fetcher, self.faults = source, check, fetcher, faults
+        self.layout = source.layout
+        self.orders = PassOrders(self.layout, seed)
+        shards, groups = len(source.counts), self.layout.windows
+        self.keep = 2 * (-(-shards // groups)) + 2  # two pass groups and a spare
+        self._shards: OrderedDict[int, LoadedShard | ShardError] = OrderedDict()
+
+    def _shard(self, index: int) -> LoadedShard:
+        if index in self._shards:
+            self._shards.move_to_end(index)
+        else:
+            url = self.source.urls[index]
+            try:
+                data = self.fetcher.read(url, self.source.sha256[index])
+                self._shards[index] = LoadedShard(
+                    url, data, self.source.encoding, self.check, self.source.counts[index]
+                )
+            except ShardError as error:
+                self._shards[index] = error
+            while len(self._shards) > self.keep:
+                self._shards.popitem(last=False)
+        loaded = self._shards[index]
+        if isinstance(loaded, ShardError):
+            raise loaded
+        return loaded
+
+    def _one(self, number: int, sample_id: int):
+        """(image, label, key) of one sample, or a ShardError and its (kind, key)."""
+        shard, index = (int(v[0]) for v in self.layout.locate(np.array([sample_id])))
+        name = self.source.name
+        try:
+            loaded = self._shard(shard)
+        except ShardError as error:
+            return error, ("shards", f"{name}:{number}:{self.source.urls[shard]}")
+        try:
+            image, label = loaded.sample(index)
+        except ShardError as error:
+            if index in loaded.broken:
+                record = loaded.keys[index].split("/")[0]
+                return error, ("records", f"{name}:{number}:{loaded.url}:{record}")
+            return error, ("samples", f"{name}:{number}:{loaded.url}:{loaded.keys[index]}")
+        return image, label, loaded.keys[index]
+
+    def take(self, start: int, count: int):
+        """(uint8 images, int64 labels, keys) of positions ``start .. start + count - 1``; a
+        broken sample is replaced by the next readable one of its pass (when skipping)."""
+        passes, ids = self.orders.positions(start, count)
+        images, labels, keys = [], [], []
+        size = self.layout.size
+        for q, (number, sample_id) in enumerate(zip(passes.tolist(), ids.tolist(), strict=True)):
+            got = self._one(number, sample_id)
+            offset = (start + q) % size
+            tries = 0
+            while isinstance(got[0], ShardError):
+                self.faults.handle(got[0], *got[1])
+                tries += 1
+                if tries >= size:
+                    raise ShardError(
+                        f"a whole pass over {self.source.name} ({len(self.source.urls)} shards, "
+                        f"e.g. {self.source.urls[0]}) gave no readable sample"
+                    ) from got[0]
+                replacement = int(self.orders.get(number)[(offset + tries) % size])
+                got = self._one(number, replacement)
+            images.append(got[0])
+            labels.append(got[1])
+            keys.append(got[2])
+        shape = (0, self.check.channels, *self.check.image_size)
+        stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
+        return torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64), keys
+
+
+# --- the spec and the batches -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class MixSpec:
     real_urls: tuple[str, ...]
     synthetic_urls: tuple[str, ...]
-    n_real: int
+    n_real: int  # this rank's real samples per batch
     n_syn: int
     channels: int
     image_size: tuple[int, int]
     steps_per_epoch: int
     seed: int
     rank: int = 0
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 10_000  # samples per pass group (see passes.py)
     crop_padding: int = 0
     hflip: bool = False
     resized_crop: int = 0
-    # (name, urls, samples per batch) of each extra source; labels are dropped
+    # (name, urls, this rank's samples per batch) of each extra source; labels are dropped
     extras: tuple[tuple[str, tuple[str, ...], int], ...] = ()
     # the method's batch transform: transform(batch, generator) -> batch
     transform: Callable | None = None
-    # source name -> "png" | "records" (absent: png); shard URL -> images (absent: unchecked)
+    # source name -> "png" | "records"; shard URL -> images; shard URL -> sha256 (absent: read
+    # from the set's manifest next to the shards)
     encodings: tuple[tuple[str, str], ...] = ()
     expected: tuple[tuple[str, int], ...] = ()
     on_error: str = "raise"  # or "skip"
+    # source name -> samples per batch of every rank (absent: this rank's count, one rank)
+    shares: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    hashes: tuple[tuple[str, str], ...] = ()
+    num_classes: int | None = None
+    cache_dir: str | None = None
+    cache_limit: int | None = None
+    read_timeout: float = 600.0
 
-    def stream(self, name: str, urls: tuple[str, ...]) -> SourceStream:
-        return SourceStream(
-            urls=tuple(urls),
-            channels=self.channels,
-            shuffle_buffer=self.shuffle_buffer,
-            encoding=dict(self.encodings).get(name, "png"),
-            expected=self.expected,
-        )
+    def counts(self) -> dict[str, int]:
+        """This rank's samples per batch of each source."""
+        return {
+            "real": self.n_real,
+            "synthetic": self.n_syn,
+            **{name: n for name, _, n in self.extras},
+        }
+
+    def source_urls(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "real": tuple(self.real_urls),
+            "synthetic": tuple(self.synthetic_urls),
+            **{name: tuple(urls) for name, urls, _ in self.extras},
+        }
+
+    def share_of(self, name: str) -> tuple[int, ...]:
+        shares = dict(self.shares)
+        if name in shares:
+            return tuple(shares[name])
+        if self.rank:
+            raise ValueError(f"rank {self.rank} needs every rank's share of {name!r} (shares)")
+        return (self.counts()[name],)
 
 
 def check_spec(spec: MixSpec) -> None:
@@ -221,73 +417,184 @@ def check_spec(spec: MixSpec) -> None:
             raise ValueError(f"extra source {name!r} needs shards and a count >= 1")
 
 
-def assemble(spec: MixSpec, parts, generators, step: int) -> dict:
-    """One batch from its real part, synthetic part and extras: composed and shuffled, the
-    recipe's augmentation, then the method's transform. ``parts`` is (real, synthetic,
-    {name: extra images}), ``generators`` (compose, method)."""
-    (real_images, real_labels), (syn_images, syn_labels), extras = parts
-    generator, method_generator = generators
-    images, order, is_synthetic = compose(real_images, syn_images, generator)
-    labels = torch.cat([real_labels, syn_labels])
-    batch = {
-        "images": augment(spec, images, generator),
-        "labels": labels[order.to(labels.device)],
-        "is_synthetic": is_synthetic,
-        "step": step,
-    }
-    for name, extra in extras.items():
-        batch[name] = augment(spec, extra, method_generator)
-    if spec.transform is not None:
-        batch = spec.transform(batch, method_generator)
-    return batch
+def resolve_sources(spec: MixSpec, shares: dict | None = None) -> dict[str, Source]:
+    """Every source a batch draws from (a positive global count), with its shard counts and
+    hashes from ``spec`` or else from the manifest next to its shards."""
+    expected, hashes, encodings = dict(spec.expected), dict(spec.hashes), dict(spec.encodings)
+    sources = {}
+    for name, urls in spec.source_urls().items():
+        share = tuple(shares[name]) if shares and name in shares else spec.share_of(name)
+        if not sum(share):
+            continue
+        if not urls:
+            raise ValueError(f"{name!r} has samples in every batch but no shard set")
+        encoding = encodings.get(name)
+        if all(url in expected for url in urls) and encoding is not None:
+            counts = tuple(expected[url] for url in urls)
+            sha = tuple(hashes.get(url, "") for url in urls)
+        else:
+            manifest, by_name = _manifest_of(urls)
+            infos = [by_name[url.rsplit("/", 1)[-1]] for url in urls]
+            counts = tuple(i.num_samples for i in infos)
+            sha = tuple(hashes.get(url, i.sha256) for url, i in zip(urls, infos, strict=True))
+            encoding = encoding or manifest.encoding
+        sources[name] = Source(name, urls, counts, sha, encoding, share, spec.shuffle_buffer)
+    return sources
 
 
-def augment(spec: MixSpec, images: torch.Tensor, generator) -> torch.Tensor:
-    return base_augment(
-        images,
+def compose_order(spec: MixSpec, real: Source | None, syn: Source | None, step: int):
+    """This rank's batch order: its real then synthetic samples, put in the order they take in
+    the global batch's one permutation (seeded by (seed, step) alone)."""
+    total_real = sum(real.shares) if real else 0
+    total_syn = sum(syn.shares) if syn else 0
+    permutation = torch.randperm(
+        total_real + total_syn, generator=torch_generator(spec.seed, "compose", step)
+    )
+    place = torch.empty_like(permutation)
+    place[permutation] = torch.arange(len(permutation))
+    mine = []
+    if real:
+        first = sum(real.shares[: spec.rank])
+        mine.append(torch.arange(first, first + real.shares[spec.rank]))
+    if syn:
+        first = total_real + sum(syn.shares[: spec.rank])
+        mine.append(torch.arange(first, first + syn.shares[spec.rank]))
+    mine = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.int64)
+    return torch.argsort(place[mine])
+
+
+def augment_part(spec: MixSpec, source: Source, images: torch.Tensor, step: int):
+    """The recipe's augmentation of this rank's part of a source: the draws are made for the
+    source's whole global part (seeded by (seed, source, step)) and sliced."""
+    generator = torch_generator(spec.seed, "augment", source.name, step)
+    draws = augment_draws(
+        sum(source.shares),
+        spec.image_size,
         generator,
         padding=spec.crop_padding,
         hflip=spec.hflip,
         resized_crop=spec.resized_crop,
     )
+    first = sum(source.shares[: spec.rank])
+    mine = slice_draws(draws, first, first + source.shares[spec.rank])
+    return apply_augment(images, mine, padding=spec.crop_padding, resized_crop=spec.resized_crop)
+
+
+def _empty(spec: MixSpec, device=None):
+    shape = (0, spec.channels, *spec.image_size)
+    return (
+        torch.zeros(shape, dtype=torch.uint8, device=device),
+        torch.zeros(0, dtype=torch.int64, device=device),
+        [],
+    )
+
+
+def assemble(spec: MixSpec, sources: dict[str, Source], parts: dict, step: int) -> dict:
+    """One batch from this rank's part of each source (``parts``: name -> (images, labels,
+    keys)): augmented, composed in the global batch's order, then the method's transform."""
+    real, syn = sources.get("real"), sources.get("synthetic")
+    pieces = {}
+    for name in ("real", "synthetic"):
+        images, labels, keys = parts.get(name) or _empty(spec)
+        if name in sources:
+            images = augment_part(spec, sources[name], images, step)
+        pieces[name] = (images, labels, keys)
+    (real_images, real_labels, real_keys) = pieces["real"]
+    (syn_images, syn_labels, syn_keys) = pieces["synthetic"]
+    order = compose_order(spec, real, syn, step)
+    images = torch.cat([real_images, syn_images])
+    labels = torch.cat([real_labels, syn_labels.to(real_labels.device)])
+    flags = [torch.zeros(len(real_labels), dtype=torch.bool)]
+    is_synthetic = torch.cat([*flags, torch.ones(len(syn_labels), dtype=torch.bool)])
+    merged = real_keys + syn_keys
+    batch = {
+        "images": images[order.to(images.device)],
+        "labels": labels[order.to(labels.device)],
+        "is_synthetic": is_synthetic[order],
+        "step": step,
+        "ids": {"real": real_keys, "synthetic": syn_keys},  # in position order (the trace)
+        "keys": [merged[i] for i in order.tolist()] if len(merged) == len(order) else [],
+    }
+    for name, source in sources.items():
+        if name not in ("real", "synthetic"):
+            batch[name] = augment_part(spec, source, parts[name][0], step)
+    if spec.transform is not None:
+        generator = torch_generator(spec.seed, "method", step, spec.rank)
+        batch = spec.transform(batch, generator)
+    return batch
 
 
 class MixedBatches(IterableDataset):
-    """One epoch of batches per iteration: dicts with ``images`` (uint8, or float in [0, 1]
-    after a PixMix transform), ``labels``, ``is_synthetic``, the global ``step``, ``skipped``,
-    one entry per extra source and what the transform adds. Use with
-    ``DataLoader(batch_size=None)``."""
+    """One epoch of batches per iteration (from the epoch's ``first_step``): dicts with
+    ``images`` (uint8, or float in [0, 1] after a PixMix transform), ``labels``,
+    ``is_synthetic``, the global ``step``, ``ids``, ``faults``, ``fetched`` (bytes), one entry
+    per extra source and what the transform adds. Use with ``DataLoader(batch_size=None)``."""
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch):
         super().__init__()
         check_spec(spec)
         self.spec = spec
         self.epoch = epoch
+        self.sources = resolve_sources(spec)
+        self._readers = None
 
-    def _source(self, name, urls, count, parts, faults):
-        if count == 0:
-            shape = (0, self.spec.channels, *self.spec.image_size)
-            empty = (torch.zeros(shape, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
-            while True:
-                yield empty
-        yield from source_batches(self.spec.stream(name, urls), count, (*parts, name), faults)
+    def readers(self) -> dict[str, Reader]:
+        if self._readers is None:
+            spec = self.spec
+            check = Check(spec.channels, tuple(spec.image_size), None)
+            fetcher = Fetcher(spec.cache_dir, spec.cache_limit, spec.read_timeout)
+            self.faults = Faults(spec.on_error == "skip")
+            self.fetcher = fetcher
+            self._readers = {}
+            for name, source in self.sources.items():
+                classes = spec.num_classes if name in ("real", "synthetic") else None
+                source_check = Check(check.channels, check.image_size, classes)
+                self._readers[name] = Reader(source, spec.seed, source_check, fetcher, self.faults)
+        return self._readers
+
+    def batch(self, step: int) -> dict:
+        """The batch of global step ``step`` on this rank."""
+        spec, readers = self.spec, self.readers()
+        parts = {}
+        for name, source in self.sources.items():
+            start = slice_start(step, source.shares, spec.rank)
+            parts[name] = readers[name].take(start, source.shares[spec.rank])
+        batch = assemble(spec, self.sources, parts, step)
+        fetched, self.fetcher.fetched = self.fetcher.fetched, 0
+        return {**batch, "faults": self.faults.take(), "fetched": fetched}
 
     def __iter__(self):
         spec = self.spec
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        epoch = self.epoch.get()
-        parts = (spec.seed, epoch, spec.rank, worker)
-        faults = Faults(spec.on_error == "skip")
-        real = self._source("real", spec.real_urls, spec.n_real, parts, faults)
-        synthetic = self._source("synthetic", spec.synthetic_urls, spec.n_syn, parts, faults)
-        extras = {name: self._source(name, urls, n, parts, faults) for name, urls, n in spec.extras}
-        generators = (torch_generator(*parts, "compose"), torch_generator(*parts, "method"))
-        for step in worker_steps(spec.steps_per_epoch, worker, num_workers):
-            batch_parts = (
-                next(real),
-                next(synthetic),
-                {name: next(source)[0] for name, source in extras.items()},
-            )
-            batch = assemble(spec, batch_parts, generators, epoch * spec.steps_per_epoch + step)
-            yield {**batch, "skipped": faults.take()}
+        epoch, first = self.epoch.get(), self.epoch.first_step
+        steps = worker_steps(spec.steps_per_epoch - first, worker, num_workers)
+        for step in steps:
+            global_step = epoch * spec.steps_per_epoch + first + step
+            if info is None:
+                yield self.batch(global_step)
+                continue
+            try:
+                batch = self.batch(global_step)
+            except (ShardError, TransportError) as error:
+                kind = "transport" if isinstance(error, TransportError) else "shard"
+                yield {"error": str(error), "kind": kind, "traceback": traceback.format_exc()}
+                return
+            yield batch
+
+
+def raise_worker_error(batch: dict) -> None:
+    """Raise the error a DataLoader worker sent as a batch: its message alone (the worker's
+    traceback rides on the exception as ``worker_traceback``, for the log and ``--debug``)."""
+    error_class = TransportError if batch.get("kind") == "transport" else ShardError
+    error = error_class(batch["error"])
+    error.worker_traceback = batch.get("traceback", "")
+    raise error
+
+
+def checked(batches):
+    """``batches`` (a DataLoader over MixedBatches), raising the error a worker sent."""
+    for batch in batches:
+        if "error" in batch:
+            raise_worker_error(batch)
+        yield batch

@@ -1,18 +1,26 @@
 """The streaming SIO trainer: exact real/synthetic batches, SGD + Nesterov, per-step cosine.
 
+A run is a ``TrainPlan`` (everything decided before step 0: the shard sets, the samples per
+batch of each rank and source, steps per epoch, epochs, the checkpoint cadence) and a
+``TrainState`` (what changes and is checkpointed: the step, model, method, optimizer, schedule,
+RNG states, the epoch's sums so far and the log's history). The batches are a function of
+(seed, step) alone (stream.py), so the position in the data is just ``state.step``.
+
 ``alpha = 1`` is the real-only baseline with the same batch size and step count. The training
-method (``config.method``, see methods/) supplies the loss, and possibly a batch transform,
-extra shard sets outside the ID part, its classifier head, parameter groups and the schedule; it
-never changes the batch's real/synthetic composition. Under torchrun each rank takes its
-``rank_share`` of the global real and synthetic quota (see loop.py and distributed.py). Shard
-sets are streamed from folders or URLs (stream.py) or, with ``resident``, held in memory
-(resident.py). A checkpoint (``checkpoint.pt``, see checkpoint.py) is written atomically after
-every epoch by rank 0, and ``log.jsonl`` has one global line per epoch.
+method (``config.method``, see methods/) supplies the loss, and possibly a batch transform, extra
+shard sets outside the ID part, its classifier head, parameter groups and the schedule; it never
+changes the batch's real/synthetic composition. Under torchrun each rank takes its
+``rank_share`` of the global real and synthetic quota. Shard sets are streamed from folders or
+URLs (stream.py) or, with ``resident``, held in memory (resident.py). Rank 0 writes
+``checkpoint.pt`` atomically after every epoch and every ``checkpoint_every`` steps, and
+``log.jsonl`` (one global line per epoch); ``trace: true`` writes ``trace/rank-R.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,14 +44,13 @@ from sio.train.checkpoint import (
 from sio.train.checkpoint import save_atomic as _save_atomic
 from sio.train.config import TrainConfig
 from sio.train.distributed import World
-from sio.train.loop import EpochContext
-from sio.train.loop import train_epoch as _train_epoch
+from sio.train.loop import EpochTotals, StepContext, epoch_record, train_step
 from sio.train.methods import METHODS, MethodContext, build_method
 from sio.train.mixing import batch_counts, rank_share, steps_per_epoch
 from sio.train.models import build_classifier
 from sio.train.resident import ResidentBatches, load_resident
-from sio.train.sources import ShardSource, check_shard_count, extra_sources, synthetic_source
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
+from sio.train.sources import ShardSource, extra_sources, synthetic_source
+from sio.train.stream import Fetcher, MixedBatches, MixSpec, SharedEpoch
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "load_checkpoint", "train_classifier"]
 
@@ -58,6 +65,60 @@ class Objective(nn.Module):
 
     def forward(self, batch: dict):
         return self.method.loss(self.model, batch)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything decided before step 0."""
+
+    config: TrainConfig
+    alpha: float
+    seed: int
+    out: Path
+    device: str
+    world: World
+    sources: dict  # source name -> ShardSource (real, synthetic when used, the method's extras)
+    counts: tuple[int, int]  # the global batch's (real, synthetic) samples
+    shares: dict  # source name -> samples per batch of each rank
+    steps_per_epoch: int
+    epochs: int
+    locations: tuple  # (real, synthetic) as given, for the checkpoint
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def quota(self) -> tuple[int, int]:
+        """This rank's (real, synthetic) samples per batch."""
+        rank = self.world.rank
+        return self.shares["real"][rank], self.shares["synthetic"][rank]
+
+    def checkpoint_due(self, step: int) -> bool:
+        every = self.config.checkpoint_every
+        return step % self.steps_per_epoch == 0 or bool(every and step % every == 0)
+
+    def trace_file(self) -> Path | None:
+        if not self.config.trace:
+            return None
+        return self.out / "trace" / f"rank-{self.world.rank}.jsonl"
+
+
+@dataclass
+class TrainState:
+    """What changes during training and is checkpointed."""
+
+    model: nn.Module
+    method: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    record: dict  # the checkpoint's header and history
+    step: int = 0  # optimiser steps done: the next batch is the one of global step ``step``
+    totals: EpochTotals = field(default_factory=EpochTotals)
+
+    @property
+    def history(self) -> list:
+        return self.record["history"]
 
 
 def train_classifier(
@@ -80,7 +141,8 @@ def train_classifier(
     check_alpha(alpha)
     world, device = distributed.start(device)
     try:
-        path = _train(real, synthetic, alpha, seed, config, Path(out), device, resume, world)
+        plan, state = make_plan(real, synthetic, alpha, seed, config, Path(out), device, world)
+        path = run(plan, state, resume)
     except BaseException:
         if world.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # no barrier: the other ranks may be gone
@@ -89,7 +151,8 @@ def train_classifier(
     return path
 
 
-def _train(real, synthetic, alpha, seed, config, out, device, resume, world: World) -> Path:
+def make_plan(real, synthetic, alpha, seed, config, out: Path, device, world: World):
+    """(TrainPlan, the TrainState of step 0) of a run."""
     out.mkdir(parents=True, exist_ok=True)
     real_source = ShardSource.open(real)
     manifest = real_source.manifest
@@ -97,47 +160,106 @@ def _train(real, synthetic, alpha, seed, config, out, device, resume, world: Wor
     steps = config.steps_per_epoch or steps_per_epoch(manifest.num_samples, config.batch_size)
     model, method = build_objective(config, manifest, seed, steps, device)
     sources, extras = open_sources(real_source, synthetic, counts, config, method, alpha)
+    plan = TrainPlan(
+        config=config,
+        alpha=alpha,
+        seed=seed,
+        out=out,
+        device=device,
+        world=world,
+        sources=sources,
+        counts=counts,
+        shares=batch_plan(counts, extras, config.batch_size, world),
+        steps_per_epoch=steps,
+        epochs=method.total_epochs(),
+        locations=(real, synthetic),
+    )
     optimizer, schedule = _optimiser(config, model, method)
-    state = header(manifest, config, alpha, seed, real, synthetic, world.size)
-    path = out / CHECKPOINT
-    start = _resume(path, state, (model, method, optimizer, schedule), device, resume, world)
-    epochs = method.total_epochs()
-    if start >= epochs:
-        if world.main:
-            print(f"{out}: the run is complete ({epochs} epochs); nothing to do", flush=True)
+    syn_manifest = sources["synthetic"].manifest if "synthetic" in sources else None
+    record = header(manifest, config, alpha, seed, real, synthetic, world.size, syn_manifest)
+    return plan, TrainState(model, method, optimizer, schedule, record)
+
+
+def run(plan: TrainPlan, state: TrainState, resume: bool | None) -> Path:
+    """Resume ``state`` from the run folder if asked, then train to the plan's last step."""
+    path = plan.out / CHECKPOINT
+    _resume(path, plan, state, resume)
+    if state.step >= plan.total_steps:
+        if plan.world.main:
+            print(f"{plan.out}: the run is complete ({plan.epochs} epochs); nothing to do")
         return path
-    plan = batch_plan(counts, extras, config.batch_size, world)
-    spec = _spec(sources, extras, plan, seed, config, method, world)
-    epoch_value = SharedEpoch(start)
-    loader = _loader(spec, epoch_value, config, sources, plan, device)
-    objective = _wrap(Objective(model, method), world, device)
-    context = EpochContext.create(world, (spec.n_real, spec.n_syn), config.batch_size)
-    for epoch in range(start, epochs):
-        epoch_value.set(epoch)
-        record = _train_epoch(objective, loader, optimizer, schedule, epoch, steps, device, context)
-        state["history"].append(record)
-        state.update(epoch=epoch + 1, step=(epoch + 1) * steps, complete=epoch + 1 == epochs)
-        _save_epoch(state, (model, method, optimizer, schedule), out, world)
+    _prepare_trace(plan, state.step)
+    position = SharedEpoch(*divmod(state.step, plan.steps_per_epoch))
+    loader = _loader(plan, state, position)
+    objective = _wrap(Objective(state.model, state.method), plan.world, plan.device)
+    context = StepContext(plan.world, plan.quota, plan.config.batch_size, plan.trace_file())
+    while state.step < plan.total_steps:
+        train_epoch(plan, state, objective, loader, position, context)
     return path
 
 
-def _save_epoch(state: dict, objects, out: Path, world: World) -> None:
-    """Rank 0 writes the checkpoint (with every rank's RNG states), then the log rebuilt from the
-    checkpoint's history: after a crash and a resume it holds each epoch exactly once."""
-    model, method, optimizer, schedule = objects
-    rngs = distributed.gather(rng_state(), world)
-    if world.main:
-        state.update(
-            model_state=model.state_dict(),
-            method_state=method.state_dict(),
-            optimizer=optimizer.state_dict(),
-            schedule=schedule.state_dict(),
-            rng=rngs,
+def train_epoch(plan: TrainPlan, state: TrainState, objective, loader, position, context):
+    """The rest of the epoch that ``state.step`` is in, checkpointed as the plan says."""
+    epoch, first = divmod(state.step, plan.steps_per_epoch)
+    position.set(epoch, first)
+    objective.train()
+    start = time.perf_counter()
+    for batch in loader:
+        train_step(
+            objective, batch, state.optimizer, state.schedule, plan.device, context, state.totals
         )
-        _save_atomic(state, out / CHECKPOINT)
-        lines = "".join(json.dumps(record) + "\n" for record in state["history"])
-        write_text_atomic(out / "log.jsonl", lines)
+        state.step += 1
+        if state.step % plan.steps_per_epoch and plan.checkpoint_due(state.step):
+            state.totals.sums["seconds"] += time.perf_counter() - start
+            _save(plan, state)
+            start = time.perf_counter()
+    seconds = time.perf_counter() - start
+    lr = state.schedule.get_last_lr()[0]
+    steps, world = plan.steps_per_epoch, plan.world
+    record = epoch_record(state.totals, epoch, steps, seconds, lr, world, plan.device)
+    state.history.append(record)
+    state.totals = EpochTotals()
+    _save(plan, state)
+
+
+def _save(plan: TrainPlan, state: TrainState) -> None:
+    """Rank 0 writes the checkpoint (with every rank's RNG states and epoch sums so far), then
+    the log rebuilt from the checkpoint's history: after a crash and a resume it holds each
+    epoch exactly once."""
+    world = plan.world
+    rngs = distributed.gather(rng_state(), world)
+    totals = distributed.gather(state.totals.state(), world)
+    if world.main:
+        epoch, within = divmod(state.step, plan.steps_per_epoch)
+        state.record.update(
+            epoch=epoch,
+            step=state.step,
+            complete=state.step == plan.total_steps,
+            model_state=state.model.state_dict(),
+            method_state=state.method.state_dict(),
+            optimizer=state.optimizer.state_dict(),
+            schedule=state.schedule.state_dict(),
+            rng=rngs,
+            epoch_totals=totals if within else [],
+            world_size=world.size,
+        )
+        _save_atomic(state.record, plan.out / CHECKPOINT)
+        lines = "".join(json.dumps(record) + "\n" for record in state.history)
+        write_text_atomic(plan.out / "log.jsonl", lines)
     distributed.barrier(world)
+
+
+def _prepare_trace(plan: TrainPlan, step: int) -> None:
+    """Keep the trace lines of the steps before ``step`` (a killed run may have written more)."""
+    trace = plan.trace_file()
+    if trace is None:
+        return
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    kept = ""
+    if trace.is_file():
+        lines = trace.read_text().splitlines()
+        kept = "".join(line + "\n" for line in lines if line and json.loads(line)["step"] < step)
+    write_text_atomic(trace, kept)
 
 
 def _shares(total: int, world: World) -> tuple[int, ...]:
@@ -180,49 +302,73 @@ def batch_spec(real, synthetic, counts, seed, config, method, *, world=None) -> 
     recipe's augmentation, and the method's extra shard sets and batch transform."""
     world = world or World()
     sources, extras = open_sources(real, synthetic, counts, config, method)
-    plan = batch_plan(counts, extras, config.batch_size, world)
-    return _spec(sources, extras, plan, seed, config, method, world)
+    shares = batch_plan(counts, extras, config.batch_size, world)
+    steps = config.steps_per_epoch or steps_per_epoch(
+        sources["real"].manifest.num_samples, config.batch_size
+    )
+    return _spec(sources, shares, steps, seed, config, method, world)
 
 
-def _spec(sources: dict, extras: dict, plan: dict, seed, config, method, world) -> MixSpec:
+def _spec(sources: dict, shares: dict, steps: int, seed, config, method, world) -> MixSpec:
     manifest = sources["real"].manifest
-    if not config.resident:
-        for name, source in sources.items():
-            check_shard_count(name, source, world.size, config.num_workers)
+    extras = [name for name in sources if name not in ("real", "synthetic")]
     return MixSpec(
         real_urls=sources["real"].urls,
         synthetic_urls=sources["synthetic"].urls if "synthetic" in sources else (),
-        n_real=plan["real"][world.rank],
-        n_syn=plan["synthetic"][world.rank],
+        n_real=shares["real"][world.rank],
+        n_syn=shares["synthetic"][world.rank],
         channels=manifest.channels,
         image_size=tuple(manifest.image_size),
-        steps_per_epoch=config.steps_per_epoch
-        or steps_per_epoch(manifest.num_samples, config.batch_size),
+        steps_per_epoch=steps,
         seed=seed,
         rank=world.rank,
         shuffle_buffer=config.shuffle_buffer,
         crop_padding=config.crop_padding,
         hflip=config.hflip,
         resized_crop=config.resized_crop,
-        extras=tuple((name, sources[name].urls, plan[name][world.rank]) for name in extras),
+        extras=tuple((name, sources[name].urls, shares[name][world.rank]) for name in extras),
         transform=method.transform(),
         encodings=tuple((name, source.encoding) for name, source in sources.items()),
         expected=tuple(pair for source in sources.values() for pair in source.expected),
         on_error=config.on_error,
+        shares=tuple((name, tuple(shares[name])) for name in shares),
+        hashes=tuple(
+            (url, shard.sha256)
+            for source in sources.values()
+            for url, shard in zip(source.urls, source.manifest.shards, strict=True)
+        ),
+        num_classes=len(manifest.class_names),
+        cache_dir=config.cache_dir,
+        cache_limit=config.cache_limit,
+        read_timeout=config.read_timeout,
     )
 
 
-def _loader(spec: MixSpec, epoch: SharedEpoch, config, sources, plan, device):
-    """The epoch's batches: DataLoader workers streaming shards, or resident sets in memory."""
+def _loader(plan: TrainPlan, state: TrainState, position: SharedEpoch):
+    """The batches: DataLoader workers streaming shards, or resident sets in memory."""
+    config = plan.config
+    spec = _spec(
+        plan.sources,
+        plan.shares,
+        plan.steps_per_epoch,
+        plan.seed,
+        config,
+        state.method,
+        plan.world,
+    )
     if config.resident:
-        sets = {name: load_resident(source, device) for name, source in sources.items()}
-        return ResidentBatches(spec, epoch, sets, {name: plan[name] for name in sets})
+        fetcher = Fetcher(config.cache_dir, config.cache_limit, config.read_timeout)
+        sets = {
+            name: load_resident(source, plan.device, fetcher)
+            for name, source in plan.sources.items()
+        }
+        return ResidentBatches(spec, position, sets, {name: plan.shares[name] for name in sets})
     return DataLoader(
-        MixedBatches(spec, epoch),
+        MixedBatches(spec, position),
         batch_size=None,
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
-        pin_memory=str(device).startswith("cuda"),
+        pin_memory=str(plan.device).startswith("cuda"),
     )
 
 
@@ -278,29 +424,29 @@ def _optimiser(config: TrainConfig, model, method):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, method.lr_factor())
 
 
-def _resume(path: Path, state: dict, objects, device, resume, world: World) -> int:
-    """Load an earlier checkpoint of the same run into the objects; returns its epoch."""
+def _resume(path: Path, plan: TrainPlan, state: TrainState, resume) -> None:
+    """Load an earlier checkpoint of the same run into ``state`` (any number of ranks)."""
     if not path.is_file():
-        return 0
-    previous = torch.load(path, map_location=device, weights_only=True)
+        return
+    previous = torch.load(path, map_location=plan.device, weights_only=True)
     if resume is False:
         done = (
             f"a finished run ({previous['epoch']} epochs)"
             if previous.get("complete")
-            else (f"a checkpoint after epoch {previous['epoch']}")
+            else (f"a checkpoint after step {previous['step']}")
         )
         raise ValueError(
             f"{path.parent} holds {done}; nothing was overwritten. Pass --resume to continue "
             "it, or choose another --out"
         )
-    check_same_run(path, previous, state)
-    model, method, optimizer, schedule = objects
-    model.load_state_dict(previous["model_state"])
-    method.load_state_dict(previous.get("method_state", {}))
-    optimizer.load_state_dict(previous["optimizer"])
-    schedule.load_state_dict(previous["schedule"])
+    check_same_run(path, previous, state.record)
+    state.model.load_state_dict(previous["model_state"])
+    state.method.load_state_dict(previous.get("method_state", {}))
+    state.optimizer.load_state_dict(previous["optimizer"])
+    state.schedule.load_state_dict(previous["schedule"])
     rngs = previous.get("rng") or []
-    if len(rngs) == world.size:
-        set_rng_state(rngs[world.rank])
-    state["history"] = list(previous["history"])
-    return previous["epoch"]
+    if len(rngs) == plan.world.size:
+        set_rng_state(rngs[plan.world.rank])
+    state.record["history"] = list(previous["history"])
+    state.step = int(previous["step"])
+    state.totals = EpochTotals.restore(previous.get("epoch_totals") or [], plan.world)

@@ -306,3 +306,36 @@ def register_url_schemes() -> None:
 
     for scheme in ("s3", "http", "https"):
         webdataset.gopen_schemes[scheme] = open_url
+
+
+class TransportError(OSError):
+    """A remote object that stayed unreachable for the whole read timeout: an outage, never
+    corrupt data (training stops instead of skipping)."""
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def fetch_bytes(url: str, timeout_s: float, say=_say) -> bytes:
+    """The whole of a remote object, waiting out transport errors (connection refused or reset,
+    timeouts, HTTP 429/5xx) with exponential back-off for up to ``timeout_s`` seconds, one
+    "waiting for URL (attempt n)" line per retry; then a TransportError. A missing object
+    (FileNotFoundError) is raised at once: that is the set's content, not the network."""
+    deadline = time.monotonic() + timeout_s
+    for attempt in itertools.count(1):
+        try:
+            return read_bytes(url)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(
+                    f"{url}: unreachable for {timeout_s:g} s ({attempt} attempts): {err}"
+                ) from err
+            say(f"waiting for {url} (attempt {attempt}): {err}")
+            time.sleep(min(0.2 * 2 ** min(attempt, 8), 15.0, max(left, 0.01)))
+    raise AssertionError("unreachable")
