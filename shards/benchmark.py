@@ -111,10 +111,24 @@ def finish_benchmark(out: Path, rows, name, size, channels, class_names, extra) 
     return read_benchmark(out)
 
 
+def split_order(count: int, config: ShardConfig, folder: str):
+    """The order a split's ``count`` samples are written in: ``shard.order: shuffled`` a
+    permutation seeded by (``shard.seed``, folder), ``source`` the readers' order."""
+    import numpy as np
+
+    from sio.core.seeding import numpy_rng
+
+    if config.order == "source":
+        return np.arange(count)
+    return numpy_rng(config.seed, "order", folder).permutation(count)
+
+
 def _write_split(out: Path, folder, images, labels, class_names, metas, config: ShardConfig):
     provenance = {"generator": None, "split": folder, "shard_config": to_dict(config)}
     if is_complete(out / folder, provenance):  # complete from an earlier, interrupted run
         return
+    order = split_order(len(images), config, folder)
+    images, labels, metas = images[order], labels[order], [metas[i] for i in order]
     channels = 1 if images.ndim == 3 else 3
     with ShardSetWriter(
         out / folder,

@@ -180,7 +180,7 @@ def check_data_root(bench: BenchmarkSpec, rows, data_root) -> None:
 def write_spec_benchmark(bench: BenchmarkSpec, config, out: Path, splits=None, report=None):
     """Write the splits of a benchmark file (see benchmark.write_benchmark)."""
     from sio.core.config import to_dict
-    from sio.shards.benchmark import choose_splits, finish_benchmark, is_complete
+    from sio.shards.benchmark import choose_splits, finish_benchmark, is_complete, split_order
 
     rows = plan(bench)
     chosen = choose_splits(rows, splits)
@@ -195,6 +195,7 @@ def write_spec_benchmark(bench: BenchmarkSpec, config, out: Path, splits=None, r
             continue
         started = time.perf_counter()
         source = read_set(spec, bench, config.data_root, config.seed, cache)
+        source = source.take(split_order(len(source), config, folder))
         if folder.startswith("id_"):
             class_names = _same_id_classes(class_names, source, folder)
         provenance = {**identity, "data_root": config.data_root}

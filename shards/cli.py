@@ -32,10 +32,19 @@ from sio.shardset.verify import verify_shard_set
     help="Comma-separated split folders (id_train, far_svhn, ...) or roles (id, near, far) to "
     "write; benchmark.json is written once every split is there.",
 )
-@click.option("--seed", type=int, default=None, help="Overrides shard.seed.")
+@click.option(
+    "--seed", type=int, default=None, help="Overrides shard.seed (splits and write order)."
+)
+@click.option(
+    "--order",
+    type=click.Choice(["shuffled", "source"]),
+    default=None,
+    help="Overrides shard.order: shuffled (default; seeded) mixes the classes in every shard, "
+    "source keeps the readers' order.",
+)
 @click.option("--shard-size", type=int, default=None, help="Overrides shard.shard_size.")
 @config_option
-def shard(benchmark, out, data_root, splits, seed, shard_size, config_path):
+def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_path):
     """Write BENCHMARK's ID train/val/test and every OOD set as shard sets.
 
     BENCHMARK is digits, a shipped benchmark file (cifar10, cifar100, imagenet10,
@@ -50,6 +59,7 @@ def shard(benchmark, out, data_root, splits, seed, shard_size, config_path):
     overrides = {
         "benchmark": benchmark,
         "seed": seed,
+        "order": order,
         "shard_size": shard_size,
         "data_root": data_root,
     }

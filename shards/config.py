@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sio.core.config import check as _check
 
@@ -36,11 +37,17 @@ class DigitsConfig:
 class ShardConfig:
     """``benchmark``: ``digits`` (built in code), a benchmark file shipped in sio/shards/benchmarks
     (``cifar10``, ``cifar100``, ``imagenet10``, ``imagenet-dogs``, ``mnist5k``) or the path of
-    one's own ``.yaml``; ``data_root``: the folder its dataset paths are relative to."""
+    one's own ``.yaml``; ``data_root``: the folder its dataset paths are relative to.
+
+    ``order``: ``shuffled`` (default) writes each split in a random order seeded by ``seed`` and
+    the split's folder name, so its shards mix the classes however the source is sorted
+    (MNIST-style files, ImageFolder and ImageNet readers list one class after another);
+    ``source`` keeps the readers' order. Each manifest records it (``provenance.shard_config``)."""
 
     benchmark: str = "digits"
     seed: int = 0
     shard_size: int = 256
+    order: Literal["shuffled", "source"] = "shuffled"
     data_root: str | None = None
     digits: DigitsConfig = field(default_factory=DigitsConfig)
 

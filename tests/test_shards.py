@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -338,7 +339,8 @@ FAR_PER_SET = 50
 
 @pytest.fixture(scope="module")
 def benchmarks(tmp_path_factory):
-    config = ShardConfig(digits=DigitsConfig(far_ood_images_per_set=FAR_PER_SET))
+    # the readers' order, to compare with sklearn's arrays (shuffled order: tests below)
+    config = ShardConfig(digits=DigitsConfig(far_ood_images_per_set=FAR_PER_SET), order="source")
     root = tmp_path_factory.mktemp("bench")
     first = write_benchmark(config, root / "a")
     second = write_benchmark(config, root / "b")
@@ -515,3 +517,32 @@ def test_pixel_statistics_exact_whatever_the_batch(tmp_path, monkeypatch, batch_
     pixels = images.reshape(-1, 3).astype(np.float64) / 255
     np.testing.assert_allclose(manifest.pixel_mean, pixels.mean(0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(manifest.pixel_std, pixels.std(0), rtol=0, atol=1e-12)
+
+
+def test_shuffled_order_is_a_seeded_permutation_that_mixes_classes(benchmarks, tmp_path):
+    """shard.order: shuffled (the default) writes the same samples as source order, permuted by
+    a permutation seeded by (shard.seed, split), recorded in the manifest; every shard mixes
+    the classes, where source order holds runs of one class."""
+    source_config, source_bench, _ = benchmarks
+    config = dataclasses.replace(source_config, order="shuffled")
+    assert ShardConfig().order == "shuffled"
+    bench = write_benchmark(config, tmp_path / "a")
+    again = write_benchmark(config, tmp_path / "b")
+    for split in ("train", "val", "test"):
+        s_images, s_labels, s_metas = read_all(source_bench.id_splits[split])
+        images, labels, metas = read_all(bench.id_splits[split])
+        key = [json.dumps(m, sort_keys=True) for m in s_metas]
+        position = {k: i for i, k in enumerate(key)}
+        order = [position[json.dumps(m, sort_keys=True)] for m in metas]
+        assert sorted(order) == list(range(len(key)))  # a permutation of the same samples
+        assert order != sorted(order)
+        np.testing.assert_array_equal(images, s_images[order])
+        np.testing.assert_array_equal(labels, s_labels[order])
+        manifest = read_manifest(bench.id_splits[split])
+        assert manifest.provenance["shard_config"]["order"] == "shuffled"
+        first = read_manifest(again.id_splits[split]).shards
+        assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in first]  # seeded
+    _, labels, _ = read_all(bench.id_splits["train"])
+    size = config.shard_size
+    for start in range(0, len(labels) - size + 1, size):
+        assert len(set(labels[start : start + size].tolist())) == 6  # all ID classes per shard

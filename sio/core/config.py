@@ -91,6 +91,14 @@ def parse_dataclass(cls: type, data: Any, path: str):
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}.{key}: unknown key; known keys: {', '.join(known)}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for key in required:
+        if key not in data:
+            raise ConfigError(f"{path}.{key}: missing; this key has no default")
     kwargs = {key: _coerce(hints[key], value, f"{path}.{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
