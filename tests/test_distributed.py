@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,45 +72,83 @@ def write_set(folder, count, kind, shard_size=8):
     return folder
 
 
+def read_trace(folder: Path) -> dict:
+    """step -> (real keys, synthetic keys) of the global batch, the ranks' parts in rank order."""
+    steps = defaultdict(lambda: ([], []))
+    for path in sorted(folder.glob("rank-*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            steps[record["step"]][0].extend(record["real"])
+            steps[record["step"]][1].extend(record["synthetic"])
+    return dict(steps)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.mark.slow
-def test_two_gloo_ranks_under_torchrun(tmp_path):
-    real = write_set(tmp_path / "real", 64, "real")  # 8 shards >= 2 ranks x 2 workers
-    synthetic = write_set(tmp_path / "synthetic", 48, "synthetic")  # 6 shards
-    train = {"epochs": 2, "batch_size": 10, "num_workers": 2, "shuffle_buffer": 8, "lr": 0.05}
+def test_two_gloo_ranks_under_torchrun_give_the_one_process_batches(tmp_path):
+    """W = 2 ranks x 2 workers under torchrun, SIGKILLed mid-run, resumed by one process with 3
+    workers: the global batches of every step, by key, are those of one process without
+    workers; each rank took its rank_share (3 + 1 and 4 + 2 of 7 + 3)."""
+    real = write_set(tmp_path / "real", 64, "real")
+    synthetic = write_set(tmp_path / "synthetic", 48, "synthetic", shard_size=16)  # 3 shards
+    train = {
+        **{"epochs": 2, "batch_size": 10, "num_workers": 2, "shuffle_buffer": 8, "lr": 0.05},
+        **{"trace": True, "checkpoint_every": 1},
+    }
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({"train": train}))
-    out, steps_log = tmp_path / "run", tmp_path / "steps"
+    out = tmp_path / "run"
     command = [
         *(str(BIN / "python"), "-m", "torch.distributed.run", "--nproc_per_node", "2"),
         *("--standalone", "-m", "sio", "train"),  # a free port: nothing fixed to collide
         *("--real", str(real), "--synthetic", str(synthetic), "--alpha", "0.75"),
         *("--out", str(out), "--config", str(tmp_path / "pipeline.yaml"), "--device", "cpu"),
     ]
-    env = {**os.environ, "SIO_STEP_LOG": str(steps_log), "SIO_DIST_TIMEOUT": "60"}
-    process = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=240, check=False
+    env = {**os.environ, "SIO_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    assert process.returncode == 0, process.stdout + process.stderr
-    # alpha 0.75 of B = 10: 7 real + 3 synthetic per global batch; rank 0 takes 3 + 1, rank 1
-    # takes 4 + 2 (rank_share of each quota); 7 steps per epoch (ceil(64 / 10))
-    per_rank = {}
-    for rank in (0, 1):
-        lines = (steps_log / f"steps-rank{rank}.jsonl").read_text().splitlines()
-        per_rank[rank] = [json.loads(line) for line in lines]
-    assert [r["step"] for r in per_rank[0]] == [r["step"] for r in per_rank[1]] == list(range(14))
-    assert {(r["real"], r["synthetic"]) for r in per_rank[0]} == {(3, 1)}
-    assert {(r["real"], r["synthetic"]) for r in per_rank[1]} == {(4, 2)}
-    global_batches = defaultdict(lambda: [0, 0])
-    for record in per_rank[0] + per_rank[1]:
-        global_batches[record["step"]][0] += record["real"]
-        global_batches[record["step"]][1] += record["synthetic"]
-    assert all(counts == [7, 3] for counts in global_batches.values())
+    trace = out / "trace" / "rank-0.jsonl"
+    deadline = time.monotonic() + 240
+    while not (trace.is_file() and trace.read_text().count("\n") >= 4):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.005)
+    for rank in children(process.pid):  # torchrun starts each rank in a session of its own
+        os.killpg(rank, signal.SIGKILL)  # the rank and its DataLoader workers
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
     _, state = load_checkpoint(out)
-    assert state["complete"] and state["step"] == 14 and state["world_size"] == 2
-    assert len(state["rng"]) == 2
+    assert 3 <= state["step"] < 14 and state["world_size"] == 2 and len(state["rng"]) == 2
+    two_ranks = read_trace(out / "trace")
+    for record in map(json.loads, trace.read_text().splitlines()):
+        assert (len(record["real"]), len(record["synthetic"])) == (3, 1)
+    for line in (out / "trace" / "rank-1.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert (len(record["real"]), len(record["synthetic"])) == (4, 2)
+    config = TrainConfig(**{**train, "num_workers": 3})  # a W = 2 run resumed by one process
+    kwargs = {"real": real, "synthetic": synthetic, "alpha": 0.75, "seed": 0}
+    train_classifier(**kwargs, config=config, out=out, resume=True)
+    reference = tmp_path / "reference"
+    config = TrainConfig(**{**train, "num_workers": 0, "checkpoint_every": None})
+    train_classifier(**kwargs, config=config, out=reference)
+    want, got = read_trace(reference / "trace"), read_trace(out / "trace")
+    assert sorted(want) == sorted(got) == list(range(14))
+    assert got == want
+    assert all(two_ranks[step] == want[step] for step in two_ranks if step < state["step"])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [(r["real_seen"], r["synthetic_seen"], r["ranks"]) for r in log] == [(49, 21, 2)] * 2
+    assert [(r["real_seen"], r["synthetic_seen"]) for r in log] == [(49, 21)] * 2
     assert all(r["effective_alpha"] == pytest.approx(0.7) for r in log)
-    with pytest.raises(ValueError, match="world_size = 2"):  # not resumable by one process
-        train_classifier(
-            real=real, synthetic=synthetic, alpha=0.75, seed=0, config=TrainConfig(**train), out=out
-        )

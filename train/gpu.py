@@ -2,8 +2,9 @@
 ``channels_last``. Everything here also runs on the CPU, and the fp32 / contiguous defaults
 change nothing.
 
-Augmentation, as airbench (Jordan 2024, arXiv 2404.00498) does it: the images stay uint8 on the
-device and a whole batch is cropped and flipped by ONE gather. With zero padding ``p``, crop
+Augmentation in the manner of airbench (Jordan 2024, arXiv 2404.00498: the set resident on the
+GPU, padded once, whole batches augmented there; airbench crops by shifts and flips with a
+``where``), here with crop and flip as ONE gather of uint8 pixels. With zero padding ``p``, crop
 offsets ``(dy_i, dx_i)`` in ``0..2p`` and flips ``f_i``, output pixel ``(i, c, r, x)`` is pixel
 ``(dy_i + r, dx_i + x')`` of channel ``c`` of the padded image, ``x' = W - 1 - x`` if ``f_i``
 else ``x``. ``take_crop_flip`` gathers straight from a padded resident set (rows of the set,
@@ -12,9 +13,11 @@ batch first. Both can write the batch directly in ``channels_last`` order.
 
 The draws: ``draw_crop_flip`` takes from a CPU ``torch.Generator`` exactly what
 ``sio.train.augment.random_crop_flip`` takes, in its order (dy, then dx, then the flips), so the
-same generator state gives the CPU path's images bitwise, on any device. ``step_generator(seed,
-step)`` is the generator of one global step when the draws should depend on (seed, step) alone
-(a resumed run, any number of workers).
+same generator state gives the CPU path's images bitwise, on any device; ``CropFlip.from_draws``
+takes the trainer's own draws (``crop_flip_draws``, made once per global batch and sliced per
+rank), so the device path can replace ``apply_crop_flip`` without changing a batch.
+``step_generator(seed, step)`` is the generator of one global step when the draws should depend
+on (seed, step) alone (a resumed run, any number of workers).
 """
 
 from __future__ import annotations
@@ -42,6 +45,18 @@ class CropFlip:
 
     def __len__(self) -> int:
         return len(self.flip)
+
+    @classmethod
+    def from_draws(cls, draws: dict, n: int, *, padding: int) -> CropFlip:
+        """The draws of ``sio.train.augment.crop_flip_draws`` (keys dy, dx, flip, each absent
+        when not drawn) for ``n`` images, e.g. a rank's slice of a global batch's draws."""
+        centre = torch.full((n,), padding if "dy" in draws else 0, dtype=torch.int64)
+        return cls(
+            draws.get("dy", centre),
+            draws.get("dx", centre),
+            draws.get("flip", torch.zeros(n, dtype=torch.bool)),
+            padding if "dy" in draws else 0,
+        )
 
     def to(self, device, non_blocking: bool = False) -> CropFlip:
         move = {"device": device, "non_blocking": non_blocking}

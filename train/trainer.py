@@ -250,16 +250,20 @@ def _save(plan: TrainPlan, state: TrainState) -> None:
 
 
 def _prepare_trace(plan: TrainPlan, step: int) -> None:
-    """Keep the trace lines of the steps before ``step`` (a killed run may have written more)."""
+    """Keep the trace lines of the steps before ``step`` (a killed run may have written more);
+    rank 0 also cuts the files of ranks a resumed run with fewer ranks no longer has."""
     trace = plan.trace_file()
     if trace is None:
         return
     trace.parent.mkdir(parents=True, exist_ok=True)
-    kept = ""
-    if trace.is_file():
-        lines = trace.read_text().splitlines()
-        kept = "".join(line + "\n" for line in lines if line and json.loads(line)["step"] < step)
-    write_text_atomic(trace, kept)
+    files = [trace]
+    if plan.world.main:
+        others = trace.parent.glob("rank-*.jsonl")
+        files += [f for f in others if int(f.stem.split("-")[1]) >= plan.world.size]
+    for path in files:
+        lines = path.read_text().splitlines() if path.is_file() else []
+        kept = [line for line in lines if line and json.loads(line)["step"] < step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _shares(total: int, world: World) -> tuple[int, ...]:
