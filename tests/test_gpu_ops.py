@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from sio.train.augment import random_crop_flip
+from sio.train.augment import apply_crop_flip, crop_flip_draws, random_crop_flip, slice_draws
 from sio.train.gpu import (
     CropFlip,
     autocast,
@@ -85,6 +85,24 @@ def test_gather_equals_the_cpu_loaders_augmentation(shape):
             check = torch.Generator().manual_seed(seed)
             random_crop_flip(images, check, padding=p, hflip=hflip)
             assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=check))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_trainers_own_draws_give_its_images(shape):
+    """``crop_flip_draws`` / ``apply_crop_flip`` (the loader's two halves) and the device path
+    on the same draws dict, whole or sliced as a rank takes it."""
+    n, c, h, w, p = shape
+    for seed in range(8):
+        for hflip in (True, False):
+            images = images_for(200 + seed, n, c, h, w)
+            draws = crop_flip_draws(n, torch.Generator().manual_seed(seed), padding=p, hflip=hflip)
+            expected = apply_crop_flip(images, draws, padding=p)
+            out = crop_flip(images, CropFlip.from_draws(draws, n, padding=p))
+            assert torch.equal(out, expected)
+            cut = n // 2
+            part = slice_draws(draws, cut, n)
+            sliced = crop_flip(images[cut:], CropFlip.from_draws(part, n - cut, padding=p))
+            assert torch.equal(sliced, expected[cut:])
 
 
 def test_take_from_a_padded_set_selects_rows_crops_and_flips_in_one_gather():
