@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "sio.evaluate.activations": (
             "ActivationBank",
             "ActivationsError",
+            "benchmark_record",
             "extract_activations",
             "load_activations",
         ),
@@ -27,6 +28,13 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "write_results",
         ),
         "sio.evaluate.image_scoring": ("ModelInputs",),
+        "sio.evaluate.models": (
+            "Evaluator",
+            "ModelAdapter",
+            "ModelError",
+            "build_model",
+            "openood_resnet18_32x32_to_sio",
+        ),
         "sio.evaluate.metrics": ("fpr_at_95_tpr", "mean_metrics", "ood_metrics"),
         "sio.evaluate.report": ("aggregate", "report"),
     },

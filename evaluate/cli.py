@@ -153,9 +153,20 @@ def _normalisation(normalize: str, benchmark):
 def _evaluate_model(spec, weights, benchmark, normalize, fc_name, layer, config, out, device):
     from sio.evaluate.models import Evaluator, build_model
     from sio.shards import read_benchmark
+    from sio.shardset import read_manifest
 
     mean, std = _normalisation(normalize, benchmark)
-    classes = len(read_benchmark(benchmark).class_names)
-    adapter = build_model(spec, weights, classes, mean=mean, std=std, fc_name=fc_name, layer=layer)
+    bench = read_benchmark(benchmark)
+    channels = read_manifest(bench.id_splits["test"]).channels
+    adapter = build_model(
+        spec,
+        weights,
+        len(bench.class_names),
+        channels=channels,
+        mean=mean,
+        std=std,
+        fc_name=fc_name,
+        layer=layer,
+    )
     evaluator = Evaluator(adapter, benchmark=benchmark, config=config, device=device)
     return evaluator.evaluate(out)

@@ -16,10 +16,11 @@ Metric values are percentages and always finite (a NaN or inf is refused, naming
 OpenOOD v1.5 tag); "ood" counts ID rejected at 95 % OOD rejected (OpenOOD's main branch since
 August 2023, which its current leaderboard uses). ``skipped`` lists detectors that could not
 run on what was given (ODIN without the model); ``detectors`` records settings and fitted
-values. With ``evaluate.search`` on, every test metric leaves out the OOD val rows, and a searched detector's
-entry also holds ``"search": {"grid", "candidates": [{..setting.., "val_auroc"}], "chosen",
-"id_val_samples", "ood_val_samples"}`` (see search.py), and a top-level ``"search":
-{"ood_val_fraction", "seed", "ood_val_samples": {group: {set: n}}}`` says what was held out.
+values. With ``evaluate.search`` on, every test metric leaves out the OOD val rows, and a
+searched detector's entry also holds ``"search": {"grid", "candidates": [{..setting..,
+"val_auroc"}], "chosen", "id_val_samples", "ood_val_samples"}`` (see search.py), and a
+top-level ``"search": {"ood_val_fraction", "seed", "ood_val_samples": {group: {set: n}}}``
+says what was held out.
 """
 
 from __future__ import annotations

@@ -162,7 +162,11 @@ def _state_dict(weights: str | Path) -> dict:
 
 
 def _load(model: nn.Module, state: dict, weights) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = str(err).split("\n\t")[1:2] or [str(err)]
+        raise ModelError(f"{weights}: the state dict does not fit the model: {first[0]}") from None
     missing = [k for k in result.missing_keys if k not in ("mean", "std")]
     if missing or result.unexpected_keys:
         raise ModelError(

@@ -142,7 +142,8 @@ def report(runs, out):
             raise click.UsageError("a study report is written into its own folder; drop --out")
         click.echo(study_report(runs[0]))
         return
-    from sio.evaluate import report as write_report
+    # the module, not the package: once imported, sio.evaluate.report names the submodule
+    from sio.evaluate.report import report as write_report
 
     click.echo(write_report(list(runs), out))
 
