@@ -232,3 +232,102 @@ def test_trace_lists_each_steps_sample_keys(tmp_path):
     assert all(line["synthetic"] == [] and len(line["real"]) == 8 for line in lines)
     first_epoch = [key for line in lines[:3] for key in line["real"]]
     assert sorted(first_epoch) == [f"real-{i:04d}" for i in range(24)]  # alpha 1, N = 3 B
+
+
+def corrupt(folder, shard, change):
+    """Rewrite one shard of ``folder`` and list its new sha256: content the hash cannot catch."""
+    rewrite_shard(folder / shard, change)
+    rehash(folder, shard)
+    return folder
+
+
+def set_member(index, ext, value):
+    def change(i, sample):
+        return {**sample, ext: value} if i == index else sample
+
+    return change
+
+
+def test_label_outside_the_classes_is_named_and_skippable(tmp_path):
+    folder = corrupt(
+        write_set(tmp_path / "real", 24), "shard-000001.tar", set_member(2, "cls", b"7")
+    )
+    with pytest.raises(
+        ShardError,
+        match=r"shard-000001\.tar: sample real-0010: member cls holds class 7; the set has 2",
+    ):
+        train_classifier(
+            real=folder, synthetic=None, alpha=1.0, seed=0, config=CONFIG, out=tmp_path / "a"
+        )
+    config = dataclasses.replace(CONFIG, on_error="skip")
+    train_classifier(
+        real=folder, synthetic=None, alpha=1.0, seed=0, config=config, out=tmp_path / "b"
+    )
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_samples"] for r in log] == [1, 1]  # once per pass, whatever the workers
+    assert all(r["real_seen"] == 24 for r in log)
+
+
+def test_image_of_another_size_is_named(tmp_path):
+    from sio.shardset import encode_png
+
+    small = encode_png(np.zeros((6, 6), np.uint8))
+    folder = corrupt(
+        write_set(tmp_path / "real", 16), "shard-000000.tar", set_member(5, "png", small)
+    )
+    with pytest.raises(
+        ShardError,
+        match=r"shard-000000\.tar: sample real-0005: member png holds 1x6x6 images, "
+        r"the manifest says 1x8x8",
+    ):
+        train_classifier(
+            real=folder, synthetic=None, alpha=1.0, seed=0, config=CONFIG, out=tmp_path / "a"
+        )
+
+
+def test_a_replaced_shard_of_equal_count_fails_its_sha256(tmp_path):
+    folder = write_set(tmp_path / "real", 24)
+    (folder / "shard-000002.tar").write_bytes((folder / "shard-000000.tar").read_bytes())
+    with pytest.raises(
+        ShardError, match=r"shard-000002\.tar: its sha256 .* differs from the manifest's"
+    ):
+        train_classifier(
+            real=folder, synthetic=None, alpha=1.0, seed=0, config=CONFIG, out=tmp_path / "a"
+        )
+    config = dataclasses.replace(CONFIG, on_error="skip")
+    train_classifier(
+        real=folder, synthetic=None, alpha=1.0, seed=0, config=config, out=tmp_path / "b"
+    )
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_shards"] for r in log] == [1, 1] and all(r["real_seen"] == 24 for r in log)
+
+
+def test_resume_with_another_real_set_is_refused_naming_both(tmp_path):
+    first, other = write_set(tmp_path / "first", 16), write_set(tmp_path / "other", 24)
+    config = dataclasses.replace(CONFIG, epochs=1)
+    out = tmp_path / "run"
+    train_classifier(real=first, synthetic=None, alpha=1.0, seed=0, config=config, out=out)
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(
+        ValueError,
+        match=r"real set .*first \(manifest sha256 [0-9a-f]{64}\), "
+        r"not .*other \(manifest sha256 [0-9a-f]{64}\)",
+    ):
+        train_classifier(
+            real=other, synthetic=None, alpha=1.0, seed=0, config=config, out=out, resume=True
+        )
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_an_error_in_a_loader_process_shows_its_message_alone(broken, tmp_path):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"train": {**vars_of(CONFIG), "num_workers": 2}}))
+    args = ["--real", broken, "--alpha", 1, "--out", tmp_path / "run", "--config", config]
+    result = run_cli(*args, "--device", "cpu")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "shard-00000" in lines[0]
+    assert "Traceback" not in result.output and "DataLoader" not in result.output
+    assert "Traceback" in (tmp_path / "run" / "errors-rank-0.log").read_text()
+    debug = run_cli(*args, "--device", "cpu", "--debug")
+    assert debug.exit_code == 1 and "Traceback" in debug.output

@@ -7,7 +7,7 @@ import subprocess
 
 import click
 
-from sio.core.cli import config_option, device_option, pipeline_config
+from sio.core.cli import UserError, config_option, device_option, pipeline_config
 from sio.train.checkpoint import CHECKPOINT
 from sio.train.distributed import torchrun_command
 from sio.train.trainer import train_classifier
@@ -19,7 +19,8 @@ def _torchrun_arguments(options: dict) -> list[str]:
     for name in ("real", "synthetic", "alpha", "seed", "out", "config", "device"):
         if options[name] is not None:
             arguments += [f"--{name}", str(options[name])]
-    return arguments + (["--resume"] if options["resume"] else [])
+    flags = [f"--{name}" for name in ("resume", "debug") if options.get(name)]
+    return arguments + flags
 
 
 @click.command()
@@ -57,9 +58,14 @@ def _torchrun_arguments(options: dict) -> list[str]:
     help="Data-parallel processes: runs `torchrun --standalone --nproc_per_node N -m sio "
     "train ...` (NCCL, one GPU each; gloo on the CPU).",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Print the full traceback of a data error (also in the run folder's errors-rank-R.log).",
+)
 @config_option
 @device_option
-def train(real, synthetic, alpha, seed, out, resume, nproc, config_path, device):
+def train(real, synthetic, alpha, seed, out, resume, nproc, debug, config_path, device):
     """Train a classifier on exact real:synthetic = alpha : 1-alpha batches."""
     from sio.core.environment import default_device
 
@@ -74,14 +80,26 @@ def train(real, synthetic, alpha, seed, out, resume, nproc, config_path, device)
         return
     config = pipeline_config(config_path)
     alpha = config.sio_alpha if alpha is None else alpha
-    path = train_classifier(
-        real=real,
-        synthetic=synthetic,
-        alpha=alpha,
-        seed=seed,
-        config=config.train,
-        out=out,
-        device=device or default_device(),
-        resume=resume,
-    )
+    try:
+        path = train_classifier(
+            real=real,
+            synthetic=synthetic,
+            alpha=alpha,
+            seed=seed,
+            config=config.train,
+            out=out,
+            device=device or default_device(),
+            resume=resume,
+        )
+    except Exception as error:
+        from sio.core.storage import TransportError
+        from sio.shardset import ShardError
+
+        if debug:
+            import traceback
+
+            click.echo(getattr(error, "worker_traceback", "") or traceback.format_exc(), err=True)
+        if isinstance(error, (ShardError, TransportError)):
+            raise UserError(str(error)) from error
+        raise
     click.echo(f"checkpoint: {path}")

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from sio.core.config import check_alpha
 from sio.core.files import write_text_atomic
 from sio.core.seeding import derive_seed
-from sio.shardset import Manifest
+from sio.core.storage import TransportError
+from sio.shardset import Manifest, ShardError
 from sio.train import distributed
 from sio.train.checkpoint import (
     CHECKPOINT,
@@ -193,9 +194,24 @@ def run(plan: TrainPlan, state: TrainState, resume: bool | None) -> Path:
     loader = _loader(plan, state, position)
     objective = _wrap(Objective(state.model, state.method), plan.world, plan.device)
     context = StepContext(plan.world, plan.quota, plan.config.batch_size, plan.trace_file())
-    while state.step < plan.total_steps:
-        train_epoch(plan, state, objective, loader, position, context)
+    try:
+        while state.step < plan.total_steps:
+            train_epoch(plan, state, objective, loader, position, context)
+    except (ShardError, TransportError) as error:
+        _log_error(plan, error)
+        raise
     return path
+
+
+def _log_error(plan: TrainPlan, error: BaseException) -> None:
+    """The full traceback of a data error (a worker's own, when it came from one) goes to
+    ``errors.log`` in the run folder; the user sees the message (``--debug``: both)."""
+    import traceback
+
+    trace = getattr(error, "worker_traceback", "") or "".join(traceback.format_exception(error))
+    path = plan.out / f"errors-rank-{plan.world.rank}.log"
+    before = path.read_text() if path.is_file() else ""
+    write_text_atomic(path, f"{before}{trace}\n")
 
 
 def train_epoch(plan: TrainPlan, state: TrainState, objective, loader, position, context):
