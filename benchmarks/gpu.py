@@ -42,14 +42,16 @@ with every number taken so far. A measurement that would pass ``--budget`` secon
 on cuda: the plan below ends near 5 minutes) is recorded as ``not_run``; one that fails records
 its error, and the script exits 1.
 
-Plan on an H200 (sizes below; times estimated from the H100 figures in
-shared/reference/performance.md, to be replaced by the JSON's own): imports and the shard sets
-(20,000 real + 10,000 synthetic, records and PNG) ~25 s; ceiling 8 x 50 steps ~15 s; trainer 4
-runs (8 with bf16 options) of 3 epochs (150 steps at B = 128, 60 at B = 512) ~60-120 s; loader
-~15 s; generation ~60 s (DDIM-50 at batch 1024 is ~5-7 s a call); evaluation ~15 s; compile
-~60-120 s; nvidia ~60-120 s (its CUDA plugins compile first). About 4-6 minutes in all.
-``--small`` keeps every path and shrinks every size (small_cnn, B = 16 and 32, narrow networks,
-tiny sets, StyleGAN2 compiled with the ``eager`` backend) so a 2-core CPU runs it in seconds.
+Plan on an H200 (times estimated from the H100 figures in shared/reference/performance.md; the
+JSON's own replace them): imports and the shard sets (20,000 real + 10,000 synthetic 32x32, in
+records and PNG) ~25 s; ceiling 8 x 50 steps ~15 s; trainer 4 runs (8 with bf16 options) of 3
+epochs, 200 steps at B = 128 and 100 at B = 512, ~50-100 s; loader ~15 s; generation ~60 s
+(DDIM-50 at batch 1024 is ~5-7 s a call); evaluation ~15 s; compile ~60-120 s; nvidia ~60-120 s
+(its CUDA plugins compile on the first call). About 4-6 minutes in all, under the 420 s budget;
+run it as ``timeout 530 python3 benchmarks/gpu.py --device cuda --out $OUT/gpu.json``.
+``--small`` keeps every path and shrinks every size (small_cnn, 16x16 images, B = 8 and 16,
+narrow networks, tiny sets, one torch thread, StyleGAN2 and the ceiling compiled with the
+``eager`` backend) so a 2-core CPU runs it in seconds; its numbers are a smoke test only.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ FULL = {
     "shard": 2000,
     "record": 1000,
     "epochs": 3,
-    "steps": {128: 150, 512: 60},
+    "steps": {128: 200, 512: 100},
     "workers": 4,
     "loader_steps": {"records": (5, 100), "png": (2, 20), "resident": (5, 100), "gather": (5, 200)},
     "builtin": {"batch": 1000, "calls": 2, "steps": 20, "blocks": (32, 64)},
@@ -247,6 +249,8 @@ def machine(device: torch.device) -> dict:
             gpu_memory_bytes=props.total_memory,
             capability=f"{props.major}.{props.minor}",
             multiprocessors=props.multi_processor_count,
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
         )
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             smi = subprocess.run(
