@@ -4,28 +4,40 @@ The package's own ``from_pretrained`` may download and loads with ``strict=False
 mismatched checkpoint silently keeps random weights; here the weights load with a strict key
 check and every problem names the file. Class k of the benchmark is ImageNet class
 ``imagenet_classes[k]``; z is drawn from a normal truncated to [-2, 2] and scaled by the
-truncation (Brock et al., "Large Scale GAN Training", ICLR 2019); images are resized to the
-benchmark's size with antialiasing.
+truncation (Brock et al., "Large Scale GAN Training", ICLR 2019), image i's z by the inverse
+normal CDF of ``z_dim`` uniforms from its own stream (seeded by its seed); images are resized to
+the benchmark's size with antialiasing.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
+import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import truncnorm
 
-from sio.core.files import sha256_file
+from sio.generate.base import Generator, seeded_generators
 from sio.generate.config import BigGANSettings
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "pytorch_model.bin"
 
 
-class BigGANGenerator:
+def truncated_normal_rows(z_dim: int, seeds, bound: float = 2.0) -> torch.Tensor:
+    """len(seeds) × z_dim standard normals truncated to [-bound, bound], row i from ``z_dim``
+    uniforms of its own stream: ``Φ⁻¹(Φ(-b) + u (Φ(b) - Φ(-b)))`` in float64."""
+    u = torch.stack(
+        [torch.rand(z_dim, generator=g, dtype=torch.float64) for g in seeded_generators(seeds)]
+    )
+    low = 0.5 * math.erfc(bound / math.sqrt(2))
+    return torch.special.ndtri(low + u * (1 - 2 * low)).clamp(-bound, bound).float()
+
+
+class BigGANGenerator(Generator):
     name = "biggan"
+    title = "BigGAN"
+    network_attr = "model"
     conditional = True
 
     def __init__(self, model, settings: BigGANSettings, *, image_size: int, weights: Path):
@@ -40,16 +52,12 @@ class BigGANGenerator:
         self.image_size = image_size
         self.channels = 3
         self.weights = [weights]
-        self.autocast = contextlib.nullcontext
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, device="cpu", *, settings: BigGANSettings, image_size: int
+        cls, folder: str | Path, device="cpu", *, settings: BigGANSettings, image_size=None
     ):
+        """``image_size``: the benchmark's (None: the network's own output size)."""
         from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
         folder = Path(folder)
@@ -60,8 +68,19 @@ class BigGANGenerator:
                     f"{CONFIG_NAME} and {WEIGHTS_NAME} "
                     "(pytorch-pretrained-biggan's layout)"
                 )
-        model = BigGAN(BigGANConfig.from_json_file(str(folder / CONFIG_NAME)))
-        state = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        try:
+            config = BigGANConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+            model = BigGAN(config)
+        except Exception as err:  # noqa: BLE001 - a bad config fails in many ways
+            raise ValueError(f"{folder / CONFIG_NAME}: not a BigGAN config: {err!r}") from None
+        try:
+            state = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - truncated or garbage files fail in many ways
+            raise ValueError(
+                f"{folder / WEIGHTS_NAME}: not a readable weights file: {err}"
+            ) from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{folder / WEIGHTS_NAME}: not a state dict")
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -74,10 +93,8 @@ class BigGANGenerator:
                 f"imagenet_classes go up to {max(settings.imagenet_classes)}, "
                 f"the model has {n_classes} classes"
             )
-        return cls(model.to(device), settings, image_size=image_size, weights=folder / WEIGHTS_NAME)
-
-    def checkpoint_sha256(self) -> str:
-        return sha256_file(self.weights[0])
+        size = int(image_size or config.output_dim)
+        return cls(model.to(device), settings, image_size=size, weights=folder / WEIGHTS_NAME)
 
     def describe(self) -> dict:
         return {
@@ -85,32 +102,15 @@ class BigGANGenerator:
             "imagenet_classes": list(self.settings.imagenet_classes),
         }
 
-    def prepare(self, *, precision: str = "fp32", compile: bool = False) -> None:
-        device = next(self.model.parameters()).device.type
-        if precision == "bf16":
-            self.autocast = lambda: torch.autocast(device, dtype=torch.bfloat16)
-        if compile:
-            self.model = torch.compile(self.model)
-
-    @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor, seed: int) -> torch.Tensor:
-        if labels is None or labels.shape != (n,):
-            raise ValueError(f"BigGAN is class-conditional: give {n} labels")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"labels must be class ids in 0..{self.num_classes - 1}")
+    def _sample_rows(self, labels, seeds) -> torch.Tensor:
         config = self.model.config
         truncation = self.settings.truncation
-        z = (
-            truncnorm.rvs(
-                -2, 2, size=(n, config.z_dim), random_state=np.random.RandomState(seed % 2**32)
-            ).astype(np.float32)
-            * truncation
-        )
-        device = next(self.model.parameters()).device
-        index = torch.tensor(self.settings.imagenet_classes)[labels.cpu()]
+        z = truncated_normal_rows(config.z_dim, seeds) * truncation
+        device = self.device
+        index = torch.tensor(self.settings.imagenet_classes)[labels]
         one_hot = F.one_hot(index, config.num_classes).float()
         with self.autocast():
-            images = self.model(torch.from_numpy(z).to(device), one_hot.to(device), truncation)
+            images = self.model(z.to(device), one_hot.to(device), truncation)
         images = images.float()
         if images.shape[-1] != self.image_size:
             images = F.interpolate(

@@ -85,9 +85,11 @@ class LabelConfig:
 
     min_confidence: float = 0.0
     quota: bool = True
+    block: int = 1000  # images pseudo-labelled from one candidate stream (see generate/job.py)
 
     def __post_init__(self):
         _check(0 <= self.min_confidence < 1, "min_confidence", "must be in [0, 1)")
+        _check(self.block > 0, "block", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,12 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """The generation job. Shard i is sampled from seed (seed, i) alone; on a GPU, ``precision``
-    bf16 runs the network under autocast and ``compile`` wraps it in torch.compile.
-    ``encoding``: png (a PNG per sample, ``encode_threads`` encoders) or records (one batched
-    uint8 record per sampled batch: no image encoding, for generators faster than PNG)."""
+    """The generation job. Image q is sampled from (seed, q) alone, by a network that always
+    runs on ``network_batch`` rows (on a GPU set it to ``batch_size``; it is part of what makes
+    the bytes); on a GPU, ``precision`` bf16 runs the network under autocast and ``compile``
+    wraps it in torch.compile. ``encoding``: png (a PNG per sample, ``encode_threads``
+    encoders) or records (one batched uint8 record per sampled batch: no image encoding, for
+    generators faster than PNG)."""
 
     num_images: int = 6000
     batch_size: int = 500
@@ -139,9 +143,11 @@ class GenerateConfig:
     compile: bool = False
     encode_threads: int = 2
     encoding: Literal["png", "records"] = "png"
+    network_batch: int = 100
 
     def __post_init__(self):
         _check(self.num_images > 0, "num_images", "must be positive")
+        _check(self.network_batch > 0, "network_batch", "must be positive")
         _check(self.batch_size > 0, "batch_size", "must be positive")
         _check(self.shard_size > 0, "shard_size", "must be positive")
         _check(self.encode_threads >= 1, "encode_threads", "must be >= 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from sio.core.files import sha256_file
@@ -24,7 +25,7 @@ def _load_ddpm(path, config: GeneratorConfig, device, image_size):
 @GENERATORS.register("biggan")
 def _load_biggan(path, config: GeneratorConfig, device, image_size):
     return BigGANGenerator.from_pretrained(
-        path, device, settings=config.biggan, image_size=image_size or 128
+        path, device, settings=config.biggan, image_size=image_size
     )
 
 
@@ -70,6 +71,7 @@ def generate_shard_set(
     *,
     classifier=None,
     classifier_path=None,
+    classifier_sha256=None,
     class_names=None,
     device="cpu",
     image_size=None,
@@ -82,7 +84,28 @@ def generate_shard_set(
     shards are still missing."""
     model = load_generator(generator, generator_dir, device, image_size)
     model.prepare(precision=config.precision, compile=config.compile)
-    if not model.conditional and classifier is None:
+    job = build_job(
+        model,
+        config,
+        generator.labels,
+        class_names,
+        Classifier(classifier, classifier_path, classifier_sha256),
+    )
+    return run_job(job, out, shards=shards, rank=rank, world_size=world_size, staging=staging)
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A real-trained classifier given to a job: the model, its file, its sha256."""
+
+    model: object = None
+    path: str | None = None
+    sha256: str | None = None
+
+
+def build_job(model, config: GenerateConfig, labels, class_names, classifier: Classifier) -> Job:
+    """The job of a loaded generator, with its class names checked."""
+    if not model.conditional and classifier.model is None:
         raise ValueError(
             "an unconditional generator needs a classifier for pseudo-labels "
             "(--classifier CHECKPOINT)"
@@ -94,5 +117,12 @@ def generate_shard_set(
         raise ValueError(
             f"{len(names)} class names for a generator with {model.num_classes} classes"
         )
-    job = Job(model, config, tuple(names), classifier, classifier_path, generator.labels)
-    return run_job(job, out, shards=shards, rank=rank, world_size=world_size, staging=staging)
+    return Job(
+        model,
+        config,
+        tuple(names),
+        classifier.model,
+        classifier.path,
+        labels,
+        classifier_sha256=classifier.sha256,
+    )

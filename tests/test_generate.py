@@ -205,19 +205,13 @@ def test_generate_shard_set(tmp_path, generator, generator_dir):
     assert provenance["generate"] == to_dict(JOB)
     assert provenance["labels"] == {"mode": "conditional"}
     assert "quality" not in provenance
-    # shard i (one batch of <= 4 images here) is sampled from (seed, i) alone: regenerate it
-    for i, first in enumerate(range(0, 10, 4)):
-        n = min(4, 10 - first)
-        seed = derive_seed(JOB.seed, "shard", i, "batch", 0)
-        batch = generator.sample(n, torch.arange(first, first + n) % 3, seed, steps=2)
-        np.testing.assert_array_equal(images[first : first + n], batch.numpy())
-        for j in range(first, first + n):
-            assert metas[j] == {
-                "source": "synthetic",
-                "generator": "ddpm",
-                "seed": seed,
-                "index": j,
-            }
+    # image q is sampled from (seed, q) alone: regenerate each one by itself
+    generator.prepare(network_batch=JOB.network_batch)
+    for j in range(10):
+        seed = derive_seed(JOB.seed, "image", j)
+        alone = generator.sample_seeds(torch.tensor([j % 3]), [seed], steps=2)
+        np.testing.assert_array_equal(images[j : j + 1], alone.numpy())
+        assert metas[j] == {"source": "synthetic", "generator": "ddpm", "seed": seed, "index": j}
 
 
 def test_generate_is_deterministic(tmp_path, generator_dir):

@@ -11,14 +11,13 @@ guidance (Ho & Salimans 2022): ``eps = eps_null + w * (eps_cond - eps_null)``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from sio.core.files import sha256_file
+from sio.generate.base import Generator, seeded_generators
 from sio.generate.config import DDPMModelConfig, SamplerConfig
 
 GENERATOR_FILE = "sio_generator.json"
@@ -71,10 +70,80 @@ def _find_layout(folder: Path) -> tuple[str | None, Path]:
     )
 
 
-class DDPMGenerator:
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable {what} (JSON): {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a {what}: expected a JSON object")
+    return data
+
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _read_weights(folder: Path) -> tuple[Path, dict]:
+    """(file, state dict) of the UNet's weights in ``folder``, or an error naming the file."""
+    files = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no UNet weights ({' or '.join(WEIGHT_FILES)})")
+    path = files[0]
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return path, load_file(path)
+        return path, torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated or foreign files fail in many ways
+        raise ValueError(f"{path}: not a readable weights file: {err}") from None
+
+
+def load_unet(folder: Path) -> tuple[UNet2DModel, Path]:
+    """The UNet of ``folder`` (its config.json and weights), loaded strictly: a missing or an
+    unexpected weight is an error naming the file and the keys (diffusers itself initialises
+    missing weights randomly and only warns)."""
+    config_path = folder / "config.json"
+    config = _read_json(config_path, "UNet config")
+    try:
+        unet = UNet2DModel.from_config(config)
+    except Exception as err:  # noqa: BLE001 - diffusers raises many kinds for a bad config
+        raise ValueError(f"{config_path}: not a UNet2DModel config: {err}") from None
+    weights, state = _read_weights(folder)
+    expected = unet.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} {_few(keys)}"
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("keys of another shape", wrong),
+            )
+            if keys
+        ]
+        raise ValueError(
+            f"{weights}: cannot load the UNet weights against {config_path}: {'; '.join(parts)}"
+        )
+    unet.load_state_dict(state, strict=True)
+    return unet, weights
+
+
+def _few(keys: list[str], limit: int = 5) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{keys[:limit]}{more}"
+
+
+class DDPMGenerator(Generator):
     """Network + sampler; ``sample(n, labels, seed)`` gives uint8 NxCxHxW images."""
 
     name = "ddpm"
+    title = "UNet"
+    network_attr = "unet"
 
     def __init__(
         self,
@@ -95,34 +164,32 @@ class DDPMGenerator:
         self.channels = int(channels or unet.config.in_channels)
         self.null_class = null_class
         self.sampler = sampler
-        self.autocast = contextlib.nullcontext
         self.weights: list[Path] = []
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device="cpu", sampler=DEFAULT_SAMPLER):
         folder = Path(folder)
         subfolder, scheduler_dir = _find_layout(folder)
-        if not (scheduler_dir / "scheduler_config.json").is_file():
+        scheduler_path = scheduler_dir / "scheduler_config.json"
+        if not scheduler_path.is_file():
             raise FileNotFoundError(
-                f"{scheduler_dir / 'scheduler_config.json'}: missing; "
-                f"expected {LAYOUTS[0]} or {LAYOUTS[1]}"
+                f"{scheduler_path}: missing; expected {LAYOUTS[0]} or {LAYOUTS[1]}"
             )
         weights_dir = folder / subfolder if subfolder else folder
+        unet, weights = load_unet(weights_dir)
+        scheduler_config = _read_json(scheduler_path, "scheduler config")
         try:
-            unet = UNet2DModel.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
-        except (OSError, ValueError, RuntimeError) as err:
-            raise ValueError(
-                f"{weights_dir}: cannot load the UNet weights against "
-                f"{weights_dir / 'config.json'}: {err}"
-            ) from None
-        scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
+            scheduler = DDPMScheduler.from_config(scheduler_config)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"{scheduler_path}: not a DDPM scheduler config: {err}") from None
         meta_path = folder / GENERATOR_FILE
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = _read_json(meta_path, "sio generator file") if meta_path.is_file() else {}
         n_embeds = unet.config.num_class_embeds
+        if meta.get("class_names") and n_embeds is None:
+            raise ValueError(
+                f"{weights_dir / 'config.json'}: no num_class_embeds (an unconditional UNet), "
+                f"but {meta_path} lists {len(meta['class_names'])} classes"
+            )
         names = meta.get("class_names") or [str(i) for i in range(n_embeds or 0)]
         null = len(names) if meta and n_embeds == len(names) + 1 else None
         generator = cls(
@@ -134,9 +201,7 @@ class DDPMGenerator:
             channels=meta.get("channels"),
             sampler=sampler,
         )
-        generator.weights = sorted(weights_dir.glob("*.safetensors")) or sorted(
-            weights_dir.glob("*.bin")
-        )
+        generator.weights = [weights]
         return generator
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -151,11 +216,6 @@ class DDPMGenerator:
         }
         (folder / GENERATOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
-    def checkpoint_sha256(self) -> str:
-        if not self.weights:
-            raise FileNotFoundError("the generator was not loaded from a folder with weights")
-        return sha256_file(self.weights[0])
-
     def describe(self) -> dict:
         return {
             "sampler": {
@@ -166,57 +226,37 @@ class DDPMGenerator:
             }
         }
 
-    def prepare(self, *, precision: str = "fp32", compile: bool = False) -> None:
-        """bf16 autocast and torch.compile, for GPUs."""
-        device = self.unet.device.type
-        if precision == "bf16":
-            self.autocast = lambda: torch.autocast(device, dtype=torch.bfloat16)
-        if compile:
-            self.unet = torch.compile(self.unet)
-
     def _scheduler(self, steps: int):
         kind = DDIMScheduler if self.sampler.kind == "ddim" else DDPMScheduler
         scheduler = kind.from_config(self.scheduler.config)
         scheduler.set_timesteps(steps)
         return scheduler
 
-    def _check_labels(self, n: int, labels, guidance: float):
-        if not self.conditional:
-            if labels is not None:
-                raise ValueError("this UNet is unconditional: sample with labels=None")
-            if guidance != 1.0:
-                raise ValueError("guidance needs a class-conditional UNet")
-            return None
-        if labels is None or labels.shape != (n,):
-            raise ValueError(
-                f"a class-conditional UNet needs {n} labels, class ids in 0..{self.num_classes - 1}"
-            )
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"labels must be class ids in 0..{self.num_classes - 1}")
-        if guidance != 1.0 and self.null_class is None:
-            raise ValueError("guidance needs a null class (a UNet trained by sio has one)")
-        return labels.to(self.unet.device)
-
     @torch.no_grad()
-    def sample(
-        self, n: int, labels: torch.Tensor | None, seed: int, *, steps=None, eta=None, guidance=None
-    ) -> torch.Tensor:
-        """Sample ``n`` images (of classes ``labels`` if conditional); one seed, one result."""
+    def sample_seeds(self, labels, seeds, *, steps=None, eta=None, guidance=None):
+        """Images of ``seeds`` (and classes ``labels`` if conditional); image i's starting noise
+        and DDPM/DDIM step noise come from its own stream seeded by ``seeds[i]``."""
         steps = steps or self.sampler.steps
         eta = self.sampler.eta if eta is None else eta
         guidance = self.sampler.guidance if guidance is None else guidance
-        labels = self._check_labels(n, labels, guidance)
-        device = self.unet.device
-        generator = torch.Generator().manual_seed(seed)
-        x = torch.randn(
-            (n, self.channels, self.image_size, self.image_size), generator=generator
-        ).to(device)
+        if guidance != 1.0 and not self.conditional:
+            raise ValueError("guidance needs a class-conditional UNet")
+        if guidance != 1.0 and self.null_class is None:
+            raise ValueError("guidance needs a null class (a UNet trained by sio has one)")
+        return super().sample_seeds(labels, seeds, steps=steps, eta=eta, guidance=guidance)
+
+    def _sample_rows(self, labels, seeds, *, steps, eta, guidance):
+        device = self.device
+        labels = None if labels is None else labels.to(device)
+        generators = seeded_generators(seeds)
+        shape = (self.channels, self.image_size, self.image_size)
+        x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
         scheduler = self._scheduler(steps)
         extra = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
         for t in scheduler.timesteps:
             with self.autocast():
                 eps = self._predict(x, t, labels, guidance).float()
-            x = scheduler.step(eps, t, x, generator=generator, **extra).prev_sample
+            x = scheduler.step(eps, t, x, generator=generators, **extra).prev_sample
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def _predict(self, x, t, labels, guidance):

@@ -121,8 +121,13 @@ class StyleConv(nn.Module):
         if self.use_noise and noise_mode == "const":
             x = x + self.noise_const * self.noise_strength
         elif self.use_noise and noise_mode == "random":
-            shape = (x.shape[0], 1, self.resolution, self.resolution)
-            noise = torch.randn(shape, generator=generator).to(x.device)
+            if isinstance(generator, list):  # one stream per image: each its own noise
+                shape = (1, self.resolution, self.resolution)
+                noise = torch.stack([torch.randn(shape, generator=g) for g in generator])
+            else:
+                shape = (x.shape[0], 1, self.resolution, self.resolution)
+                noise = torch.randn(shape, generator=generator)
+            noise = noise.to(x.device)
             x = x + noise * self.noise_strength
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias, self.activation, gain, clamp)
