@@ -79,7 +79,6 @@ import torch.nn.functional as F  # noqa: E402
 
 from sio.core.environment import describe_machine  # noqa: E402
 from sio.core.files import atomic_path, write_json_atomic  # noqa: E402
-from sio.train import build_classifier, train_classifier  # noqa: E402
 from sio.train.config import TrainConfig  # noqa: E402
 from sio.train.gpu import (  # noqa: E402
     autocast,
@@ -279,6 +278,8 @@ def summary(entry: dict) -> str:
 
 
 def classifier(bench: Bench, model: str):
+    from sio.train import build_classifier
+
     return build_classifier(
         model, in_channels=3, num_classes=CLASSES, mean=(0.5,) * 3, std=(0.25,) * 3
     ).to(bench.device)
@@ -476,6 +477,8 @@ class Sets:
 
 
 def trainer(bench: Bench, sets: Sets, batch: int, mode: str, options: dict) -> dict:
+    from sio.train import train_classifier  # the public API, and nothing else of the trainer
+
     size = bench.size
     base = {"preset": "cifar"} if size["model"] == "resnet18_32" else {"model": size["model"]}
     config = TrainConfig(
