@@ -105,6 +105,33 @@ def test_the_trainers_own_draws_give_its_images(shape):
             assert torch.equal(sliced, expected[cut:])
 
 
+def test_draws_of_parts_follow_the_composed_order_and_travel_packed():
+    """Augment-then-compose (the loader today) equals compose-then-augment on the device with
+    the parts' draws joined, put in the batch's order, packed and unpacked."""
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        n_real, n_syn, p = (
+            int(rng.integers(0, 12)),
+            int(rng.integers(0, 6)),
+            int(rng.integers(0, 5)),
+        )
+        real, syn = images_for(seed, n_real, 3, 7, 9), images_for(50 + seed, n_syn, 3, 7, 9)
+        generator = torch.Generator().manual_seed(seed)
+        d_real = crop_flip_draws(n_real, generator, padding=p, hflip=True)
+        d_syn = crop_flip_draws(n_syn, generator, padding=p, hflip=True)
+        order = torch.from_numpy(rng.permutation(n_real + n_syn))
+        augmented = torch.cat(
+            [apply_crop_flip(real, d_real, padding=p), apply_crop_flip(syn, d_syn, padding=p)]
+        )
+        parts = [
+            CropFlip.from_draws(d, len(x), padding=p) for d, x in ((d_real, real), (d_syn, syn))
+        ]
+        packed = CropFlip.cat(parts).select(order).pack()
+        assert packed.dtype == torch.int64 and packed.shape == (3, n_real + n_syn)
+        on_device = crop_flip(torch.cat([real, syn])[order], CropFlip.unpack(packed, p))
+        assert torch.equal(on_device, augmented[order])
+
+
 def test_take_from_a_padded_set_selects_rows_crops_and_flips_in_one_gather():
     for seed in range(10):
         rng = np.random.default_rng(seed)

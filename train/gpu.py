@@ -58,6 +58,28 @@ class CropFlip:
             padding if "dy" in draws else 0,
         )
 
+    @classmethod
+    def cat(cls, parts: list[CropFlip]) -> CropFlip:
+        """The draws of concatenated batches (e.g. a rank's real part, then its synthetic)."""
+        if len({part.padding for part in parts if len(part)}) > 1:
+            raise ValueError("draws made with different paddings cannot be joined")
+        padding = next((part.padding for part in parts if len(part)), parts[0].padding)
+        fields = (torch.cat([getattr(part, name) for part in parts]) for name in ("dy", "dx"))
+        return cls(*fields, torch.cat([part.flip for part in parts]), padding)
+
+    def select(self, index: torch.Tensor) -> CropFlip:
+        """The draws of ``images[index]`` (the composed batch's order)."""
+        return CropFlip(self.dy[index], self.dx[index], self.flip[index], self.padding)
+
+    def pack(self) -> torch.Tensor:
+        """One int64 3 x n tensor (dy, dx, flip) that travels with a batch (pinned, copied with
+        the images); ``unpack`` takes it back."""
+        return torch.stack([self.dy, self.dx, self.flip.to(torch.int64)])
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor, padding: int) -> CropFlip:
+        return cls(packed[0], packed[1], packed[2].bool(), padding)
+
     def to(self, device, non_blocking: bool = False) -> CropFlip:
         move = {"device": device, "non_blocking": non_blocking}
         return CropFlip(self.dy.to(**move), self.dx.to(**move), self.flip.to(**move), self.padding)
