@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import http.server
+import json
+import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,27 +151,150 @@ def test_missing_http_objects_are_named(http_root):
         open_url(f"{http_root}/real/shard-000099.tar")
 
 
-def test_s3_convert_verify_and_train_through_workers(sets, s3_endpoint, local_run, tmp_path):
+def shard_bytes(*folders: Path) -> int:
+    return sum(p.stat().st_size for folder in folders for p in folder.glob("shard-*.tar"))
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def s3_sets(sets, seaweed, tmp_path_factory):
+    """The sets in a SeaweedFS bucket, PNG and (synthetic) records."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client = boto3.client("s3", endpoint_url=seaweed.endpoint)
     client.create_bucket(Bucket="data")
     real = upload(client, sets / "real", "data", "sets/real")
     synthetic = upload(client, sets / "synthetic", "data", "sets/synthetic")
-    assert verify_shard_set(real) == 40
     records = "s3://data/sets/synthetic-records"
-    convert_shard_set(synthetic, records, "records", record_size=5, staging=tmp_path / "stage")
+    stage = tmp_path_factory.mktemp("stage")
+    convert_shard_set(synthetic, records, "records", record_size=5, staging=stage)
+    return real, synthetic, records
+
+
+def test_s3_convert_verify_and_train_through_workers(s3_sets, local_run, tmp_path):
+    real, synthetic, records = s3_sets
+    assert verify_shard_set(real) == 40
     assert verify_shard_set(records) == 24 and read_manifest(records).encoding == "records"
     out = tmp_path / "run"
-    config = dataclasses.replace(CONFIG, num_workers=2)  # boto3 in forked workers
+    config = dataclasses.replace(CONFIG, num_workers=2, cache_dir=str(tmp_path / "cache"))
     train_classifier(real=real, synthetic=synthetic, alpha=0.75, seed=0, config=config, out=out)
-    assert load_checkpoint(out)[1]["epoch"] == 2
+    assert same_weights(out, local_run)  # boto3 in forked workers, the batches of a local run
     out = tmp_path / "records-run"
     train_classifier(real=real, synthetic=records, alpha=0.75, seed=0, config=CONFIG, out=out)
     log = (out / "log.jsonl").read_text().splitlines()
     assert len(log) == 2 and '"synthetic_seen": 10' in log[0]
     with pytest.raises(ShardError, match=r"s3://data/nothing/manifest\.json: no manifest"):
         read_manifest("s3://data/nothing")
+
+
+def test_the_cache_fetches_each_shard_once_per_node(sets, s3_sets, tmp_path):
+    """Two workers and a second run on one cache folder: every shard fetched once in all."""
+    real, synthetic, _ = s3_sets
+    cache = tmp_path / "cache"
+    config = dataclasses.replace(CONFIG, num_workers=2, epochs=3, cache_dir=str(cache))
+    for run in ("a", "b"):
+        train_classifier(
+            real=real, synthetic=synthetic, alpha=0.75, seed=0, config=config, out=tmp_path / run
+        )
+    fetched = [[r["bytes_fetched"] for r in read_log(tmp_path / run)] for run in ("a", "b")]
+    assert sum(fetched[0]) == shard_bytes(sets / "real", sets / "synthetic")
+    assert fetched[0][-1] == 0 and fetched[1] == [0, 0, 0]  # nothing after the first pass
+    assert same_weights(tmp_path / "a", tmp_path / "b")
+    # over the limit, the least recently used shards go; the set trains the same
+    limit = 70_000  # two of these shards (30 kB each)
+    small = dataclasses.replace(config, cache_dir=str(tmp_path / "small"), cache_limit=limit)
+    train_classifier(
+        real=real, synthetic=synthetic, alpha=0.75, seed=0, config=small, out=tmp_path / "c"
+    )
+    assert 0 < sum(p.stat().st_size for p in (tmp_path / "small").glob("*.tar")) <= limit
+    assert sum(r["bytes_fetched"] for r in read_log(tmp_path / "c")) > sum(fetched[0])
+    assert same_weights(tmp_path / "a", tmp_path / "c")
+
+
+def test_s3_server_killed_and_restarted_mid_epoch(
+    sets, s3_sets, seaweed, local_run, tmp_path, monkeypatch, capfd
+):
+    """SeaweedFS killed once the first shards are cached and restarted 2 s later: training
+    waits (a "waiting for" line), skips nothing, fetches each shard once, and ends with the
+    local run's weights. Steps are slowed to 0.1 s so that the kill lands mid-epoch."""
+    from sio.train import trainer
+
+    real, synthetic, _ = s3_sets
+    cache = tmp_path / "cache"
+    config = dataclasses.replace(CONFIG, cache_dir=str(cache), read_timeout=120.0)
+    step = trainer.train_step
+
+    def slow_step(*args):
+        time.sleep(0.1)
+        return step(*args)
+
+    monkeypatch.setattr(trainer, "train_step", slow_step)
+
+    def outage():
+        while not list(cache.glob("*.tar")):
+            time.sleep(0.002)
+        seaweed.stop()
+        time.sleep(2)
+        seaweed.start()
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    out = tmp_path / "run"
+    train_classifier(real=real, synthetic=synthetic, alpha=0.75, seed=0, config=config, out=out)
+    thread.join()
+    assert re.search(r"waiting for s3://data/sets/\S+ \(attempt 1\)", capfd.readouterr().err)
+    log = read_log(out)
+    assert all(r[f"skipped_{k}"] == 0 for r in log for k in ("samples", "records", "shards"))
+    assert sum(r["bytes_fetched"] for r in log) == shard_bytes(sets / "real", sets / "synthetic")
+    assert same_weights(out, local_run)
+
+
+def serve(root: Path, port: int = 0):
+    handler = functools.partial(RangeHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_http_server_down_mid_epoch_is_waited_for_never_skipped(
+    sets, local_run, tmp_path, monkeypatch, capfd
+):
+    """The HTTP server goes away once the first shard is cached, for 2 s: "waiting for" lines,
+    nothing skipped, each shard fetched once, the local run's weights."""
+    from sio.train import trainer
+
+    server = serve(sets)
+    port = server.server_address[1]
+    root = f"http://127.0.0.1:{port}"
+    cache = tmp_path / "cache"
+    config = dataclasses.replace(CONFIG, cache_dir=str(cache), read_timeout=60.0)
+    step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda *a: (time.sleep(0.1), step(*a))[1])
+    servers = [server]
+
+    def outage():
+        while not list(cache.glob("*.tar")):
+            time.sleep(0.002)
+        server.shutdown()
+        server.server_close()
+        time.sleep(2)
+        servers.append(serve(sets, port))
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    out = tmp_path / "run"
+    real, synthetic = f"{root}/real", f"{root}/synthetic"
+    train_classifier(real=real, synthetic=synthetic, alpha=0.75, seed=0, config=config, out=out)
+    thread.join()
+    servers[-1].shutdown()
+    assert re.search(rf"waiting for {root}/\S+ \(attempt 1\)", capfd.readouterr().err)
+    log = read_log(out)
+    assert all(r[f"skipped_{k}"] == 0 for r in log for k in ("samples", "records", "shards"))
+    assert sum(r["bytes_fetched"] for r in log) == shard_bytes(sets / "real", sets / "synthetic")
+    assert same_weights(out, local_run)
 
 
 class FlakyBody:

@@ -21,7 +21,9 @@ from pathlib import Path
 from sio.core.files import atomic_path
 from sio.shardset import ShardError
 
-DEFAULT_CACHE = Path.home() / ".cache" / "sio" / "shards"
+def default_cache() -> Path:
+    """``$SIO_CACHE_DIR``, else ``~/.cache/sio/shards``: where ``cache_dir: null`` caches."""
+    return Path(os.environ.get("SIO_CACHE_DIR") or Path.home() / ".cache" / "sio" / "shards")
 
 
 @contextmanager
@@ -76,7 +78,10 @@ class ShardCache:
         if sha256 and sha256_bytes(data) != sha256:  # a damaged cache file: fetch again
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # least recently used goes first
+        try:
+            os.utime(path)  # least recently used goes first
+        except FileNotFoundError:  # evicted by another reader meanwhile: the bytes are here
+            pass
         return data
 
     def _evict(self, keep: Path) -> None:

@@ -168,7 +168,8 @@ class TrainConfig:
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: error, or skip and count
     trace: bool = False  # trace/rank-R.jsonl in the run folder: each step's sample keys
     checkpoint_every: int | None = None  # also checkpoint every N steps (resumable mid-epoch)
-    cache_dir: str | None = None  # node-local cache of remote shards (null: ~/.cache/sio/shards)
+    cache_dir: str | None = None  # node-local cache of remote shards (null: $SIO_CACHE_DIR or
+    # ~/.cache/sio/shards)
     cache_limit: int | None = None  # bytes the cache may hold (null: no limit)
     read_timeout: float = 600.0  # seconds a remote shard may stay unreachable before failing
     crop_padding: int | None = None

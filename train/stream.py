@@ -47,7 +47,7 @@ from sio.core.storage import TransportError, fetch_bytes, is_url
 from sio.shardset import ShardError, decode_record, decode_sample, read_manifest
 from sio.shardset.tario import split_member, tar_members
 from sio.train.augment import apply_augment, augment_draws, slice_draws
-from sio.train.cache import DEFAULT_CACHE, ShardCache, sha256_bytes
+from sio.train.cache import ShardCache, default_cache, sha256_bytes
 from sio.train.mixing import worker_steps
 from sio.train.passes import Layout, PassOrders, slice_start
 
@@ -248,7 +248,7 @@ class Fetcher:
         fetch = self._fetch
         if sha256:
             if self._cache is None:
-                self._cache = ShardCache(self.cache_dir or DEFAULT_CACHE, self.cache_limit)
+                self._cache = ShardCache(self.cache_dir or default_cache(), self.cache_limit)
             data, fetched = self._cache.get(url, sha256, fetch)
             self.fetched += fetched
             return data
