@@ -15,11 +15,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sio.core.files import atomic_path
 from sio.shardset import ShardError
+
 
 def default_cache() -> Path:
     """``$SIO_CACHE_DIR``, else ``~/.cache/sio/shards``: where ``cache_dir: null`` caches."""
@@ -78,10 +79,9 @@ class ShardCache:
         if sha256 and sha256_bytes(data) != sha256:  # a damaged cache file: fetch again
             path.unlink(missing_ok=True)
             return None
-        try:
-            os.utime(path)  # least recently used goes first
-        except FileNotFoundError:  # evicted by another reader meanwhile: the bytes are here
-            pass
+        # least recently used goes first; evicted by another reader meanwhile: the bytes are here
+        with suppress(FileNotFoundError):
+            os.utime(path)
         return data
 
     def _evict(self, keep: Path) -> None:
