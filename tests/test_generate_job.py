@@ -250,6 +250,8 @@ def cli_generate(cond_dir, out, *extra, env=None, runner=None):
         "4",
         "--batch-size",
         "4",
+        "--network-batch",
+        "4",
         "--seed",
         "3",
         "--device",
