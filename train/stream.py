@@ -281,6 +281,8 @@ class Reader:
         shards, groups = len(source.counts), self.layout.windows
         self.keep = 2 * (-(-shards // groups)) + 2  # two pass groups and a spare
         self._shards: OrderedDict[int, LoadedShard | ShardError] = OrderedDict()
+        self._ends = np.cumsum(source.counts)
+        self._starts = self._ends - np.asarray(source.counts)
 
     def _shard(self, index: int) -> LoadedShard:
         if index in self._shards:
@@ -303,7 +305,8 @@ class Reader:
 
     def _one(self, number: int, sample_id: int):
         """(image, label, key) of one sample, or a ShardError and its (kind, key)."""
-        shard, index = (int(v[0]) for v in self.layout.locate(np.array([sample_id])))
+        shard = int(np.searchsorted(self._ends, sample_id, side="right"))
+        index = sample_id - int(self._starts[shard])
         name = self.source.name
         try:
             loaded = self._shard(shard)
@@ -322,28 +325,42 @@ class Reader:
         """(uint8 images, int64 labels, keys) of positions ``start .. start + count - 1``; a
         broken sample is replaced by the next readable one of its pass (when skipping)."""
         passes, ids = self.orders.positions(start, count)
-        images, labels, keys = [], [], []
-        size = self.layout.size
-        for q, (number, sample_id) in enumerate(zip(passes.tolist(), ids.tolist(), strict=True)):
-            got = self._one(number, sample_id)
-            offset = (start + q) % size
-            tries = 0
-            while isinstance(got[0], ShardError):
-                self.faults.handle(got[0], *got[1])
-                tries += 1
-                if tries >= size:
-                    raise ShardError(
-                        f"a whole pass over {self.source.name} ({len(self.source.urls)} shards, "
-                        f"e.g. {self.source.urls[0]}) gave no readable sample"
-                    ) from got[0]
-                replacement = int(self.orders.get(number)[(offset + tries) % size])
-                got = self._one(number, replacement)
-            images.append(got[0])
-            labels.append(got[1])
-            keys.append(got[2])
-        shape = (0, self.check.channels, *self.check.image_size)
-        stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
-        return torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64), keys
+        shards = np.searchsorted(self._ends, ids, side="right")
+        index = ids - self._starts[shards]
+        images = np.empty((count, self.check.channels, *self.check.image_size), np.uint8)
+        labels, keys = np.empty(count, np.int64), [""] * count
+        for shard in np.unique(shards).tolist():
+            rows = np.nonzero(shards == shard)[0]
+            try:
+                loaded = self._shard(shard)
+            except ShardError:
+                loaded = None
+            if loaded is not None and loaded.raw is None and not loaded.broken:  # records
+                images[rows], labels[rows] = loaded.images[index[rows]], loaded.labels[index[rows]]
+                for row, i in zip(rows.tolist(), index[rows].tolist(), strict=True):
+                    keys[row] = loaded.keys[i]
+                continue
+            for row in rows.tolist():
+                images[row], labels[row], keys[row] = self._readable(
+                    int(passes[row]), int(ids[row]), (start + row) % self.layout.size
+                )
+        return torch.from_numpy(images), torch.from_numpy(labels), keys
+
+    def _readable(self, number: int, sample_id: int, offset: int):
+        """The sample at ``offset`` of pass ``number``, or (skipping) the next readable one."""
+        got = self._one(number, sample_id)
+        size, tries = self.layout.size, 0
+        while isinstance(got[0], ShardError):
+            self.faults.handle(got[0], *got[1])
+            tries += 1
+            if tries >= size:
+                raise ShardError(
+                    f"a whole pass over {self.source.name} ({len(self.source.urls)} shards, "
+                    f"e.g. {self.source.urls[0]}) gave no readable sample"
+                ) from got[0]
+            replacement = int(self.orders.get(number)[(offset + tries) % size])
+            got = self._one(number, replacement)
+        return got
 
 
 # --- the spec and the batches -------------------------------------------------------------------
