@@ -1,4 +1,5 @@
-"""``sio generate`` (also under ``torchrun``: rank r takes shards i ≡ r mod W)."""
+"""``sio generate`` (also under ``torchrun``: rank r takes shards i ≡ r mod W) and ``sio serve``
+(the same shards over HTTP, made on request); both build their job from the same options."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import click
 
 from sio.core.cli import config_option, device_option, pipeline_config
 from sio.generate.ddpm.train import train_from_shard_set
-from sio.generate.job import run_job
+from sio.generate.job import Job, run_job
 from sio.generate.registry import GENERATORS, Classifier, build_job, load_generator
 
 
@@ -41,14 +42,149 @@ def _device(requested: str | None, local_rank: int) -> str:
     return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
 
+def job_options(function):
+    """The options that define a generation job (shared by generate and serve)."""
+    options = [
+        click.option(
+            "--generator",
+            "name",
+            default=None,
+            type=click.Choice(GENERATORS.names()),
+            help="Generator kind (default: the config's generator.name).",
+        ),
+        click.option(
+            "--num",
+            "--num-images",
+            "num",
+            type=int,
+            default=None,
+            help="Number of images (overrides the config); under torchrun write --num-images.",
+        ),
+        click.option("--shard-size", type=int, default=None),
+        click.option("--batch-size", type=int, default=None),
+        click.option(
+            "--network-batch",
+            type=int,
+            default=None,
+            help="Rows per network call (part of what makes the bytes; on a GPU use --batch-size).",
+        ),
+        click.option(
+            "--encoding",
+            type=click.Choice(["png", "records"]),
+            default=None,
+            help="Shard encoding (default: the config's generate.encoding).",
+        ),
+        click.option(
+            "--classifier",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="checkpoint.pt of a real-trained classifier: pseudo-labels for unconditional "
+            "generators, label agreement for conditional ones.",
+        ),
+        click.option(
+            "--classes-from",
+            "classes_from",
+            default=None,
+            help="A real shard set (folder or URL) of the target benchmark: the synthetic set "
+            "takes its class names and image size.",
+        ),
+        click.option(
+            "--image-size",
+            type=int,
+            default=None,
+            help="Side of the images written (default: the --classes-from set's, else the "
+            "classifier's, else the generator's own).",
+        ),
+        click.option("--seed", type=int, default=None),
+        config_option,
+        device_option,
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """What ``job_options`` parsed, plus the generator's location and the output's name."""
+
+    generator_dir: str | None
+    name: str | None = None
+    num: int | None = None
+    shard_size: int | None = None
+    batch_size: int | None = None
+    network_batch: int | None = None
+    encoding: str | None = None
+    classifier: str | None = None
+    classes_from: str | None = None
+    image_size: int | None = None
+    seed: int | None = None
+    config_path: str | None = None
+    device: str | None = None
+    train_on: str | None = None
+    what: str = "the synthetic set"
+
+    def job(self, world_size: int = 1, local_rank: int = 0) -> Job:
+        """Load the generator (training the built-in DDPM first if asked) and the classifier,
+        check that they fit the target set, and return the job."""
+        from sio.train import load_classifier
+
+        config = pipeline_config(self.config_path)
+        device = _device(self.device, local_rank)
+        generator_dir = self.generator_dir or config.generator.path
+        if not generator_dir:
+            raise click.UsageError("give the generator folder (or generator.path in the config)")
+        generator = dataclasses.replace(
+            config.generator, name=self.name or config.generator.name, path=str(generator_dir)
+        )
+        if not Path(generator_dir).exists():
+            if generator.name != "ddpm":
+                raise click.UsageError(
+                    f"{generator_dir}: no {generator.name} generator folder or file"
+                )
+            if self.train_on is None or world_size > 1:
+                raise click.UsageError(
+                    f"{generator_dir} does not exist; give --train-on REAL_SET (in one process, "
+                    "not under torchrun) to train the built-in DDPM there first"
+                )
+            train_from_shard_set(self.train_on, generator, generator_dir, device)
+        overrides = {
+            "num_images": self.num,
+            "seed": self.seed,
+            "shard_size": self.shard_size,
+            "batch_size": self.batch_size,
+            "network_batch": self.network_batch,
+            "encoding": self.encoding,
+        }
+        settings = dataclasses.replace(
+            config.generate, **{k: v for k, v in overrides.items() if v is not None}
+        )
+        target = _target(self.classes_from, self.image_size)
+        judge, info = None, None
+        if self.classifier:
+            judge, info = load_classifier(self.classifier, device)
+        size = target.image_size or (info.image_size[0] if info and info.image_size else None)
+        if generator.name == "biggan" and size is None:
+            raise click.UsageError(
+                "a biggan generator writes images of the target benchmark's size: give "
+                "--classes-from REAL_SET, --image-size or a --classifier that records its size"
+            )
+        model = load_generator(generator, generator_dir, device, size)
+        model.prepare(precision=settings.precision, compile=settings.compile)
+        names = target.class_names or (info.class_names if info else None)
+        if info is not None:
+            side = (model.image_size, model.image_size)
+            info.check_fits(self.what, side, names or info.class_names)
+        if target.channels is not None and target.channels != model.channels:
+            raise click.UsageError(
+                f"{self.classes_from} holds {target.channels}-channel images, the generator "
+                f"makes {model.channels}"
+            )
+        judge_info = Classifier(judge, self.classifier, info.sha256 if info else None)
+        return build_job(model, settings, generator.labels, names, judge_info)
+
+
 @click.command()
-@click.option(
-    "--generator",
-    "name",
-    default=None,
-    type=click.Choice(GENERATORS.names()),
-    help="Generator kind (default: the config's generator.name).",
-)
 @click.option(
     "--generator-dir",
     default=None,
@@ -62,133 +198,24 @@ def _device(requested: str | None, local_rank: int) -> str:
     help="Train the built-in DDPM on this real shard set first if --generator-dir "
     "does not exist yet.",
 )
-@click.option(
-    "--num",
-    "--num-images",
-    "num",
-    type=int,
-    default=None,
-    help="Number of images (overrides the config); under torchrun write --num-images.",
-)
 @click.option("--out", required=True, help="Folder or s3://bucket/prefix for the shard set.")
-@click.option("--shard-size", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
 @click.option("--shards", "shard_range", default=None, help="Only shards START:STOP.")
-@click.option(
-    "--classifier",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="checkpoint.pt of a real-trained classifier: pseudo-labels for unconditional "
-    "generators, label agreement for conditional ones.",
-)
-@click.option(
-    "--classes-from",
-    "classes_from",
-    default=None,
-    help="A real shard set (folder or URL) of the target benchmark: the synthetic set takes "
-    "its class names and image size.",
-)
-@click.option(
-    "--image-size",
-    type=int,
-    default=None,
-    help="Side of the images written (default: the --classes-from set's, else the "
-    "classifier's, else the generator's own).",
-)
-@click.option(
-    "--network-batch",
-    type=int,
-    default=None,
-    help="Rows per network call (part of what makes the bytes; on a GPU use --batch-size).",
-)
-@click.option("--seed", type=int, default=None)
 @click.option(
     "--staging",
     type=click.Path(file_okay=False),
     default=None,
     help="Local folder for shards on their way to s3:// (default ~/.cache/sio).",
 )
-@config_option
-@device_option
-def generate(
-    name,
-    generator_dir,
-    train_on,
-    num,
-    out,
-    shard_size,
-    batch_size,
-    shard_range,
-    classifier,
-    classes_from,
-    image_size,
-    network_batch,
-    seed,
-    staging,
-    config_path,
-    device,
-):
+@job_options
+def generate(generator_dir, train_on, out, shard_range, staging, **options):
     """Write labelled synthetic images from a generator as a shard set, resumably."""
-    from sio.train import load_classifier
-
-    config = pipeline_config(config_path)
     rank, world_size, local_rank = _distributed()
-    device = _device(device, local_rank)
-    generator_dir = generator_dir or config.generator.path
-    if not generator_dir:
-        raise click.UsageError("give --generator-dir (or generator.path in the config)")
-    generator = dataclasses.replace(
-        config.generator, name=name or config.generator.name, path=str(generator_dir)
+    request = JobOptions(
+        generator_dir, train_on=train_on, what=f"the synthetic set {out}", **options
     )
-    if not Path(generator_dir).exists():
-        if generator.name != "ddpm":
-            raise click.UsageError(f"{generator_dir}: no {generator.name} generator folder or file")
-        if train_on is None or world_size > 1:
-            raise click.UsageError(
-                f"{generator_dir} does not exist; give --train-on REAL_SET (in one process, "
-                "not under torchrun) to train the built-in DDPM there first"
-            )
-        train_from_shard_set(train_on, generator, generator_dir, device)
-    overrides = {
-        "num_images": num,
-        "seed": seed,
-        "shard_size": shard_size,
-        "batch_size": batch_size,
-        "network_batch": network_batch,
-    }
-    job = dataclasses.replace(
-        config.generate, **{k: v for k, v in overrides.items() if v is not None}
-    )
-    target = _target(classes_from, image_size)
-    judge, info = None, None
-    if classifier:
-        judge, info = load_classifier(classifier, device)
-    size = target.image_size or (info.image_size[0] if info and info.image_size else None)
-    if generator.name == "biggan" and size is None:
-        raise click.UsageError(
-            "a biggan generator writes images of the target benchmark's size: give "
-            "--classes-from REAL_SET, --image-size or a --classifier that records its size"
-        )
-    model = load_generator(generator, generator_dir, device, size)
-    model.prepare(precision=job.precision, compile=job.compile)
-    names = target.class_names or (info.class_names if info else None)
-    if info is not None:
-        what = f"the synthetic set {out}"
-        info.check_fits(what, (model.image_size, model.image_size), names or info.class_names)
-    if target.channels is not None and target.channels != model.channels:
-        raise click.UsageError(
-            f"{classes_from} holds {target.channels}-channel images, the generator makes "
-            f"{model.channels}"
-        )
-    built = build_job(
-        model,
-        job,
-        generator.labels,
-        names,
-        Classifier(judge, classifier, info.sha256 if info else None),
-    )
+    job = request.job(world_size, local_rank)
     manifest = run_job(
-        built,
+        job,
         out,
         shards=parse_shard_range(shard_range),
         rank=rank,
@@ -202,6 +229,47 @@ def generate(
         click.echo(
             f"{out}: {manifest['num_samples']} images in {len(manifest['shards'])} shards{text}"
         )
+
+
+@click.command()
+@click.argument("generator_spec", required=False)
+@click.option("--port", type=int, required=True, help="TCP port (0: any free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--queue",
+    "queue_size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Shards that may wait for the generator; more requests wait, then get 503.",
+)
+@click.option(
+    "--cache",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Recent shards kept in memory for repeated and ranged reads.",
+)
+@click.option("--verbose", is_flag=True, help="Log every request.")
+@job_options
+def serve(generator_spec, port, host, queue_size, cache, verbose, **options):
+    """Serve GENERATOR_SPEC's synthetic shard set over HTTP, each shard made on request and
+    byte-identical to what `sio generate` writes; `sio train --synthetic http://HOST:PORT`."""
+    from sio.generate.serve import GenerationServer, ShardService, serve_until_signalled
+
+    job = JobOptions(generator_spec, what="the served set", **options).job()
+    service = ShardService(job, queue_size=queue_size, cache=cache)
+    server = GenerationServer(service, host, port, verbose=verbose)
+    click.echo(
+        f"serving {job.config.num_images} images in {job.num_shards} shards of "
+        f"{job.generator.name} at {server.url}/manifest.json (Ctrl-C or SIGTERM stops)",
+    )
+    serve_until_signalled(server)
+    stats = service.stats
+    click.echo(
+        f"stopped: {stats.shards} shards ({stats.images} images) generated in "
+        f"{stats.seconds:.1f} s, {stats.cache_hits} from the cache, {stats.refused} refused"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

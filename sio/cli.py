@@ -29,6 +29,11 @@ STAGE_COMMANDS = {
         "generate",
         "Write labelled synthetic images from a generator as a shard set, resumably.",
     ),
+    "serve": (
+        "sio.generate.cli",
+        "serve",
+        "Serve a generator's synthetic shard set over HTTP, each shard made on request.",
+    ),
     "fid": (
         "sio.generate.fid_cli",
         "fid",
