@@ -22,8 +22,8 @@ class MSP(Detector):
     """Maximum softmax probability, max_k softmax(z)_k (Hendrycks & Gimpel, ICLR 2017).
 
     Deliberate difference: the softmax is float64; OpenOOD's float32 softmax rounds every
-    margin above ~17 to exactly 1.0 (about 40 % of confident CIFAR ID samples tie there), which
-    moves AUROC slightly; float64 keeps them apart up to a margin of ~37.
+    margin above ~17 to exactly 1.0 (many confident ID samples tie there), which moves AUROC
+    slightly; float64 keeps them apart up to a margin of ~37.
     """
 
     def score_features(self, features):
@@ -118,7 +118,7 @@ class TempScale(Detector):
     ``fit: nll`` (the default, a deliberate difference): the NLL minimised to convergence
     (L-BFGS with a strong-Wolfe line search on log T). ``fit: openood``: OpenOOD v1.5's T
     exactly (``fit_temperature_openood``: 50 L-BFGS iterations at lr 0.01 from T = 1.5, which
-    stop short of the minimum, e.g. T = 1.233 where the minimum is at 0.758). With ``nll``,
+    usually stop short of the minimum). With ``nll``,
     when every ID val sample is classified correctly the NLL falls without bound as T -> 0 (no
     minimiser); T is then 1 (the MSP ranking) and results.json says so. The log of the max
     softmax (see ``log_max_softmax``) ranks exactly as the max softmax does.
