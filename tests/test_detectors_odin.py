@@ -19,6 +19,8 @@ from sio.evaluate.detectors.odin import ODIN
 
 from .tiny_run import write_tiny_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 
 class Linear(nn.Module):
     """logits = A @ flatten(x): the input gradient of CE(z / T, y) is A^T (p - e_y) / T."""

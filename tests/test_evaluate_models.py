@@ -19,6 +19,8 @@ from sio.train import build_classifier
 
 from .tiny_run import write_tiny_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -16,6 +16,8 @@ from sio.shardset import iter_batches
 from sio.train import load_checkpoint, train_classifier
 from sio.train.config import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):

@@ -220,6 +220,7 @@ def tiny_run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("search"), shard_size=64)
 
 
+@pytest.mark.usefixtures("one_thread")  # a tiny CNN: more threads only contend
 def test_odin_grid_is_searched_on_the_images_with_the_model(tiny_run):
     config = dataclasses.replace(SEARCH, methods=("odin", "msp"), batch_size=100)
     results = evaluate_checkpoint(tiny_run / "run", tiny_run / "bench", tiny_run / "eval", config)
