@@ -962,6 +962,9 @@ def nvidia(bench: Bench, folder: Path, force_fp32: bool) -> dict:
     bench.sync()
     first_s = time.perf_counter() - start
     seconds = bench.timed(call, calls, warmup=1)
+    from torch_utils.ops import bias_act, upfirdn2d  # NVIDIA's: did its CUDA plugins build?
+
+    plugins = {"bias_act": bias_act._plugin is not None, "upfirdn2d": upfirdn2d._plugin is not None}
     return {
         "images_per_s": batch * calls / seconds,
         "batch": batch,
@@ -970,6 +973,7 @@ def nvidia(bench: Bench, folder: Path, force_fp32: bool) -> dict:
         "first_call_s": first_s,
         "force_fp32": force_fp32,
         "parameters": parameters(network),
+        "cuda_plugins_built": plugins,
     }
 
 
