@@ -88,7 +88,10 @@ def test_preset_and_method_errors_name_the_field(tmp_path):
         assert message in str(info.value), (text, str(info.value))
 
 
-def test_method_settings_reach_the_config(tmp_path):
+def test_method_settings_reach_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "tin").mkdir(parents=True)  # the outliers set is checked at parse time
+    (tmp_path / "data" / "tin" / "manifest.json").write_text("{}")
     path = tmp_path / "pipeline.yaml"
     path.write_text(
         "train:\n  method: oe\n  oe: {outliers: data/tin, weight: 0.25}\n"

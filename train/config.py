@@ -51,12 +51,15 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class LogitNormSettings:
-    """LogitNorm (Wei et al., ICML 2022): cross-entropy on z / (tau * ||z||)."""
+    """LogitNorm (Wei et al., ICML 2022): cross-entropy on z / (tau * ||z||), with a linear
+    learning-rate warm-up over ``warmup_epochs`` (0: none) before the cosine schedule."""
 
     temperature: float = 0.04
+    warmup_epochs: int = 5
 
     def __post_init__(self):
         _check(self.temperature > 0, "temperature", "must be positive")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
 
 
 @dataclass(frozen=True)

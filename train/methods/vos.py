@@ -38,6 +38,16 @@ class VOS(Method):
         self.register_buffer("filled", torch.zeros(classes, dtype=torch.long))
         self.energy_weight = nn.Parameter(torch.rand(classes))  # VOS: uniform in [0, 1]
         self.logistic = nn.Linear(1, 2)
+        # the step at which R switched on (-1: not yet; saved with the method's state)
+        self.register_buffer("regulariser_step", torch.tensor(-1))
+        batch = config.batch_size
+        print(
+            f"vos: the energy regulariser starts once each of the {classes} class queues holds "
+            f"{config.vos.queue_size} features (balanced classes: after about "
+            f"{-(-classes * config.vos.queue_size // batch)} steps of batch {batch}, epoch >= "
+            f"{config.vos.start_epoch}); until then VOS trains as CE",
+            flush=True,
+        )
 
     def energy(self, logits: torch.Tensor) -> torch.Tensor:
         """Negative learnable energy log sum_k relu(w_k) exp(z_k), computed stably."""
@@ -100,6 +110,10 @@ class VOS(Method):
         loss = F.cross_entropy(logits, labels)
         if self.training:
             self.enqueue(features.detach(), labels)
-        if self.ready(step // self.context.steps_per_epoch):
+        epoch = step // self.context.steps_per_epoch
+        if self.ready(epoch):
+            if self.regulariser_step < 0:
+                self.regulariser_step.fill_(step)
+                print(f"vos: energy regulariser on from step {step} (epoch {epoch})", flush=True)
             loss = loss + self.config.vos.weight * self.regulariser(model, logits, step)
         return loss, logits
