@@ -36,8 +36,6 @@ Usage: python benchmarks/loader.py [rounds] [num_real]
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import statistics
@@ -56,7 +54,7 @@ from sio.shardset import ShardSetWriter, convert_shard_set
 from sio.train import batch_counts, rank_share
 from sio.train.augment import random_crop_flip
 from sio.train.config import TrainConfig
-from sio.train.loop import StepContext, train_epoch
+from sio.train.loop import StepContext, Steps, train_epoch
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import ShardSource
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
@@ -179,10 +177,8 @@ def alpha_pairs(root: Path, pairs: int) -> dict:
             for alpha in (1.0, 0.8) if number % 2 else (0.8, 1.0):
                 loader, epoch, context = loaders[alpha]
                 epoch.set(number)
-                with contextlib.redirect_stderr(io.StringIO()):  # the progress bar
-                    record = train_epoch(
-                        objective, loader, optimizer, schedule, number, EPOCH_STEPS, "cpu", context
-                    )
+                steps = Steps(optimizer, schedule)
+                record = train_epoch(objective, loader, steps, context, number, EPOCH_STEPS)
                 if number:
                     rates[alpha].append(record["images_per_s"] / BATCH)
         results[encoding] = {"1.0": rates[1.0], "0.8": rates[0.8]}
@@ -313,7 +309,21 @@ def cache_bytes(root: Path) -> dict:
         server.wait()
 
 
+def coverage_only() -> None:
+    """``python benchmarks/loader.py coverage``: re-measure the coverage table alone and update
+    it in benchmarks/results/loader.json."""
+    path = Path(__file__).parent / "results" / "loader.json"
+    with tempfile.TemporaryDirectory() as scratch:
+        covered = coverage(Path(scratch))
+    result = json.loads(path.read_text())
+    result["coverage_alpha_1"] = covered
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["coverage"]:
+        coverage_only()
+        return
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     num_real = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
     with tempfile.TemporaryDirectory() as scratch:

@@ -235,6 +235,9 @@ def test_records_stream_is_exact_through_workers(constant_sets):
         values = values_of(batch)
         assert int(batch["is_synthetic"].sum()) == 2 and len(values) == 8
         assert batch["faults"] == []
+        # each image's key is its sample key from the PNG set (kept in meta.json): unique
+        assert all(k.startswith(("real-", "synthetic-")) for k in batch["keys"])
+        assert len(set(batch["keys"])) == len(batch["keys"]) == 8
         seen |= set(values.tolist())
     assert len(seen) > 25  # records are read in a random order, not record by record
 

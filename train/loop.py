@@ -77,12 +77,23 @@ class EpochTotals:
 @dataclass(frozen=True)
 class StepContext:
     """What a step checks and writes beyond the objective: this rank's exact (real,
-    synthetic) ``quota`` per batch, the global batch size, and the trace file."""
+    synthetic) ``quota`` per batch, the global batch size, the device and the trace file."""
 
     world: World = World()
     quota: tuple[int, int] | None = None
     batch_size: int | None = None
     trace: Path | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class Steps:
+    """What a training step changes: the optimizer, its schedule and the epoch's sums (the
+    trainer's TrainState has these, and more)."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    totals: EpochTotals = field(default_factory=EpochTotals)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -104,8 +115,9 @@ def composition(batch: dict, context: StepContext) -> tuple[int, int]:
     return counts
 
 
-def train_step(objective, batch: dict, optimizer, schedule, device, context, totals) -> None:
-    """One optimiser step of ``objective`` (classifier + method, DDP-wrapped under torchrun)."""
+def train_step(objective, batch: dict, state, context: StepContext) -> None:
+    """One optimiser step of ``objective`` (classifier + method, DDP-wrapped under torchrun);
+    ``state`` has the ``optimizer``, ``schedule`` and epoch ``totals`` (Steps, TrainState)."""
     if "error" in batch:
         raise_worker_error(batch)
     counts = composition(batch, context)
@@ -115,28 +127,29 @@ def train_step(objective, batch: dict, optimizer, schedule, device, context, tot
         with open(context.trace, "a") as handle:
             handle.write(json.dumps(line) + "\n")
     bookkeeping = {k: batch.pop(k) for k in ("faults", "fetched", "ids", "keys") if k in batch}
-    batch = _to_device(batch, device)
+    batch = _to_device(batch, context.device)
     loss, logits = objective(batch)
     if world.size > 1:  # DDP averages over ranks: weight this rank by its share
         loss_for_grad = loss * (sum(counts) * world.size / context.batch_size)
     else:
         loss_for_grad = loss
-    optimizer.zero_grad(set_to_none=True)
+    state.optimizer.zero_grad(set_to_none=True)
     loss_for_grad.backward()
-    optimizer.step()
-    schedule.step()
-    totals.add(loss, logits, batch["labels"], counts, bookkeeping, world.main)
+    state.optimizer.step()
+    state.schedule.step()
+    state.totals.add(loss, logits, batch["labels"], counts, bookkeeping, world.main)
 
 
-def epoch_record(totals: EpochTotals, epoch: int, steps: int, seconds: float, lr, world, device):
-    """The epoch's global log line."""
-    local = totals.local()
+def epoch_record(state, context: StepContext, epoch: int, steps: int, seconds: float) -> dict:
+    """The epoch's global log line from this rank's ``state.totals`` (all ranks call it)."""
+    world, device = context.world, context.device
+    local = state.totals.local()
     local["seconds"] += seconds
     names = [k for k in SUMS if k != "seconds"]
     summed = dict(zip(names, all_sum([local[k] for k in names], world, device), strict=True))
     seconds = all_max(local["seconds"], world, device)
-    skipped = set().union(*(set(keys) for keys in gather(sorted(totals.skipped), world)))
-    skipped = {tuple(k) for k in skipped}
+    gathered = gather(sorted(state.totals.skipped), world)
+    skipped = {tuple(key) for keys in gathered for key in keys}
     if int(summed["batches"]) != steps:
         raise RuntimeError(f"epoch {epoch}: {int(summed['batches'])} batches, expected {steps}")
     seen = summed["real"] + summed["synthetic"]
@@ -149,20 +162,17 @@ def epoch_record(totals: EpochTotals, epoch: int, steps: int, seconds: float, lr
         "synthetic_seen": int(summed["synthetic"]),
         "effective_alpha": summed["real"] / seen,
         "images_per_s": seen / max(seconds, 1e-9),
-        "lr": lr,
+        "lr": state.schedule.get_last_lr()[0],
     }
     counts = skip_counts(skipped)
     record.update({f"skipped_{kind}": counts[kind] for kind in SKIP_KINDS})
     return {**record, "bytes_fetched": int(summed["fetched"]), "ranks": world.size}
 
 
-def train_epoch(objective, loader, optimizer, schedule, epoch, steps, device, context=None):
-    """One whole epoch over ``loader``; returns its global log line (benchmarks and tests)."""
-    context = context or StepContext()
+def train_epoch(objective, loader, state: Steps, context: StepContext, epoch: int, steps: int):
+    """One whole epoch over ``loader`` from fresh sums; returns its global log line."""
     objective.train()
-    totals, start = EpochTotals(), time.perf_counter()
+    state.totals, start = EpochTotals(), time.perf_counter()
     for batch in loader:
-        train_step(objective, batch, optimizer, schedule, device, context, totals)
-    seconds = time.perf_counter() - start
-    lr = schedule.get_last_lr()[0]
-    return epoch_record(totals, epoch, steps, seconds, lr, context.world, device)
+        train_step(objective, batch, state, context)
+    return epoch_record(state, context, epoch, steps, time.perf_counter() - start)

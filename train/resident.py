@@ -37,7 +37,7 @@ HOST_SHARE, GPU_SHARE = 0.8, 0.5  # of the available host memory, of the free GP
 class ResidentSet:
     images: torch.Tensor  # uint8 N x C x H x W
     labels: torch.Tensor  # int64 N
-    keys: tuple[str, ...] = ()  # each sample's key (``key/index`` inside a record)
+    keys: tuple[str, ...] = ()  # each sample's key (a record's images: from its meta.json)
 
 
 def _available_bytes(device: torch.device) -> tuple[int | None, float, str]:

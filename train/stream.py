@@ -19,8 +19,9 @@ A corrupt sample, record or shard raises a ShardError naming the URL and member,
 batch carries ``faults`` (kind, key) pairs, which the loop dedupes into the epoch's counts. A
 transport outage is never skipped. In a DataLoader worker an error travels as a batch
 ``{"error": message, "traceback": ...}``, so the user sees the message without the worker's
-traceback. Each batch also carries ``ids``: the key of every real and synthetic sample (``key``,
-or ``key/index`` inside a record), for the trace.
+traceback. Each batch also carries ``ids``: the key of every real and synthetic sample (a
+record's images: their keys in its meta.json), for the trace, and ``keys``, those of its images
+in batch order.
 
 A training method may add sources (OE's outliers, PixMix's pictures: ``extras``, consumed the
 same way, outside the real/synthetic composition) and a batch ``transform`` (CutMix, PixMix,
@@ -173,10 +174,22 @@ class LoadedShard:
                 record_labels = np.zeros(size, np.int64)
             images.append(record)
             labels.append(record_labels)
-            self.keys += [f"{sample['__key__']}/{i}" for i in range(len(record))]
+            self.keys += self._record_keys(sample, len(record))
         shape = (0, self.check.channels, *self.check.image_size)
         self.images = np.concatenate(images) if images else np.zeros(shape, np.uint8)
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+
+    def _record_keys(self, sample: dict, count: int) -> list[str]:
+        """Each image's sample key from the record's meta.json (unique within the set), else
+        ``shard/record/index`` (record keys repeat from shard to shard)."""
+        try:
+            keys = json.loads(sample["meta.json"])["keys"]
+            if len(keys) == count:
+                return [str(key) for key in keys]
+        except Exception:  # noqa: BLE001, S110 - a broken meta.json: positional keys
+            pass
+        shard = self.url.rsplit("/", 1)[-1].removesuffix(".tar")
+        return [f"{shard}/{sample['__key__']}/{i}" for i in range(count)]
 
     def _meta_size(self, sample: dict) -> int:
         try:
@@ -510,9 +523,10 @@ def assemble(spec: MixSpec, sources: dict[str, Source], parts: dict, step: int) 
     """One batch from this rank's part of each source (``parts``: name -> (images, labels,
     keys)): augmented, composed in the global batch's order, then the method's transform."""
     real, syn = sources.get("real"), sources.get("synthetic")
+    device = next((p[0].device for p in parts.values()), None)
     pieces = {}
     for name in ("real", "synthetic"):
-        images, labels, keys = parts.get(name) or _empty(spec)
+        images, labels, keys = parts.get(name) or _empty(spec, device)
         if name in sources:
             images = augment_part(spec, sources[name], images, step)
         pieces[name] = (images, labels, keys)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from sio.core.config import check_alpha
 from sio.core.files import write_text_atomic
@@ -193,7 +194,9 @@ def run(plan: TrainPlan, state: TrainState, resume: bool | None) -> Path:
     position = SharedEpoch(*divmod(state.step, plan.steps_per_epoch))
     loader = _loader(plan, state, position)
     objective = _wrap(Objective(state.model, state.method), plan.world, plan.device)
-    context = StepContext(plan.world, plan.quota, plan.config.batch_size, plan.trace_file())
+    context = StepContext(
+        plan.world, plan.quota, plan.config.batch_size, plan.trace_file(), plan.device
+    )
     try:
         while state.step < plan.total_steps:
             train_epoch(plan, state, objective, loader, position, context)
@@ -220,19 +223,17 @@ def train_epoch(plan: TrainPlan, state: TrainState, objective, loader, position,
     position.set(epoch, first)
     objective.train()
     start = time.perf_counter()
-    for batch in loader:
-        train_step(
-            objective, batch, state.optimizer, state.schedule, plan.device, context, state.totals
-        )
+    left = plan.steps_per_epoch - first
+    progress = tqdm(loader, total=left, desc=f"epoch {epoch}", unit="batch", leave=False)
+    for batch in progress if plan.world.main else loader:
+        train_step(objective, batch, state, context)
         state.step += 1
         if state.step % plan.steps_per_epoch and plan.checkpoint_due(state.step):
             state.totals.sums["seconds"] += time.perf_counter() - start
             _save(plan, state)
             start = time.perf_counter()
     seconds = time.perf_counter() - start
-    lr = state.schedule.get_last_lr()[0]
-    steps, world = plan.steps_per_epoch, plan.world
-    record = epoch_record(state.totals, epoch, steps, seconds, lr, world, plan.device)
+    record = epoch_record(state, context, epoch, plan.steps_per_epoch, seconds)
     state.history.append(record)
     state.totals = EpochTotals()
     _save(plan, state)
