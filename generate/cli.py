@@ -253,8 +253,11 @@ def generate(generator_dir, train_on, out, shard_range, staging, **options):
 @click.option("--verbose", is_flag=True, help="Log every request.")
 @job_options
 def serve(generator_spec, port, host, queue_size, cache, verbose, **options):
-    """Serve GENERATOR_SPEC's synthetic shard set over HTTP, each shard made on request and
-    byte-identical to what `sio generate` writes; `sio train --synthetic http://HOST:PORT`."""
+    """Serve a generator's synthetic shard set over HTTP, each shard made on request.
+
+    GENERATOR_SPEC is the generator's folder (or file; default: the config's generator.path).
+    Each shard is byte-identical to what `sio generate` writes for it; `sio train --synthetic
+    http://HOST:PORT` streams from the service."""
     from sio.generate.serve import GenerationServer, ShardService, serve_until_signalled
 
     job = JobOptions(generator_spec, what="the served set", **options).job()
