@@ -57,9 +57,37 @@ from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_t
 @click.option(
     "--layer", default=None, help="--model: take h from this module's output (default: fc's input)."
 )
-@click.option("--methods", default=None, help="Comma-separated detectors (default: config).")
-@click.option("--fpr-convention", type=click.Choice(["id", "ood"]), default=None)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--alpha",
+    type=float,
+    default=None,
+    help="With --activations or --model: the classifier's alpha, recorded in run.json so that "
+    "`sio report` can group the result (--run reads it from the checkpoint).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="With --activations or --model: the classifier's seed, recorded in run.json.",
+)
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated detectors, e.g. msp,ebo,knn (default: the config's evaluate.methods).",
+)
+@click.option(
+    "--fpr-convention",
+    type=click.Choice(["id", "ood"]),
+    default=None,
+    help="FPR@95 with ID (the literature's) or OOD (OpenOOD v1.5's) as positive "
+    "(default: the config's evaluate.fpr_convention).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for results.json, results.md and run.json (and activations.npz with --run).",
+)
 @config_option
 @device_option
 def evaluate(
@@ -71,6 +99,8 @@ def evaluate(
     normalize,
     fc_name,
     layer,
+    alpha,
+    seed,
     methods,
     fpr_convention,
     out,
@@ -82,7 +112,15 @@ def evaluate(
     Give one of --run (a sio run, with --benchmark), --model with --weights (any classifier,
     with --benchmark) or --activations. With --activations, detectors that need the model and
     images (odin) are skipped, and results.json says so; --benchmark then only records which
-    benchmark the file came from.
+    benchmark the file came from. `sio report` groups results by the alpha and seed in
+    run.json: --run writes it from the checkpoint; for --activations or --model give --alpha
+    and --seed.
+
+    \b
+    Examples:
+      sio evaluate --run runs/base0 --benchmark data/digits --out eval/base0
+      sio evaluate --activations eval/base0/activations.npz --methods msp,ebo \\
+          --alpha 1 --seed 0 --out eval/base0-again
     """
     from sio.core.environment import default_device
 
@@ -99,6 +137,10 @@ def evaluate(
             "give exactly one of --run (with --benchmark), --model (with --weights and "
             "--benchmark) or --activations"
         )
+    if (alpha is None) != (seed is None):
+        raise click.UsageError("give --alpha and --seed together")
+    if run_dir is not None and alpha is not None:
+        raise click.UsageError("--run reads alpha and seed from the checkpoint; drop them")
     if activations is not None:
         results = evaluate_bank(
             load_activations(activations), config.methods, config.fpr_convention, config=config
@@ -128,7 +170,22 @@ def evaluate(
         results = evaluate_checkpoint(
             run_dir, benchmark, out, config, device=device or default_device()
         )
+    if alpha is not None:
+        _record_run(out, alpha, seed, activations or weights, results.get("benchmark"))
     click.echo(markdown_table(results))
+
+
+def _record_run(out, alpha: float, seed: int, source: str, benchmark) -> None:
+    """run.json for a result that no checkpoint describes, so that `sio report` can group it."""
+    from pathlib import Path
+
+    from sio.core.config import check_alpha
+    from sio.core.files import write_json_atomic
+
+    record = {"alpha": check_alpha(alpha, "--alpha"), "seed": seed, "source": str(source)}
+    if benchmark is not None:
+        record["benchmark"] = benchmark
+    write_json_atomic(Path(out) / "run.json", record)
 
 
 def _normalisation(normalize: str, benchmark):

@@ -27,8 +27,9 @@ def load_run(folder: str | Path) -> dict:
     for name in ("results.json", "run.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(
-                f"{folder / name}: missing; `sio evaluate --out {folder}` "
-                "writes results.json and run.json"
+                f"{folder / name}: missing; `sio evaluate --run RUN --out {folder}` writes "
+                "results.json and run.json (alpha and seed from the checkpoint); with "
+                "--activations or --model, add --alpha A --seed S"
             )
     run = json.loads((folder / "run.json").read_text())
     return {
@@ -125,32 +126,156 @@ def _arm_label(alpha: str) -> str:
 
 
 def _cell(stat: dict) -> str:
+    """mean ± std; a single run has no spread, so it shows its value alone (n is in the
+    column header)."""
+    if stat["n"] == 1:
+        return f"{stat['mean']:.2f}"
     return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
-def summary_table(arms: dict) -> str:
-    """The paper's Table 1 layout: per detector, near/far AUROC and ID accuracy per arm."""
-    labels = [_arm_label(a) for a in arms]
-    columns = [
-        f"{what} {label}" for what in ("near AUROC", "far AUROC", "ID acc") for label in labels
+def paired_delta(treated: dict, baseline: dict, treated_seeds, baseline_seeds) -> dict:
+    """Δ = treated − baseline over the seeds both arms ran (paired by seed): the mean Δ, its
+    95% confidence interval from Student's t over the paired differences and the two-sided
+    paired t-test's p (None below two pairs, or when every difference is equal)."""
+    from scipy import stats
+
+    base = dict(zip(baseline_seeds, baseline["values"], strict=True))
+    pairs = [
+        (v, base[s]) for s, v in zip(treated_seeds, treated["values"], strict=True) if s in base
     ]
+    diffs = np.array([t - b for t, b in pairs], dtype=np.float64)
+    delta = {"mean": float(diffs.mean()) if len(diffs) else float("nan"), "n": len(diffs)}
+    delta |= {"low": None, "high": None, "p": None}
+    if len(diffs) >= 2 and float(diffs.std(ddof=1)) > 0:
+        sem = float(diffs.std(ddof=1)) / np.sqrt(len(diffs))
+        half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sem
+        delta |= {"low": delta["mean"] - half, "high": delta["mean"] + half}
+        delta["p"] = float(stats.ttest_rel([t for t, _ in pairs], [b for _, b in pairs]).pvalue)
+    return delta
+
+
+def _delta_cell(delta: dict) -> str:
+    if delta["p"] is None:
+        return f"{delta['mean']:+.2f} (n = {delta['n']}, no test)"
+    return f"{delta['mean']:+.2f} [{delta['low']:+.2f}, {delta['high']:+.2f}] p = {delta['p']:.2g}"
+
+
+def _baseline_alpha(arms: dict) -> str | None:
+    return next((a for a in arms if float(a) == 1.0), None)
+
+
+def _summary_rows(arms: dict, metric: str) -> tuple[list[str], dict[str, list[dict]]]:
+    """Column labels and, per detector, the per-arm stats of near then far ``metric``."""
+    labels = [f"{_arm_label(a)} (n = {len(arms[a]['seeds'])})" for a in arms]
+    rows = {}
+    for method in _paper_order(next(iter(arms.values()))["methods"]):
+        rows[method] = [
+            arms[a]["methods"][method][group]["mean"][metric]
+            for group in ("near", "far")
+            for a in arms
+        ]
+    return labels, rows
+
+
+def summary_table(arms: dict, metric: str = "auroc") -> str:
+    """The paper's Table 1 layout: per detector, near- and far-OOD ``metric`` (auroc or fpr95)
+    per arm, then Δ (each +SIO arm − the baseline, paired by seed, with its 95% CI and the
+    paired t-test's p). Average: mean ± std over seeds of each seed's average over detectors;
+    Best: the detector with the best mean (highest AUROC, lowest FPR@95), named."""
+    name = {"auroc": "AUROC", "fpr95": "FPR@95"}[metric]
+    labels, rows = _summary_rows(arms, metric)
+    base = _baseline_alpha(arms)
+    others = [a for a in arms if a != base] if base is not None else []
+    columns = [f"{group} {name} {label}" for group in ("near", "far") for label in labels]
+    columns += [f"Δ {group} {name} {_arm_label(a)}" for group in ("near", "far") for a in others]
     lines = ["| detector | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    methods = _paper_order(next(iter(arms.values()))["methods"])
-    rows: dict[str, list[dict]] = {}
-    for method in methods:
-        row = []
-        for group in ("near", "far"):
-            row += [arms[a]["methods"][method][group]["mean"]["auroc"] for a in arms]
-        row += [arms[a]["id_acc"] for a in arms]
-        rows[method] = row
+    order = list(arms)
+
+    def deltas(row: list[dict]) -> list[str]:
+        cells = []
+        for g in range(2):  # near, far
+            baseline = row[g * len(order) + order.index(base)]
+            for a in others:
+                treated = row[g * len(order) + order.index(a)]
+                delta = paired_delta(treated, baseline, arms[a]["seeds"], arms[base]["seeds"])
+                cells.append(_delta_cell(delta))
+        return cells
+
     for method, row in rows.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(s) for s in row) + " |")
+        lines.append(f"| {method} | " + " | ".join([*map(_cell, row), *deltas(row)]) + " |")
     columns_stats = list(zip(*rows.values(), strict=True))
     # per seed, the average over detectors; then mean and std of those averages over seeds
     average = [mean_std(np.mean([s["values"] for s in col], axis=0)) for col in columns_stats]
-    best = [max(col, key=lambda s: s["mean"]) for col in columns_stats]
-    lines.append("| Average | " + " | ".join(_cell(s) for s in average) + " |")
-    lines.append("| Best | " + " | ".join(_cell(s) for s in best) + " |")
+    better = max if metric == "auroc" else min
+    best = []
+    for col in columns_stats:
+        method, stat = better(zip(rows, col, strict=True), key=lambda item: item[1]["mean"])
+        best.append(f"{_cell(stat)} ({method})")
+    lines.append("| Average | " + " | ".join([*map(_cell, average), *deltas(average)]) + " |")
+    lines.append("| Best | " + " | ".join(best) + " |" + " — |" * (len(columns) - len(best)))
+    return "\n".join(lines)
+
+
+def id_accuracy_line(arms: dict) -> str:
+    """ID accuracy once per arm (it does not depend on the detector)."""
+    parts = [
+        f"{_arm_label(a)} {_cell(arm['id_acc'])} (n = {len(arm['seeds'])})"
+        for a, arm in arms.items()
+    ]
+    return "ID accuracy (%): " + "; ".join(parts) + "."
+
+
+CSV_COLUMNS = ("arm", "alpha", "n", "detector", "group", "set", "metric", "mean", "std")
+
+
+def report_csv(arms: dict) -> str:
+    """Every aggregated number in long form: arm, alpha, n, detector, group, set, metric, mean,
+    std, then the per-seed values (';'-separated, in seed order) and those seeds."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, "values", "seeds"])
+    for alpha, arm in arms.items():
+        seeds = ";".join(str(s) for s in arm["seeds"])
+        head = [_arm_label(alpha), alpha, len(arm["seeds"])]
+
+        def row(where: list, metric: str, stat: dict, head=head, seeds=seeds) -> list:
+            values = ";".join(map(str, stat["values"]))
+            return [*head, *where, metric, stat["mean"], stat["std"], values, seeds]
+
+        writer.writerow(row(["", "id", ""], "id_acc", arm["id_acc"]))
+        for method in _paper_order(arm["methods"]):
+            for group, entry in arm["methods"][method].items():
+                for name, metrics in [("mean", entry["mean"]), *entry["datasets"].items()]:
+                    for metric, stat in metrics.items():
+                        writer.writerow(row([method, group, name], metric, stat))
+    return buffer.getvalue()
+
+
+def report_latex(arms: dict) -> str:
+    """The AUROC summary (per detector, near/far per arm, mean ± std) as a LaTeX tabular."""
+    labels, rows = _summary_rows(arms, "auroc")
+
+    def tex(stat: dict) -> str:
+        if stat["n"] == 1:
+            return f"{stat['mean']:.2f}"
+        return f"${stat['mean']:.2f} \\pm {stat['std']:.2f}$"
+
+    def escape(text: str) -> str:
+        return text.replace("_", r"\_").replace("α", r"$\alpha$").replace("+", "+")
+
+    header = " & ".join(escape(f"{g} {label}") for g in ("near", "far") for label in labels)
+    lines = [
+        r"\begin{tabular}{l" + "r" * (2 * len(labels)) + "}",
+        r"\toprule",
+        f"detector & {header} \\\\",
+        r"\midrule",
+    ]
+    for method, row in rows.items():
+        lines.append(escape(method) + " & " + " & ".join(tex(s) for s in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
 
@@ -199,7 +324,8 @@ def _check_same_layout(arms: dict) -> None:
 
 
 def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
-    """Aggregate run folders; writes report.json and report.md to ``out`` when given."""
+    """Aggregate run folders; writes report.json, report.md, report.csv (every number, long
+    form) and report.tex (the AUROC summary as a LaTeX tabular) to ``out`` when given."""
     if not run_folders:
         raise ValueError("no run folders to report on")
     runs = [load_run(folder) for folder in run_folders]
@@ -213,13 +339,31 @@ def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
     arms = aggregate(runs)
     _check_same_layout(arms)
     seeds = sorted({r["seed"] for r in runs})
+    benchmark = {_benchmark_of(r) for r in runs}.pop()
+    convention = conventions.pop()
+    arm_sizes = ", ".join(f"{_arm_label(a)} n = {len(arm['seeds'])}" for a, arm in arms.items())
+    detectors = len(next(iter(arms.values()))["methods"])
     text = "\n".join(
         [
-            f"Mean ± population std over seeds {seeds} (each arm n = "
-            f"{', '.join(str(len(a['seeds'])) for a in arms.values())}); values in percent; "
-            f"FPR@95 with {conventions.pop()} as positive.",
+            "# sio report: baseline vs +SIO",
             "",
-            summary_table(arms),
+            f"- runs: {len(runs)} ({arm_sizes}); seeds {seeds}",
+            f"- benchmark: {benchmark[0] if benchmark else 'not recorded'}; {detectors} detectors",
+            "- values in percent: mean ± population std over seeds (a single run shows its "
+            f"value); FPR@95 with {convention} as positive; Δ = +SIO − baseline paired by seed, "
+            "with its 95% CI (Student's t) and the paired t-test's p",
+            "",
+            id_accuracy_line(arms),
+            "",
+            "## AUROC (higher is better)",
+            "",
+            summary_table(arms, "auroc"),
+            "",
+            "## FPR@95 (lower is better)",
+            "",
+            summary_table(arms, "fpr95"),
+            "",
+            "## Per OOD set",
             "",
             dataset_table(arms),
             "",
@@ -230,4 +374,6 @@ def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "report.json", json.dumps(arms, indent=2) + "\n")
         write_text_atomic(out / "report.md", text)
+        write_text_atomic(out / "report.csv", report_csv(arms))
+        write_text_atomic(out / "report.tex", report_latex(arms))
     return text

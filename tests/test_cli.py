@@ -51,3 +51,13 @@ def test_train_loads_the_training_stack_only():
         "cli.get_command(click.Context(cli), 'train')"
     )
     assert "torch" in loaded and not loaded & {"sklearn", "diffusers", "matplotlib"}
+
+
+def test_evaluate_needs_alpha_and_seed_together(tmp_path):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(
+        get_cli(),
+        ["evaluate", "--activations", "a.npz", "--alpha", "1", "--out", str(tmp_path / "e")],
+    )
+    assert result.exit_code == 2 and "give --alpha and --seed together" in result.output

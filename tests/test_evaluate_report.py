@@ -52,7 +52,7 @@ def test_rows_follow_the_paper_and_average_spreads_per_seed_averages(tmp_path):
     assert list(rows) == ["openmax", "msp", "knn", "dice", "Average", "Best"]
     assert rows["msp"][0] == "2.00 ± 1.00"
     assert rows["Average"][0] == "3.00 ± 0.00"
-    assert rows["Best"][0] == "6.00 ± 0.00"
+    assert rows["Best"][0] == "6.00 ± 0.00 (dice)"  # the Best row names its detector
     text = report(folders)
     per_set = [
         line.split("|")[1:3] for line in text.splitlines() if ": n |" in line or ": f |" in line

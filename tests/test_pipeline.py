@@ -176,6 +176,10 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
             str(tmp_path / "eval" / "activations.npz"),
             "--methods",
             "msp",
+            "--alpha",
+            "0.5",
+            "--seed",
+            "3",
             "--out",
             str(tmp_path / "eval2"),
         ],
@@ -184,6 +188,12 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
     first = json.loads((tmp_path / "eval" / "results.json").read_text())["methods"]["msp"]
     second = json.loads((tmp_path / "eval2" / "results.json").read_text())["methods"]["msp"]
     assert first == second
+    # an activations file's result is reportable: --alpha and --seed went into run.json
+    assert json.loads((tmp_path / "eval2" / "run.json").read_text())["seed"] == 3
+    baseline = out / "evaluate" / "alpha1-seed0"
+    reported = runner.invoke(cli, ["report", str(baseline), str(tmp_path / "eval2")])
+    assert reported.exit_code == 0, reported.output
+    assert "+SIO α=0.5 (n = 1)" in reported.output and "no test" in reported.output
 
 
 def test_stage_reruns_in_place_when_only_a_resumable_field_changed(tmp_path):

@@ -139,41 +139,110 @@ def cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
+def summary(lines: list[str], title: str) -> dict[str, list[str]]:
+    start = lines.index(title) + 2
+    end = lines.index("", start)
+    header = cells(lines[start])
+    rows = {cells(line)[0]: cells(line)[1:] for line in lines[start + 2 : end]}
+    return {"header": header[1:], **rows}
+
+
 def test_report_text_and_files(tmp_path, run_folders):
     out = tmp_path / "report"
     text = report(run_folders, out)
     lines = text.splitlines()
-    assert "seeds [0, 1, 2]" in lines[0] and "n = 3, 3" in lines[0]
-    start = next(i for i, line in enumerate(lines) if line.startswith("| detector | near AUROC"))
-    end = lines.index("", start)
-    header = cells(lines[start])
-    assert header == [
-        "detector",
-        "near AUROC baseline",
-        "near AUROC +SIO α=0.8",
-        "far AUROC baseline",
-        "far AUROC +SIO α=0.8",
-        "ID acc baseline",
-        "ID acc +SIO α=0.8",
+    assert lines[0] == "# sio report: baseline vs +SIO"
+    assert "- runs: 6 (baseline n = 3, +SIO α=0.8 n = 3); seeds [0, 1, 2]" in lines
+    # ID accuracy once per arm, not once per detector
+    id_line = next(line for line in lines if line.startswith("ID accuracy"))
+    assert f"baseline 92.00 ± {math.sqrt(8 / 3):.2f} (n = 3)" in id_line
+    auroc = summary(lines, "## AUROC (higher is better)")
+    assert auroc["header"] == [
+        "near AUROC baseline (n = 3)",
+        "near AUROC +SIO α=0.8 (n = 3)",
+        "far AUROC baseline (n = 3)",
+        "far AUROC +SIO α=0.8 (n = 3)",
+        "Δ near AUROC +SIO α=0.8",
+        "Δ far AUROC +SIO α=0.8",
     ]
-    summary = lines[start + 2 : end]
-    rows = {cells(line)[0]: cells(line)[1:] for line in summary}
-    assert list(rows) == ["msp", "ebo", "Average", "Best"]
+    assert [k for k in auroc if k != "header"] == ["msp", "ebo", "Average", "Best"]
     s = math.sqrt(14 / 3)
     # msp near AUROC: baseline 3 ± s, SIO 30 ± 10 s; far is twice the near values
     expected = [(3, s), (30, 10 * s), (6, 2 * s), (60, 20 * s)]
-    assert rows["msp"][:4] == [f"{m:.2f} ± {sd:.2f}" for m, sd in expected]
-    assert rows["msp"][4] == f"92.00 ± {math.sqrt(8 / 3):.2f}"
-    # ebo is msp + 5 with the same spread: Average is msp + 2.5, Best is ebo
-    assert rows["Average"][0] == f"{5.5:.2f} ± {s:.2f}"
-    assert rows["Best"][0] == f"{8:.2f} ± {s:.2f}"
-    assert rows["Best"][3] == f"{65:.2f} ± {20 * s:.2f}"
+    assert auroc["msp"][:4] == [f"{m:.2f} ± {sd:.2f}" for m, sd in expected]
+    # ebo is msp + 5 with the same spread: Average is msp + 2.5, Best is ebo, named
+    assert auroc["Average"][0] == f"{5.5:.2f} ± {s:.2f}"
+    assert auroc["Best"][0] == f"{8:.2f} ± {s:.2f} (ebo)"
+    assert auroc["Best"][3] == f"{65:.2f} ± {20 * s:.2f} (ebo)"
+    # FPR@95 (100 - AUROC here): lower is better, so Best is ebo's lower FPR
+    fpr = summary(lines, "## FPR@95 (lower is better)")
+    assert fpr["msp"][0] == f"{97:.2f} ± {s:.2f}" and fpr["Best"][0] == f"{92:.2f} ± {s:.2f} (ebo)"
     # the per-dataset table has one row per method and set
     assert "| msp | near: n1 |" in text and "| ebo | far: f1 |" in text
     assert (out / "report.md").read_text() == text
     saved = json.loads((out / "report.json").read_text())
     assert saved == json.loads(json.dumps(aggregate([load_run(f) for f in run_folders])))
     assert saved["1"]["methods"]["msp"]["near"]["mean"]["auroc"]["mean"] == pytest.approx(3.0)
+
+
+def test_delta_is_paired_by_seed_with_a_t_interval():
+    """Δ pairs each seed's +SIO value with the same seed's baseline: msp near AUROC differences
+    9, 18, 54 (mean 27); the CI and p follow from Student's t with 2 degrees of freedom."""
+    from scipy import stats
+
+    from sio.evaluate.report import paired_delta
+
+    base = {"values": [1.0, 2.0, 6.0]}
+    treated = {"values": [10.0, 20.0, 60.0]}
+    delta = paired_delta(treated, base, [0, 1, 2], [0, 1, 2])
+    diffs = np.array([9.0, 18.0, 54.0])
+    sem = diffs.std(ddof=1) / math.sqrt(3)
+    assert delta["mean"] == pytest.approx(27.0) and delta["n"] == 3
+    assert delta["high"] - 27.0 == pytest.approx(stats.t.ppf(0.975, 2) * sem)
+    assert delta["p"] == pytest.approx(2 * stats.t.sf(27.0 / sem, 2))
+    # pairing, not pooling: the same values with seeds reordered pair differently
+    swapped = paired_delta(treated, {"values": [6.0, 2.0, 1.0]}, [0, 1, 2], [2, 1, 0])
+    assert swapped == delta
+    # only seeds both arms ran are paired; one pair has no spread and no test
+    single = paired_delta({"values": [10.0]}, base, [1], [0, 1, 2])
+    assert single == {"mean": 8.0, "n": 1, "low": None, "high": None, "p": None}
+
+
+def test_single_seed_cells_show_no_fake_spread(tmp_path):
+    folders = [
+        write_run(tmp_path / "b", 1.0, 0, results_for(1.0, 0)),
+        write_run(tmp_path / "s", 0.8, 0, results_for(0.8, 0)),
+    ]
+    lines = report(folders).splitlines()
+    auroc = summary(lines, "## AUROC (higher is better)")
+    assert auroc["header"][0] == "near AUROC baseline (n = 1)"
+    assert auroc["msp"][:2] == ["1.00", "10.00"] and "±" not in " ".join(auroc["msp"])
+    assert auroc["msp"][4] == "+9.00 (n = 1, no test)"
+
+
+def test_csv_and_latex_exports(tmp_path, run_folders):
+    import csv
+
+    out = tmp_path / "report"
+    report(run_folders, out)
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    arms = aggregate([load_run(f) for f in run_folders])
+    # every aggregated number: id_acc plus 2 detectors x (near: mean + 2 sets, far: mean + 1)
+    # x 4 metrics, per arm
+    assert len(rows) == 2 * (1 + 2 * (3 + 2) * 4)
+    row = next(
+        r
+        for r in rows
+        if (r["alpha"], r["detector"], r["group"], r["set"], r["metric"])
+        == ("0.8", "msp", "near", "n1", "auroc")
+    )
+    stat = arms["0.8"]["methods"]["msp"]["near"]["datasets"]["n1"]["auroc"]
+    assert float(row["mean"]) == stat["mean"] and float(row["std"]) == stat["std"]
+    assert row["values"] == "10.0;20.0;60.0" and row["seeds"] == "0;1;2" and row["n"] == "3"
+    tex = (out / "report.tex").read_text()
+    assert tex.startswith("\\begin{tabular}{lrrrr}") and "\\end{tabular}" in tex
+    s = math.sqrt(14 / 3)
+    assert f"msp & ${3:.2f} \\pm {s:.2f}$ & ${30:.2f} \\pm {10 * s:.2f}$" in tex
 
 
 def test_report_without_out_writes_nothing(tmp_path, run_folders):
