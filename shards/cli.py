@@ -49,7 +49,14 @@ def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_pat
 
     BENCHMARK is digits, a shipped benchmark file (cifar10, cifar100, imagenet10,
     imagenet-dogs, mnist5k) or the path of your own .yaml. Complete splits made the same way
-    are kept, so an interrupted run resumes; a split made differently is refused.
+    are kept, so an interrupted run resumes; a split made differently is refused, naming the
+    changed field.
+
+    \b
+    Examples:
+      sio shard digits --out data/digits
+      sio shard mnist5k --out data/mnist5k --order shuffled
+      sio shard cifar10 --data-root ~/datasets --out data/cifar10 --splits id,far
     """
     from sio.shards.spec import benchmark_file
 
@@ -76,7 +83,15 @@ def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_pat
 
 @click.group()
 def shards():
-    """Inspect shard sets."""
+    """Verify, convert, subset and show shard sets.
+
+    \b
+    Examples:
+      sio shards verify data/digits/id_train
+      sio shards convert data/synthetic data/synthetic-rec --encoding records
+      sio shards subset data/synthetic data/synthetic-3000 --num 3000
+      sio shards show data/digits/id_train --out grid.png
+    """
 
 
 @shards.command()
@@ -127,3 +142,15 @@ def subset(source, destination, num):
 
     manifest = subset_shard_set(source, num, destination)
     click.echo(f"{destination}: {manifest.num_samples} samples in {len(manifest.shards)} shards")
+
+
+@shards.command()
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class.")
+@click.option("--scale", type=int, default=0, help="Enlargement (0: images to ~64 pixels).")
+def show(source, out, per_class, scale):
+    """Write a grid of SOURCE's first images of each class (one row per class) to --out."""
+    from sio.shards.show import write_grid
+
+    click.echo(f"{write_grid(source, out, per_class, scale)}: {per_class} images per class")

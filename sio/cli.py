@@ -23,7 +23,11 @@ STAGE_COMMANDS = {
         "shard",
         "Write BENCHMARK's ID train/val/test and every OOD set as shard sets.",
     ),
-    "shards": ("sio.shards.cli", "shards", "Inspect shard sets."),
+    "shards": (
+        "sio.shards.cli",
+        "shards",
+        "Verify, convert, subset and show shard sets.",
+    ),
     "generate": (
         "sio.generate.cli",
         "generate",
@@ -100,12 +104,21 @@ class Group(click.Group):
 
 
 def pipeline_config(path: str | None) -> PipelineConfig:
-    """The ``--config`` file if given, else ./pipeline.yaml if present, else the defaults."""
-    if path is not None:
-        return load_pipeline(path)
-    if Path("pipeline.yaml").is_file():
-        return load_pipeline("pipeline.yaml")
-    return PipelineConfig()
+    """The ``--config`` file if given, else ./pipeline.yaml if present, else the defaults; says
+    which on stderr (once per process: rank 0 under torchrun)."""
+    import os
+
+    chosen = (
+        path if path is not None else "pipeline.yaml" if Path("pipeline.yaml").is_file() else None
+    )
+    if os.environ.get("RANK", "0") == "0":
+        where = (
+            f"using config {chosen}"
+            if chosen
+            else "using the defaults (no --config, no ./pipeline.yaml)"
+        )
+        click.echo(where, err=True)
+    return PipelineConfig() if chosen is None else load_pipeline(chosen)
 
 
 @click.group(cls=Group)
@@ -120,10 +133,21 @@ def cli(ctx):
 @click.argument(
     "pipeline", required=False, default="pipeline.yaml", type=click.Path(dir_okay=False)
 )
-@click.option("--force", is_flag=True, help="Replace outputs made with a different config.")
+@click.option("--force", is_flag=True, help="Replace finished stages made with a different config.")
 @device_option
 def run(pipeline, force, device):
-    """Run every stage of PIPELINE (default ./pipeline.yaml) and print baseline vs +SIO."""
+    """Run every stage of PIPELINE (default ./pipeline.yaml) and print baseline vs +SIO.
+
+    Every name and path in PIPELINE is checked before the first stage starts. Stages done
+    before with the same config are skipped; an unfinished one is replaced; a finished one
+    made with another config is refused unless --force.
+
+    \b
+    Examples:
+      sio run                             # ./pipeline.yaml: the embedded digits benchmark
+      sio run examples/mnist5k.yaml       # mnist5k, five seeds
+      sio run study.yaml && sio report runs/study
+    """
     from sio.pipeline.run import run_pipeline
 
     click.echo(run_pipeline(load_pipeline(pipeline), force=force, device=device))
@@ -139,7 +163,17 @@ def run(pipeline, force, device):
 )
 def report(runs, out):
     """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std. Given one
-    `sio run` output folder (it holds study.json), write its report.md with the study's plots."""
+    `sio run` output folder (it holds study.json), write its report.md with the study's plots.
+
+    Each run folder holds results.json and run.json (alpha, seed), as `sio evaluate` writes
+    them; Δ (+SIO − baseline) is paired by seed. --out also writes report.json, report.csv
+    and report.tex.
+
+    \b
+    Examples:
+      sio report eval/base0 eval/base1 eval/sio0 eval/sio1 --out eval
+      sio report runs/digits              # a `sio run` folder: rebuilds its report.md
+    """
     if len(runs) == 1 and (Path(runs[0]) / "study.json").is_file():
         from sio.pipeline.study_report import study_report
 

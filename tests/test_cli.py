@@ -61,3 +61,26 @@ def test_evaluate_needs_alpha_and_seed_together(tmp_path):
         ["evaluate", "--activations", "a.npz", "--alpha", "1", "--out", str(tmp_path / "e")],
     )
     assert result.exit_code == 2 and "give --alpha and --seed together" in result.output
+
+
+def test_train_overrides_and_the_config_it_uses(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(get_cli(), ["train", "--real", "r", "--out", "o", "--model", "resnet19"])
+    assert result.exit_code == 2 and "unknown model 'resnet19'" in result.output
+    assert "using the defaults (no --config, no ./pipeline.yaml)" in result.output
+    (tmp_path / "pipeline.yaml").write_text("train: {epochs: 3}\n")
+    result = runner.invoke(get_cli(), ["train", "--real", "r", "--out", "o", "--model", "x"])
+    assert "using config pipeline.yaml" in result.output
+
+
+@pytest.mark.parametrize("name", ["run", "report", "shard", "shards", "train", "evaluate"])
+def test_help_has_examples_and_every_option_is_described(name):
+    cli = get_cli()
+    command = cli.get_command(click.Context(cli), name)
+    assert "Examples:" in (command.help or "")
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"sio {name} {param.opts[0]} has no help text"

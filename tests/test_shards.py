@@ -546,3 +546,24 @@ def test_shuffled_order_is_a_seeded_permutation_that_mixes_classes(benchmarks, t
     size = config.shard_size
     for start in range(0, len(labels) - size + 1, size):
         assert len(set(labels[start : start + size].tolist())) == 6  # all ID classes per shard
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (6, 5, 3)], ids=["grey", "rgb"])
+def test_shards_show_writes_a_grid_per_class(tmp_path, shape):
+    from PIL import Image
+
+    from sio.shards.show import write_grid
+
+    images, labels, metas = make_samples(40, shape, seed=3)
+    folder = write_set(tmp_path / "set", images, labels, metas)
+    out = write_grid(folder, tmp_path / "grid.png", per_class=2, scale=3)
+    grid = Image.open(out)
+    assert grid.mode == ("L" if len(shape) == 2 else "RGB")  # grey stays grey
+    pixels = np.asarray(grid)
+    assert pixels.shape[:2] == (len(CLASSES) * (6 * 3 + 1) + 1, 2 * (5 * 3 + 1) + 1)
+    for row, label in enumerate(range(len(CLASSES))):
+        first = [i for i in range(40) if labels[i] == label][:2]
+        for column, index in enumerate(first):
+            top, left = 1 + row * 19, 1 + column * 16
+            cell = pixels[top : top + 18 : 3, left : left + 15 : 3]
+            np.testing.assert_array_equal(cell, images[index])  # each pixel enlarged 3x3

@@ -12,13 +12,16 @@ from sio.train.checkpoint import CHECKPOINT
 from sio.train.distributed import torchrun_command
 from sio.train.trainer import train_classifier
 
+RECIPE_OVERRIDES = ("epochs", "lr", "model", "batch_size")  # sio train options over train.*
+
 
 def _torchrun_arguments(options: dict) -> list[str]:
     """The same ``sio train`` command line, for each rank, without ``--nproc``."""
     arguments = ["train"]
-    for name in ("real", "synthetic", "alpha", "seed", "out", "config", "device"):
+    names = ("real", "synthetic", "alpha", "seed", "out", "config", "device")
+    for name in (*names, *RECIPE_OVERRIDES):
         if options[name] is not None:
-            arguments += [f"--{name}", str(options[name])]
+            arguments += [f"--{name.replace('_', '-')}", str(options[name])]
     flags = [f"--{name}" for name in ("resume", "debug") if options.get(name)]
     return arguments + flags
 
@@ -36,7 +39,13 @@ def _torchrun_arguments(options: dict) -> list[str]:
     default=None,
     help="Real fraction of every batch (default: the config's sio_alpha; 1 = baseline).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the initialisation and every batch (with the epoch, rank and worker).",
+)
 @click.option(
     "--out",
     required=True,
@@ -63,10 +72,50 @@ def _torchrun_arguments(options: dict) -> list[str]:
     is_flag=True,
     help="Print the full traceback of a data error (also in the run folder's errors-rank-R.log).",
 )
+@click.option("--epochs", type=int, default=None, help="Overrides train.epochs.")
+@click.option("--lr", type=float, default=None, help="Overrides train.lr (the peak rate).")
+@click.option(
+    "--model",
+    default=None,
+    help="Overrides train.model: small_cnn (8x8), cnn28 (28x28), resnet18_32, resnet18_224, "
+    "densenet100.",
+)
+@click.option(
+    "--batch-size", type=int, default=None, help="Overrides train.batch_size (global batch)."
+)
 @config_option
 @device_option
-def train(real, synthetic, alpha, seed, out, resume, nproc, debug, config_path, device):
-    """Train a classifier on exact real:synthetic = alpha : 1-alpha batches."""
+def train(
+    real,
+    synthetic,
+    alpha,
+    seed,
+    out,
+    resume,
+    nproc,
+    debug,
+    epochs,
+    lr,
+    model,
+    batch_size,
+    config_path,
+    device,
+):
+    """Train a classifier on exact real:synthetic = alpha : 1-alpha batches.
+
+    Settings come from --config (else ./pipeline.yaml, else the defaults); --epochs, --lr,
+    --model and --batch-size override single fields of its train section.
+
+    \b
+    Examples:
+      sio train --real data/digits/id_train --alpha 1 --seed 0 --out runs/base0
+      sio train --real data/digits/id_train --synthetic data/synthetic --alpha 0.8 \\
+          --seed 0 --epochs 10 --out runs/sio0
+      sio train --config examples/mnist5k.yaml --real runs/mnist5k/benchmark/id_train \\
+          --alpha 1 --model cnn28 --out runs/m0
+    """
+    import dataclasses
+
     from sio.core.environment import default_device
 
     if nproc > 1:
@@ -80,13 +129,25 @@ def train(real, synthetic, alpha, seed, out, resume, nproc, debug, config_path, 
         return
     config = pipeline_config(config_path)
     alpha = config.sio_alpha if alpha is None else alpha
+    overrides = dict(epochs=epochs, lr=lr, model=model, batch_size=batch_size)
+    train_config = dataclasses.replace(
+        config.train, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if model is not None:
+        from sio.train.models import BACKBONES
+
+        if model not in BACKBONES:
+            raise click.BadParameter(
+                f"unknown model {model!r}; known: {', '.join(BACKBONES.names())}",
+                param_hint="--model",
+            )
     try:
         path = train_classifier(
             real=real,
             synthetic=synthetic,
             alpha=alpha,
             seed=seed,
-            config=config.train,
+            config=train_config,
             out=out,
             device=device or default_device(),
             resume=resume,
