@@ -231,3 +231,29 @@ def test_study_record_round_trips_and_names_a_bad_file(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"study\.json: not a study record .*seed"):
         StudyRecord.read(tmp_path / "study.json")
+
+
+def test_error_bars_stop_at_100_percent():
+    from sio.pipeline.study_report import _capped
+
+    assert _capped([99.5, 80.0], [2.0, 3.0]) == [[2.0, 3.0], [0.5, 3.0]]
+
+
+@pytest.mark.parametrize(("agreement", "warned"), [(0.167, True), (0.49, True), (0.5, False)])
+def test_a_useless_generator_is_flagged_loudly(agreement, warned):
+    from sio.pipeline.run import generator_warning
+    from sio.pipeline.study import GeneratorFigures, StudyRecord
+    from sio.pipeline.study_report import generators_section
+
+    figures = GeneratorFigures(
+        "synthetic/ddpm", 96, agreement, {"metric": "fd_classifier", "value": 3.5}
+    )
+    warning = generator_warning("ddpm", figures, 6)
+    assert (warning is not None) == warned
+    section = generators_section(StudyRecord(Point("ddpm", 96, 0.8), {"ddpm": figures}, ()))
+    assert (
+        f"| ddpm | synthetic/ddpm | 96 | 3.500 (fd_classifier) | {100 * agreement:.1f}% |"
+        in section
+    )
+    if warned:
+        assert "chance 16.7%" in warning and "Warning: ddpm's label agreement" in section

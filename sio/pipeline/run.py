@@ -298,6 +298,25 @@ def _summary(generators: dict[str, GeneratorFigures], table: str, timings: dict)
     return "\n".join([*lines, "", table, "stage times (s): " + stage_times])
 
 
+# Below this label agreement a synthetic set is flagged: the classifier trained on real images
+# recognises fewer than half of the generated images as the class they were generated for.
+MIN_LABEL_AGREEMENT = 0.5
+
+
+def generator_warning(key: str, figures: GeneratorFigures, num_classes: int) -> str | None:
+    """A loud warning when a generator's images mostly do not look like their labels (label
+    agreement below MIN_LABEL_AGREEMENT; chance is 1/K): its "+SIO" runs train on noise."""
+    agreement = figures.label_agreement
+    if agreement is None or agreement >= MIN_LABEL_AGREEMENT:
+        return None
+    return (
+        f"WARNING: generator {key}: label agreement {100 * agreement:.1f}% (chance "
+        f"{100 / num_classes:.1f}%, flagged below {100 * MIN_LABEL_AGREEMENT:.0f}%): the "
+        "first baseline classifier recognises few of its images as their class, so its +SIO "
+        "runs train on mislabelled or noise images. Train the generator longer or check it."
+    )
+
+
 def _synthetic_sets(run: PipelineRun, study, judge: Path):
     """{(generator key, count): shard set} and, per generator, its set's figures."""
     by_key = {g.key: g for g in run.config.generators}
@@ -312,6 +331,9 @@ def _synthetic_sets(run: PipelineRun, study, judge: Path):
             label_agreement=manifest["provenance"].get("quality", {}).get("label_agreement"),
             quality=run.quality(key, full, judge),
         )
+        warning = generator_warning(key, figures[key], len(run.benchmark.class_names))
+        if warning:
+            print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", flush=True)
         sets[(key, counts[-1])] = full
         for count in counts[:-1]:
             sets[(key, count)] = run.subset(key, full, count)

@@ -117,10 +117,15 @@ def _save(figure, axes, path: Path, xlabel: str, ylabel: str = "mean AUROC over 
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
+    # outside the axes, so that it hides no point
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
+
+
+def _capped(means, stds, ceiling: float = 100.0) -> list[list[float]]:
+    """Asymmetric error bars that stop at ``ceiling`` (a percentage cannot pass 100)."""
+    return [list(stds), [min(sd, ceiling - m) for m, sd in zip(means, stds, strict=True)]]
 
 
 def _series(axes, xs, points, linestyle="-"):
@@ -130,7 +135,7 @@ def _series(axes, xs, points, linestyle="-"):
         axes.errorbar(
             xs,
             means,
-            yerr=stds,
+            yerr=_capped(means, stds),
             color=color,
             marker="o",
             capsize=3,
@@ -171,7 +176,8 @@ def plot_count(line, baseline, path: Path) -> None:
     figure, axes = _figure()
     _series(axes, [p["num_synthetic"] for p in line], line)
     _baseline_lines(axes, baseline)
-    _save(figure, axes, path, "synthetic images")
+    axes.set_xscale("log")  # counts are swept by factors (1k, 3k, 12k)
+    _save(figure, axes, path, "synthetic images (log scale)")
 
 
 def plot_id_acc(points, path: Path) -> None:
@@ -180,8 +186,8 @@ def plot_id_acc(points, path: Path) -> None:
         axes.errorbar(
             p["id_acc"]["mean"],
             p["near"]["mean"],
-            xerr=p["id_acc"]["std"],
-            yerr=p["near"]["std"],
+            xerr=_capped([p["id_acc"]["mean"]], [p["id_acc"]["std"]]),
+            yerr=_capped([p["near"]["mean"]], [p["near"]["std"]]),
             marker="s" if p["generator"] is None else "o",
             capsize=3,
             color=f"C{i % 10}",
@@ -228,6 +234,34 @@ def study_section(study: StudyRecord, out: Path) -> tuple[str, dict]:
     return "\n".join(sections), {"base": base, "points": points}
 
 
+def generators_section(study: StudyRecord) -> str:
+    """Each generator of the study: its set, size, Fréchet distance and label agreement, and a
+    warning where the agreement is below MIN_LABEL_AGREEMENT."""
+    from sio.pipeline.run import MIN_LABEL_AGREEMENT
+
+    lines = [
+        "## Generators",
+        "",
+        "| generator | synthetic set | images | Fréchet distance | label agreement |",
+        "|---|---|---|---|---|",
+    ]
+    warnings = []
+    for key, figures in study.generators.items():
+        quality, agreement = figures.quality, figures.label_agreement
+        distance = f"{quality['value']:.3f} ({quality['metric']})" if quality else "—"
+        agreed = "—" if agreement is None else f"{100 * agreement:.1f}%"
+        lines.append(
+            f"| {key} | {figures.synthetic} | {figures.num_images} | {distance} | {agreed} |"
+        )
+        if agreement is not None and agreement < MIN_LABEL_AGREEMENT:
+            warnings.append(
+                f"**Warning: {key}'s label agreement is {100 * agreement:.1f}%**, below "
+                f"{100 * MIN_LABEL_AGREEMENT:.0f}%: the baseline classifier recognises few of "
+                "its images as their class, so its +SIO rows train on mislabelled images."
+            )
+    return "\n".join([*lines, "", *(f"{w}\n" for w in warnings)])
+
+
 def study_report(output_dir: str | Path) -> str:
     """report.md/report.json of a ``sio run`` folder: the baseline-vs-+SIO tables at the base
     point, then the study's plots and tables."""
@@ -238,7 +272,8 @@ def study_report(output_dir: str | Path) -> str:
     base_runs = [out / r.evaluate for r in study.base_runs()]
     for name in (*PLOTS.values(), STUDY_RESULTS):  # what an earlier, larger study left
         (out / name).unlink(missing_ok=True)
-    table = report(base_runs, out)
+    table = report(base_runs, out) + "\n" + generators_section(study)
+    write_text_atomic(out / "report.md", table)
     if len({r.axes for r in study.runs}) <= 2:
         return table  # the baseline and at most one +SIO point: nothing is swept
     section, data = study_section(study, out)
