@@ -354,7 +354,7 @@ class FolderLock:
         self.file = open(self.path, "a+")  # noqa: SIM115 - held for the job's lifetime
         self.first = False
 
-    def acquire(self, timeout_s: float = 10.0) -> None:
+    def acquire(self, timeout_s: float = 2.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -364,13 +364,14 @@ class FolderLock:
                 if holder.get("run") == self.run:
                     fcntl.flock(self.file, fcntl.LOCK_SH)
                     return
-                if holder or time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     self.release()
                     raise GenerationError(
                         f"{self.path.parent.parent}: another job is writing this folder "
                         f"({describe_holder(holder)}); wait for it to finish or use another --out"
                     ) from None
-                time.sleep(0.02)  # a rank of a run that is just taking it: read it again
+                # a rank of this run may have just taken it and not yet said so: read it again
+                time.sleep(0.05)
                 continue
             self.file.seek(0)
             self.file.truncate()

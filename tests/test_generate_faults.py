@@ -15,7 +15,13 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from sio.generate import Job, generate_shard_set, load_generator, run_job
-from sio.generate.config import BigGANSettings, GenerateConfig, GeneratorConfig, SamplerConfig
+from sio.generate.config import (
+    BigGANSettings,
+    GenerateConfig,
+    GeneratorConfig,
+    LabelConfig,
+    SamplerConfig,
+)
 from sio.generate.ddpm.model import DDPMGenerator
 from sio.generate.job import FolderLock, GenerationError
 from sio.shardset import ShardSetWriter, iter_chunks, read_manifest, verify_shard_set
@@ -405,11 +411,12 @@ def test_pseudo_labels_do_not_depend_on_batch_or_shard_size(tmp_path):
         torch.manual_seed(1)
         judge = PixelJudge().eval()
 
+    names = ("x", "y", "z")
+
     def run(name, batch, shard):
         config = GenerateConfig(
             num_images=12, batch_size=batch, shard_size=shard, network_batch=8, seed=2
         )
-        names = ("x", "y", "z")
         return generate_shard_set(
             folder, tmp_path / name, config, TINY, classifier=judge, class_names=names
         )
@@ -419,3 +426,19 @@ def test_pseudo_labels_do_not_depend_on_batch_or_shard_size(tmp_path):
     np.testing.assert_array_equal(images_of(tmp_path / "a"), images_of(tmp_path / "b"))
     labels = [np.concatenate([c.labels for c in iter_chunks(tmp_path / n)]) for n in "ab"]
     np.testing.assert_array_equal(*labels)
+    # a classifier that is never confident enough: the give-up names the images and, without a
+    # quota, does not suggest turning the quota off
+    with torch.no_grad():
+        judge.fc.weight.zero_()
+        judge.fc.bias.zero_()
+    free = GeneratorConfig(
+        sampler=SamplerConfig(steps=2), labels=LabelConfig(quota=False, min_confidence=0.5)
+    )
+    config = GenerateConfig(num_images=2, batch_size=4, shard_size=2, network_batch=4)
+    with pytest.raises(GenerationError) as err:
+        generate_shard_set(
+            folder, tmp_path / "c", config, free, classifier=judge, class_names=names
+        )
+    message = str(err.value)
+    assert "images 0..1: after 100 candidates" in message and "any class: 2" in message
+    assert message.endswith("lower labels.min_confidence")
