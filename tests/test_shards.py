@@ -567,3 +567,46 @@ def test_shards_show_writes_a_grid_per_class(tmp_path, shape):
             top, left = 1 + row * 19, 1 + column * 16
             cell = pixels[top : top + 18 : 3, left : left + 15 : 3]
             np.testing.assert_array_equal(cell, images[index])  # each pixel enlarged 3x3
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (6, 5, 3)], ids=["grey", "rgb"])
+def test_shard_dataset_indexes_every_sample_and_keeps_grey_grey(tmp_path, shape):
+    import torch
+
+    from sio.shardset import ShardDataset
+
+    images, labels, metas = make_samples(23, shape, seed=5)  # 3 shards of 10, 10, 3
+    dataset = ShardDataset(write_set(tmp_path / "set", images, labels, metas))
+    assert len(dataset) == 23 and dataset.class_names == CLASSES
+    for i in [22, 0, 10, 9, 15, -1]:  # across shards, in any order
+        image, label = dataset[i]
+        assert image.dtype == torch.uint8 and image.shape[0] == (1 if len(shape) == 2 else 3)
+        np.testing.assert_array_equal(as_hwc(image.numpy()), images[i])
+        assert label == labels[i]
+    with pytest.raises(IndexError, match="index 23 out of range for 23"):
+        dataset[23]
+    with pytest.raises(ShardError, match="ShardStream"):
+        ShardDataset("http://127.0.0.1:1/set")
+    scaled = ShardDataset(tmp_path / "set", transform=lambda x: x.float() / 255)
+    assert scaled[3][0].max() <= 1.0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shard_stream_gives_each_sample_once_per_pass(tmp_path, workers):
+    import torch
+
+    from sio.shardset import ShardStream
+
+    images, labels, metas = make_samples(37, (4, 4), seed=6)
+    stream = ShardStream(write_set(tmp_path / "set", images, labels, metas), shuffle=True, seed=1)
+    loader = torch.utils.data.DataLoader(stream, batch_size=5, num_workers=workers)
+    seen = [x for batch, _ in loader for x in batch]
+    assert len(seen) == 37
+    got = sorted(image.numpy().tobytes() for image in seen)
+    assert got == sorted(image[None].tobytes() for image in images)  # grey: 1 x H x W
+    first = [x for x, _ in ShardStream(tmp_path / "set", shuffle=True, seed=1)]
+    again = [x for x, _ in ShardStream(tmp_path / "set", shuffle=True, seed=1)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # seeded
+    other = ShardStream(tmp_path / "set", shuffle=True, seed=1)
+    other.set_epoch(1)
+    assert any(not torch.equal(a, b) for a, (b, _) in zip(first, other, strict=True))

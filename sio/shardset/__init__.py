@@ -5,6 +5,7 @@ Stages meet only here and in run folders; this package imports the foundation al
 """
 
 from sio.shardset.convert import convert_shard_set
+from sio.shardset.dataset import ShardDataset, ShardStream
 from sio.shardset.format import (
     ENCODINGS,
     MANIFEST,
@@ -31,7 +32,9 @@ __all__ = [
     "ENCODINGS",
     "MANIFEST",
     "Manifest",
+    "ShardDataset",
     "ShardError",
+    "ShardStream",
     "ShardFileWriter",
     "ShardInfo",
     "ShardStats",
