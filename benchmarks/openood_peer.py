@@ -96,15 +96,39 @@ class FeatureNet(nn.Module):
         return self.fc
 
 
-def loader(features: np.ndarray, labels: np.ndarray | None = None) -> list[dict]:
+class _Batches:
+    """An iterator that also has a length, as a DataLoader's (OpenMax calls len(iter(...)))."""
+
+    def __init__(self, batches):
+        self.batches, self.position = batches, 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.position >= len(self.batches):
+            raise StopIteration
+        self.position += 1
+        return self.batches[self.position - 1]
+
+
+class Loader(list):
+    def __iter__(self):
+        return _Batches(self)
+
+
+def loader(features: np.ndarray, labels: np.ndarray | None = None) -> Loader:
     labels = np.full(len(features), -1) if labels is None else labels
-    return [
+    return Loader(
         {
             "data": torch.from_numpy(features[i : i + BATCH]),
             "label": torch.from_numpy(np.asarray(labels[i : i + BATCH], np.int64)),
         }
         for i in range(0, len(features), BATCH)
-    ]
+    )
 
 
 class OpenOod:

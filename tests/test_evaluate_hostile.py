@@ -60,14 +60,22 @@ def save(path, bank: ActivationBank, **changes):
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_pipeline_yaml(tmp_path, monkeypatch):
+    """Run the commands where no ./pipeline.yaml is picked up."""
+    monkeypatch.chdir(tmp_path)
+
+
 def one_line_failure(result, *fragments):
+    """A non-zero exit with one ``Error:`` line holding every fragment, and no traceback."""
     assert result.exit_code != 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+        assert fragment in errors[0], errors[0]
+    return errors[0]
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -4,6 +4,7 @@ ResNet18_32x32 key layout, `sio evaluate --model`, and detectors registered in P
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import numpy as np
@@ -243,6 +244,17 @@ def test_a_detector_registered_in_python_is_nameable_in_pipeline_yaml(tmp_path, 
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        check_plugin_detector(tmp_path)
+    finally:  # the registry is process-wide: leave it as the other tests expect it
+        from sio.evaluate import DETECTORS
+
+        DETECTORS._entries.pop("norm_for_test", None)
+        sys.modules.pop("plugin_detectors_for_test", None)
+
+
+def check_plugin_detector(tmp_path):
     rng = np.random.default_rng(1)
     feats = {s: rng.normal(size=(12, 4)).astype(np.float32) for s in ("train", "val", "test")}
     labels = {s: np.arange(12) % 2 for s in feats}
