@@ -24,9 +24,11 @@ the shards still missing) for the others.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -117,8 +119,6 @@ def classifier_fingerprint(classifier, path) -> str:
     """sha256 of the classifier's checkpoint file, else of its parameters and buffers."""
     if path and Path(path).is_file():
         return sha256_file(path)
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(classifier.state_dict().items()):
         digest.update(name.encode())
@@ -418,8 +418,6 @@ def remove_stale(folder: Path) -> list[Path]:
     ]
     for path in stale:
         if path.is_dir():
-            import shutil
-
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
