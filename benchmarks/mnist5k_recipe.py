@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sio.core.config import to_dict
 from sio.core.environment import describe_machine
 from sio.pipeline.config import load_pipeline
 from sio.shards import write_benchmark
@@ -42,6 +43,7 @@ def main() -> None:
     config = load_pipeline(PIPELINE)
     load_before = os.getloadavg()
     runs = {}
+    out = Path(__file__).parent / "results" / "mnist5k_recipe.json"
     with tempfile.TemporaryDirectory() as scratch:
         bench = write_benchmark(config.shard, Path(scratch) / "benchmark")
         for seed in seeds:
@@ -59,18 +61,17 @@ def main() -> None:
             accuracy = id_accuracy(checkpoint, bench.id_splits["test"])
             runs[seed] = {"id_acc": accuracy, "train_s": seconds}
             print(f"seed {seed}: ID accuracy {accuracy:.2f}% in {seconds:.0f} s", flush=True)
-    result = {
-        "pipeline": "examples/mnist5k.yaml",
-        "train": json.loads(json.dumps(config.train.__dict__, default=str)),
-        "runs": runs,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "machine": describe_machine(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-    }
-    out = Path(__file__).parent / "results" / "mnist5k_recipe.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+            result = {  # rewritten after every seed, so a stopped run keeps what it measured
+                "pipeline": "examples/mnist5k.yaml",
+                "train": to_dict(config.train),
+                "runs": runs,
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "machine": describe_machine(),
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg(),
+            }
+            out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
