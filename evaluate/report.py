@@ -193,6 +193,8 @@ def summary_table(arms: dict, metric: str = "auroc") -> str:
 
     def deltas(row: list[dict]) -> list[str]:
         cells = []
+        if base is None:  # no baseline among the runs: nothing to compare with
+            return cells
         for g in range(2):  # near, far
             baseline = row[g * len(order) + order.index(base)]
             for a in others:

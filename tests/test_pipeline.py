@@ -180,6 +180,8 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
             "0.5",
             "--seed",
             "3",
+            "--benchmark",  # recorded, so that it may be reported beside the pipeline's runs
+            str(out / "benchmark"),
             "--out",
             str(tmp_path / "eval2"),
         ],
@@ -190,10 +192,9 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
     assert first == second
     # an activations file's result is reportable: --alpha and --seed went into run.json
     assert json.loads((tmp_path / "eval2" / "run.json").read_text())["seed"] == 3
-    baseline = out / "evaluate" / "alpha1-seed0"
-    reported = runner.invoke(cli, ["report", str(baseline), str(tmp_path / "eval2")])
+    reported = runner.invoke(cli, ["report", str(tmp_path / "eval2")])
     assert reported.exit_code == 0, reported.output
-    assert "+SIO α=0.5 (n = 1)" in reported.output and "no test" in reported.output
+    assert "+SIO α=0.5 (n = 1)" in reported.output and "- benchmark: digits" in reported.output
 
 
 def test_stage_reruns_in_place_when_only_a_resumable_field_changed(tmp_path):

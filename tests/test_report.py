@@ -273,3 +273,10 @@ def test_arms_with_different_detectors_are_named(tmp_path):
         folders.append(write_run(tmp_path / f"s{i}", 0.8, i, results))
     with pytest.raises(ValueError, match=r"alpha=1 and alpha=0\.8 differ.*ebo"):
         report(folders)
+
+
+def test_one_arm_without_a_baseline_has_no_delta(tmp_path):
+    folders = [write_run(tmp_path / f"s{i}", 0.8, i, results_for(0.8, i)) for i in range(3)]
+    auroc = summary(report(folders).splitlines(), "## AUROC (higher is better)")
+    assert auroc["header"] == ["near AUROC +SIO α=0.8 (n = 3)", "far AUROC +SIO α=0.8 (n = 3)"]
+    assert auroc["msp"][0] == f"{30:.2f} ± {10 * math.sqrt(14 / 3):.2f}"
