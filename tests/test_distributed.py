@@ -103,7 +103,7 @@ def test_two_gloo_ranks_under_torchrun_give_the_one_process_batches(tmp_path):
     real = write_set(tmp_path / "real", 64, "real")
     synthetic = write_set(tmp_path / "synthetic", 48, "synthetic", shard_size=16)  # 3 shards
     train = {
-        **{"epochs": 2, "batch_size": 10, "num_workers": 2, "shuffle_buffer": 8, "lr": 0.05},
+        **{"epochs": 2, "batch_size": 10, "num_workers": 2, "shuffle_window": 8, "lr": 0.05},
         **{"trace": True, "checkpoint_every": 1},
     }
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({"train": train}))

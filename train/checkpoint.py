@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = (
     "cache_dir",
     "cache_limit",
     "read_timeout",
+    "shuffle_buffer",
 )
 
 

@@ -165,7 +165,8 @@ class TrainConfig:
     nesterov: bool | None = None
     weight_decay: float | None = None
     num_workers: int = 2
-    shuffle_buffer: int = 10_000  # samples per pass group: the span of the shuffle (passes.py)
+    shuffle_window: int = 10_000  # samples per pass group: the span of the shuffle (passes.py)
+    shuffle_buffer: int = 1000  # no effect since the passes (issue 14): see shuffle_window
     steps_per_epoch: int | None = None  # null: SIO's epoch, ceil(N_real / batch_size) steps
     resident: bool = False  # load the shard sets into (host or GPU) memory once, index there
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: error, or skip and count
@@ -196,6 +197,7 @@ class TrainConfig:
         _check(self.lr > 0, "lr", "must be positive")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
         _check(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
+        _check(self.shuffle_window >= 1, "shuffle_window", "must be >= 1")
         _check(
             self.steps_per_epoch is None or self.steps_per_epoch > 0,
             "steps_per_epoch",

@@ -75,6 +75,7 @@ def load_resident(source: ShardSource, device, fetcher: Fetcher | None = None) -
     for url, shard in zip(source.urls, manifest.shards, strict=True):
         data = fetcher.read(url, shard.sha256)
         loaded = LoadedShard(url, data, manifest.encoding, check, shard.num_samples)
+        Fetcher.check(url, data, shard.sha256)
         for index in range(shard.num_samples):
             if filled >= count:
                 raise ShardError(f"{url}: more samples than the manifest lists")

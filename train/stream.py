@@ -253,11 +253,9 @@ class Fetcher:
     def read(self, url: str, sha256: str) -> bytes:
         if not is_url(url):
             try:
-                data = Path(url).read_bytes()
+                return Path(url).read_bytes()  # its sha256 is checked once it parsed
             except FileNotFoundError:
                 raise ShardError(f"{url}: shard listed in the manifest is missing") from None
-            self._check(url, data, sha256)
-            return data
         fetch = self._fetch
         if sha256:
             if self._cache is None:
@@ -276,7 +274,7 @@ class Fetcher:
             raise ShardError(f"{url}: shard listed in the manifest is missing ({err})") from None
 
     @staticmethod
-    def _check(url: str, data: bytes, sha256: str) -> None:
+    def check(url: str, data: bytes, sha256: str) -> None:
         if sha256 and sha256_bytes(data) != sha256:
             raise ShardError(
                 f"{url}: its sha256 {sha256_bytes(data)} differs from the manifest's {sha256} "
@@ -303,10 +301,14 @@ class Reader:
         else:
             url = self.source.urls[index]
             try:
-                data = self.fetcher.read(url, self.source.sha256[index])
-                self._shards[index] = LoadedShard(
+                sha256 = self.source.sha256[index]
+                data = self.fetcher.read(url, sha256)
+                # parsed first, so that a cut or corrupt shard is named by its member
+                loaded = LoadedShard(
                     url, data, self.source.encoding, self.check, self.source.counts[index]
                 )
+                Fetcher.check(url, data, sha256)
+                self._shards[index] = loaded
             except ShardError as error:
                 self._shards[index] = error
             while len(self._shards) > self.keep:
