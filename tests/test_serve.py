@@ -210,6 +210,8 @@ def test_sio_serve_starts_serves_and_stops_on_sigterm(tmp_path, cond_dir):
     )
     try:
         line = process.stdout.readline()
+        while line and not line.startswith("serving"):  # e.g. "using config ..."
+            line = process.stdout.readline()
         assert "serving 40000 images in 10000 shards" in line, line
         url = line.split(" at ", 1)[1].split("/manifest.json")[0]
         status, _, body = get(f"{url}/shard-009999.tar")
