@@ -123,13 +123,36 @@ def fixed_batch_loss(model, method, batches) -> float:
         return sum(float(method.loss(model, b)[0]) for b in batches) / len(batches)
 
 
+def loss_floor(batches) -> float:
+    """The least loss a model can reach on these batches: 0, except for CutMix, whose targets
+    are lam on y and 1 - lam on the partner's label (the entropy of that mixture)."""
+    floors = []
+    for batch in batches:
+        if "mix_lambda" not in batch:
+            floors.append(0.0)
+            continue
+        lam = float(batch["mix_lambda"])
+        mixed = batch["labels"] != batch["labels"][batch["mix_partner"]]
+        entropy = -(lam * math.log(lam) + (1 - lam) * math.log(1 - lam)) if 0 < lam < 1 else 0
+        floors.append(float(mixed.float().mean()) * entropy)
+    return sum(floors) / len(floors)
+
+
+# LogitNorm's gradients are 1 / (tau |z|) ~ 64x CE's at initialisation (tau = 0.04, |z| ~ 0.4),
+# so a fixed step that trains the others throws it into a dead state; its own recipe warms the
+# rate up instead (tested in test_methods_recipes.py). Here it takes a step scaled to match.
+TOY_LR = {"logitnorm": 0.003}
+
+
 @pytest.mark.parametrize("method_name", METHODS.names())
 def test_loss_falls_on_a_separable_problem(data, method_name):
     model, method, batches, config = objective_and_batches(data, method_name, 0.75)
     batches = batches[:3]
-    before = fixed_batch_loss(model, method, batches)
+    floor = loss_floor(batches)
+    before = fixed_batch_loss(model, method, batches) - floor
     groups = method.param_groups(model) + [{"params": list(method.parameters())}]
-    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    lr = TOY_LR.get(method_name, 0.1)
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=5e-4)
     for step in range(24):
         model.train()
         method.train()
@@ -137,8 +160,8 @@ def test_loss_falls_on_a_separable_problem(data, method_name):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = fixed_batch_loss(model, method, batches)
-    assert after < 0.5 * before, (before, after)
+    after = fixed_batch_loss(model, method, batches) - floor
+    assert after < 0.5 * before, (before, after, floor)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
