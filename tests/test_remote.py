@@ -335,3 +335,27 @@ def test_resuming_stream_retries_transient_errors_from_the_current_byte(monkeypa
 
     with pytest.raises(OSError, match=r"s3://b/k: reading at byte 10 failed 3 times"):
         ResumingStream("s3://b/k", stuck, (TransientError,)).read()
+
+
+def test_a_refusal_is_raised_at_once_not_waited_out():
+    """HTTP 403 (credentials, permissions) is no outage: fetch_bytes raises it on the first
+    answer instead of retrying for the whole read timeout."""
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_error(403, "Forbidden")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    said = []
+    start = time.monotonic()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/shard-000000.tar"
+        with pytest.raises(storage.RefusedError, match="HTTP 403"):
+            storage.fetch_bytes(url, timeout_s=60, say=said.append)
+    finally:
+        server.shutdown()
+    assert said == [] and time.monotonic() - start < 10

@@ -610,3 +610,29 @@ def test_shard_stream_gives_each_sample_once_per_pass(tmp_path, workers):
     other = ShardStream(tmp_path / "set", shuffle=True, seed=1)
     other.set_epoch(1)
     assert any(not torch.equal(a, b) for a, (b, _) in zip(first, other, strict=True))
+
+
+def test_content_sha256_names_the_samples_not_the_provenance(tmp_path):
+    """Recording a quality figure (provenance) keeps a set's content fingerprint; another shard
+    list changes it."""
+    import dataclasses
+
+    from sio.shardset import read_manifest
+
+    folder = tmp_path / "set"
+    with ShardSetWriter(
+        folder,
+        kind="real",
+        name="c",
+        image_size=(4, 4),
+        channels=1,
+        class_names=CLASSES,
+        shard_size=2,
+    ) as writer:
+        for i in range(3):
+            writer.write(f"s{i}", np.full((4, 4), i, np.uint8), i % len(CLASSES), {})
+    manifest = read_manifest(folder)
+    noted = dataclasses.replace(manifest, provenance={**manifest.provenance, "quality": 1.0})
+    assert noted.content_sha256 == manifest.content_sha256
+    fewer = dataclasses.replace(manifest, shards=manifest.shards[:1])
+    assert fewer.content_sha256 != manifest.content_sha256

@@ -24,6 +24,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ),
         "sio.train.models": ("BACKBONES", "HEADS", "Classifier", "build_classifier"),
         "sio.train.checkpoint": (
+            "RESUMABLE_CHANGES",
             "CHECKPOINT",
             "RunInfo",
             "checkpoint_file",

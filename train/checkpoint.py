@@ -135,11 +135,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def manifest_sha256(manifest) -> str:
-    """The sha256 of a manifest's canonical JSON: which shard set a run was trained on."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(manifest.to_json(), sort_keys=True).encode()).hexdigest()
+    """Which shard set a run was trained on: the manifest's ``content_sha256`` (its shards), so
+    a quality figure recorded in the manifest later does not make it "another set"."""
+    return manifest.content_sha256
 
 
 def header(manifest, config, alpha, seed, real, synthetic, world_size: int, syn_manifest=None):

@@ -144,6 +144,11 @@ class TransientError(ConnectionError):
     """A remote error worth another try (HTTP 429 or 5xx, a connection closed early)."""
 
 
+class RefusedError(PermissionError):
+    """The server answered and refused (HTTP 4xx other than 404 and 429: bad credentials, no
+    permission, a bad request): no wait fixes it, so it is raised at once."""
+
+
 class ResumingStream(io.RawIOBase):
     """A remote object read front to back. ``opener(offset)`` returns (body, total size) of a
     request starting at byte ``offset``; a transient error while opening or reading is retried
@@ -211,6 +216,8 @@ def _http_opener(url: str):
                 raise FileNotFoundError(f"{url}: not found (HTTP 404)") from None
             if err.code == 429 or err.code >= 500:
                 raise TransientError(f"{url}: HTTP {err.code} {err.reason}") from None
+            if 400 <= err.code < 500:
+                raise RefusedError(f"{url}: HTTP {err.code} {err.reason}") from None
             raise OSError(f"{url}: HTTP {err.code} {err.reason}") from None
         length = response.headers.get("Content-Length")
         if offset and response.status != 206:  # the server ignored the range: skip ahead
@@ -242,6 +249,9 @@ def _s3_opener(url: str):
             code = err.response.get("Error", {}).get("Code")
             if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
                 raise FileNotFoundError(f"{url}: no such object ({code})") from None
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if 400 <= status < 500 and status != 429:
+                raise RefusedError(f"{url}: {err}") from None
             raise OSError(f"{url}: {err}") from None
         return response["Body"], offset + int(response["ContentLength"])
 
@@ -323,12 +333,13 @@ def fetch_bytes(url: str, timeout_s: float, say=_say) -> bytes:
     """The whole of a remote object, waiting out transport errors (connection refused or reset,
     timeouts, HTTP 429/5xx) with exponential back-off for up to ``timeout_s`` seconds, one
     "waiting for URL (attempt n)" line per retry; then a TransportError. A missing object
-    (FileNotFoundError) is raised at once: that is the set's content, not the network."""
+    (FileNotFoundError) is raised at once: that is the set's content, not the network; so is a
+    refusal (``RefusedError``: credentials, permissions), which no wait fixes."""
     deadline = time.monotonic() + timeout_s
     for attempt in itertools.count(1):
         try:
             return read_bytes(url)
-        except FileNotFoundError:
+        except (FileNotFoundError, RefusedError):
             raise
         except OSError as err:
             left = deadline - time.monotonic()

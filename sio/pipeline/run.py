@@ -12,7 +12,6 @@ when it is complete for the same config and inputs (see sio/core/stages.py).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from sio.core.config import to_dict
 from sio.core.environment import default_device
 from sio.core.files import sha256_file, write_json_atomic
 from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage
+from sio.generate import BYTE_NEUTRAL
 from sio.generate.config import GeneratorConfig
 from sio.pipeline.config import PipelineConfig
 from sio.pipeline.study import (
@@ -31,15 +31,14 @@ from sio.pipeline.study import (
     StudyRun,
     expand_study,
 )
-from sio.shardset import MANIFEST
-from sio.train import CHECKPOINT
+from sio.shardset import MANIFEST, read_manifest
+from sio.train import CHECKPOINT, RESUMABLE_CHANGES
 
 
 def shards_fingerprint(shard_set: Path) -> str:
     """sha256 over a shard set's shard list (names, counts, checksums): its content, whatever
     quality figures are later recorded in its manifest."""
-    shards = json.loads((shard_set / MANIFEST).read_text())["shards"]
-    return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+    return read_manifest(shard_set).content_sha256
 
 
 def _baseline_name(seed: int) -> str:
@@ -105,6 +104,8 @@ class PipelineRun:
                 out=folder,
                 device=self.device,
             ),
+            # fields that change no batch: the trainer resumes or keeps its checkpoint
+            resumable=tuple(f"train.{field}" for field in RESUMABLE_CHANGES),
         )
         return folder / CHECKPOINT
 
@@ -172,9 +173,9 @@ class PipelineRun:
             "generator_weights_sha256": weights_fingerprint(weights),
             "classifier_sha256": sha256_file(judge),
         }
-        # a new largest count resizes the set: its complete shards stay (generate/job.py)
-        resizes = ("generate.num_images",)
-        self.stage(f"generate {generator.key}", folder, definition, work, resizes)
+        # a new largest count resizes the set (its complete shards stay) and the encoder
+        # threads change no byte: the job resumes on the folder as it is (generate/job.py)
+        self.stage(f"generate {generator.key}", folder, definition, work, BYTE_NEUTRAL)
         return folder
 
     def quality(self, key: str, synthetic: Path, judge: Path) -> dict:

@@ -12,6 +12,7 @@ lists every shard with its sample count, size and sha256.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -82,6 +83,13 @@ class Manifest:
             "sio_version": self.sio_version,
             **encoding,
         }
+
+    @property
+    def content_sha256(self) -> str:
+        """sha256 over the shard list (names, counts, sizes, checksums): which samples the set
+        holds, whatever quality figures or provenance are later recorded in the manifest."""
+        shards = json.dumps([vars(s) for s in self.shards], sort_keys=True)
+        return hashlib.sha256(shards.encode()).hexdigest()
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> Manifest:
