@@ -18,12 +18,13 @@ import yaml
 from click.testing import CliRunner
 
 from sio.cli import get_cli
-from sio.shardset import ShardSetWriter
 from sio.train import batch_counts, load_checkpoint, train_classifier
 from sio.train import cli as train_cli
 from sio.train.config import TrainConfig
 from sio.train.distributed import World, torchrun_command
 from sio.train.trainer import batch_plan
+
+from .shardsets import grey_writer
 
 BIN = Path(sys.executable).parent
 
@@ -57,15 +58,7 @@ def test_nproc_runs_torchrun_with_the_same_arguments(tmp_path, monkeypatch):
 
 def write_set(folder, count, kind, shard_size=8):
     rng = np.random.default_rng(len(kind))
-    with ShardSetWriter(
-        folder,
-        kind=kind,
-        name=kind,
-        image_size=(8, 8),
-        channels=1,
-        class_names=("a", "b", "c"),
-        shard_size=shard_size,
-    ) as writer:
+    with grey_writer(folder, kind, ("a", "b", "c"), shard_size) as writer:
         for i in range(count):
             image = rng.integers(0, 60, (8, 8)) + 60 * (i % 3)
             writer.write(f"{kind}-{i:04d}", image.astype(np.uint8), i % 3, {})

@@ -23,9 +23,11 @@ from click.testing import CliRunner
 
 from sio.cli import get_cli
 from sio.core.files import sha256_file
-from sio.shardset import ShardError, ShardSetWriter, iter_samples
+from sio.shardset import ShardError, iter_samples
 from sio.train import load_checkpoint, train_classifier
 from sio.train.config import TrainConfig
+
+from .shardsets import grey_writer
 
 CONFIG = TrainConfig(
     epochs=2, batch_size=8, num_workers=0, shuffle_buffer=8, crop_padding=0, lr=0.05
@@ -38,15 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def write_set(folder, count, kind="real"):
     rng = np.random.default_rng(len(kind))
-    with ShardSetWriter(
-        folder,
-        kind=kind,
-        name=kind,
-        image_size=(8, 8),
-        channels=1,
-        class_names=("a", "b"),
-        shard_size=8,
-    ) as writer:
+    with grey_writer(folder, kind, ("a", "b"), 8) as writer:
         for i in range(count):
             image = rng.integers(0, 60, (8, 8)) + 150 * (i % 2)
             writer.write(f"{kind}-{i:04d}", image.astype(np.uint8), i % 2, {"i": i})

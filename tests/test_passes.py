@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sio.shardset import ShardSetWriter, shard_urls
+from sio.shardset import shard_urls
 from sio.train.mixing import batch_counts, rank_share
 from sio.train.passes import Layout, PassOrders, pass_order, slice_start
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, checked
+
+from .shardsets import grey_writer
 
 PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 97, 101)
 
@@ -74,14 +76,8 @@ def test_alpha_one_and_n_divisible_by_b_uses_every_image_once_per_epoch():
 
 def write_set(folder, counts, *, classes=3, kind="real", class_of=None):
     """A set whose image i is the constant i % 251 in pixel 0 and i // 251 in pixel 1."""
-    with ShardSetWriter(
-        folder,
-        kind=kind,
-        name=kind,
-        image_size=(4, 4),
-        channels=1,
-        class_names=tuple(str(c) for c in range(classes)),
-        shard_size=max(counts),
+    with grey_writer(
+        folder, kind, tuple(str(c) for c in range(classes)), max(counts), (4, 4)
     ) as writer:
         i = 0
         for count in counts:

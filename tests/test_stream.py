@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sio.shardset import ShardSetWriter, shard_urls
+from sio.shardset import shard_urls
 from sio.train.augment import random_crop_flip
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, checked
+
+from .shardsets import grey_writer
 
 N_REAL, N_SYN_SET = 60, 40
 SYN_BASE = 128  # synthetic image j is the constant 128 + j; real image i is the constant i
@@ -19,15 +21,7 @@ STEPS, BATCH_REAL, BATCH_SYN = 7, 6, 2
 
 
 def write_constant_set(folder, count, base, kind):
-    with ShardSetWriter(
-        folder,
-        kind=kind,
-        name=kind,
-        image_size=(8, 8),
-        channels=1,
-        class_names=("0", "1", "2"),
-        shard_size=16,
-    ) as writer:
+    with grey_writer(folder, kind, ("0", "1", "2"), 16) as writer:
         for i in range(count):
             writer.write(f"{kind}-{i:04d}", np.full((8, 8), base + i, np.uint8), i % 3, {})
     return tuple(shard_urls(folder))
