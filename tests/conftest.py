@@ -3,8 +3,6 @@ class-conditional DDPM folder."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -124,20 +122,6 @@ class SeaweedS3:
             "-volume.max=4",
             "-master.volumeSizeLimitMB=64",
         ]
-        # one fixed identity: without a config the gateway allows anyone at first but may load
-        # an identity list from its filer after a restart and then refuse the tests' key
-        identities = {
-            "identities": [
-                {
-                    "name": "sio-tests",
-                    "credentials": [{"accessKey": "any", "secretKey": "any"}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
-        config = self.folder / "s3.json"
-        config.write_text(json.dumps(identities))
-        command.append(f"-s3.config={config}")
         log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 - the server's lifetime
         self.process = subprocess.Popen(command, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
