@@ -215,43 +215,6 @@ def test_the_cache_fetches_each_shard_once_per_node(sets, s3_sets, tmp_path):
     assert same_weights(tmp_path / "a", tmp_path / "c")
 
 
-def test_s3_server_killed_and_restarted_mid_epoch(
-    sets, s3_sets, seaweed, local_run, tmp_path, monkeypatch, capfd
-):
-    """SeaweedFS killed right after the first shard is fetched (mid-epoch: the set has more
-    shards) and restarted 2 s later: training waits (a "waiting for" line), skips nothing,
-    fetches each shard once, and ends with the local run's weights."""
-    from sio.train.cache import ShardCache
-
-    real, synthetic, _ = s3_sets
-    cache = tmp_path / "cache"
-    config = dataclasses.replace(CONFIG, cache_dir=str(cache), read_timeout=120.0)
-    get = ShardCache.get
-    threads = []
-
-    def get_then_outage(self, url, sha256, fetch):
-        data, fetched = get(self, url, sha256, fetch)
-        if fetched and not threads:  # the first fetch: take the server down now
-            seaweed.stop()
-            threads.append(threading.Timer(2.0, seaweed.start))
-            threads[0].start()
-        return data, fetched
-
-    monkeypatch.setattr(ShardCache, "get", get_then_outage)
-    # botocore's own retries would wait out a short outage silently: sio's loop (with its
-    # "waiting for" line) is what is under test
-    monkeypatch.setenv("SIO_S3_ATTEMPTS", "1")
-    monkeypatch.setattr(storage, "_S3_CLIENTS", {})
-    out = tmp_path / "run"
-    train_classifier(real=real, synthetic=synthetic, alpha=0.75, seed=0, config=config, out=out)
-    threads[0].join()
-    assert re.search(r"waiting for s3://data/sets/\S+ \(attempt 1\)", capfd.readouterr().err)
-    log = read_log(out)
-    assert all(r[f"skipped_{k}"] == 0 for r in log for k in ("samples", "records", "shards"))
-    assert sum(r["bytes_fetched"] for r in log) == shard_bytes(sets / "real", sets / "synthetic")
-    assert same_weights(out, local_run)
-
-
 def serve(root: Path, port: int = 0):
     handler = functools.partial(RangeHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)

@@ -145,8 +145,9 @@ class TransientError(ConnectionError):
 
 
 class RefusedError(PermissionError):
-    """The server answered and refused (HTTP 4xx other than 404 and 429: bad credentials, no
-    permission, a bad request): no wait fixes it, so it is raised at once."""
+    """An HTTP server answered and refused (4xx other than 404 and 429: credentials, permission,
+    a bad request): no wait fixes it, so it is raised at once. S3 errors are waited out: a
+    gateway that restarts may refuse keys until it has loaded its identities."""
 
 
 class ResumingStream(io.RawIOBase):
@@ -249,9 +250,6 @@ def _s3_opener(url: str):
             code = err.response.get("Error", {}).get("Code")
             if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
                 raise FileNotFoundError(f"{url}: no such object ({code})") from None
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if 400 <= status < 500 and status != 429:
-                raise RefusedError(f"{url}: {err}") from None
             raise OSError(f"{url}: {err}") from None
         return response["Body"], offset + int(response["ContentLength"])
 
