@@ -11,6 +11,7 @@ regenerated alone. Without it a call runs as one network batch.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _pad(chunk, extra: int):
     return [*chunk, *[chunk[-1]] * extra]
 
 
-class Generator:
+class Generator(abc.ABC):
     """A network plus its sampler. Subclasses set ``name``, ``title``, ``conditional``,
     ``class_names``, ``image_size``, ``channels``, ``weights`` and ``network_attr`` (the
     attribute holding the torch module), and implement ``_sample_rows(labels, seeds)``."""
@@ -116,8 +117,10 @@ class Generator:
             return fixed_calls(lambda s: self._sample_rows(None, s, **options), size, seeds)
         return fixed_calls(lambda s, y: self._sample_rows(y, s, **options), size, seeds, labels)
 
+    @abc.abstractmethod
     def _sample_rows(self, labels, seeds, **options) -> torch.Tensor:
-        raise NotImplementedError
+        """uint8 images of exactly ``len(seeds)`` rows: one network call (``fixed_calls`` pads
+        the last call to ``network_batch``)."""
 
 
 def seeded_generators(seeds) -> list[torch.Generator]:

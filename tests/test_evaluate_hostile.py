@@ -15,7 +15,7 @@ from sio.cli import get_cli
 from sio.evaluate import ActivationBank, ActivationsError, DetectorError, evaluate_bank
 from sio.evaluate.config import ALL_DETECTORS
 from sio.evaluate.detectors import fit_detector
-from sio.evaluate.detectors.knn import FaissSearch, faiss_available
+from sio.evaluate.detectors.knn import FaissSearch
 from sio.evaluate.evaluate import write_results
 
 ACTIVATION_DETECTORS = [m for m in ALL_DETECTORS if m != "odin"]
@@ -168,7 +168,6 @@ def test_one_nan_in_id_train_no_longer_reaches_dice_or_vim():
         )
 
 
-@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
 def test_faiss_knn_refuses_non_finite_rows_instead_of_flt_max():
     bank = random_bank(4)
     knn = fit_detector("knn", bank)
