@@ -5,13 +5,20 @@ baseline) for each seed on this machine's CPUs, and measures ID test accuracy. W
 benchmarks/results/mnist5k_recipe.json (per seed: accuracy, training seconds; the machine, torch,
 the load average before and after). Usage: nice -n 10 python benchmarks/mnist5k_recipe.py [SEEDS]
 (SEEDS comma-separated, default 0).
+
+``--order source`` shards the CSV in its class-sorted order instead of the example's
+``shuffled`` one, and ``--resident`` holds the set in memory instead of streaming it: the four
+combinations measure that the stream mixes a class-sorted set as well as an in-memory
+permutation does (issue 14's "mnist5k streaming vs resident" row). Results go to
+``mnist5k_recipe[-ORDER][-resident].json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,11 +46,24 @@ def id_accuracy(checkpoint: Path, test_set: Path) -> float:
 
 
 def main() -> None:
-    seeds = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "0").split(",")]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("seeds", nargs="?", default="0", help="comma-separated (default 0)")
+    parser.add_argument("--order", choices=["shuffled", "source"], default="shuffled")
+    parser.add_argument("--resident", action="store_true", help="hold the set in memory")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     config = load_pipeline(PIPELINE)
+    config = dataclasses.replace(
+        config,
+        shard=dataclasses.replace(config.shard, order=args.order),
+        train=dataclasses.replace(config.train, resident=args.resident),
+    )
     load_before = os.getloadavg()
     runs = {}
-    out = Path(__file__).parent / "results" / "mnist5k_recipe.json"
+    variant = ("" if args.order == "shuffled" else f"-{args.order}") + (
+        "-resident" if args.resident else ""
+    )
+    out = Path(__file__).parent / "results" / f"mnist5k_recipe{variant}.json"
     with tempfile.TemporaryDirectory() as scratch:
         bench = write_benchmark(config.shard, Path(scratch) / "benchmark")
         for seed in seeds:
@@ -63,6 +83,7 @@ def main() -> None:
             print(f"seed {seed}: ID accuracy {accuracy:.2f}% in {seconds:.0f} s", flush=True)
             result = {  # rewritten after every seed, so a stopped run keeps what it measured
                 "pipeline": "examples/mnist5k.yaml",
+                "shard_order": args.order,
                 "train": to_dict(config.train),
                 "runs": runs,
                 "torch": torch.__version__,
