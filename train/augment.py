@@ -22,23 +22,25 @@ def crop_flip_draws(n: int, generator: torch.Generator, *, padding: int, hflip: 
 
 
 def apply_crop_flip(images: torch.Tensor, draws: dict, *, padding: int) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back at the drawn offsets, then flip the drawn images."""
+    """Zero-pad by ``padding`` and crop back at the drawn offsets, then flip the drawn images:
+    one gather over the flattened (padded) images, so each output pixel is copied once.
+    Pixel (r, c) of crop i is element (dy_i + r) * source_width + dx_i + c', where c' is c, or
+    width - 1 - c for a flipped image (the draws are on the CPU; the images may be on a GPU)."""
     n, channels, height, width = images.shape
-    if "dy" in draws and n > 0:
-        padded = F.pad(images, (padding, padding, padding, padding))
-        dy, dx = draws["dy"], draws["dx"]
-        # one gather over the flattened padded images: pixel (r, c) of crop i is element
-        # (dy_i + r) * padded_width + dx_i + c (the draws are on the CPU; the images may be on
-        # a GPU)
-        padded_width = width + 2 * padding
-        grid = (torch.arange(height)[:, None] * padded_width + torch.arange(width)).flatten()
-        index = ((dy * padded_width + dx)[:, None] + grid[None]).to(images.device)
-        index = index[:, None, :].expand(n, channels, height * width)
-        images = padded.flatten(2).gather(2, index).view(n, channels, height, width)
-    if "flip" in draws and n > 0:
-        flip = draws["flip"].to(images.device)
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    return images
+    crop, flip = "dy" in draws and n > 0, "flip" in draws and n > 0
+    if not (crop or flip):
+        return images
+    source = F.pad(images, (padding, padding, padding, padding)) if crop else images
+    source_width = width + 2 * padding if crop else width
+    columns = torch.arange(width).expand(n, width)
+    if flip:
+        columns = torch.where(draws["flip"][:, None], width - 1 - columns, columns)
+    rows = torch.arange(height).expand(n, height)
+    if crop:
+        rows, columns = rows + draws["dy"][:, None], columns + draws["dx"][:, None]
+    index = (rows[:, :, None] * source_width + columns[:, None, :]).view(n, 1, height * width)
+    index = index.to(images.device).expand(n, channels, height * width)
+    return source.flatten(2).gather(2, index).view(n, channels, height, width)
 
 
 def random_crop_flip(
