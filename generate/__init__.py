@@ -8,7 +8,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "sio.generate.biggan": ("BigGANGenerator",),
         "sio.generate.ddpm.model": ("DDPMGenerator",),
-        "sio.generate.ddpm.train": ("train_ddpm", "train_from_shard_set"),
+        "sio.generate.ddpm.train": ("train_ddpm", "train_from_shard_set", "training_definition"),
         "sio.generate.job": ("BYTE_NEUTRAL", "Job", "run_job"),
         "sio.generate.registry": (
             "GENERATORS",

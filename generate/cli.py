@@ -196,7 +196,8 @@ class JobOptions:
     type=click.Path(file_okay=False),
     default=None,
     help="Train the built-in DDPM on this real shard set first if --generator-dir "
-    "does not exist yet.",
+    "does not exist yet (log.jsonl and a resumable checkpoint in GENERATOR_DIR.training; "
+    "a rerun after a kill resumes there).",
 )
 @click.option("--out", required=True, help="Folder or s3://bucket/prefix for the shard set.")
 @click.option("--shards", "shard_range", default=None, help="Only shards START:STOP.")

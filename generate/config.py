@@ -20,16 +20,29 @@ class DDPMModelConfig:
 
 @dataclass(frozen=True)
 class DDPMTrainConfig:
+    """Training the built-in DDPM (generate/ddpm/train.py). Every ``log_every`` steps (and at
+    the end) a line goes to ``log.jsonl`` in the training folder; every ``checkpoint_every``
+    steps (0: never) a training checkpoint is written there, from which a killed training
+    resumes with the same bytes. Those two change no weight (``TRAIN_BYTE_NEUTRAL``)."""
+
     steps: int = 1000
     batch_size: int = 128
     lr: float = 2e-3
     ema_decay: float = 0.995
     seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
 
     def __post_init__(self):
         _check(self.steps > 0, "steps", "must be positive")
         _check(self.batch_size > 0, "batch_size", "must be positive")
         _check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        _check(self.log_every > 0, "log_every", "must be positive")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: never)")
+
+
+# generator.train fields that change no byte of the trained weights
+TRAIN_BYTE_NEUTRAL = ("log_every", "checkpoint_every")
 
 
 @dataclass(frozen=True)

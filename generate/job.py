@@ -519,7 +519,8 @@ class RunState:
         job, dest = self.job, self.dest
         total = sum(len(job.shard_samples(i)) for i in indices)
         workers = Workers.start(job.config.encode_threads)
-        desc = f"generate {job.generator.name} [rank {self.rank}]"
+        rank = f" [rank {self.rank}]" if self.world_size > 1 else ""  # torchrun only
+        desc = f"generate {job.generator.name}{rank}"
         try:
             with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
                 for index in indices:

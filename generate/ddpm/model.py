@@ -12,6 +12,7 @@ guidance (Ho & Salimans 2022): ``eps = eps_null + w * (eps_cond - eps_null)``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -19,6 +20,19 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from sio.generate.base import Generator, seeded_generators
 from sio.generate.config import DDPMModelConfig, SamplerConfig
+
+
+class AccelerateNotice(logging.Filter):
+    """Drops diffusers' "`accelerate` was not found ... low_cpu_mem_usage" notice, and only it:
+    sio builds and loads its UNets itself (``load_unet``), so the advice to install accelerate
+    for faster loading does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`accelerate` was not found" not in record.getMessage()
+
+
+ACCELERATE_NOTICE = AccelerateNotice()
+logging.getLogger("diffusers.models.modeling_utils").addFilter(ACCELERATE_NOTICE)
 
 GENERATOR_FILE = "sio_generator.json"
 DEFAULT_SAMPLER = SamplerConfig()
@@ -204,7 +218,9 @@ class DDPMGenerator(Generator):
         generator.weights = [weights]
         return generator
 
-    def save_pretrained(self, folder: str | Path) -> None:
+    def save_pretrained(self, folder: str | Path, training: dict | None = None) -> None:
+        """diffusers' layout plus ``sio_generator.json`` (with ``training``, the definition the
+        weights were trained from, when given)."""
         folder = Path(folder)
         self.unet.save_pretrained(folder / "unet")
         self.scheduler.save_pretrained(folder / "scheduler")
@@ -214,6 +230,8 @@ class DDPMGenerator(Generator):
             "image_size": self.image_size,
             "channels": self.channels,
         }
+        if training is not None:
+            meta["training"] = training
         (folder / GENERATOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     def describe(self) -> dict:

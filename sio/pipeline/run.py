@@ -112,22 +112,20 @@ class PipelineRun:
     def generator_weights(self, generator: GeneratorConfig) -> Path:
         """generator.path if set, else a built-in DDPM trained on the real ID training set
         (one training per distinct model and training settings)."""
-        from sio.generate import train_from_shard_set
+        from sio.generate import train_from_shard_set, training_definition
 
         if generator.path:
             return Path(generator.path)
-        definition = {
-            "model": to_dict(generator.model),
-            "train": to_dict(generator.train),
-            "real_manifest_sha256": self.real_sha,
-        }
+        # the model and training settings less those that change no weight (log, checkpoints)
+        definition = {**training_definition(generator), "real_manifest_sha256": self.real_sha}
         stage_dir = self._trained_before(definition) or self.out / "generator" / generator.key
         weights = stage_dir / "weights"
         self.stage(
             f"train generator {generator.key}",
             stage_dir,
             definition,
-            lambda: train_from_shard_set(self.real, generator, weights, self.device),
+            # log.jsonl and the resumable training checkpoint beside weights/
+            lambda: train_from_shard_set(self.real, generator, weights, self.device, stage_dir),
         )
         return weights
 
