@@ -15,8 +15,10 @@ Peers: pytorch-ood from PyPI (``pip install -e .[bench]``); OpenOOD v1.5 is not 
 checkout with ``--openood DIR`` (``git clone https://github.com/Jingkang50/OpenOOD``; not
 vendored), else it is skipped with a message. GradNorm has no feature-level API in pytorch-ood
 (it backpropagates through the model per sample), so it has no peer there.
-Prints a Markdown table and writes benchmarks/results/evaluate.json.
-Usage: python benchmarks/evaluate.py [--rounds 3] [--openood DIR] [--scale 0.1 --out NAME.json]
+Prints a Markdown table and writes benchmarks/results/evaluate.json (``--out``), rewritten
+after every timed run ("complete": false until the end), so a stopped run keeps its numbers.
+Usage: python benchmarks/evaluate.py [--rounds 3] [--openood DIR [--openood-rounds 1]]
+[--scale 0.1] [--detectors vim,msp] [--out NAME.json]
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -37,6 +38,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from sio.core.environment import describe_machine
+from sio.core.files import write_json_atomic
 from sio.evaluate import ActivationBank, evaluate_bank
 from sio.evaluate.config import ALL_DETECTORS, EvaluateConfig, KnnSettings
 from sio.evaluate.detectors import fit_detector
@@ -236,14 +238,27 @@ def labels_of_sio() -> list[str]:
     return labels
 
 
-def run_rounds(bank: ActivationBank, rounds: int, peers: dict) -> dict:
+def run_rounds(
+    bank: ActivationBank,
+    rounds: int,
+    peers: dict,
+    *,
+    labels: list[str] | None = None,
+    peer_rounds: dict | None = None,
+    save=lambda rows, done: None,
+) -> dict:
     """{label: {"sio": [runs], peer: [runs]}}, each detector timed once per round in sio and in
-    every peer, the order reversed every other round."""
+    every peer (a peer named in ``peer_rounds`` only in its first that many rounds), the order
+    reversed every other round; ``save(rows, done)`` after every run (done: the runs so far)."""
     rows: dict[str, dict[str, list]] = {}
+    labels = labels_of_sio() if labels is None else labels
+    peer_rounds = peer_rounds or {}
+    done = 0
     for r in range(rounds):
-        for label in labels_of_sio():
+        in_round = [p for p in peers if r < peer_rounds.get(p, rounds)]
+        for label in labels:
             method = label.split(" ")[0]
-            order = ["sio", *peers] if r % 2 == 0 else [*peers, "sio"]
+            order = ["sio", *in_round] if r % 2 == 0 else [*in_round, "sio"]
             for who in order:
                 if who == "sio":
                     run = time_sio(method, bank, sio_config(label))
@@ -254,6 +269,8 @@ def run_rounds(bank: ActivationBank, rounds: int, peers: dict) -> dict:
                 if run is None:
                     continue
                 rows.setdefault(label, {}).setdefault(who, []).append(run)
+                done += 1
+                save(rows, done)
                 total = run["fit_s"] + run["score_s"]
                 print(f"round {r + 1} {label} {who}: {total:.2f} s", flush=True)
         start = time.perf_counter()
@@ -261,6 +278,8 @@ def run_rounds(bank: ActivationBank, rounds: int, peers: dict) -> dict:
         rows.setdefault("whole evaluation", {}).setdefault("sio", []).append(
             {"fit_s": time.perf_counter() - start, "score_s": 0.0, "auroc": {}}
         )
+        done += 1
+        save(rows, done)
         whole = rows["whole evaluation"]["sio"][-1]["fit_s"]
         print(f"round {r + 1} whole sio evaluation: {whole:.1f} s", flush=True)
     return rows
@@ -339,11 +358,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--openood", default=None, help="an OpenOOD v1.5 checkout")
     parser.add_argument(
+        "--openood-rounds",
+        type=int,
+        default=None,
+        help="time OpenOOD only in the first N rounds (its per-sample loops take most of a "
+        "full-scale run); default: every round",
+    )
+    parser.add_argument(
         "--scale", type=float, default=1.0, help="shrink every set (OpenOOD's loops are slow)"
+    )
+    parser.add_argument(
+        "--detectors", default=None, help="comma-separated sio labels (default: all), e.g. vim,msp"
     )
     parser.add_argument("--out", default="evaluate.json", help="file name in benchmarks/results")
     args = parser.parse_args()
+    labels = labels_of_sio()
+    if args.detectors:
+        wanted = args.detectors.split(",")
+        unknown = sorted(set(wanted) - {label.split(" ")[0] for label in labels})
+        if unknown:
+            raise SystemExit(f"--detectors: unknown {', '.join(unknown)}; known: {labels}")
+        labels = [label for label in labels if label.split(" ")[0] in wanted]
     load_before = os.getloadavg()
+    started = time.time()
     start = time.perf_counter()
     bank = make_bank(args.scale)
     build_s = time.perf_counter() - start
@@ -359,27 +396,51 @@ def main() -> None:
         peers["openood"] = OpenOod(bank, Path(args.openood))
     else:
         print("OpenOOD: skipped (not on PyPI; give a checkout with --openood DIR)", flush=True)
-    rows = run_rounds(bank, args.rounds, peers)
-    table = summary(rows, list(peers))
-    sums = totals(table, list(peers))
-    result = {
-        "shape": {**SIZES, "ood_sets": 6, "ood_size": OOD_SIZE, "width": WIDTH},
-        "classes": CLASSES,
-        "seed": SEED,
-        "rounds": args.rounds,
-        "scale": args.scale,
-        "build_s": build_s,
-        "detectors": table,
-        "totals_s": sums,
-        "peers": {name: getattr(peer, "source", "PyPI") for name, peer in peers.items()},
-        "machine": machine(),
-        # 1-, 5- and 15-minute load averages: above ~0.5 another job shared the two cores
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-    }
+    peer_rounds = {} if args.openood_rounds is None else {"openood": args.openood_rounds}
     results_dir = Path(__file__).parent / "results"
     results_dir.mkdir(exist_ok=True)
-    (results_dir / args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(table, list(peers), sums))
+    out = results_dir / args.out
+    expected_runs = sum(
+        1 + sum(1 for p in peers if r < peer_rounds.get(p, args.rounds))
+        for r in range(args.rounds)
+        for _ in labels
+    )  # an upper bound: rows a peer lacks are not run
+
+    def record(rows: dict, done: int, complete: bool) -> dict:
+        table = summary(rows, list(peers))
+        result = {
+            "complete": complete,
+            "runs_done": done,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "elapsed_s": time.time() - started,
+            "shape": {**SIZES, "ood_sets": 6, "ood_size": OOD_SIZE, "width": WIDTH},
+            "classes": CLASSES,
+            "seed": SEED,
+            "rounds": args.rounds,
+            "peer_rounds": peer_rounds,
+            "scale": args.scale,
+            "build_s": build_s,
+            "detectors": table,
+            "totals_s": totals(table, list(peers)),
+            "peers": {name: getattr(peer, "source", "PyPI") for name, peer in peers.items()},
+            "machine": machine(),
+            # 1-, 5- and 15-minute load averages: above ~0.5 another job shared the two cores
+            "load_average": {"before": load_before, "now": os.getloadavg()},
+        }
+        write_json_atomic(out, result)  # after every run: a stopped run keeps what it measured
+        return result
+
+    print(f"writing {out} after each of up to {expected_runs} timed runs", flush=True)
+    rows = run_rounds(
+        bank,
+        args.rounds,
+        peers,
+        labels=labels,
+        peer_rounds=peer_rounds,
+        save=lambda rows, done: record(rows, done, complete=False),
+    )
+    result = record(rows, sum(len(v) for by in rows.values() for v in by.values()), True)
+    print(markdown(result["detectors"], list(peers), result["totals_s"]))
 
 
 if __name__ == "__main__":

@@ -187,6 +187,30 @@ def report(runs, out):
     click.echo(write_report(list(runs), out))
 
 
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The PNG to write (default: log.png beside the log).",
+)
+def plot(run, out):
+    """Plot the curves of RUN's log.jsonl (a `sio train` run folder, a DDPM training folder, or
+    the file itself) as one PNG: losses, accuracies (real, synthetic, val), learning rate,
+    images/s and any other field that changes.
+
+    \b
+    Examples:
+      sio plot runs/base0                 # writes runs/base0/log.png
+      sio plot runs/digits/train/alpha1-seed0 --out curves.png
+      sio plot runs/digits/generator/ddpm --out ddpm.png
+    """
+    from sio.pipeline.plot import plot_log
+
+    click.echo(f"plot: {plot_log(run, out)}")
+
+
 def get_cli() -> click.Group:
     """The full command (stage commands load on first use)."""
     return cli

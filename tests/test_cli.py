@@ -76,7 +76,7 @@ def test_train_overrides_and_the_config_it_uses(tmp_path, monkeypatch):
     assert "using config pipeline.yaml" in result.output
 
 
-@pytest.mark.parametrize("name", ["run", "report", "shard", "shards", "train", "evaluate"])
+@pytest.mark.parametrize("name", ["run", "report", "plot", "shard", "shards", "train", "evaluate"])
 def test_help_has_examples_and_every_option_is_described(name):
     cli = get_cli()
     command = cli.get_command(click.Context(cli), name)

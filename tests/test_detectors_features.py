@@ -119,6 +119,14 @@ def test_vim_without_residual_is_an_error():
         VIM(dim=2).fit(make_bank(flat))
 
 
+def test_vim_covariance_overflow_is_an_error_naming_vim():
+    # finite float32 features whose squares overflow float32: the covariance is inf, which
+    # no eigendecomposition can take; the error names VIM and id.train, never a NaN score
+    huge = np.full((4, 3), 3e19) * np.array([[1.0, 0.5, 0.25]])
+    with pytest.raises(DetectorError, match=r"vim on id\.train: the covariance .* overflows"):
+        VIM(dim=1).fit(make_bank(huge))
+
+
 def test_knn_by_hand_with_zero_vectors():
     # unit train vectors [1,0], [0,1], [-1,0] and a zero vector. Query [2, 0] -> [1, 0]:
     # squared distances 0, 2, 4, 1 -> 2nd nearest 1. Query [0, 0] stays 0 (OpenOOD: NaN):

@@ -145,3 +145,11 @@ def test_two_gloo_ranks_under_torchrun_give_the_one_process_batches(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [(r["real_seen"], r["synthetic_seen"]) for r in log] == [(49, 21)] * 2
     assert all(r["effective_alpha"] == pytest.approx(0.7) for r in log)
+    # the real/synthetic split is summed over both ranks, as the loss and the counts are (with
+    # rank 0's part alone the parts would not add up to the whole: 3 + 1 of 7 + 3 samples)
+    for r in log:
+        seen = r["real_seen"] + r["synthetic_seen"]
+        parts = r["real_loss"] * r["real_seen"] + r["synthetic_loss"] * r["synthetic_seen"]
+        assert parts / seen == pytest.approx(r["loss"], rel=1e-6)  # ce: per-sample mean
+        hits = r["real_acc"] * r["real_seen"] + r["synthetic_acc"] * r["synthetic_seen"]
+        assert hits / seen == pytest.approx(r["train_acc"], rel=1e-9)

@@ -69,6 +69,11 @@ def test_run_writes_every_stage_and_a_report(finished_run):
         48 * epoch["steps"],
         16 * epoch["steps"],
     )
+    # sio run passes the benchmark's id_val: every epoch logs its accuracy and the split
+    for line in log:
+        record = json.loads(line)
+        assert 0 <= record["val_acc"] <= 1
+        assert 0 <= record["real_acc"] <= 1 and 0 <= record["synthetic_acc"] <= 1
     assert json.loads((out / "pipeline.resolved.json").read_text())["sio_alpha"] == 0.75
 
 

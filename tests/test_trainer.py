@@ -189,7 +189,8 @@ def test_resume_after_interruption(tmp_path, data, monkeypatch):
     # and schedule are restored, so the resumed run repeats the uninterrupted one. Observed
     # bit-identical on CPU; the small tolerance only allows for non-deterministic kernels on other
     # builds. (Dropping the momentum buffers on resume moves the weights by ~0.15: caught.)
-    for key in ("loss", "train_acc", "real_seen", "synthetic_seen", "lr"):
+    keys = ("loss", "train_acc", "real_seen", "synthetic_seen", "lr")
+    for key in (*keys, "real_loss", "real_acc", "synthetic_loss", "synthetic_acc"):
         assert [r[key] for r in log_resumed] == pytest.approx([r[key] for r in log_full])
     full_state, resumed_state = model_full.state_dict(), model_resumed.state_dict()
     for name, value in full_state.items():

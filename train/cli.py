@@ -18,7 +18,7 @@ RECIPE_OVERRIDES = ("epochs", "lr", "model", "batch_size")  # sio train options 
 def _torchrun_arguments(options: dict) -> list[str]:
     """The same ``sio train`` command line, for each rank, without ``--nproc``."""
     arguments = ["train"]
-    names = ("real", "synthetic", "alpha", "seed", "out", "config", "device")
+    names = ("real", "synthetic", "val", "alpha", "seed", "out", "config", "device")
     for name in (*names, *RECIPE_OVERRIDES):
         if options[name] is not None:
             arguments += [f"--{name.replace('_', '-')}", str(options[name])]
@@ -31,7 +31,14 @@ def _torchrun_arguments(options: dict) -> list[str]:
 @click.option(
     "--synthetic",
     default=None,
-    help="Synthetic shard set, folder or URL (needed when alpha < 1).",
+    help="Synthetic shard set, folder or URL (needed when alpha < 1); several URLs of services "
+    "serving one set, comma-separated, spread its shards over them.",
+)
+@click.option(
+    "--val",
+    default=None,
+    help="ID validation shard set, folder or URL (a benchmark's id_val): its accuracy is "
+    "measured after each epoch (val_acc in log.jsonl), without changing the weights.",
 )
 @click.option(
     "--alpha",
@@ -88,6 +95,7 @@ def _torchrun_arguments(options: dict) -> list[str]:
 def train(
     real,
     synthetic,
+    val,
     alpha,
     seed,
     out,
@@ -109,6 +117,8 @@ def train(
     \b
     Examples:
       sio train --real data/digits/id_train --alpha 1 --seed 0 --out runs/base0
+      sio train --real data/digits/id_train --val data/digits/id_val --alpha 1 \\
+          --out runs/base0v && sio plot runs/base0v
       sio train --real data/digits/id_train --synthetic data/synthetic --alpha 0.8 \\
           --seed 0 --epochs 10 --out runs/sio0
       sio train --config examples/mnist5k.yaml --real runs/mnist5k/benchmark/id_train \\
@@ -151,6 +161,7 @@ def train(
             out=out,
             device=device or default_device(),
             resume=resume,
+            val=val,
         )
     except Exception as error:
         from sio.core.storage import TransportError

@@ -14,6 +14,9 @@ changes the batch's real/synthetic composition. Under torchrun each rank takes i
 URLs (stream.py) or, with ``resident``, held in memory (resident.py). Rank 0 writes
 ``checkpoint.pt`` atomically after every epoch and every ``checkpoint_every`` steps, and
 ``log.jsonl`` (one global line per epoch); ``trace: true`` writes ``trace/rank-R.jsonl``.
+With a ``val`` set rank 0 also measures the ID validation accuracy after each epoch
+(validation.py: eval mode, no effect on the weights or batches); rank 0 prints a one-line summary
+per epoch and a final line, and writes TensorBoard event files to ``tb/`` (progress.py).
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ from sio.train.loop import EpochTotals, StepContext, epoch_record, train_step
 from sio.train.methods import METHODS, MethodContext, build_method
 from sio.train.mixing import batch_counts, rank_share, steps_per_epoch
 from sio.train.models import build_classifier
+from sio.train.progress import TensorBoardLog, epoch_summary, final_summary
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import ShardSource, extra_sources, synthetic_source
 from sio.train.stream import Fetcher, MixedBatches, MixSpec, SharedEpoch
+from sio.train.validation import ValidationSet
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "load_checkpoint", "train_classifier"]
 
@@ -85,6 +90,7 @@ class TrainPlan:
     steps_per_epoch: int
     epochs: int
     locations: tuple  # (real, synthetic) as given, for the checkpoint
+    validation: ValidationSet | None = None  # the ID val set measured after each epoch
 
     @property
     def total_steps(self) -> int:
@@ -133,17 +139,21 @@ def train_classifier(
     out: str | Path,
     device: str = "cpu",
     resume: bool | None = None,
+    val: str | Path | None = None,
 ) -> Path:
     """Train one classifier into the folder ``out``; returns its checkpoint's path.
 
-    ``real`` and ``synthetic`` are shard-set folders or ``s3://``/``http(s)://`` prefixes.
+    ``real`` and ``synthetic`` are shard-set folders or ``s3://``/``http(s)://`` prefixes;
+    ``val`` (optional, the same) is the ID validation set whose accuracy each epoch logs.
     ``resume``: None (``sio run``) continues an unfinished checkpoint in ``out`` and leaves a
     finished one as it is; True (``sio train --resume``) the same, asked for; False refuses a
     folder that already holds a checkpoint. Launched by torchrun, this runs as one DDP rank."""
     check_alpha(alpha)
     world, device = distributed.start(device)
     try:
-        plan, state = make_plan(real, synthetic, alpha, seed, config, Path(out), device, world)
+        plan, state = make_plan(
+            real, synthetic, alpha, seed, config, Path(out), device, world, val=val
+        )
         path = run(plan, state, resume)
     except BaseException:
         if world.owns_group and torch.distributed.is_initialized():
@@ -153,7 +163,7 @@ def train_classifier(
     return path
 
 
-def make_plan(real, synthetic, alpha, seed, config, out: Path, device, world: World):
+def make_plan(real, synthetic, alpha, seed, config, out: Path, device, world: World, val=None):
     """(TrainPlan, the TrainState of step 0) of a run."""
     out.mkdir(parents=True, exist_ok=True)
     real_source = ShardSource.open(real)
@@ -175,6 +185,7 @@ def make_plan(real, synthetic, alpha, seed, config, out: Path, device, world: Wo
         steps_per_epoch=steps,
         epochs=method.total_epochs(),
         locations=(real, synthetic),
+        validation=None if val is None else ValidationSet(val, manifest, config.batch_size),
     )
     optimizer, schedule = _optimiser(config, model, method)
     syn_manifest = sources["synthetic"].manifest if "synthetic" in sources else None
@@ -197,12 +208,19 @@ def run(plan: TrainPlan, state: TrainState, resume: bool | None) -> Path:
     context = StepContext(
         plan.world, plan.quota, plan.config.batch_size, plan.trace_file(), plan.device
     )
+    start = time.perf_counter()
+    board = TensorBoardLog.open(plan.out, state.history) if plan.world.main else None
     try:
         while state.step < plan.total_steps:
-            train_epoch(plan, state, objective, loader, position, context)
+            train_epoch(plan, state, objective, loader, position, context, board)
     except (ShardError, TransportError) as error:
         _log_error(plan, error)
         raise
+    finally:
+        if board is not None:
+            board.close()
+    if plan.world.main:
+        print(final_summary(state.history, path, time.perf_counter() - start), flush=True)
     return path
 
 
@@ -217,8 +235,11 @@ def _log_error(plan: TrainPlan, error: BaseException) -> None:
     write_text_atomic(path, f"{before}{trace}\n")
 
 
-def train_epoch(plan: TrainPlan, state: TrainState, objective, loader, position, context):
-    """The rest of the epoch that ``state.step`` is in, checkpointed as the plan says."""
+def train_epoch(
+    plan: TrainPlan, state: TrainState, objective, loader, position, context, board=None
+):
+    """The rest of the epoch that ``state.step`` is in, checkpointed as the plan says; then
+    (rank 0) its validation accuracy, summary line and TensorBoard scalars (``board``)."""
     epoch, first = divmod(state.step, plan.steps_per_epoch)
     position.set(epoch, first)
     objective.train()
@@ -233,10 +254,17 @@ def train_epoch(plan: TrainPlan, state: TrainState, objective, loader, position,
             _save(plan, state)
             start = time.perf_counter()
     seconds = time.perf_counter() - start
-    record = epoch_record(state, context, epoch, plan.steps_per_epoch, seconds)
+    val_acc = None
+    if plan.validation is not None and plan.world.main:
+        val_acc = plan.validation.accuracy(state.model, plan.device)
+    record = epoch_record(state, context, epoch, plan.steps_per_epoch, seconds, val_acc)
     state.history.append(record)
     state.totals = EpochTotals()
     _save(plan, state)
+    if plan.world.main:
+        print(epoch_summary(record, plan.epochs), flush=True)
+        if board is not None:
+            board.write(record)
 
 
 def _save(plan: TrainPlan, state: TrainState) -> None:

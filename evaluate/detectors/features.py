@@ -16,6 +16,7 @@ from sio.evaluate.detectors.base import (
     fc_logits,
     split_rows,
 )
+from sio.evaluate.detectors.logits import one_thread
 
 # A last layer whose smallest singular value is below this fraction of its largest is treated
 # as rank-deficient: VIM's origin -pinv(W) b is then dominated by rounding.
@@ -26,6 +27,17 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b through torch's BLAS: on the 2-core reference machine 2-4x numpy's for the N x D
     products of VIM (same float32 or float64 arithmetic)."""
     return (torch.from_numpy(np.asarray(a)) @ torch.from_numpy(np.asarray(b))).numpy()
+
+
+def symmetric_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix through torch's
+    LAPACK (MKL's ``syevd``, the routine ``np.linalg.eigh`` calls in OpenBLAS) on one thread:
+    the same float64 decomposition, but on the 2-core reference machine under load both
+    libraries' threaded solvers were several times slower, and erratic, for VIM's 512 x 512
+    covariance (their threads wait on each other), where one thread stays steady."""
+    with one_thread():
+        values, vectors = torch.linalg.eigh(torch.from_numpy(np.asarray(matrix, np.float64)))
+    return values.numpy(), vectors.numpy()
 
 
 @DETECTORS.register("gradnorm")
@@ -149,23 +161,41 @@ class VIM(Detector):
         self.warning = self.conditioning_warning(weight)
         self.origin = -np.linalg.pinv(weight) @ bank.fc_bias.astype(np.float64)
         # uncentred covariance of h - u, as OpenOOD's EmpiricalCovariance(assume_centered=True);
-        # float32 features are centred and multiplied in float32 (one BLAS syrk, as
+        # float32 features are centred and multiplied in float32 (one BLAS product, as
         # pytorch-ood), the D x D result widened to float64 for the eigendecomposition
         dtype = np.float32 if train.dtype == np.float32 else np.float64
         centred = train - self.origin.astype(dtype)
         covariance = matmul(centred.T, centred).astype(np.float64) / len(train)
+        if not np.isfinite(covariance).all():
+            raise detector_error(
+                self.name, "id.train", "the covariance of h - u overflows (not finite)"
+            )
         scale = np.sqrt(max(np.trace(covariance), 0.0))
         try:
-            eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-        except np.linalg.LinAlgError as err:
+            eigenvalues, eigenvectors = symmetric_eigh(covariance)
+        except (np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:
             raise detector_error(
                 self.name, "id.train", f"the feature covariance has no eigendecomposition ({err})"
             ) from None
         order = np.argsort(eigenvalues)[::-1]
         self.residual_space = np.ascontiguousarray(eigenvectors[:, order[self.dim :]])
-        self.residual_space32 = self.residual_space.astype(np.float32)
         self.origin_projection = self.origin @ self.residual_space
-        residual = self.residual_norm(train, centred=centred).mean()
+        # the scoring operands, once, as torch tensors (score runs in torch: no numpy BLAS call,
+        # whose OpenBLAS threads would spin against torch's on a small machine)
+        self.operands = {
+            torch.float32: (
+                torch.from_numpy(np.ascontiguousarray(bank.fc_weight.T, np.float32)),
+                torch.from_numpy(self.residual_space.astype(np.float32)),
+            ),
+            torch.float64: (
+                torch.from_numpy(np.ascontiguousarray(bank.fc_weight.T, np.float64)),
+                torch.from_numpy(self.residual_space),
+            ),
+        }
+        self.bias64 = torch.from_numpy(bank.fc_bias.astype(np.float64))
+        self.origin_projection64 = torch.from_numpy(self.origin_projection)
+        max_logit, _ = self.energy_and_residual(train, max_logit=True)
+        residual = float(self.residual_norm(centred, centred=True).mean())
         del centred
         if not residual > 1e-12 * scale:
             raise detector_error(
@@ -174,7 +204,7 @@ class VIM(Detector):
                 f"the ID train features have no component outside the top {self.dim} principal "
                 "directions (mean residual 0), so alpha is undefined; lower evaluate.vim.dim",
             )
-        self.alpha = float(self.logits(train).max(axis=1).mean() / residual)
+        self.alpha = float(max_logit.mean() / residual)
         if not np.isfinite(self.alpha):
             raise detector_error(self.name, "id.train", f"alpha = {self.alpha} is not finite")
 
@@ -191,22 +221,35 @@ class VIM(Detector):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return message
 
-    def residual_norm(self, features, centred=None):
-        """||(h - u) R||, R the residual eigenvectors, computed as ||h R - u R|| (one product of
-        h itself, float32 for float32 features) or from ``centred`` = h - u when given."""
-        if centred is not None:
-            space = self.residual_space32 if centred.dtype == np.float32 else self.residual_space
-            projected = matmul(centred, space).astype(np.float64)
-        elif features.dtype == np.float32:
-            projected = matmul(features, self.residual_space32).astype(np.float64)
-            projected -= self.origin_projection
-        else:
-            projected = np.asarray(features, np.float64) @ self.residual_space
-            projected -= self.origin_projection
-        return np.sqrt(np.einsum("ij,ij->i", projected, projected))
+    def as_tensor(self, features: np.ndarray) -> torch.Tensor:
+        """``features`` as a torch tensor (no copy for a C-contiguous array): float32 stays
+        float32, any other float becomes float64."""
+        h = torch.from_numpy(np.ascontiguousarray(features))
+        return h if h.dtype in self.operands else h.double()
+
+    def residual_norm(self, features: np.ndarray, centred: bool = False) -> torch.Tensor:
+        """r(h) = ||(h - u) R||, R the residual eigenvectors (float64 result): computed as
+        ||h R - u R|| (one product of h itself, float32 for float32 features, then widened),
+        or, with ``centred``, from ``features`` = h - u."""
+        h = self.as_tensor(features)
+        projected = (h @ self.operands[h.dtype][1]).double()
+        if not centred:
+            projected -= self.origin_projection64
+        return torch.linalg.vector_norm(projected, dim=1)
+
+    def energy_and_residual(self, features: np.ndarray, max_logit: bool = False):
+        """(logsumexp(z), r(h)) as float64 tensors; with ``max_logit``, (max_k z_k, None).
+        z = h W^T + b as ``fc_logits`` computes it (a float32 product for float32 h, widened
+        before the bias is added)."""
+        h = self.as_tensor(features)
+        logits = (h @ self.operands[h.dtype][0]).double() + self.bias64
+        if max_logit:
+            return logits.max(dim=1).values, None
+        return torch.logsumexp(logits, dim=1), self.residual_norm(features)
 
     def score_features(self, features):
-        return energy(self.logits(features)) - self.alpha * self.residual_norm(features)
+        energies, residuals = self.energy_and_residual(features)
+        return (energies - self.alpha * residuals).numpy()
 
     def info(self):
         info = {"dim": self.dim, "alpha": self.alpha}

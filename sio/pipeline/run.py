@@ -103,6 +103,7 @@ class PipelineRun:
                 config=self.config.train,
                 out=folder,
                 device=self.device,
+                val=self.benchmark.id_splits.get("val"),  # val_acc per epoch; no batch changes
             ),
             # fields that change no batch: the trainer resumes or keeps its checkpoint
             resumable=tuple(f"train.{field}" for field in RESUMABLE_CHANGES),
