@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 import sio
 from sio.core.config import to_dict
-from sio.core.definition import require_same
+from sio.core.definition import differences, require_same
 from sio.core.files import sha256_file, stale_temporaries
 from sio.core.seeding import derive_seed
 from sio.core.storage import open_destination
@@ -55,6 +55,7 @@ from sio.shardset.records import encode_record, record_key
 PROGRESS = ".progress"
 JOB_FILE = f"{PROGRESS}/job.json"
 LOCK_FILE = f"{PROGRESS}/lock"
+GATE_FILE = f"{PROGRESS}/lock.gate"
 MAX_CANDIDATES_PER_IMAGE = 50  # pseudo-labelling gives up after 50 candidates per image
 # settings that change no byte of a shard: a resume may change them
 BYTE_NEUTRAL = ("generate.num_images", "generate.encode_threads")
@@ -343,36 +344,71 @@ def run_id() -> str:
 
 
 class FolderLock:
-    """``.progress/lock`` under flock: the first writer takes it exclusively, writes who it is
-    (run id, host, pid, start time), removes stale temporaries and shares it with the other
-    ranks of its run; a writer of another run is refused with the holder's name."""
+    """One job at a time writes a folder: ``.progress/lock`` under flock, shared by the ranks of
+    one run (the first writer holds it exclusively while it writes who it is, in ``.progress/
+    lock``, and removes the stale temporaries; then every rank of its run holds it shared), and a
+    writer of another run is refused with the holder's name.
+
+    Converting an flock from exclusive to shared is not atomic (it is dropped and taken again),
+    and a writer of another run could be granted it in between. So every attempt to take the lock
+    first takes a second, short-lived one, ``.progress/lock.gate``, exclusively: the first writer
+    keeps the gate from before it takes the lock until it holds it shared, with its record written
+    and the folder cleaned; nobody else even tries the lock meanwhile."""
 
     def __init__(self, folder: Path, run: str):
         self.path = folder / LOCK_FILE
+        self.gate_path = folder / GATE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run = run
         self.file = open(self.path, "a+")  # noqa: SIM115 - held for the job's lifetime
         self.first = False
 
-    def acquire(self, timeout_s: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout_s
+    def acquire(self, timeout_s: float = 2.0, on_first=None, gate_timeout_s: float = 600.0) -> None:
+        """Take the lock (``on_first()`` runs, with it held exclusively, in the first writer).
+        A writer of another run is refused once it has held the lock for ``timeout_s``; while
+        the gate is held by this run's first writer (cleaning a large folder), wait up to
+        ``gate_timeout_s``."""
+        start = time.monotonic()
         while True:
-            try:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            gate = self._take_gate()
+            if gate is None:  # someone is taking the lock now: whose run is it?
                 holder = self._holder()
-                if holder.get("run") == self.run:
-                    fcntl.flock(self.file, fcntl.LOCK_SH)
-                    return
-                if time.monotonic() > deadline:
-                    self.release()
-                    raise GenerationError(
-                        f"{self.path.parent.parent}: another job is writing this folder "
-                        f"({describe_holder(holder)}); wait for it to finish or use another --out"
-                    ) from None
-                # a rank of this run may have just taken it and not yet said so: read it again
-                time.sleep(0.05)
+                waited = time.monotonic() - start
+                limit = timeout_s if holder.get("run") not in (None, self.run) else gate_timeout_s
+                if waited > limit:
+                    self._refuse(holder)
+                time.sleep(0.02)
                 continue
+            try:
+                if self._try_lock(on_first):
+                    return
+            finally:
+                gate.close()  # closing the gate's file releases it
+            holder = self._holder()
+            if time.monotonic() - start > timeout_s:
+                self._refuse(holder)
+            time.sleep(0.05)
+
+    def _take_gate(self):
+        handle = open(self.gate_path, "a+b")  # noqa: SIM115 - closed by the caller
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    def _try_lock(self, on_first) -> bool:
+        """With the gate held: the lock taken (first, or joining this run), else False."""
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # held shared by the ranks of a run (nobody holds it exclusively outside the gate)
+            if self._holder().get("run") != self.run:
+                return False
+            fcntl.flock(self.file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        try:
             self.file.seek(0)
             self.file.truncate()
             holder = {
@@ -384,9 +420,22 @@ class FolderLock:
             }
             self.file.write(json.dumps(holder) + "\n")
             self.file.flush()
+            os.fsync(self.file.fileno())
             self.first = True
-            fcntl.flock(self.file, fcntl.LOCK_SH)  # the other ranks of this run may join
-            return
+            if on_first is not None:
+                on_first()
+        except BaseException:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            raise
+        fcntl.flock(self.file, fcntl.LOCK_SH)  # under the gate: nobody can slip in between
+        return True
+
+    def _refuse(self, holder: dict):
+        self.release()
+        raise GenerationError(
+            f"{self.path.parent.parent}: another job is writing this folder "
+            f"({describe_holder(holder)}); wait for it to finish or use another --out"
+        ) from None
 
     def _holder(self) -> dict:
         try:
@@ -552,10 +601,8 @@ def run_job(
     dest = open_destination(out, staging)
     job.prepare()
     lock = FolderLock(Path(dest.staging), run_id())
-    lock.acquire()
+    lock.acquire(on_first=lambda: remove_stale(Path(dest.staging)))
     try:
-        if lock.first:
-            remove_stale(Path(dest.staging))
         _check_job(dest, job)
         wanted = shards if shards is not None else range(job.num_shards)
         if wanted.start < 0 or wanted.stop > job.num_shards:
@@ -597,14 +644,14 @@ def _names(indices: list[int], limit: int = 5) -> str:
 
 
 def _wait_for_manifest(job: Job, dest, missing: list[int], timeout: float | None) -> dict:
-    """Rank 0 waits for the shards other ranks write (the last of them writes the manifest)."""
+    """Rank 0 waits for the shards other ranks write; once all are complete, the manifest the
+    last of them wrote is returned if it is this job's (``_current_manifest``), else written.
+    A manifest alone is never taken as the end: after a resize the folder holds the old one."""
     if timeout is None:
         timeout = float(os.environ.get("SIO_WAIT_TIMEOUT_S", DEFAULT_WAIT_S))
     poll = float(os.environ.get("SIO_POLL_S", "5"))
     deadline, shown = time.monotonic() + timeout, None
     while missing:
-        if dest.exists(MANIFEST):
-            return dest.read_json(MANIFEST)
         if time.monotonic() > deadline:
             raise GenerationError(
                 f"{dest.url}: gave up after {timeout:g} s waiting for {len(missing)} shards "
@@ -616,13 +663,42 @@ def _wait_for_manifest(job: Job, dest, missing: list[int], timeout: float | None
             shown = len(missing)
         time.sleep(poll)
         missing = [i for i in missing if not _shard_done(dest, job, i)]
-    return _write_manifest(job, dest)
+    manifest = _current_manifest(dest, job)
+    return manifest if manifest is not None else _write_manifest(job, dest)
+
+
+def _provenance(job: Job) -> dict:
+    return {**job.definition(), "seed": job.config.seed, "sio_version": sio.__version__}
+
+
+def _shard_list(dest, job: Job) -> list[dict]:
+    """The manifest's ``shards`` of the job's complete shards, from their progress records."""
+    records = [_read_record(dest, i) for i in range(job.num_shards)]
+    return [vars(ShardStats.from_json(r["stats"]).shard) for r in records]
+
+
+def _current_manifest(dest, job: Job) -> dict | None:
+    """The folder's manifest if it is this job's, made the same way (the same definition, seed
+    and version) over exactly its complete shards; None for any other, e.g. the manifest of the
+    size before a resize, or a missing or unreadable one."""
+    if not dest.exists(MANIFEST):
+        return None
+    try:
+        manifest = dest.read_json(MANIFEST)
+        provenance = dict(manifest["provenance"])
+        shards = manifest["shards"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return None
+    provenance.pop("quality", None)
+    if differences(provenance, _provenance(job)) or shards != _shard_list(dest, job):
+        return None
+    return manifest
 
 
 def _write_manifest(job: Job, dest) -> dict:
     records = [_read_record(dest, i) for i in range(job.num_shards)]
     stats = [ShardStats.from_json(r["stats"]) for r in records]
-    provenance = {**job.definition(), "seed": job.config.seed, "sio_version": sio.__version__}
+    provenance = _provenance(job)
     quality = _kept_quality(dest, [vars(s.shard) for s in stats])
     judged = sum(r["judged"] for r in records)
     if judged:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sio.core.storage import as_location
 from sio.shardset import Manifest, read_manifest, shard_urls
 
 
 @dataclass(frozen=True)
 class ShardSource:
-    """A shard set as the streams read it: its manifest, shard URLs and encoding."""
+    """A shard set as the streams read it: its manifest, shard URLs and encoding. The location
+    may be several mirrors (``URL1,URL2`` or a list: services serving one set); each shard URL
+    then names them all, its own mirror (shard i: mirror i mod n) first."""
 
     location: str
     manifest: Manifest
@@ -17,8 +20,9 @@ class ShardSource:
 
     @classmethod
     def open(cls, location) -> ShardSource:
+        location = as_location(location)
         manifest = read_manifest(location)
-        return cls(str(location), manifest, tuple(shard_urls(location, manifest)))
+        return cls(location, manifest, tuple(shard_urls(location, manifest)))
 
     @property
     def encoding(self) -> str:

@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from sio.core.seeding import torch_generator
-from sio.core.storage import TransportError, fetch_bytes, is_url
+from sio.core.storage import TransportError, fetch_bytes, is_url, parent_location
 from sio.shardset import ShardError, decode_record, decode_sample, read_manifest
 from sio.shardset.tario import split_member, tar_members
 from sio.train.augment import apply_augment, augment_draws, slice_draws
@@ -235,8 +235,7 @@ class Source:
 
 
 def _manifest_of(urls: tuple[str, ...]):
-    location = urls[0].rsplit("/", 1)[0] if is_url(urls[0]) else str(Path(urls[0]).parent)
-    manifest = read_manifest(location)
+    manifest = read_manifest(parent_location(urls[0]))
     by_name = {s.name: s for s in manifest.shards}
     return manifest, by_name
 

@@ -8,6 +8,14 @@ retries transient errors (botocore's standard retry mode, ``SIO_S3_ATTEMPTS`` at
 Readers (``open_url``, ``read_bytes``, and webdataset's ``gopen`` once ``register_url_schemes``
 ran) stream local files, S3 objects and HTTP(S) URLs; a transient error while reading reopens the
 object at the current byte with a ranged request.
+
+Mirrors: a location may be several equivalent base URLs, ``URL1,URL2,...`` (or a list of them),
+e.g. one ``sio serve`` per GPU serving one set. ``join_location`` names a file on each of them
+(``URL1/name,URL2/name``, in that order), and every reader of such a location tries its URLs in
+turn: a transport error on one (refused, reset, timed out, HTTP 429/5xx) moves on to the next at
+once, and only when all failed does ``fetch_bytes`` wait. A missing object (404) or a refusal is
+the set's content and is raised at once. Which mirror is asked first is the caller's: the shard
+set reader puts shard i's mirror ``i mod n`` first (``sio.shardset.read.shard_urls``).
 """
 
 from __future__ import annotations
@@ -123,16 +131,70 @@ HTTP_TIMEOUT_S = 60
 
 
 def is_url(location: str | Path) -> bool:
-    """True for the remote locations sio reads: ``s3://``, ``http://`` and ``https://``."""
-    return str(location).startswith(REMOTE_SCHEMES)
+    """True for the remote locations sio reads: ``s3://``, ``http://`` and ``https://`` (and a
+    list of mirrors, which are URLs)."""
+    return as_location(location).startswith(REMOTE_SCHEMES)
 
 
-def join_location(base: str | Path, name: str) -> str:
+MIRROR_SEPARATOR = ","
+
+
+def as_location(location) -> str:
+    """A location as one string: a list or tuple of mirror URLs becomes ``URL1,URL2,...``."""
+    if isinstance(location, (list, tuple)):
+        urls = [str(url).strip() for url in location]
+        if not urls:
+            raise ValueError("an empty list of locations")
+        if len(urls) > 1:
+            bad = [url for url in urls if not url.startswith(REMOTE_SCHEMES) or "," in url]
+            if bad:
+                raise ValueError(
+                    f"{bad[0]}: a list of locations holds the URLs (http://, https://, s3://) of "
+                    "services or mirrors serving one set"
+                )
+        return MIRROR_SEPARATOR.join(urls)
+    return str(location)
+
+
+def mirrors(location) -> tuple[str, ...]:
+    """The equivalent URLs of a location: several for ``URL1,URL2,...`` (every part a URL),
+    else the location alone (a local path may hold a comma)."""
+    text = as_location(location)
+    parts = [part.strip() for part in text.split(MIRROR_SEPARATOR)]
+    if len(parts) > 1 and all(part.startswith(REMOTE_SCHEMES) for part in parts):
+        return tuple(parts)
+    return (text,)
+
+
+def join_location(base, name: str) -> str:
     """``name`` inside a folder or URL prefix (a URL is never turned into a Path, which would
-    collapse its ``//``)."""
+    collapse its ``//``); inside each of a list of mirrors, in their order."""
+    urls = mirrors(base)
+    if len(urls) > 1:
+        return MIRROR_SEPARATOR.join(join_location(url, name) for url in urls)
+    base = urls[0]
     if is_url(base):
         return f"{str(base).rstrip('/')}/{name}"
     return str(Path(base) / name)
+
+
+def rotate(location, first: int) -> str:
+    """A list of mirrors starting at mirror ``first mod n`` (a single location unchanged)."""
+    urls = mirrors(location)
+    if len(urls) == 1:
+        return urls[0]
+    first %= len(urls)
+    return MIRROR_SEPARATOR.join(urls[first:] + urls[:first])
+
+
+def parent_location(location) -> str:
+    """The folder or URL prefix that holds a file (of each mirror, for a list)."""
+    urls = mirrors(location)
+    if len(urls) > 1:
+        return MIRROR_SEPARATOR.join(parent_location(url) for url in urls)
+    if is_url(urls[0]):
+        return urls[0].rsplit("/", 1)[0]
+    return str(Path(urls[0]).parent)
 
 
 def read_attempts() -> int:
@@ -154,28 +216,35 @@ class ResumingStream(io.RawIOBase):
     """A remote object read front to back. ``opener(offset)`` returns (body, total size) of a
     request starting at byte ``offset``; a transient error while opening or reading is retried
     (up to ``read_attempts()`` tries, short exponential back-off) from the current byte, so a
-    dropped connection costs one ranged request, not the shard."""
+    dropped connection costs one ranged request, not the shard. ``open_attempts`` bounds the
+    tries of the first request alone (1 for a mirror, whose failure moves on to the next)."""
 
-    def __init__(self, url: str, opener, transient: tuple[type[BaseException], ...]):
+    def __init__(
+        self,
+        url: str,
+        opener,
+        transient: tuple[type[BaseException], ...],
+        open_attempts: int | None = None,
+    ):
         super().__init__()
         self.url, self._opener, self._transient = url, opener, transient
         self.pos = 0
-        self._body, self.size = self._open_at(0)
+        self._body, self.size = self._open_at(0, open_attempts or read_attempts())
 
     def readable(self) -> bool:
         return True
 
-    def _backoff(self, attempt: int, err: BaseException, what: str) -> None:
-        if attempt >= read_attempts():
+    def _backoff(self, attempt: int, err: BaseException, what: str, limit=None) -> None:
+        if attempt >= (limit or read_attempts()):
             raise OSError(f"{self.url}: {what} failed {attempt} times: {err!r}") from err
         time.sleep(min(0.05 * 2**attempt, 1.0))
 
-    def _open_at(self, offset: int):
+    def _open_at(self, offset: int, attempts: int | None = None):
         for attempt in itertools.count(1):
             try:
                 return self._opener(offset)
             except self._transient as err:
-                self._backoff(attempt, err, f"opening at byte {offset}")
+                self._backoff(attempt, err, f"opening at byte {offset}", attempts)
 
     def _read(self, size: int) -> bytes:
         data = self._body.read(size)
@@ -284,25 +353,51 @@ def _process_s3_client():
     return _S3_CLIENTS[pid]
 
 
-def open_url(location: str | Path, mode: str = "rb", bufsize: int = 1 << 20, **_):
+def open_url(
+    location: str | Path,
+    mode: str = "rb",
+    bufsize: int = 1 << 20,
+    open_attempts: int | None = None,
+    **_,
+):
     """A buffered binary reader of a local file, an ``s3://`` object or an ``http(s)://`` URL;
     remote objects are streamed (never downloaded whole first). The signature is webdataset's
-    ``gopen`` handler's."""
+    ``gopen`` handler's. Of a list of mirrors, the first that opens (a transport error moves
+    on to the next; 404s and refusals are raised at once), in up to ``read_attempts()`` rounds;
+    a connection dropped later resumes on the same mirror."""
     if mode != "rb":
         raise ValueError(f"{location}: sio opens shards for reading only (mode {mode!r})")
-    location = str(location)
+    urls = mirrors(location)
+    if len(urls) > 1:
+        return _open_mirrors(urls, bufsize, open_attempts or read_attempts())
+    location = urls[0]
     if location.startswith("s3://"):
-        raw = ResumingStream(location, _s3_opener(location), _s3_transient())
+        raw = ResumingStream(location, _s3_opener(location), _s3_transient(), open_attempts)
     elif is_url(location):
-        raw = ResumingStream(location, _http_opener(location), _http_transient())
+        raw = ResumingStream(location, _http_opener(location), _http_transient(), open_attempts)
     else:
         return open(location, "rb", buffering=max(bufsize, 8192))  # noqa: SIM115
     return io.BufferedReader(raw, buffer_size=max(bufsize, 1 << 16))
 
 
-def read_bytes(location: str | Path) -> bytes:
+def _open_mirrors(urls: tuple[str, ...], bufsize: int, rounds: int):
+    errors = []
+    for attempt in range(1, rounds + 1):
+        for url in urls:
+            try:
+                return open_url(url, bufsize=bufsize, open_attempts=1)
+            except (FileNotFoundError, RefusedError):
+                raise
+            except OSError as err:
+                errors.append(f"{url}: {err}")
+        if attempt < rounds:
+            time.sleep(min(0.05 * 2**attempt, 1.0))
+    raise OSError(f"none of {len(urls)} mirrors answered in {rounds} rounds; last: {errors[-1]}")
+
+
+def read_bytes(location: str | Path, open_attempts: int | None = None) -> bytes:
     """The whole of a (small) local file or remote object, e.g. a manifest."""
-    with open_url(location) as stream:
+    with open_url(location, open_attempts=open_attempts) as stream:
         return stream.read()
 
 
@@ -332,19 +427,28 @@ def fetch_bytes(url: str, timeout_s: float, say=_say) -> bytes:
     timeouts, HTTP 429/5xx) with exponential back-off for up to ``timeout_s`` seconds, one
     "waiting for URL (attempt n)" line per retry; then a TransportError. A missing object
     (FileNotFoundError) is raised at once: that is the set's content, not the network; so is a
-    refusal (``RefusedError``: credentials, permissions), which no wait fixes."""
+    refusal (``RefusedError``: credentials, permissions), which no wait fixes.
+
+    Of a list of mirrors (``URL1/name,URL2/name``), each is tried in turn (one line per failure,
+    "trying the next mirror"), and the wait comes only after a round in which all failed."""
+    urls = mirrors(url)
     deadline = time.monotonic() + timeout_s
     for attempt in itertools.count(1):
-        try:
-            return read_bytes(url)
-        except (FileNotFoundError, RefusedError):
-            raise
-        except OSError as err:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TransportError(
-                    f"{url}: unreachable for {timeout_s:g} s ({attempt} attempts): {err}"
-                ) from err
-            say(f"waiting for {url} (attempt {attempt}): {err}")
-            time.sleep(min(0.2 * 2 ** min(attempt, 8), 15.0, max(left, 0.01)))
+        for k, one in enumerate(urls):
+            try:
+                return read_bytes(one, open_attempts=1 if len(urls) > 1 else None)
+            except (FileNotFoundError, RefusedError):
+                raise
+            except OSError as err:
+                error = err
+                if k + 1 < len(urls):
+                    say(f"{one} failed ({err}); trying the next mirror, {urls[k + 1]}")
+        left = deadline - time.monotonic()
+        where = urls[0] if len(urls) == 1 else f"{urls[0]} and its {len(urls) - 1} mirrors"
+        if left <= 0:
+            raise TransportError(
+                f"{where}: unreachable for {timeout_s:g} s ({attempt} attempts): {error}"
+            ) from error
+        say(f"waiting for {where} (attempt {attempt}): {error}")
+        time.sleep(min(0.2 * 2 ** min(attempt, 8), 15.0, max(left, 0.01)))
     raise AssertionError("unreachable")

@@ -1,5 +1,11 @@
 """Reading shard sets from a folder or a URL: the manifest, the shard URLs, and decoded samples
-(in either encoding) with named errors."""
+(in either encoding) with named errors.
+
+A set may be read from several mirrors at once (``URL1,URL2,...`` or a list: e.g. one ``sio
+serve`` per GPU): every mirror's manifest must describe the same set (``read_manifest`` compares
+them, naming both URLs and the first differing fields), and shard i is asked of mirror ``i mod
+n`` first, then of the next ones on a transport error (``sio.core.storage``), so the shards are
+spread over the mirrors and the samples are the same as from any one of them."""
 
 from __future__ import annotations
 
@@ -13,14 +19,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sio.core.storage import is_url, join_location, read_bytes
+from sio.core.definition import require_same
+from sio.core.storage import as_location, is_url, join_location, mirrors, read_bytes, rotate
 from sio.shardset.format import MANIFEST, Manifest, ShardError
 from sio.shardset.records import decode_record, record_meta
 from sio.shardset.tario import check_count, tar_samples
 
 
-def read_manifest(shard_set: str | Path) -> Manifest:
-    """The manifest of a shard set in a folder or at an ``s3://`` or ``http(s)://`` prefix."""
+def read_manifest(shard_set) -> Manifest:
+    """The manifest of a shard set in a folder or at an ``s3://`` or ``http(s)://`` prefix, or
+    at each of a list of mirrors, which must all serve the same set."""
+    urls = mirrors(shard_set)
+    if len(urls) > 1:
+        return _same_manifest(urls)
+    shard_set = urls[0]
     where = join_location(shard_set, MANIFEST)
     if not is_url(shard_set) and not Path(where).is_file():
         raise ShardError(_no_manifest(where))
@@ -37,6 +49,29 @@ def read_manifest(shard_set: str | Path) -> Manifest:
     return Manifest.from_json(data, where)
 
 
+def set_definition(manifest: Manifest) -> dict:
+    """What makes two manifests the same set: every field, the shard list by its sha256."""
+    definition = manifest.to_json()
+    shards = definition.pop("shards")
+    definition["shards"] = f"{len(shards)} shards, content sha256 {manifest.content_sha256[:16]}"
+    return definition
+
+
+def _same_manifest(urls: tuple[str, ...]) -> Manifest:
+    first = read_manifest(urls[0])
+    for url in urls[1:]:
+        require_same(
+            f"{join_location(urls[0], MANIFEST)} and {join_location(url, MANIFEST)} describe "
+            "different shard sets",
+            set_definition(first),
+            set_definition(read_manifest(url)),
+            remedy="every URL of a list must serve the same set (same generator, settings, seed "
+            "and num_images)",
+            error=ShardError,
+        )
+    return first
+
+
 def _no_manifest(where: str) -> str:
     return (
         f"{where}: no manifest. A shard set is a folder (or URL prefix) of shard-NNNNNN.tar "
@@ -44,9 +79,12 @@ def _no_manifest(where: str) -> str:
     )
 
 
-def shard_urls(shard_set: str | Path, manifest: Manifest | None = None) -> list[str]:
+def shard_urls(shard_set, manifest: Manifest | None = None) -> list[str]:
+    """Each shard's location; of a list of n mirrors, shard i's lists them from mirror i mod n
+    (where it is fetched from unless that one fails)."""
+    shard_set = as_location(shard_set)
     manifest = manifest or read_manifest(shard_set)
-    return [join_location(shard_set, s.name) for s in manifest.shards]
+    return [join_location(rotate(shard_set, i), s.name) for i, s in enumerate(manifest.shards)]
 
 
 def decode_sample(sample: dict, channels: int) -> tuple[np.ndarray, int, dict]:
