@@ -25,7 +25,8 @@ from sio.train.models import build_classifier
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sio-checkpoint/1"
 # fields of the training config that may change between a run and its resumption
-# (none changes the batches: those depend on (seed, step) alone, whatever the ranks and workers)
+# (none changes the batches: those depend on (seed, step) alone, whatever the ranks and workers;
+# precision, channels_last and compile change the arithmetic, so a resume must keep them)
 RESUMABLE_CHANGES = (
     "on_error",
     "num_workers",
@@ -35,6 +36,7 @@ RESUMABLE_CHANGES = (
     "cache_limit",
     "read_timeout",
     "shuffle_buffer",
+    "device_augment",  # the same crop/flip, on the device: bitwise the same batches
 )
 
 

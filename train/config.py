@@ -179,6 +179,11 @@ class TrainConfig:
     crop_padding: int | None = None
     hflip: bool | None = None
     resized_crop: int | None = None  # > 0: RandomResizedCrop to this size instead of pad-crop
+    # GPU options (accelerate.py); the defaults change no result on any device
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the forward pass and loss
+    channels_last: bool = False  # model and batches in torch.channels_last memory order
+    device_augment: bool = False  # crop/flip of uint8 batches on the device (bitwise the same)
+    compile: bool = False  # torch.compile the classifier (checkpoints stay the plain model's)
     logitnorm: LogitNormSettings = field(default_factory=LogitNormSettings)
     godin: GodinSettings = field(default_factory=GodinSettings)
     vos: VosSettings = field(default_factory=VosSettings)
@@ -216,6 +221,11 @@ class TrainConfig:
             not (self.resized_crop and self.crop_padding),
             "resized_crop",
             "use either crop_padding or resized_crop, not both",
+        )
+        _check(
+            not (self.device_augment and self.resized_crop),
+            "device_augment",
+            "only the pad-crop and flip run on the device; set resized_crop: 0 or this false",
         )
         self._check_method()
 

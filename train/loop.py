@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sio.train.accelerate import Acceleration
 from sio.train.distributed import World, all_max, all_sum, gather
 from sio.train.stream import SKIP_KINDS, raise_worker_error, skip_counts
 
@@ -119,13 +120,15 @@ class EpochTotals:
 @dataclass(frozen=True)
 class StepContext:
     """What a step checks and writes beyond the objective: this rank's exact (real,
-    synthetic) ``quota`` per batch, the global batch size, the device and the trace file."""
+    synthetic) ``quota`` per batch, the global batch size, the device, the trace file and the
+    run's GPU options (accelerate.py: autocast, memory order, the deferred crop/flip)."""
 
     world: World = World()
     quota: tuple[int, int] | None = None
     batch_size: int | None = None
     trace: Path | None = None
     device: str = "cpu"
+    acceleration: Acceleration = Acceleration()
 
 
 @dataclass
@@ -169,8 +172,9 @@ def train_step(objective, batch: dict, state, context: StepContext) -> None:
         with open(context.trace, "a") as handle:
             handle.write(json.dumps(line) + "\n")
     bookkeeping = {k: batch.pop(k) for k in ("faults", "fetched", "ids", "keys") if k in batch}
-    batch = _to_device(batch, context.device)
-    loss, logits = objective(batch)
+    batch = context.acceleration.batch(_to_device(batch, context.device))
+    with context.acceleration.autocast(context.device):
+        loss, logits = objective(batch)
     if world.size > 1:  # DDP averages over ranks: weight this rank by its share
         loss_for_grad = loss * (sum(counts) * world.size / context.batch_size)
     else:

@@ -47,6 +47,7 @@ from sio.core.seeding import torch_generator
 from sio.core.storage import TransportError, fetch_bytes, is_url, parent_location
 from sio.shardset import ShardError, decode_record, decode_sample, read_manifest
 from sio.shardset.tario import split_member, tar_members
+from sio.train.accelerate import deferred_crop_flip
 from sio.train.augment import apply_augment, augment_draws, slice_draws
 from sio.train.cache import ShardCache, default_cache, sha256_bytes
 from sio.train.mixing import worker_steps
@@ -411,6 +412,8 @@ class MixSpec:
     cache_dir: str | None = None
     cache_limit: int | None = None
     read_timeout: float = 600.0
+    # un-augmented real/synthetic images plus their crop/flip draws (accelerate.py)
+    device_augment: bool = False
 
     def counts(self) -> dict[str, int]:
         """This rank's samples per batch of each source."""
@@ -494,9 +497,9 @@ def compose_order(spec: MixSpec, real: Source | None, syn: Source | None, step: 
     return torch.argsort(place[mine])
 
 
-def augment_part(spec: MixSpec, source: Source, images: torch.Tensor, step: int):
-    """The recipe's augmentation of this rank's part of a source: the draws are made for the
-    source's whole global part (seeded by (seed, source, step)) and sliced."""
+def part_draws(spec: MixSpec, source: Source, step: int) -> dict:
+    """The augmentation draws of this rank's part of a source: made for the source's whole
+    global part (seeded by (seed, source, step)) and sliced."""
     generator = torch_generator(spec.seed, "augment", source.name, step)
     draws = augment_draws(
         sum(source.shares),
@@ -507,7 +510,12 @@ def augment_part(spec: MixSpec, source: Source, images: torch.Tensor, step: int)
         resized_crop=spec.resized_crop,
     )
     first = sum(source.shares[: spec.rank])
-    mine = slice_draws(draws, first, first + source.shares[spec.rank])
+    return slice_draws(draws, first, first + source.shares[spec.rank])
+
+
+def augment_part(spec: MixSpec, source: Source, images: torch.Tensor, step: int):
+    """The recipe's augmentation of this rank's part of a source (``part_draws``)."""
+    mine = part_draws(spec, source, step)
     return apply_augment(images, mine, padding=spec.crop_padding, resized_crop=spec.resized_crop)
 
 
@@ -525,10 +533,12 @@ def assemble(spec: MixSpec, sources: dict[str, Source], parts: dict, step: int) 
     keys)): augmented, composed in the global batch's order, then the method's transform."""
     real, syn = sources.get("real"), sources.get("synthetic")
     device = next((p[0].device for p in parts.values()), None)
-    pieces = {}
+    pieces, deferred = {}, []
     for name in ("real", "synthetic"):
         images, labels, keys = parts.get(name) or _empty(spec, device)
-        if name in sources:
+        if name in sources and spec.device_augment:  # the draws travel, the device crops
+            deferred.append((part_draws(spec, sources[name], step), len(labels)))
+        elif name in sources:
             images = augment_part(spec, sources[name], images, step)
         pieces[name] = (images, labels, keys)
     (real_images, real_labels, real_keys) = pieces["real"]
@@ -547,6 +557,8 @@ def assemble(spec: MixSpec, sources: dict[str, Source], parts: dict, step: int) 
         "ids": {"real": real_keys, "synthetic": syn_keys},  # in position order (the trace)
         "keys": [merged[i] for i in order.tolist()] if len(merged) == len(order) else [],
     }
+    if spec.device_augment:
+        batch.update(deferred_crop_flip(deferred, order, spec.crop_padding))
     for name, source in sources.items():
         if name not in ("real", "synthetic"):
             batch[name] = augment_part(spec, source, parts[name][0], step)

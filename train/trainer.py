@@ -37,6 +37,7 @@ from sio.core.seeding import derive_seed
 from sio.core.storage import TransportError
 from sio.shardset import Manifest, ShardError
 from sio.train import distributed
+from sio.train.accelerate import Acceleration, synchronize
 from sio.train.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -171,6 +172,7 @@ def make_plan(real, synthetic, alpha, seed, config, out: Path, device, world: Wo
     counts = batch_counts(config.batch_size, alpha)
     steps = config.steps_per_epoch or steps_per_epoch(manifest.num_samples, config.batch_size)
     model, method = build_objective(config, manifest, seed, steps, device)
+    Acceleration.of(config).check_method(method)
     sources, extras = open_sources(real_source, synthetic, counts, config, method, alpha)
     plan = TrainPlan(
         config=config,
@@ -204,15 +206,18 @@ def run(plan: TrainPlan, state: TrainState, resume: bool | None) -> Path:
     _prepare_trace(plan, state.step)
     position = SharedEpoch(*divmod(state.step, plan.steps_per_epoch))
     loader = _loader(plan, state, position)
-    objective = _wrap(Objective(state.model, state.method), plan.world, plan.device)
+    acceleration = Acceleration.of(plan.config)
+    model = acceleration.compiled(state.model)  # the same module: checkpoints stay plain
+    objective = _wrap(Objective(model, state.method), plan.world, plan.device)
     context = StepContext(
-        plan.world, plan.quota, plan.config.batch_size, plan.trace_file(), plan.device
+        plan.world, plan.quota, plan.config.batch_size, plan.trace_file(), plan.device, acceleration
     )
     start = time.perf_counter()
     board = TensorBoardLog.open(plan.out, state.history) if plan.world.main else None
     try:
-        while state.step < plan.total_steps:
-            train_epoch(plan, state, objective, loader, position, context, board)
+        with acceleration.backends(plan.device):
+            while state.step < plan.total_steps:
+                train_epoch(plan, state, objective, loader, position, context, board)
     except (ShardError, TransportError) as error:
         _log_error(plan, error)
         raise
@@ -250,9 +255,11 @@ def train_epoch(
         train_step(objective, batch, state, context)
         state.step += 1
         if state.step % plan.steps_per_epoch and plan.checkpoint_due(state.step):
+            synchronize(plan.device)  # the clock counts the queued steps
             state.totals.sums["seconds"] += time.perf_counter() - start
             _save(plan, state)
             start = time.perf_counter()
+    synchronize(plan.device)
     seconds = time.perf_counter() - start
     val_acc = None
     if plan.validation is not None and plan.world.main:
@@ -390,6 +397,7 @@ def _spec(sources: dict, shares: dict, steps: int, seed, config, method, world) 
         cache_dir=config.cache_dir,
         cache_limit=config.cache_limit,
         read_timeout=config.read_timeout,
+        device_augment=config.device_augment,
     )
 
 
@@ -455,7 +463,7 @@ def build_objective(config: TrainConfig, manifest: Manifest, seed: int, steps: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "method-init"))
         method = build_method(config, context)
-    return model.to(device), method.to(device)
+    return Acceleration.of(config).prepare_model(model.to(device)), method.to(device)
 
 
 def _optimiser(config: TrainConfig, model, method):
