@@ -14,9 +14,11 @@ What it measures, in this order (most wanted first, so a run cut short keeps tho
    shard set, alpha = 0.8, crop 4 + flip, records streaming (DataLoader workers) and resident,
    B = 128 and 512; its images/s is the trainer's own log line (epochs after the first), and
    ``vs_ceiling`` its ratio to the ceiling of the same precision and layout (target >= 0.8).
-   TrainConfig's GPU options are used when it has them (``dataclasses.fields``: precision bf16,
-   channels_last, device_augment; compile in section 6); ``trainer_options`` in the JSON says
-   which exist. Pinned memory and non-blocking copies are the trainer's own on a GPU.
+   Each run is once fp32 and once with the trainer's own GPU options (TrainConfig
+   ``precision: bf16, channels_last: true, device_augment: true``; ``compile: true`` in section
+   6), what a user sets in ``pipeline.yaml``; ``trainer_options`` in the JSON lists them. Pinned
+   memory, non-blocking copies, cudnn.benchmark and a synchronised epoch clock are the
+   trainer's own on a GPU (train/accelerate.py).
 3. loader: batches of the trainer's loader alone, in this process with one torch thread (what one
    DataLoader worker does): records and PNG streaming, resident (on the device), and the
    one-gather crop/flip from a resident padded set; alpha = 0.8.
@@ -30,7 +32,8 @@ What it measures, in this order (most wanted first, so a run cut short keeps tho
    read back with ``load_activations``; ODIN needs images and is listed as skipped. The detectors
    run on the host (numpy, faiss): a GPU changes nothing there.
 6. compile: torch.compile of the StyleGAN2 and of the ceiling's model (bf16, B = 512), and the
-   trainer with ``compile`` when TrainConfig has it. Compile time is recorded apart.
+   trainer with its GPU options plus ``compile: true`` (resident, B = 512; its first epoch,
+   which compiles, is dropped like every first epoch). Compile time is recorded apart.
 7. nvidia (with ``--nvidia DIR``, a stylegan2-ada-pytorch checkout): NVIDIA's Generator at the
    CIFAR-10 configuration (num_fp16_res 4, conv_clamp 256), its default path and force_fp32.
 
@@ -58,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import json
 import math
@@ -91,7 +93,7 @@ from sio.train.gpu import (  # noqa: E402
 
 SECTIONS = ("ceiling", "trainer", "loader", "generation", "evaluation", "compile", "nvidia")
 ALPHA, CLASSES, PAD = 0.8, 10, 4
-# TrainConfig fields the trainer run sets when they exist, and the value it sets
+# the trainer's GPU options (TrainConfig fields) its second set of runs sets, and section 6's
 GPU_OPTIONS = {"precision": "bf16", "channels_last": True, "device_augment": True}
 COMPILE_OPTION = {"compile": True}
 
@@ -158,9 +160,7 @@ class Bench:
         self.budget = args.budget if args.budget is not None else (420.0 if self.cuda else None)
         self.start = time.perf_counter()
         self.errors = 0
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        self.gpu_options = {k: v for k, v in GPU_OPTIONS.items() if k in fields}
-        self.compile_option = {k: v for k, v in COMPILE_OPTION.items() if k in fields}
+        self.gpu_options, self.compile_option = dict(GPU_OPTIONS), dict(COMPILE_OPTION)
         self.data = {
             "complete": False,
             "device": str(self.device),
@@ -171,9 +171,10 @@ class Bench:
             "alpha": ALPHA,
             "machine": machine(self.device),
             "trainer_options": {
-                "used": {**self.gpu_options, **self.compile_option},
-                "missing": sorted(set(GPU_OPTIONS) - fields | set(COMPILE_OPTION) - fields),
-                "note": "TrainConfig fields set when present; missing ones were not measured",
+                "gpu_options": self.gpu_options,
+                "compile": {**self.gpu_options, **self.compile_option},
+                "note": "TrainConfig fields of the trainer rows named gpu_options and of "
+                "compile.trainer_*; the fp32 rows set none of them",
             },
             "sections": {name: {} for name in SECTIONS},
         }
@@ -520,8 +521,8 @@ def trainer(bench: Bench, sets: Sets, batch: int, mode: str, options: dict) -> d
         "wall_s": wall,
         "options": {**options},
         "model": size["model"],
-        "timing": "the trainer's log: images per second of each epoch's loop (host clock, no "
-        "sync at its end: up to a few queued steps early); the first epoch dropped",
+        "timing": "the trainer's log: images per second of each epoch's loop (host clock, "
+        "read after a device synchronize); the first epoch dropped",
     }
 
 
@@ -530,17 +531,21 @@ def precision_of(options: dict) -> tuple[str, bool]:
 
 
 def with_ceiling(bench: Bench, entry: dict, batch: int, options: dict) -> dict:
+    """The trainer's ratio to the compute-only ceiling of the same precision and layout; with
+    device_augment also to that ceiling plus the one-gather crop/flip."""
+    ceilings = bench.data["sections"]["ceiling"]
     key = ceiling_key(batch, *precision_of(options))
-    reference = bench.data["sections"]["ceiling"].get(key, {})
+    reference = ceilings.get(key, {})
     if "images_per_s" in entry and "images_per_s" in reference:
         entry.update(ceiling=key, vs_ceiling=entry["images_per_s"] / reference["images_per_s"])
+    augmented = ceilings.get(f"{key[: -len(f'_b{batch}')]}_device_augment_b{batch}", {})
+    if options.get("device_augment") and "images_per_s" in entry and "images_per_s" in augmented:
+        entry["vs_ceiling_device_augment"] = entry["images_per_s"] / augmented["images_per_s"]
     return entry
 
 
 def run_trainer(bench: Bench, sets: Sets) -> None:
-    variants = {"fp32": {}}
-    if bench.gpu_options:
-        variants["gpu_options"] = dict(bench.gpu_options)
+    variants = {"fp32": {}, "gpu_options": dict(bench.gpu_options)}
     for name, options in variants.items():
         for mode in ("records", "resident"):
             for batch in bench.size["batches"]:
@@ -906,23 +911,19 @@ def run_compile(bench: Bench, sets: Sets) -> None:
         f"ceiling_bf16_channels_last_b{batch}",
         lambda: ceiling(bench, batch, "bf16", True, compile=True),
     )
-    if bench.compile_option and bench.small:
+    if bench.small:  # tests/test_accelerate.py compiles a trainer run (inductor) instead
         bench.data["sections"]["compile"]["trainer"] = {
-            "not_run": "--small: the trainer compiles with inductor, minutes on a CPU"
+            "not_run": "--small: the trainer compiles with inductor, ~30 s on a small CPU"
         }
-    elif bench.compile_option:
-        options = {**bench.gpu_options, **bench.compile_option}
-        bench.measure(
-            "compile",
-            f"trainer_resident_b{batch}",
-            lambda: with_ceiling(
-                bench, trainer(bench, sets, batch, "resident", options), batch, options
-            ),
-        )
-    else:
-        bench.data["sections"]["compile"]["trainer"] = {
-            "not_run": "TrainConfig has no compile field"
-        }
+        return
+    options = {**bench.gpu_options, **bench.compile_option}
+    bench.measure(
+        "compile",
+        f"trainer_resident_b{batch}",
+        lambda: with_ceiling(
+            bench, trainer(bench, sets, batch, "resident", options), batch, options
+        ),
+    )
 
 
 def nvidia(bench: Bench, folder: Path, force_fp32: bool) -> dict:

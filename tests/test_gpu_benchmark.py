@@ -110,6 +110,17 @@ def test_small_run_measures_every_section_and_writes_as_it_goes(tmp_path):
             assert entry["effective_alpha"] == pytest.approx(n_real / batch)
             assert entry["ceiling"] == f"fp32_b{batch}" and entry["vs_ceiling"] > 0
             assert len(entry["epoch_images_per_s"]) == final["sizes"]["epochs"]
+            # the same run with the trainer's own GPU options, against its own ceilings
+            gpu = sections["trainer"][f"gpu_options_{mode}_b{batch}"]
+            assert gpu["options"] == final["trainer_options"]["gpu_options"]
+            assert gpu["options"] == {
+                "precision": "bf16",
+                "channels_last": True,
+                "device_augment": True,
+            }
+            assert gpu["effective_alpha"] == pytest.approx(n_real / batch)
+            assert gpu["ceiling"] == f"bf16_channels_last_b{batch}"
+            assert gpu["vs_ceiling"] > 0 and gpu["vs_ceiling_device_augment"] > 0
         assert sum(sections["loader"][f"records_b{batch}"]["composition"]) == batch
     generation = sections["generation"]
     for key in ("ddpm_cifar10_unet_ddim50", "biggan_deep_128", "stylegan2_cifar10"):
@@ -164,4 +175,5 @@ def test_budget_turns_the_rest_into_not_run_and_keeps_the_file_whole(tmp_path, m
     assert ran == [1]
     assert data["sections"]["ceiling"]["inside"] == {"images_per_s": 5.0, "peak_gpu_bytes": None}
     assert "time budget of 0 s" in data["sections"]["trainer"]["outside"]["not_run"]
-    assert data["complete"] is False and data["trainer_options"]["used"] == bench.gpu_options
+    assert data["complete"] is False
+    assert data["trainer_options"]["gpu_options"] == module.GPU_OPTIONS == bench.gpu_options
