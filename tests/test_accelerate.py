@@ -153,7 +153,10 @@ def test_deferred_batches_are_the_loaders_after_the_device_gather(data, alpha, w
 @pytest.mark.parametrize("resident", [False, True])
 @pytest.mark.parametrize(("seed", "alpha"), [(0, 0.6), (3, 1.0), (7, 0.3)])
 def test_device_augment_trains_bitwise_the_same_weights(tmp_path, data, resident, seed, alpha):
-    config = dataclasses.replace(CONFIG, resident=resident, epochs=2)
+    """Streaming through 2 DataLoader workers (the draws travel through the worker queue with
+    the images) or resident in memory."""
+    workers = 0 if resident else 2
+    config = dataclasses.replace(CONFIG, resident=resident, epochs=2, num_workers=workers)
     plain = train(data, tmp_path / "plain", config, alpha=alpha, seed=seed)
     device = dataclasses.replace(config, device_augment=True)
     moved = train(data, tmp_path / "device", device, alpha=alpha, seed=seed)
