@@ -64,17 +64,14 @@ def _data_definition(images: torch.Tensor, labels: torch.Tensor, class_names) ->
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    """Every draw of the training comes from ``generator`` (a CPU generator, whatever the
+    device, so a checkpoint resumes on another machine); the global one is kept too."""
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
 
 
 def _set_rng_state(generator: torch.Generator, state: dict) -> None:
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _load_checkpoint(path: Path, definition: dict) -> dict | None:
