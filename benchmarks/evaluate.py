@@ -406,6 +406,8 @@ def main() -> None:
         for _ in labels
     )  # an upper bound: rows a peer lacks are not run
 
+    machine_info = machine()
+
     def record(rows: dict, done: int, complete: bool) -> dict:
         table = summary(rows, list(peers))
         result = {
@@ -423,7 +425,7 @@ def main() -> None:
             "detectors": table,
             "totals_s": totals(table, list(peers)),
             "peers": {name: getattr(peer, "source", "PyPI") for name, peer in peers.items()},
-            "machine": machine(),
+            "machine": machine_info,
             # 1-, 5- and 15-minute load averages: above ~0.5 another job shared the two cores
             "load_average": {"before": load_before, "now": os.getloadavg()},
         }
