@@ -366,7 +366,7 @@ def train_seconds(real, synthetic, out: Path, steps: int, workers: int) -> float
 
     settings = TrainConfig(
         model="small_cnn", epochs=1, batch_size=128, lr=0.05, momentum=0.9, nesterov=True,
-        weight_decay=5e-4, num_workers=workers, shuffle_buffer=2000, steps_per_epoch=steps,
+        weight_decay=5e-4, num_workers=workers, steps_per_epoch=steps,
         crop_padding=4, hflip=True,
     )  # fmt: skip
     start = time.perf_counter()

@@ -89,6 +89,14 @@ def test_unknown_nested_key_names_field_path_and_file(tmp_path):
     assert "batch_size" in message.split("train.batch_sise", 1)[1]
 
 
+def test_a_removed_key_names_what_replaced_it(tmp_path):
+    """train.shuffle_buffer had no effect once the stream shuffled in passes: a config that
+    still sets it is refused by name, with the key that replaced it, not silently accepted."""
+    message = load_error(tmp_path, "train: {shuffle_buffer: 500}\n", "old.yaml")
+    assert message.startswith(f"{tmp_path / 'old.yaml'}: train.shuffle_buffer: removed;"), message
+    assert "train.shuffle_window" in message and "unknown key" not in message
+
+
 def test_unknown_key_two_levels_deep(tmp_path):
     message = load_error(tmp_path, "shard: {digits: {far_ood: 3}}\n")
     assert "shard.digits.far_ood" in message

@@ -29,9 +29,7 @@ from sio.train.config import TrainConfig
 
 from .shardsets import grey_writer
 
-CONFIG = TrainConfig(
-    epochs=2, batch_size=8, num_workers=0, shuffle_buffer=8, crop_padding=0, lr=0.05
-)
+CONFIG = TrainConfig(epochs=2, batch_size=8, num_workers=0, crop_padding=0, lr=0.05)
 BIN = Path(sys.executable).parent
 
 
@@ -167,7 +165,7 @@ def test_cli_resume_is_explicit_and_never_overwrites(tmp_path):
 
 
 def vars_of(config: TrainConfig) -> dict:
-    keys = ("epochs", "batch_size", "num_workers", "shuffle_buffer", "crop_padding", "lr")
+    keys = ("epochs", "batch_size", "num_workers", "crop_padding", "lr")
     return {key: getattr(config, key) for key in keys}
 
 

@@ -28,7 +28,7 @@ def bench(tmp_path_factory):
 
 
 def train(bench, method):
-    config = TrainConfig(method=method, epochs=1, batch_size=32, num_workers=0, shuffle_buffer=64)
+    config = TrainConfig(method=method, epochs=1, batch_size=32, num_workers=0)
     out = bench / method
     train_classifier(
         real=bench / "bench" / "id_train", synthetic=None, alpha=1.0, seed=0, config=config, out=out

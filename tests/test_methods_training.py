@@ -80,7 +80,6 @@ def config_for(method: str, data, **changes) -> TrainConfig:
         epochs=4,
         batch_size=BATCH,
         num_workers=0,
-        shuffle_buffer=16,
         crop_padding=0,
         lr=0.05,
         vos=VosSettings(queue_size=4, samples=50),
@@ -222,7 +221,7 @@ def test_outliers_and_mixing_stay_outside_the_id_part(tmp_path):
         image_size=(8, 8),
         steps_per_epoch=6,
         seed=0,
-        shuffle_buffer=10,
+        shuffle_window=10,
         extras=(("outliers", sets["outliers"], 16),),
         transform=CutMixTransform(),
     )

@@ -115,7 +115,7 @@ def spec_for(sets, rank, world, batch=7, alpha=0.71, steps=9, **changes):
         steps_per_epoch=steps,
         seed=3,
         rank=rank,
-        shuffle_buffer=20,
+        shuffle_window=20,
         crop_padding=1,
         hflip=True,
         shares=tuple(shares.items()),
@@ -220,7 +220,7 @@ def test_a_class_sorted_set_mixes(tmp_path, window):
         image_size=(4, 4),
         steps_per_epoch=size // batch,
         seed=0,
-        shuffle_buffer=window,
+        shuffle_window=window,
     )
     batches = epoch_batches(spec, 0, 0)
     order = PassOrders(layout, 0).positions(0, size)[1]

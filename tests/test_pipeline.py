@@ -23,7 +23,7 @@ TINY = {
         "sampler": {"steps": 2},
     },
     "generate": {"num_images": 96, "batch_size": 48, "shard_size": 32},
-    "train": {"epochs": 2, "batch_size": 64, "num_workers": 2, "shuffle_buffer": 64},
+    "train": {"epochs": 2, "batch_size": 64, "num_workers": 2},
     "evaluate": {"methods": ["msp", "ebo"]},
 }
 

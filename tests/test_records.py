@@ -206,7 +206,7 @@ def spec_for(sets, encoding, n_real=6, n_syn=2, steps=7, **changes):
         image_size=(8, 8),
         steps_per_epoch=steps,
         seed=0,
-        shuffle_buffer=20,
+        shuffle_window=20,
         encodings=(("real", encoding), ("synthetic", encoding)),
         expected=real.expected + synthetic.expected,
     )

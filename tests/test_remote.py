@@ -30,9 +30,7 @@ from sio.shardset import (
 from sio.train import load_checkpoint, train_classifier
 from sio.train.config import TrainConfig
 
-CONFIG = TrainConfig(
-    epochs=2, batch_size=8, num_workers=0, shuffle_buffer=16, crop_padding=1, lr=0.05
-)
+CONFIG = TrainConfig(epochs=2, batch_size=8, num_workers=0, crop_padding=1, lr=0.05)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -158,9 +158,7 @@ def test_training_from_the_service_equals_training_from_the_offline_set(tmp_path
     running, job = server
     run_job(Job(load_generator(TINY, cond_dir), job.config, CLASSES), tmp_path / "offline")
     real = write_real(tmp_path / "real")
-    settings = TrainConfig(
-        epochs=1, batch_size=8, num_workers=0, shuffle_buffer=8, crop_padding=0, lr=0.05
-    )
+    settings = TrainConfig(epochs=1, batch_size=8, num_workers=0, crop_padding=0, lr=0.05)
     states = []
     for name, synthetic in (("served", running.url), ("local", tmp_path / "offline")):
         path = train_classifier(

@@ -48,7 +48,7 @@ def spec(urls):
         image_size=(8, 8),
         steps_per_epoch=STEPS,
         seed=0,
-        shuffle_buffer=20,
+        shuffle_window=20,
         crop_padding=0,
     )
 
@@ -292,7 +292,7 @@ def test_corrupt_member_is_named_through_workers(spec, tmp_path):
     broken = dataclasses.replace(
         spec,
         synthetic_urls=(str(bad),),
-        shuffle_buffer=1,
+        shuffle_window=1,
         expected=((str(bad), 4),),
         encodings=(("synthetic", "png"),),
     )

@@ -19,9 +19,7 @@ from sio.train.config import TrainConfig
 CLASSES = ("left", "right")
 N_REAL, N_SYN, BATCH = 40, 20, 8
 STEPS = math.ceil(N_REAL / BATCH)  # 5
-CONFIG = TrainConfig(
-    epochs=3, batch_size=BATCH, num_workers=0, shuffle_buffer=16, crop_padding=0, lr=0.05
-)
+CONFIG = TrainConfig(epochs=3, batch_size=BATCH, num_workers=0, crop_padding=0, lr=0.05)
 
 
 def half_bright(label: int, rng) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from sio.core.config import check as _check
 
@@ -155,6 +155,11 @@ class TrainConfig:
     (null); without a preset they take TRAIN_DEFAULTS. Explicit values always win.
     """
 
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "shuffle_buffer": "the stream shuffles in seeded passes since issue 14; the shuffle's "
+        "span is train.shuffle_window (samples per pass group)",
+    }
+
     preset: Literal["cifar", "imagenet"] | None = None
     method: Literal["ce", "logitnorm", "godin", "vos", "cutmix", "ce_plus", "pixmix", "oe"] = "ce"
     model: str | None = None
@@ -166,7 +171,6 @@ class TrainConfig:
     weight_decay: float | None = None
     num_workers: int = 2
     shuffle_window: int = 10_000  # samples per pass group: the span of the shuffle (passes.py)
-    shuffle_buffer: int = 1000  # no effect since the passes (issue 14): see shuffle_window
     steps_per_epoch: int | None = None  # null: SIO's epoch, ceil(N_real / batch_size) steps
     resident: bool = False  # load the shard sets into (host or GPU) memory once, index there
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: error, or skip and count
@@ -201,7 +205,6 @@ class TrainConfig:
         _check(self.batch_size > 0, "batch_size", "must be positive")
         _check(self.lr > 0, "lr", "must be positive")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        _check(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
         _check(self.shuffle_window >= 1, "shuffle_window", "must be >= 1")
         _check(
             self.steps_per_epoch is None or self.steps_per_epoch > 0,

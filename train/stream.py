@@ -392,7 +392,7 @@ class MixSpec:
     steps_per_epoch: int
     seed: int
     rank: int = 0
-    shuffle_buffer: int = 10_000  # samples per pass group (see passes.py)
+    shuffle_window: int = 10_000  # samples per pass group (see passes.py)
     crop_padding: int = 0
     hflip: bool = False
     resized_crop: int = 0
@@ -472,7 +472,7 @@ def resolve_sources(spec: MixSpec, shares: dict | None = None) -> dict[str, Sour
             counts = tuple(i.num_samples for i in infos)
             sha = tuple(hashes.get(url, i.sha256) for url, i in zip(urls, infos, strict=True))
             encoding = encoding or manifest.encoding
-        sources[name] = Source(name, urls, counts, sha, encoding, share, spec.shuffle_buffer)
+        sources[name] = Source(name, urls, counts, sha, encoding, share, spec.shuffle_window)
     return sources
 
 

@@ -378,7 +378,7 @@ def _spec(sources: dict, shares: dict, steps: int, seed, config, method, world) 
         steps_per_epoch=steps,
         seed=seed,
         rank=world.rank,
-        shuffle_buffer=config.shuffle_window,
+        shuffle_window=config.shuffle_window,
         crop_padding=config.crop_padding,
         hflip=config.hflip,
         resized_crop=config.resized_crop,

@@ -80,7 +80,8 @@ def _coerce_float(value: Any, path: str) -> float:
 
 
 def parse_dataclass(cls: type, data: Any, path: str):
-    """Build ``cls`` from a mapping, rejecting unknown keys; errors carry ``path``."""
+    """Build ``cls`` from a mapping, rejecting unknown keys; errors carry ``path``. A key that
+    ``cls.REMOVED_KEYS`` (a ClassVar mapping) names is refused with what replaced it."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -88,7 +89,10 @@ def parse_dataclass(cls: type, data: Any, path: str):
         raise ConfigError(f"{where}expected a mapping of keys to values, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
+    removed = getattr(cls, "REMOVED_KEYS", {})  # {key: what replaced it}
     for key in data:
+        if key in removed:
+            raise ConfigError(f"{path}.{key}: removed; {removed[key]}")
         if key not in known:
             raise ConfigError(f"{path}.{key}: unknown key; known keys: {', '.join(known)}")
     required = [
