@@ -6,7 +6,7 @@ import contextlib
 
 import numpy as np
 import torch
-from scipy.special import log_softmax, softmax
+from scipy.special import softmax
 
 from sio.evaluate.config import TempScaleSettings
 from sio.evaluate.detectors.base import DETECTORS, Detector, detector_error, energy, split_rows
@@ -188,7 +188,10 @@ class KLMatching(Detector):
         self.log_templates = np.log(np.maximum(self.templates, TEMPLATE_FLOOR))
 
     def score_features(self, features):
-        log_p = log_softmax(self.logits(features), axis=1)
+        shifted = self.logits(features)
+        shifted -= shifted.max(axis=1, keepdims=True)
+        # log softmax as scipy's log_softmax computes it, without its overhead
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         p = np.exp(log_p)
         # KL(p || d_k) for every template at once: sum p log p - p @ log(d_k)
         kl = (p * log_p).sum(axis=1, keepdims=True) - p @ self.log_templates.T
