@@ -31,9 +31,7 @@ from .shardsets import grey_writer
 CLASSES = ("left", "right")
 BATCH, N_REAL = 8, 40
 STEPS = N_REAL // BATCH  # 5
-CONFIG = TrainConfig(
-    epochs=3, batch_size=BATCH, num_workers=0, shuffle_buffer=16, crop_padding=0, lr=0.05
-)
+CONFIG = TrainConfig(epochs=3, batch_size=BATCH, num_workers=0, crop_padding=0, lr=0.05)
 
 
 def write_set(folder, count, kind, seed, class_names=CLASSES, noise=60):
@@ -384,3 +382,24 @@ def test_plot_names_the_file_of_a_bad_log(tmp_path, content, message):
     (line,) = result.output.splitlines()
     assert line.startswith("Error: ") and message in line and str(tmp_path) in line
     assert not (tmp_path / "log.png").exists()
+
+
+def test_plot_draws_a_real_ddpm_training_log(tmp_path):
+    """A tiny built-in DDPM trained into a training folder (its log.jsonl: step, loss, lr,
+    images_per_s), plotted by step: loss, lr and images/s panels."""
+    from sio.generate import train_from_shard_set
+    from sio.generate.config import DDPMModelConfig, DDPMTrainConfig, GeneratorConfig
+
+    real = write_set(tmp_path / "real", 16, "real", 4)
+    config = GeneratorConfig(
+        model=DDPMModelConfig(block_out_channels=(8, 16), layers_per_block=1),
+        train=DDPMTrainConfig(steps=6, batch_size=4, lr=1e-2, seed=3, log_every=2),
+    )
+    folder = tmp_path / "generator" / "ddpm"
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_from_shard_set(real, config, folder / "weights", "cpu", folder)
+    logged = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in logged] == [2, 4, 6]
+    result = plot(folder)
+    assert result.exit_code == 0, result.output
+    assert png(folder / "log.png").size == (1210, 748)  # loss, learning rate, images / s
