@@ -249,8 +249,14 @@ def train_epoch(
     position.set(epoch, first)
     objective.train()
     start = time.perf_counter()
-    left = plan.steps_per_epoch - first
-    progress = tqdm(loader, total=left, desc=f"epoch {epoch}", unit="batch", leave=False)
+    progress = tqdm(  # numbered from 1, as the summary line is; a resumed epoch starts part-full
+        loader,
+        total=plan.steps_per_epoch,
+        initial=first,
+        desc=f"epoch {epoch + 1}/{plan.epochs}",
+        unit="batch",
+        leave=False,
+    )
     for batch in progress if plan.world.main else loader:
         train_step(objective, batch, state, context)
         state.step += 1
