@@ -74,7 +74,7 @@ def virtual_manifest(job: Job, name: str) -> dict:
         "pixel_std": [],
         "shards": shards,
         "provenance": {
-            **job.definition(),
+            **_set_definition(job),
             "seed": job.config.seed,
             "sio_version": sio.__version__,
             "on_demand": True,
@@ -84,6 +84,14 @@ def virtual_manifest(job: Job, name: str) -> dict:
     if job.config.encoding != "png":
         manifest["encoding"] = job.config.encoding
     return manifest
+
+
+def _set_definition(job: Job) -> dict:
+    """The job's definition without what changes no byte of a shard and is the service's own
+    (its encoding threads), so that services differing only there serve one set."""
+    definition = job.definition()
+    generate = {k: v for k, v in definition["generate"].items() if k != "encode_threads"}
+    return {**definition, "generate": generate}
 
 
 @dataclass

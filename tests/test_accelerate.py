@@ -313,3 +313,22 @@ def test_a_resume_keeps_precision_layout_and_compile_but_may_move_the_crop(
     resumed = train(data, run, dataclasses.replace(config, device_augment=True))
     assert resumed["step"] == 8 and resumed["complete"]
     assert_bitwise(full["model_state"], resumed["model_state"])
+
+
+def test_cudnn_autotuning_only_for_runs_that_already_change_the_numbers():
+    """cudnn.benchmark picks algorithms by timing them (they may differ between processes):
+    a default CUDA run keeps cuDNN's heuristics so that it resumes bitwise; bf16,
+    channels_last or compile runs get it for the run's duration, restored afterwards."""
+    before = torch.backends.cudnn.benchmark = False
+    for options, tuned in [
+        ({}, False),
+        ({"device_augment": True}, False),
+        ({"precision": "bf16"}, True),
+        ({"channels_last": True}, True),
+        ({"compile": True}, True),
+    ]:
+        with Acceleration(**options).backends("cuda"):
+            assert torch.backends.cudnn.benchmark is tuned, options
+        assert torch.backends.cudnn.benchmark is before
+        with Acceleration(**options).backends("cpu"):
+            assert torch.backends.cudnn.benchmark is before

@@ -158,6 +158,17 @@ def test_checkpoint_of_other_data_is_refused(tmp_path):
     assert not (run / "weights").exists()
 
 
+def test_complete_weights_of_another_set_are_refused_not_reused(tmp_path):
+    """Weights trained on one set are not returned for another: the set's shard list is part
+    of what "trained the same way" compares (checked before any image is loaded)."""
+    real, other = real_set(tmp_path / "real"), real_set(tmp_path / "other", n=20)
+    config = dataclasses.replace(CONFIG, train=dataclasses.replace(TRAIN, steps=2))
+    out = train_from_shard_set(real, config, tmp_path / "weights", "cpu")
+    assert train_from_shard_set(real, config, out, "cpu") == out  # the same set: reused
+    with pytest.raises(ValueError, match=r"trained differently \(changed: real = '"):
+        train_from_shard_set(other, config, out, "cpu")
+
+
 class Records(logging.Handler):
     def __init__(self):
         super().__init__()

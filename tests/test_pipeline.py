@@ -86,6 +86,29 @@ def test_rerun_skips_every_stage(finished_run, capsys):
     assert again.split("stage times")[0] == text.split("stage times")[0]
 
 
+def test_a_stage_recorded_before_a_field_existed_is_still_done(finished_run, capsys):
+    """A train stage.json written by an older sio lacks the fields added since (here the GPU
+    options): it was made with their defaults, so the rerun skips it instead of refusing the
+    folder (or, for an unfinished stage, deleting its checkpoint)."""
+    tmp_path, path, _ = finished_run
+    added = ("precision", "channels_last", "compile", "device_augment")
+    stamps = sorted((tmp_path / "out" / "train").glob("*/stage.json"))
+    assert stamps
+    for stamp in stamps:
+        definition = json.loads(stamp.read_text())
+        assert all(key in definition["train"] for key in added)
+        definition["train"] = {k: v for k, v in definition["train"].items() if k not in added}
+        stamp.write_text(json.dumps(definition))
+    capsys.readouterr()
+    run_pipeline(load_pipeline(path), device="cpu")
+    timings = json.loads((tmp_path / "out" / "timings.json").read_text())
+    assert all(s == 0.0 for stage, s in timings.items() if stage.startswith("train "))
+    # a value other than the default is still a change
+    changed = write_pipeline(tmp_path, train={**TINY["train"], "precision": "bf16"})
+    with pytest.raises(StageConflict, match=r"train\.precision = 'fp32', not 'bf16'"):
+        run_pipeline(load_pipeline(changed), device="cpu")
+
+
 def test_changed_config_is_refused_without_force(finished_run):
     tmp_path, _, _ = finished_run
     changed = write_pipeline(tmp_path, train={**TINY["train"], "epochs": 3})

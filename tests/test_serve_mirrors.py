@@ -177,6 +177,16 @@ def test_a_service_that_stops_mid_stream_is_replaced_by_the_other(cond_dir, serv
         assert torch.equal(image, again) and label == again_label
 
 
+def test_services_differing_only_in_encoding_threads_serve_one_set(cond_dir, services):
+    """encode_threads changes no byte of a shard: such services are mirrors of one set."""
+    one, _ = services
+    other = service(cond_dir, encode_threads=3)
+    try:
+        assert read_manifest([one.url, other.url]) == read_manifest(one.url)
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [

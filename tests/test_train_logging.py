@@ -351,12 +351,24 @@ def test_plot_panels_group_the_fields():
     assert set(groups) == {"loss", "accuracy (%)", "learning rate"}  # ranks: constant
 
 
+def test_plot_to_an_unwritable_place_is_refused_in_one_line(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"epoch": 0, "loss": 1}\n{"epoch": 1, "loss": 0.5}\n')
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / "a-file" / "curves.png"  # its folder is a file
+    result = plot(tmp_path, "--out", target)
+    assert result.exit_code != 0
+    assert f"{target}: cannot write the plot" in result.output
+    assert "Traceback" not in result.output and not target.exists()
+
+
 def test_plot_draws_a_ddpm_log_by_step(tmp_path):
-    folder = tmp_path / "generator" / "ddpm" / "weights"
-    folder.mkdir(parents=True)
+    """`sio generate --train-on --generator-dir DIR` logs to DIR.training/: `sio plot DIR`."""
+    (tmp_path / "ddpm").mkdir()  # the weights folder
+    folder = tmp_path / "ddpm.training"
+    folder.mkdir()
     lines = [{"step": 50 * i, "loss": 1 / (1 + i), "lr": 1e-4} for i in range(40)]
     (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = plot(tmp_path / "generator" / "ddpm", "--out", tmp_path / "ddpm.png")  # one below
+    result = plot(tmp_path / "ddpm", "--out", tmp_path / "ddpm.png")
     assert result.exit_code == 0, result.output
     assert png(tmp_path / "ddpm.png").size == (1210, 374)  # loss, lr: one row of two
 

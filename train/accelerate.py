@@ -20,7 +20,9 @@
   is written from is the uncompiled one (its state_dict keys are the plain model's: a
   checkpoint loads anywhere with ``load_classifier``).
 
-On a CUDA device the run also gets ``torch.backends.cudnn.benchmark`` (restored afterwards),
+On a CUDA device a run with bf16, channels_last or compile also gets
+``torch.backends.cudnn.benchmark`` (restored afterwards; a default run keeps cuDNN's
+deterministic heuristics, so it resumes bitwise),
 pinned DataLoader memory with non-blocking copies (trainer.py, loop.py), resident sets in GPU
 memory (resident.py), and a synchronised device before the epoch clock is read. The defaults
 (fp32, and the three switches off) change nothing on any device.
@@ -88,10 +90,18 @@ class Acceleration:
         """The context of the forward pass and the loss."""
         return autocast(device, self.precision)
 
+    @property
+    def for_speed(self) -> bool:
+        """True when an option that already changes the numbers (bf16, channels_last, compile)
+        is on: only then may cuDNN pick its algorithms by timing them, which can differ from
+        process to process, so a default run stays repeatable and resumes bitwise on a GPU."""
+        return self.precision != "fp32" or self.channels_last or self.compile
+
     @contextlib.contextmanager
     def backends(self, device):
-        """What a training run on ``device`` sets for its duration: cudnn.benchmark on CUDA."""
-        if torch.device(device).type != "cuda":
+        """What a training run on ``device`` sets for its duration: cudnn.benchmark on CUDA when
+        ``for_speed`` (a default run leaves cuDNN's deterministic heuristics alone)."""
+        if torch.device(device).type != "cuda" or not self.for_speed:
             yield
             return
         before = torch.backends.cudnn.benchmark

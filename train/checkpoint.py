@@ -18,6 +18,7 @@ import torch
 from sio.core.config import to_dict
 from sio.core.definition import require_same
 from sio.core.files import atomic_path, sha256_file
+from sio.core.storage import as_location
 from sio.train.config import TrainConfig
 from sio.train.methods import METHODS
 from sio.train.models import build_classifier
@@ -35,7 +36,7 @@ RESUMABLE_CHANGES = (
     "cache_dir",
     "cache_limit",
     "read_timeout",
-    "shuffle_buffer",
+    "shuffle_buffer",  # removed from the config; old checkpoints and stage.json files carry it
     "device_augment",  # the same crop/flip, on the device: bitwise the same batches
 )
 
@@ -159,8 +160,8 @@ def header(manifest, config, alpha, seed, real, synthetic, world_size: int, syn_
         "alpha": alpha,
         "seed": seed,
         "world_size": world_size,
-        "real": str(real),
-        "synthetic": None if synthetic is None else str(synthetic),
+        "real": as_location(real),
+        "synthetic": None if synthetic is None else as_location(synthetic),
         "real_manifest": manifest_sha256(manifest),
         "synthetic_manifest": None if syn_manifest is None else manifest_sha256(syn_manifest),
         "epoch": 0,

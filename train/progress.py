@@ -110,6 +110,9 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return None
+        except Exception as err:  # noqa: BLE001 - a broken install (protobuf) must not stop training
+            print(f"tensorboard is installed but does not load ({err!r}): no {TB_FOLDER}/ files")
+            return None
         events = folder / TB_FOLDER
         for old in events.glob("events.out.tfevents.*"):
             old.unlink()

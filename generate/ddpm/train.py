@@ -252,10 +252,13 @@ def train_from_shard_set(
     if meta_path.is_file():  # written last, inside the atomic folder: the training is complete
         recorded = json.loads(meta_path.read_text()).get("training")
         if recorded is not None:
+            expected = {**training_definition(config), "real": manifest.content_sha256}
+            if "real" not in recorded:  # weights saved before the set was recorded
+                expected.pop("real")
             require_same(
                 f"{out} holds a DDPM trained differently",
-                {k: recorded.get(k) for k in ("model", "train")},
-                training_definition(config),
+                {k: recorded.get(k) for k in expected},
+                expected,
                 remedy="delete it to train again, or choose another folder",
             )
         (folder / CHECKPOINT).unlink(missing_ok=True)
@@ -269,6 +272,7 @@ def train_from_shard_set(
     generator = train_ddpm(images, labels, manifest.class_names, config, device, folder)
     definition = {
         **training_definition(config),
+        "real": manifest.content_sha256,  # the set's shard list: checked before any image loads
         "data": _data_definition(images, labels, manifest.class_names),
     }
     with atomic_path(out) as tmp:

@@ -26,12 +26,27 @@ class StageConflict(RuntimeError):
     """An output folder that holds results for a different config."""
 
 
-def needs_run(folder: Path, definition: dict, force: bool, resumable=()) -> bool:
+def with_defaults(previous: dict, defaults: dict, top: bool = True) -> dict:
+    """``previous`` with every field it lacks inside its sections taken from ``defaults``
+    (``{section: {field: default}}``, nested mappings merged): a stage recorded before a config
+    field existed was made with that field's default. A section ``previous`` does not have
+    is not added (that stage never had one)."""
+    merged = dict(previous)
+    for key, value in defaults.items():
+        if key not in merged:
+            if not top:
+                merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = with_defaults(merged[key], value, top=False)
+    return merged
+
+
+def needs_run(folder: Path, definition: dict, force: bool, resumable=(), defaults=None) -> bool:
     """True if the stage must run (fresh, incomplete, changed only in ``resumable`` fields, or
-    forced); False if it is done."""
+    forced); False if it is done. ``defaults`` fills the fields an older stage.json lacks."""
     stamp = folder / STAGE_FILE
     if stamp.is_file():
-        previous = json.loads(stamp.read_text())
+        previous = with_defaults(json.loads(stamp.read_text()), defaults or {})
         if previous == definition:
             return not (folder / COMPLETE_FILE).is_file()
         if not differences(previous, definition, ignore=resumable):
@@ -68,12 +83,15 @@ def run_stage(
     force: bool,
     timings: dict,
     resumable: tuple[str, ...] = (),
+    defaults: dict | None = None,
 ) -> None:
     """Call ``work()`` unless ``folder`` is complete for ``definition``; prints its wall time.
     A change in only the ``resumable`` fields (dotted paths) reruns ``work()`` on the folder as
-    it is, for work that adapts (a generation job resized), instead of refusing the folder."""
+    it is, for work that adapts (a generation job resized), instead of refusing the folder.
+    ``defaults`` (the config sections' default values) stands in for fields that a stage
+    recorded by an older sio lacks, so adding a config field does not invalidate old runs."""
     folder = Path(folder)
-    if not needs_run(folder, definition, force, resumable):
+    if not needs_run(folder, definition, force, resumable, defaults):
         timings[label] = 0.0
         print(f"  {label}: done earlier with the same config, skipped", flush=True)
         return

@@ -1,8 +1,10 @@
 """``sio plot RUN``: the curves of a ``log.jsonl`` as one PNG.
 
 RUN is a ``log.jsonl`` file or a folder holding one: a ``sio train`` run folder (one line per
-epoch) or a DDPM training folder (lines with ``step``, ``loss``, ``lr``); a folder without one of
-its own is searched one level down (a generator stage folder holds ``weights/log.jsonl``). The
+epoch) or a DDPM training folder (lines with ``step``, ``loss``, ``lr``: ``sio run`` keeps it in
+the generator's stage folder, ``sio generate --train-on`` in ``DIR.training`` beside the weights
+folder DIR, which RUN may also name); a folder without one of its own is searched one level
+down. The
 x axis is ``epoch`` when every line has one, else ``step``, else the line number. Every numeric
 field is drawn: the losses in one panel, the accuracies (``*_acc``, in %) in another, the
 learning rate, images/s, and any other field that changes over the log in a panel of its own
@@ -23,7 +25,8 @@ X_KEYS = ("epoch", "step")
 
 
 def find_log(run: str | Path) -> Path:
-    """The ``log.jsonl`` that RUN names (the file, in the folder, or one level down)."""
+    """The ``log.jsonl`` that RUN names (the file, in the folder, in ``RUN.training`` beside
+    DDPM weights, or one level down)."""
     run = Path(run)
     if run.is_file():
         return run
@@ -31,6 +34,9 @@ def find_log(run: str | Path) -> Path:
         raise FileNotFoundError(f"{run}: no such file or folder")
     if (run / LOG).is_file():
         return run / LOG
+    training = run.with_name(run.name + ".training") / LOG  # beside generated DDPM weights
+    if training.is_file():
+        return training
     below = sorted(run.glob(f"*/{LOG}"))
     if len(below) == 1:
         return below[0]
@@ -145,6 +151,9 @@ def plot_log(run: str | Path, out: str | Path | None = None) -> Path:
     figure.suptitle(str(path), fontsize=9)
     figure.tight_layout()
     target = Path(out) if out is not None else path.with_name("log.png")
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png")
+    try:
+        with atomic_path(target) as tmp:
+            figure.savefig(tmp, format="png")
+    except (IsADirectoryError, PermissionError, NotADirectoryError) as err:
+        raise ValueError(f"{target}: cannot write the plot ({err.strerror})") from err
     return target

@@ -33,6 +33,10 @@ from sio.pipeline.study import (
 )
 from sio.shardset import MANIFEST, read_manifest
 from sio.train import CHECKPOINT, RESUMABLE_CHANGES
+from sio.train.config import TrainConfig
+
+# what a train stage.json written before a field existed was made with: that field's default
+TRAIN_STAGE_DEFAULTS = {"train": to_dict(TrainConfig())}
 
 
 def shards_fingerprint(shard_set: Path) -> str:
@@ -52,7 +56,7 @@ class PipelineRun:
         self.config, self.out, self.device, self.force = config, out, device, force
         self.timings: dict[str, float] = {}
 
-    def stage(self, label: str, folder: Path, definition: dict, work, resumable=()) -> None:
+    def stage(self, label, folder: Path, definition: dict, work, resumable=(), defaults=None):
         run_stage(
             label,
             folder,
@@ -61,6 +65,7 @@ class PipelineRun:
             force=self.force,
             timings=self.timings,
             resumable=resumable,
+            defaults=defaults,
         )
 
     def shard(self) -> None:
@@ -107,6 +112,7 @@ class PipelineRun:
             ),
             # fields that change no batch: the trainer resumes or keeps its checkpoint
             resumable=tuple(f"train.{field}" for field in RESUMABLE_CHANGES),
+            defaults=TRAIN_STAGE_DEFAULTS,
         )
         return folder / CHECKPOINT
 
