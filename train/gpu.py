@@ -7,17 +7,19 @@ GPU, padded once, whole batches augmented there; airbench crops by shifts and fl
 ``where``), here with crop and flip as ONE gather of uint8 pixels. With zero padding ``p``, crop
 offsets ``(dy_i, dx_i)`` in ``0..2p`` and flips ``f_i``, output pixel ``(i, c, r, x)`` is pixel
 ``(dy_i + r, dx_i + x')`` of channel ``c`` of the padded image, ``x' = W - 1 - x`` if ``f_i``
-else ``x``. ``take_crop_flip`` gathers straight from a padded resident set (rows of the set,
-crop and flip in one ``torch.take``: no batch copy, no padding per batch); ``crop_flip`` pads a
-batch first. Both can write the batch directly in ``channels_last`` order.
+else ``x``. ``take_crop_flip`` can gather straight from a padded set (rows of the set, crop and
+flip in one ``torch.take``: no batch copy, no padding per batch; ``benchmarks/gpu.py`` measures
+it, the trainer's resident sets do not use it yet); ``crop_flip`` pads a batch first (the
+trainer's ``device_augment``). Both can write the batch directly in ``channels_last`` order.
 
 The draws: ``draw_crop_flip`` takes from a CPU ``torch.Generator`` exactly what
 ``sio.train.augment.random_crop_flip`` takes, in its order (dy, then dx, then the flips), so the
 same generator state gives the CPU path's images bitwise, on any device; ``CropFlip.from_draws``
 takes the trainer's own draws (``crop_flip_draws``, made once per global batch and sliced per
 rank), so the device path can replace ``apply_crop_flip`` without changing a batch.
-``step_generator(seed, step)`` is the generator of one global step when the draws should depend
-on (seed, step) alone (a resumed run, any number of workers).
+``draw_crop_flip`` and ``step_generator(seed, step)`` (a generator of one global step) are for
+standalone use, ``benchmarks/gpu.py`` and the tests; the trainer's draws come from the stream
+(``part_draws``: a function of seed, source, step and position) through ``from_draws``.
 """
 
 from __future__ import annotations
