@@ -57,8 +57,10 @@ JOB_FILE = f"{PROGRESS}/job.json"
 LOCK_FILE = f"{PROGRESS}/lock"
 GATE_FILE = f"{PROGRESS}/lock.gate"
 MAX_CANDIDATES_PER_IMAGE = 50  # pseudo-labelling gives up after 50 candidates per image
+# generate settings of the writing process alone (no byte of any shard depends on them)
+PROCESS_ONLY = ("encode_threads",)
 # settings that change no byte of a shard: a resume may change them
-BYTE_NEUTRAL = ("generate.num_images", "generate.encode_threads")
+BYTE_NEUTRAL = ("generate.num_images", *(f"generate.{key}" for key in PROCESS_ONLY))
 DEFAULT_WAIT_S = 3600.0
 
 

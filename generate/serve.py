@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import sio
-from sio.generate.job import Job, Workers, shard_name, write_shard
+from sio.generate.job import PROCESS_ONLY, Job, Workers, shard_name, write_shard
 from sio.shardset import MANIFEST
 
 SHARD = re.compile(r"/shard-(\d{6,})\.tar")
@@ -87,10 +87,11 @@ def virtual_manifest(job: Job, name: str) -> dict:
 
 
 def _set_definition(job: Job) -> dict:
-    """The job's definition without what changes no byte of a shard and is the service's own
-    (its encoding threads), so that services differing only there serve one set."""
+    """The job's definition without the settings of the serving process alone
+    (``PROCESS_ONLY``: its encoding threads), so that services differing only there serve one
+    set."""
     definition = job.definition()
-    generate = {k: v for k, v in definition["generate"].items() if k != "encode_threads"}
+    generate = {k: v for k, v in definition["generate"].items() if k not in PROCESS_ONLY}
     return {**definition, "generate": generate}
 
 

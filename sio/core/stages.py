@@ -26,19 +26,24 @@ class StageConflict(RuntimeError):
     """An output folder that holds results for a different config."""
 
 
-def with_defaults(previous: dict, defaults: dict, top: bool = True) -> dict:
+def with_defaults(previous: dict, defaults: dict) -> dict:
     """``previous`` with every field it lacks inside its sections taken from ``defaults``
-    (``{section: {field: default}}``, nested mappings merged): a stage recorded before a config
-    field existed was made with that field's default. A section ``previous`` does not have
-    is not added (that stage never had one)."""
+    (``{section: {field: default}}``): a stage recorded before a config field existed was made
+    with that field's default. A section ``previous`` does not have is not added."""
     merged = dict(previous)
-    for key, value in defaults.items():
-        if key not in merged:
-            if not top:
-                merged[key] = value
-        elif isinstance(value, dict) and isinstance(merged[key], dict):
-            merged[key] = with_defaults(merged[key], value, top=False)
+    for section, fields in defaults.items():
+        if isinstance(merged.get(section), dict):
+            merged[section] = _fill(merged[section], fields)
     return merged
+
+
+def _fill(recorded: dict, defaults: dict) -> dict:
+    """``recorded`` with the keys it lacks from ``defaults``, nested mappings filled alike."""
+    filled = {**defaults, **recorded}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(recorded.get(key), dict):
+            filled[key] = _fill(recorded[key], value)
+    return filled
 
 
 def needs_run(folder: Path, definition: dict, force: bool, resumable=(), defaults=None) -> bool:
