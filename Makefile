@@ -25,7 +25,7 @@ lint: install
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 benchmark: install
 	$(BIN)/python benchmarks/demo.py

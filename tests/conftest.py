@@ -41,6 +41,17 @@ def cond_dir(tmp_path_factory):
     return folder
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one worker per core) every worker and the
+    processes its tests start use one thread: two workers of two threads each on two cores
+    oversubscribe them and run several times slower."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run faster on one thread, and the test machine's cores are shared: modules
