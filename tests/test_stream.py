@@ -11,7 +11,15 @@ from torch.utils.data import DataLoader
 
 from sio.shardset import shard_urls
 from sio.train.augment import random_crop_flip
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, checked
+from sio.train.passes import slice_start
+from sio.train.stream import (
+    MixedBatches,
+    MixSpec,
+    SharedEpoch,
+    augment_part,
+    checked,
+    compose_order,
+)
 
 from .shardsets import grey_writer
 
@@ -304,3 +312,60 @@ def _png_bytes(value):
     from sio.shardset import encode_png
 
     return encode_png(np.full((8, 8), value, np.uint8))
+
+
+@pytest.fixture(scope="module")
+def noise_urls(tmp_path_factory):
+    """Sets of random 8 x 8 images (a crop or a flip shows in every one), 37 real, 23 synthetic."""
+    root, rng = tmp_path_factory.mktemp("noise"), np.random.default_rng(11)
+    urls = []
+    for kind, count in (("real", 37), ("synthetic", 23)):
+        with grey_writer(root / kind, kind, ("0", "1", "2"), 7) as writer:
+            for i in range(count):
+                image = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+                writer.write(f"{kind}-{i:04d}", image, i % 3, {})
+        urls.append(tuple(shard_urls(root / kind)))
+    return urls
+
+
+@pytest.mark.parametrize("augment", [(2, True, 0), (0, True, 0), (3, False, 0), (0, True, 6)])
+@pytest.mark.parametrize(
+    ("shares_real", "shares_syn", "rank"),
+    [((5,), (3,), 0), ((3, 4), (1, 2), 1), ((2, 0, 3), (0, 1, 1), 2)],
+)
+def test_a_composed_batch_is_its_parts_augmented_then_composed(
+    noise_urls, augment, shares_real, shares_syn, rank
+):
+    """The stream augments the composed batch with the draws joined and permuted: image for
+    image (bitwise) what augmenting each part with its own draws and composing after gives,
+    for crops, flips, resized crops, ranks with empty parts, seeds and steps across passes."""
+    padding, hflip, resized_crop = augment
+    for seed in (0, 3, 8):
+        spec = MixSpec(
+            real_urls=noise_urls[0],
+            synthetic_urls=noise_urls[1],
+            n_real=shares_real[rank],
+            n_syn=shares_syn[rank],
+            channels=1,
+            image_size=(8, 8),
+            steps_per_epoch=11,
+            seed=seed,
+            rank=rank,
+            shares=(("real", shares_real), ("synthetic", shares_syn)),
+            shuffle_window=9,
+            crop_padding=padding,
+            hflip=hflip,
+            resized_crop=resized_crop,
+        )
+        stream = MixedBatches(spec, SharedEpoch(0))
+        readers, sources = stream.readers(), stream.sources
+        for step in range(11):
+            augmented = []
+            for name in ("real", "synthetic"):
+                source = sources[name]
+                start = slice_start(step, source.shares, rank)
+                images = readers[name].take(start, source.shares[rank])[0]
+                augmented.append(augment_part(spec, source, images, step))
+            order = compose_order(spec, sources["real"], sources["synthetic"], step)
+            expected = torch.cat(augmented)[order]
+            assert torch.equal(stream.batch(step)["images"], expected), (seed, step)

@@ -112,13 +112,12 @@ class Acceleration:
             torch.backends.cudnn.benchmark = before
 
 
-def deferred_crop_flip(parts: list[tuple[dict, int]], order: torch.Tensor, padding: int) -> dict:
-    """The batch entries of a deferred crop/flip: ``parts`` are (draws, images) of the batch's
-    pieces in concatenation order (``sio.train.augment.crop_flip_draws`` dicts, sliced for this
-    rank), ``order`` the composed batch's permutation, ``padding`` the recipe's crop padding."""
-    pieces = [CropFlip.from_draws(draws, n, padding=padding) for draws, n in parts]
-    draws = CropFlip.cat(pieces).select(order.cpu())
-    return {DRAWS: draws.pack(), PADDING: draws.padding}
+def deferred_crop_flip(draws: dict, n: int, padding: int) -> dict:
+    """The batch entries of a deferred crop/flip: ``draws`` are the composed batch's
+    (``sio.train.augment.join_draws`` of each piece's ``crop_flip_draws``) for its ``n``
+    images, ``padding`` the recipe's crop padding."""
+    packed = CropFlip.from_draws(draws, n, padding=padding)
+    return {DRAWS: packed.pack(), PADDING: packed.padding}
 
 
 def synchronize(device) -> None:

@@ -115,6 +115,27 @@ def slice_draws(draws: dict, start: int, stop: int) -> dict:
     return {key: value[start:stop] for key, value in draws.items()}
 
 
+def join_draws(parts: list[tuple[dict, int]], order: torch.Tensor) -> dict:
+    """The draws of a composed batch: ``parts`` are (draws, images) of its pieces in
+    concatenation order (``augment_draws`` dicts), ``order`` the permutation that composes
+    them. Augmenting the composed batch with these gives, image for image, what augmenting each
+    piece with its own draws and composing after gives (every draw is per image)."""
+    drawn = [draws for draws, n in parts if n > 0]
+    if not drawn:
+        return {}
+    if any(draws.keys() != drawn[0].keys() for draws in drawn):
+        raise ValueError("the pieces of one batch were drawn with different augmentations")
+    joined = {}
+    for key in drawn[0]:
+        values = [draws[key] for draws in drawn]
+        if key == "boxes":
+            boxes = [box for value in values for box in value]
+            joined[key] = [boxes[i] for i in order.tolist()]
+        else:
+            joined[key] = torch.cat(values).index_select(0, order)
+    return joined
+
+
 def apply_augment(images: torch.Tensor, draws: dict, *, padding: int, resized_crop: int):
     """``base_augment`` with its draws made beforehand (``augment_draws``)."""
     if resized_crop > 0:

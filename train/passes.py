@@ -86,8 +86,13 @@ class PassOrders:
 
     def positions(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(pass, sample id) of positions ``start .. start + count - 1``."""
+        size = self.layout.size
+        number, offset = divmod(start, size)
+        if count and offset + count <= size:  # within one pass (the usual case): a slice
+            ids = self.get(number)[offset : offset + count].copy()
+            return np.full(count, number, np.int64), ids
         positions = np.arange(start, start + count, dtype=np.int64)
-        passes, offsets = np.divmod(positions, self.layout.size)
+        passes, offsets = np.divmod(positions, size)
         ids = np.empty(count, np.int64)
         for number in np.unique(passes).tolist():
             here = passes == number

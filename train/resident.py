@@ -110,7 +110,8 @@ class ResidentBatches:
         _, ids = self.orders[name].positions(start, source.shares[self.spec.rank])
         index = torch.from_numpy(ids).to(data.images.device)
         keys = [data.keys[i] for i in ids.tolist()] if data.keys else []
-        return data.images[index], data.labels[index], keys
+        # index_select: see assemble's note on torch's advanced indexing of uint8 batches
+        return data.images.index_select(0, index), data.labels.index_select(0, index), keys
 
     def batch(self, step: int) -> dict:
         parts = {name: self._take(name, step) for name in self.sources}
