@@ -6,9 +6,8 @@ import math
 from fractions import Fraction
 
 import pytest
-import torch
 
-from sio.train.mixing import batch_counts, compose, rank_share, steps_per_epoch, worker_steps
+from sio.train.mixing import batch_counts, rank_share, steps_per_epoch, worker_steps
 
 ALPHAS = ["0", "0.05", "0.1", "0.25", "0.29", "0.3", "1/3", "0.5", "0.57", "0.7", "0.8"]
 ALPHAS += ["0.9", "0.95", "0.99", "2/3", "1"]
@@ -125,39 +124,3 @@ def test_steps_per_epoch():
     assert steps_per_epoch(1, 128) == 1
     with pytest.raises(ValueError):
         steps_per_epoch(0, 128)
-
-
-def rows(n_real: int, n_syn: int):
-    # distinct values identify each row; real rows are < 1000, synthetic >= 1000
-    real = torch.arange(n_real * 4, dtype=torch.int64).reshape(n_real, 1, 2, 2)
-    syn = 1000 + torch.arange(n_syn * 4, dtype=torch.int64).reshape(n_syn, 1, 2, 2)
-    return real, syn
-
-
-@pytest.mark.parametrize(("n_real", "n_syn"), [(6, 2), (102, 26), (5, 0), (0, 4), (1, 1)])
-def test_compose_is_a_tracked_permutation(n_real, n_syn):
-    real, syn = rows(n_real, n_syn)
-    for seed in range(5):
-        images, order, is_synthetic = compose(real, syn, torch.Generator().manual_seed(seed))
-        both = torch.cat([real, syn])
-        assert images.shape == both.shape
-        assert sorted(order.tolist()) == list(range(n_real + n_syn))
-        assert torch.equal(images, both[order])
-        # the flag marks exactly the synthetic rows
-        assert torch.equal(is_synthetic, images[:, 0, 0, 0] >= 1000)
-        assert int(is_synthetic.sum()) == n_syn
-        assert is_synthetic.dtype == torch.bool
-        # every input row appears exactly once
-        assert sorted(images[:, 0, 0, 0].tolist()) == both[:, 0, 0, 0].tolist()
-
-
-def test_compose_seeded():
-    real, syn = rows(102, 26)
-    first = compose(real, syn, torch.Generator().manual_seed(7))
-    again = compose(real, syn, torch.Generator().manual_seed(7))
-    other = compose(real, syn, torch.Generator().manual_seed(8))
-    assert torch.equal(first[1], again[1])
-    assert torch.equal(first[0], again[0])
-    assert not torch.equal(first[1], other[1])
-    # and it does shuffle: synthetic rows are not all at the end
-    assert not torch.equal(first[2], torch.arange(128) >= 102)

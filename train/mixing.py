@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 
 def batch_counts(batch_size: int, alpha: float) -> tuple[int, int]:
     """(real, synthetic) samples per batch by SIO's rule ``int(B * alpha)``.
@@ -49,17 +47,3 @@ def worker_steps(num_steps: int, worker: int, num_workers: int) -> range:
     if not 0 <= worker < max(1, num_workers):
         raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
     return range(worker, num_steps, max(1, num_workers))
-
-
-def compose(real: torch.Tensor, synthetic: torch.Tensor, generator: torch.Generator):
-    """Concatenate one real and one synthetic batch and shuffle within the batch.
-
-    Returns (images, permutation, is_synthetic): the permutation is applied to images and
-    returned so labels and flags can follow it.
-    """
-    images = torch.cat([real, synthetic])
-    is_synthetic = torch.cat(
-        [torch.zeros(len(real), dtype=torch.bool), torch.ones(len(synthetic), dtype=torch.bool)]
-    )
-    order = torch.randperm(len(images), generator=generator)
-    return images[order.to(images.device)], order, is_synthetic[order]
