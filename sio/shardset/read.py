@@ -87,14 +87,24 @@ def shard_urls(shard_set, manifest: Manifest | None = None) -> list[str]:
     return [join_location(rotate(shard_set, i), s.name) for i, s in enumerate(manifest.shards)]
 
 
+def decode_png(data: bytes, channels: int) -> np.ndarray:
+    """A PNG's pixels as uint8 C x H x W with ``channels`` channels (1: grey, 3: RGB): PIL's
+    ``convert`` only for a PNG of another mode (palette, alpha, 16-bit, the other channel
+    count), since converting an image to its own mode copies it (~40 % of the decode of a
+    32 x 32 RGB sample). Raises on data that is not a decodable PNG."""
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(io.BytesIO(data)) as image:
+        array = np.asarray(image if image.mode == mode else image.convert(mode))
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
 def decode_sample(sample: dict, channels: int) -> tuple[np.ndarray, int, dict]:
     """A raw per-sample PNG to (uint8 CxHxW image, label, provenance), or a ShardError naming
     the URL, the sample and the member."""
     where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
     member = "png"
     try:
-        with Image.open(io.BytesIO(sample["png"])) as image:
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        image = decode_png(sample["png"], channels)
         member = "cls"
         label = int(sample["cls"])
         member = "json"
@@ -105,7 +115,6 @@ def decode_sample(sample: dict, channels: int) -> tuple[np.ndarray, int, dict]:
         raise ShardError(f"{where}: member {member}: cannot decode: {err}") from err
     if label < 0:
         raise ShardError(f"{where}: member cls holds {label}; class ids are >= 0")
-    image = array[None] if channels == 1 else array.transpose(2, 0, 1)
     return image, label, meta
 
 
