@@ -131,7 +131,8 @@ def ceiling_batches(pool: torch.Tensor, steps: int):
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):
         index = torch.randint(len(pool), (BATCH,), generator=generator)
-        images = random_crop_flip(pool[index], generator, padding=4, hflip=True)
+        # index_select: torch's pool[index] of uint8 images is ~20x slower on one CPU thread
+        images = random_crop_flip(pool.index_select(0, index), generator, padding=4, hflip=True)
         yield {"images": images, "labels": index}
 
 
