@@ -167,6 +167,9 @@ def test_complete_weights_of_another_set_are_refused_not_reused(tmp_path):
     assert train_from_shard_set(real, config, out, "cpu") == out  # the same set: reused
     with pytest.raises(ValueError, match=r"trained differently \(changed: real = '"):
         train_from_shard_set(other, config, out, "cpu")
+    (out / "sio_generator.json").write_text('{"training": ')  # hand-edited, cut short
+    with pytest.raises(ValueError, match=r"sio_generator\.json: not a readable sio generator"):
+        train_from_shard_set(real, config, out, "cpu")
 
 
 class Records(logging.Handler):

@@ -84,7 +84,7 @@ def _find_layout(folder: Path) -> tuple[str | None, Path]:
     )
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -118,7 +118,7 @@ def load_unet(folder: Path) -> tuple[UNet2DModel, Path]:
     unexpected weight is an error naming the file and the keys (diffusers itself initialises
     missing weights randomly and only warns)."""
     config_path = folder / "config.json"
-    config = _read_json(config_path, "UNet config")
+    config = read_json_object(config_path, "UNet config")
     try:
         unet = UNet2DModel.from_config(config)
     except Exception as err:  # noqa: BLE001 - diffusers raises many kinds for a bad config
@@ -191,13 +191,13 @@ class DDPMGenerator(Generator):
             )
         weights_dir = folder / subfolder if subfolder else folder
         unet, weights = load_unet(weights_dir)
-        scheduler_config = _read_json(scheduler_path, "scheduler config")
+        scheduler_config = read_json_object(scheduler_path, "scheduler config")
         try:
             scheduler = DDPMScheduler.from_config(scheduler_config)
         except Exception as err:  # noqa: BLE001
             raise ValueError(f"{scheduler_path}: not a DDPM scheduler config: {err}") from None
         meta_path = folder / GENERATOR_FILE
-        meta = _read_json(meta_path, "sio generator file") if meta_path.is_file() else {}
+        meta = read_json_object(meta_path, "sio generator file") if meta_path.is_file() else {}
         n_embeds = unet.config.num_class_embeds
         if meta.get("class_names") and n_embeds is None:
             raise ValueError(

@@ -34,7 +34,13 @@ from sio.core.files import atomic_path, stale_temporaries, write_text_atomic
 from sio.core.schedules import warmup_cosine
 from sio.core.seeding import torch_generator
 from sio.generate.config import TRAIN_BYTE_NEUTRAL, GeneratorConfig
-from sio.generate.ddpm.model import GENERATOR_FILE, DDPMGenerator, build_scheduler, build_unet
+from sio.generate.ddpm.model import (
+    GENERATOR_FILE,
+    DDPMGenerator,
+    build_scheduler,
+    build_unet,
+    read_json_object,
+)
 from sio.shardset import iter_batches, read_manifest
 
 LABEL_DROPOUT = 0.1
@@ -250,7 +256,7 @@ def train_from_shard_set(
     manifest = read_manifest(real)
     meta_path = out / GENERATOR_FILE
     if meta_path.is_file():  # written last, inside the atomic folder: the training is complete
-        recorded = json.loads(meta_path.read_text()).get("training")
+        recorded = read_json_object(meta_path, "sio generator file").get("training")
         if recorded is not None:
             expected = {**training_definition(config), "real": manifest.content_sha256}
             if "real" not in recorded:  # weights saved before the set was recorded
