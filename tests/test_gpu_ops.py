@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from sio.train.augment import apply_crop_flip, crop_flip_draws, random_crop_flip, slice_draws
+from sio.train.augment import (
+    apply_crop_flip,
+    crop_flip_draws,
+    join_draws,
+    random_crop_flip,
+    slice_draws,
+)
 from sio.train.gpu import (
     CropFlip,
     autocast,
@@ -106,8 +112,8 @@ def test_the_trainers_own_draws_give_its_images(shape):
 
 
 def test_draws_of_parts_follow_the_composed_order_and_travel_packed():
-    """Augment-then-compose (the loader today) equals compose-then-augment on the device with
-    the parts' draws joined, put in the batch's order, packed and unpacked."""
+    """Augment-then-compose equals compose-then-augment on the device with the parts' draws
+    joined in the batch's order (``join_draws``, as the loader does), packed and unpacked."""
     for seed in range(10):
         rng = np.random.default_rng(seed)
         n_real, n_syn, p = (
@@ -123,10 +129,8 @@ def test_draws_of_parts_follow_the_composed_order_and_travel_packed():
         augmented = torch.cat(
             [apply_crop_flip(real, d_real, padding=p), apply_crop_flip(syn, d_syn, padding=p)]
         )
-        parts = [
-            CropFlip.from_draws(d, len(x), padding=p) for d, x in ((d_real, real), (d_syn, syn))
-        ]
-        packed = CropFlip.cat(parts).select(order).pack()
+        joined = join_draws([(d_real, n_real), (d_syn, n_syn)], order)
+        packed = CropFlip.from_draws(joined, n_real + n_syn, padding=p).pack()
         assert packed.dtype == torch.int64 and packed.shape == (3, n_real + n_syn)
         on_device = crop_flip(torch.cat([real, syn])[order], CropFlip.unpack(packed, p))
         assert torch.equal(on_device, augmented[order])

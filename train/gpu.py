@@ -60,19 +60,6 @@ class CropFlip:
             padding if "dy" in draws else 0,
         )
 
-    @classmethod
-    def cat(cls, parts: list[CropFlip]) -> CropFlip:
-        """The draws of concatenated batches (e.g. a rank's real part, then its synthetic)."""
-        if len({part.padding for part in parts if len(part)}) > 1:
-            raise ValueError("draws made with different paddings cannot be joined")
-        padding = next((part.padding for part in parts if len(part)), parts[0].padding)
-        fields = (torch.cat([getattr(part, name) for part in parts]) for name in ("dy", "dx"))
-        return cls(*fields, torch.cat([part.flip for part in parts]), padding)
-
-    def select(self, index: torch.Tensor) -> CropFlip:
-        """The draws of ``images[index]`` (the composed batch's order)."""
-        return CropFlip(self.dy[index], self.dx[index], self.flip[index], self.padding)
-
     def pack(self) -> torch.Tensor:
         """One int64 3 x n tensor (dy, dx, flip) that travels with a batch (pinned, copied with
         the images); ``unpack`` takes it back."""
