@@ -84,7 +84,7 @@ def one_process(checkout: Path, rounds: int, num_real: int) -> dict[str, list[fl
 
 def ratios(runs: list[dict], paths: list[str]) -> dict:
     """Per path: this checkout's median over the other's, and the median of the per-pair ratios
-    (process 2k of this checkout against process 2k+1 of the other, medians of its rounds)."""
+    (the k-th process of each checkout, adjacent in the run; the median of its rounds)."""
     mine = [r["images_per_s"] for r in runs if r["who"] == "this"]
     other = [r["images_per_s"] for r in runs if r["who"] == "other"]
     out = {}

@@ -9,14 +9,14 @@ import torch
 from scipy.special import softmax
 
 from sio.evaluate.config import TempScaleSettings
-from sio.evaluate.detectors.base import DETECTORS, Detector, detector_error, energy, split_rows
-
-# The N x K work after the logits runs in torch, float64: numpy's reductions over the short rows
-# of an N x K array (max, sum) took 2-3x torch's on the reference machine.
-
-
-def as_rows(logits: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(logits, np.float64))
+from sio.evaluate.detectors.base import (
+    DETECTORS,
+    Detector,
+    as_rows,
+    detector_error,
+    energy,
+    split_rows,
+)
 
 
 def max_softmax(logits: np.ndarray) -> np.ndarray:
