@@ -33,18 +33,46 @@ class ActivationsError(ValueError):
     """An activations file that does not follow the format; the message names the key."""
 
 
+def _onednn_linear():
+    """oneDNN's inner product as torch exposes it (``torch.ops.mkldnn._linear_pointwise``,
+    the kernel torch.compile's CPU backend emits for ``nn.Linear``), or None without it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+ONEDNN_LINEAR = _onednn_linear()
+
+
+def linear(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``h @ weight.T`` for N x D rows and an M x D weight. float32 on the CPU goes through
+    oneDNN's inner product: for the N x 512 x 10 logits 0.70x the time of torch's MKL GEMM
+    on the reference machine, still float32 throughout (rounding of the same size, 1e-6
+    relative); other dtypes (oneDNN has no float64), devices or a torch without the op take
+    the GEMM."""
+    if (
+        ONEDNN_LINEAR is not None
+        and h.dtype == weight.dtype == torch.float32
+        and h.device.type == weight.device.type == "cpu"
+    ):
+        return ONEDNN_LINEAR(h.contiguous(), weight.contiguous(), None, "none", [], "")
+    return h @ weight.T
+
+
 def fc_logits(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.ndarray:
     """``h @ W.T + b`` as float64. float32 features (the activations file's format, what the
-    network computes) are multiplied in float32, as the network's own last layer does, and only
-    the N x K product is widened: no float64 copy of the features (that copy was most of the
-    logit detectors' time). Other float features are multiplied in float64."""
+    network computes) are multiplied in float32 (``linear``), as the network's own last layer
+    does, and only the N x K product is widened: no float64 copy of the features (that copy
+    was most of the logit detectors' time). Other float features are multiplied in float64.
+    The product is widened and shifted in torch: a third of numpy's astype + add."""
     features = np.ascontiguousarray(features)
     dtype = np.float32 if features.dtype == np.float32 else np.float64
     h = torch.from_numpy(features.astype(dtype, copy=False))
-    # torch's BLAS with W^T as a transposed view (no copy): for the N x D x K product of a
-    # few classes ~2x a contiguous D x K operand on the reference machine, and ahead of numpy's
-    product = (h @ torch.from_numpy(np.ascontiguousarray(weight, dtype)).T).numpy()
-    return product.astype(np.float64) + np.asarray(bias, np.float64)
+    product = linear(h, torch.from_numpy(np.ascontiguousarray(weight, dtype)))
+    return product.double().add_(torch.tensor(np.asarray(bias), dtype=torch.float64)).numpy()
 
 
 def _first_bad_row(array: np.ndarray) -> int | None:

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from sio.evaluate import ActivationBank
-from sio.evaluate.detectors import fit_detector
+from sio.evaluate.detectors import features, fit_detector
 from sio.evaluate.detectors.features import DICE, VIM, ReAct
 from sio.evaluate.detectors.logits import TEMPLATE_FLOOR
 
@@ -186,6 +186,18 @@ def test_vim_every_dim_matches_the_reference(seed):
         detector = VIM(dim=dim).fit(bank)
         expected = ref_vim(bank, queries, detector, dim)
         np.testing.assert_allclose(detector.score(queries), expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("block", [1, 7])
+def test_vim_in_blocks_of_rows_matches_the_reference(seed, block, monkeypatch):
+    # fit and score take their product a block of rows at a time: many blocks and a short
+    # last one give the same scores as the reference
+    monkeypatch.setattr(features, "ROWS_PER_BLOCK", block)
+    bank, queries = random_bank(seed, np.float64)
+    detector = VIM().fit(bank)
+    expected = ref_vim(bank, queries, detector)
+    np.testing.assert_allclose(detector.score(queries), expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from sio.evaluate.activations import linear
 from sio.evaluate.config import PercentileSettings
 from sio.evaluate.detectors.base import (
     DETECTORS,
@@ -21,6 +23,14 @@ from sio.evaluate.detectors.logits import one_thread
 # A last layer whose smallest singular value is below this fraction of its largest is treated
 # as rank-deficient: VIM's origin -pinv(W) b is then dominated by rounding.
 ILL_CONDITIONED = 1e-6
+# centred_gram centres h first where a column's uncentred second moment is above this many
+# times its centred one (the expansion would then lose more than 2 bits to cancellation)
+CANCELLATION = 4.0
+# rows per block where a product of many rows is taken a block at a time: an output of tens
+# of MB is freshly mapped memory whose page faults cost more than the product on the
+# reference machine, while a block's few MB are reused (VIM's 50,000-row train product:
+# 50 ms in blocks, 220 ms at once)
+ROWS_PER_BLOCK = 4096
 
 
 def gram(x: torch.Tensor, strips: int = 4) -> torch.Tensor:
@@ -38,6 +48,29 @@ def gram(x: torch.Tensor, strips: int = 4) -> torch.Tensor:
         out[low:high, low:] = strip
         out[high:, low:high] = strip[:, high - low :].T
     return out
+
+
+def centred_gram(h: torch.Tensor, origin: np.ndarray) -> np.ndarray:
+    """(h - u)^T (h - u) in float64, from the gram of h itself: h^T h - s u^T - u s^T + n u u^T
+    (s the column sums of h), with no centred copy of h (for 50,000 x 512 float32 features, a
+    100 MB allocation that took longer than the gram on the reference machine). Where u
+    dominates a column (its diagonal entry in h^T h over CANCELLATION times the centred one)
+    the subtraction would leave float32 rounding as the answer, so h is centred first."""
+    n = len(h)
+    uncentred = gram(h).double().numpy()
+    sums = h.sum(dim=0).double().numpy()
+    cross = np.outer(sums, origin)
+    centred = uncentred - cross - cross.T + n * np.outer(origin, origin)
+    if (np.diag(uncentred) > CANCELLATION * np.diag(centred)).any():
+        shifted = h - torch.from_numpy(origin).to(h.dtype)
+        return gram(shifted).double().numpy()
+    return centred
+
+
+def row_blocks(rows: int, block: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``block`` rows covering ``range(rows)``."""
+    for start in range(0, rows, block):
+        yield slice(start, min(start + block, rows))
 
 
 def as_tensor(features: np.ndarray) -> torch.Tensor:
@@ -143,10 +176,11 @@ class VIM(Detector):
     ||(h - u) - P P^T (h - u)||; alpha = mean max logit / mean r over ID train; score =
     logsumexp(z) - alpha r(h). A dim >= D leaves no residual (OpenOOD: 0 / 0, NaN): an error.
 
-    float32 features are centred, multiplied and projected in float32 and r's norm taken in
-    float32 (as pytorch-ood; OpenOOD centres in float64), the covariance eigendecomposed in
-    float64; scores differ from an all-float64 computation by ~1e-6 relative. The logits and
-    the residual come from one product h [W^T | R], the covariance from its upper triangle.
+    float32 features are multiplied and projected in float32 and r's norm taken in float32
+    (as pytorch-ood; OpenOOD centres in float64), the covariance eigendecomposed in float64;
+    scores differ from an all-float64 computation by ~1e-6 relative. Nothing makes a centred
+    copy of h: the covariance is h's own gram (its upper triangle) shifted by u in float64
+    (``centred_gram``), and the logits and the residual come from one product h [W^T | R].
     A rank-deficient or ill-conditioned fc.weight (u then holds rounding noise of size ~1e8)
     gives a warning naming VIM, also recorded in results.json.
     """
@@ -180,12 +214,9 @@ class VIM(Detector):
         weight = bank.fc_weight.astype(np.float64)
         self.warning = self.conditioning_warning(weight)
         self.origin = -np.linalg.pinv(weight) @ bank.fc_bias.astype(np.float64)
-        # uncentred covariance of h - u, as OpenOOD's EmpiricalCovariance(assume_centered=True);
-        # float32 features are centred and multiplied in float32 (as pytorch-ood), the D x D
-        # result widened to float64 for the eigendecomposition
-        centred = as_tensor(train)
-        centred = centred - torch.from_numpy(self.origin).to(centred.dtype)
-        covariance = gram(centred).double().numpy() / len(train)
+        h = as_tensor(train)
+        # uncentred covariance of h - u, as OpenOOD's EmpiricalCovariance(assume_centered=True)
+        covariance = centred_gram(h, self.origin) / len(train)
         if not np.isfinite(covariance).all():
             raise detector_error(
                 self.name, "id.train", "the covariance of h - u overflows (not finite)"
@@ -199,8 +230,7 @@ class VIM(Detector):
             ) from None
         order = np.argsort(eigenvalues)[::-1]
         self.prepare_products(bank, eigenvectors[:, order[self.dim :]])
-        logits, residuals = self.logits_and_residual(centred, centred=True)
-        del centred
+        logits, residuals = self.logits_and_residual(h)
         residual = residuals.mean()
         if not residual > 1e-12 * scale:
             raise detector_error(
@@ -214,18 +244,16 @@ class VIM(Detector):
             raise detector_error(self.name, "id.train", f"alpha = {self.alpha} is not finite")
 
     def prepare_products(self, bank, residual_space: np.ndarray) -> None:
-        """The one operand [W^T | R] (D x (K + D - dim), R the residual eigenvectors) that gives
-        the logits and the residual of h in one product, in float32 and float64, and what that
-        product is shifted by: b for the logits, u R for the residual (for h - u: u W^T + b for
-        the logits and nothing for the residual)."""
-        weight_t = np.ascontiguousarray(bank.fc_weight.T, np.float64)
-        operand = np.concatenate([weight_t, residual_space], axis=1)
+        """The one operand [W^T | R]^T ((K + D - dim) x D, nn.Linear's layout, R the residual
+        eigenvectors) that gives the logits and the residual of h in one product, in float32
+        and float64, and what that product is shifted by: b for the logits, u R for the
+        residual."""
+        operand = np.concatenate([bank.fc_weight.astype(np.float64), residual_space.T])
         self.operands = {
             torch.float32: torch.from_numpy(operand.astype(np.float32)),
             torch.float64: torch.from_numpy(operand),
         }
         self.bias64 = bank.fc_bias.astype(np.float64)
-        self.centred_bias = self.origin @ weight_t + self.bias64
         origin_projection = self.origin @ residual_space
         self.origin_projection = {
             torch.float32: torch.from_numpy(origin_projection.astype(np.float32)),
@@ -245,21 +273,20 @@ class VIM(Detector):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return message
 
-    def logits_and_residual(
-        self, h: torch.Tensor, centred: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """z = h W^T + b (float64) and r(h) = ||(h - u) R|| from one BLAS product h [W^T | R]:
-        float32 for float32 h (z widened before the bias is added, as ``fc_logits``; r as
-        ||h R - u R|| in float32, as pytorch-ood's), float64 otherwise. With ``centred``, h is
-        h - u already."""
-        product = h @ self.operands[h.dtype]
+    def logits_and_residual(self, h: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """z = h W^T + b (float64) and r(h) = ||h R - u R|| from one product h [W^T | R]
+        (``linear``), a block of rows at a time (``row_blocks``): float32 for float32 h (z
+        widened before the bias is added, as ``fc_logits``; r's norm in float32, as
+        pytorch-ood's), float64 otherwise."""
+        operand, shift = self.operands[h.dtype], self.origin_projection[h.dtype]
         classes = len(self.bias64)
-        logits = product[:, :classes].numpy().astype(np.float64)
-        logits += self.centred_bias if centred else self.bias64
-        residual = product[:, classes:]
-        if not centred:
-            residual = residual - self.origin_projection[h.dtype]
-        norms = torch.linalg.vector_norm(residual, dim=1).numpy().astype(np.float64)
+        logits = np.empty((len(h), classes))
+        norms = np.empty(len(h))
+        for rows in row_blocks(len(h), ROWS_PER_BLOCK):
+            product = linear(h[rows], operand)
+            logits[rows] = product[:, :classes].numpy()
+            norms[rows] = torch.linalg.vector_norm(product[:, classes:] - shift, dim=1).numpy()
+        logits += self.bias64
         return logits, norms
 
     def score_features(self, features):

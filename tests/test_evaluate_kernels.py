@@ -1,0 +1,113 @@
+"""The products under every detector: ``linear`` (oneDNN's float32 inner product, else the
+GEMM), VIM's ``centred_gram`` and ``row_blocks``, as properties over seeds and odd sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sio.evaluate import activations
+from sio.evaluate.activations import linear
+from sio.evaluate.detectors.features import centred_gram, row_blocks
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def rectified(rng, shape, shift=0.3) -> np.ndarray:
+    return np.maximum(rng.normal(shift, 1.0, shape), 0).astype(np.float32)
+
+
+def rounding_excess(got: np.ndarray, h: np.ndarray, w: np.ndarray) -> float:
+    """max |got - exact| over sqrt(D) eps32 sum_i |h_i w_i|: below 1 for a float32 product
+    (0.3 at worst over many sizes), hundreds for one rounded through bfloat16."""
+    exact = h.astype(np.float64) @ w.astype(np.float64).T
+    scale = np.abs(h).astype(np.float64) @ np.abs(w).astype(np.float64).T
+    bound = np.sqrt(h.shape[1]) * EPS32 * scale
+    return float((np.abs(np.asarray(got, np.float64) - exact) / np.maximum(bound, 1e-300)).max())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_linear_is_a_float32_product_within_float32_rounding(seed):
+    rng = np.random.default_rng(seed)
+    rows = int(rng.choice([0, 1, 2, 7, 13, 4099, int(rng.integers(1, 3000))]))
+    width, outputs = int(rng.integers(1, 700)), int(rng.integers(1, 300))
+    h, w = rectified(rng, (rows, width)), rng.normal(0, 1, (outputs, width)).astype(np.float32)
+    got = linear(torch.from_numpy(h), torch.from_numpy(w))
+    assert got.dtype == torch.float32 and got.shape == (rows, outputs)
+    if rows:
+        assert rounding_excess(got.numpy(), h, w) < 1.0
+
+
+def test_the_rounding_bound_rejects_a_bfloat16_product():
+    # what the property above would catch: a product that rounds its inputs to bfloat16 (as
+    # oneDNN may when told a lower fp32 precision) is hundreds of times outside the bound
+    rng = np.random.default_rng(0)
+    h, w = rectified(rng, (300, 512)), rng.normal(0, 1, (10, 512)).astype(np.float32)
+    bf16 = torch.from_numpy(h).bfloat16().float() @ torch.from_numpy(w).bfloat16().float().T
+    assert rounding_excess(bf16.numpy(), h, w) > 50
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_linear_of_float64_is_the_gemm_bitwise(seed):
+    rng = np.random.default_rng(seed)
+    h = torch.from_numpy(rng.normal(0, 1, (int(rng.integers(1, 900)), 37)))
+    w = torch.from_numpy(rng.normal(0, 1, (11, 37)))
+    assert torch.equal(linear(h, w), h @ w.T)
+
+
+def test_linear_takes_onednn_for_float32_where_torch_has_it(monkeypatch):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    assert activations.ONEDNN_LINEAR is not None
+    onednn, calls = activations.ONEDNN_LINEAR, []
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return onednn(*args)
+
+    monkeypatch.setattr(activations, "ONEDNN_LINEAR", spy)
+    linear(torch.ones(5, 3), torch.ones(2, 3))
+    linear(torch.ones(5, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64))
+    assert calls == [(5, 3)]  # float32 only: oneDNN has no float64 inner product
+
+
+def float64_centred(h: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    centred = h.astype(np.float64) - origin
+    return centred.T @ centred
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_centred_gram_is_the_gram_of_the_centred_rows(seed):
+    rng = np.random.default_rng(seed)
+    rows, width = int(rng.integers(2, 3000)), int(rng.integers(1, 300))
+    h = rectified(rng, (rows, width))
+    origin = rng.normal(0, rng.choice([0.0, 0.1, 1.0]), width)
+    got, exact = centred_gram(torch.from_numpy(h), origin), float64_centred(h, origin)
+    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
+    assert np.abs(got - exact).max() <= 1e-5 * scale.max()
+    np.testing.assert_allclose(got, got.T)
+
+
+def test_centred_gram_centres_first_where_the_origin_dominates():
+    # rows close to a large origin: h^T h is 1e7 times (h - u)^T (h - u), so the expansion
+    # h^T h - s u^T - u s^T + n u u^T leaves float32 rounding as the answer; centring first
+    # keeps it to float32 accuracy
+    rng = np.random.default_rng(3)
+    origin = np.full(16, 50.0)
+    h = (origin + rng.normal(0, 0.01, (2000, 16))).astype(np.float32)
+    exact = float64_centred(h, origin)
+    rows = torch.from_numpy(h)
+    cross = np.outer(rows.sum(dim=0).double().numpy(), origin)
+    expanded = (rows.T @ rows).double().numpy() - cross - cross.T + 2000 * np.outer(origin, origin)
+    assert np.abs(expanded - exact).max() > 0.1 * np.abs(exact).max()
+    got = centred_gram(rows, origin)
+    assert np.abs(got - exact).max() < 1e-5 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 6, 7, 8, 13, 4096, 4097])
+@pytest.mark.parametrize("block", [1, 7, 4096])
+def test_row_blocks_cover_the_rows_once_in_order(rows, block):
+    blocks = list(row_blocks(rows, block))
+    assert [i for b in blocks for i in range(rows)[b]] == list(range(rows))
+    assert all(0 < b.stop - b.start <= block for b in blocks)
