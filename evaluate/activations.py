@@ -45,16 +45,20 @@ def _onednn_linear():
 
 
 ONEDNN_LINEAR = _onednn_linear()
+# below this many rows oneDNN's per-call setup (~15 us) outweighs its faster kernel: the
+# N x 512 x 10 product broke even at ~2,000 rows on the reference machine (0.81x at 16,384)
+ONEDNN_MIN_ROWS = 2048
 
 
 def linear(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``h @ weight.T`` for N x D rows and an M x D weight. float32 on the CPU goes through
-    oneDNN's inner product: for the N x 512 x 10 logits 0.70x the time of torch's MKL GEMM
-    on the reference machine, still float32 throughout (rounding of the same size, 1e-6
-    relative); other dtypes (oneDNN has no float64), devices or a torch without the op take
-    the GEMM."""
+    """``h @ weight.T`` for N x D rows and an M x D weight. float32 on the CPU, from
+    ``ONEDNN_MIN_ROWS`` rows, goes through oneDNN's inner product: for the N x 512 x 10 logits
+    of 10,000 rows 0.70x the time of torch's MKL GEMM on the reference machine, still
+    float32 throughout (rounding of the same size, 1e-6 relative); fewer rows, other dtypes
+    (oneDNN has no float64), devices or a torch without the op take the GEMM."""
     if (
         ONEDNN_LINEAR is not None
+        and len(h) >= ONEDNN_MIN_ROWS
         and h.dtype == weight.dtype == torch.float32
         and h.device.type == weight.device.type == "cpu"
     ):
