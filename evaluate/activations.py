@@ -70,12 +70,16 @@ def fc_logits(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.
     """``h @ W.T + b`` as float64. float32 features (the activations file's format, what the
     network computes) are multiplied in float32 (``linear``), as the network's own last layer
     does, and only the N x K product is widened: no float64 copy of the features (that copy
-    was most of the logit detectors' time). Other float features are multiplied in float64.
-    The product is widened and shifted in torch: a third of numpy's astype + add."""
+    was most of the logit detectors' time). Other float features are multiplied in float64."""
     features = np.ascontiguousarray(features)
     dtype = np.float32 if features.dtype == np.float32 else np.float64
     h = torch.from_numpy(features.astype(dtype, copy=False))
-    product = linear(h, torch.from_numpy(np.ascontiguousarray(weight, dtype)))
+    return widened(linear(h, torch.from_numpy(np.ascontiguousarray(weight, dtype))), bias)
+
+
+def widened(product: torch.Tensor, bias: np.ndarray) -> np.ndarray:
+    """The logits from the product h W^T: widened to float64, then b added (in torch, a third
+    of numpy's astype + add)."""
     return product.double().add_(torch.tensor(np.asarray(bias), dtype=torch.float64)).numpy()
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from sio.evaluate.activations import linear
+from sio.evaluate.activations import linear, widened
 from sio.evaluate.config import PercentileSettings
 from sio.evaluate.detectors.base import (
     DETECTORS,
@@ -31,6 +31,8 @@ CANCELLATION = 4.0
 # reference machine, while a block's few MB are reused (VIM's 50,000-row train product:
 # 50 ms in blocks, 220 ms at once)
 ROWS_PER_BLOCK = 4096
+# ReAct clips this many rows at a time: 2 MB of float32 x 512, within the two cores' L2
+CLIP_ROWS = 1024
 
 
 def gram(x: torch.Tensor, strips: int = 4) -> torch.Tensor:
@@ -125,9 +127,17 @@ class ReAct(Detector):
         self.threshold = float(np.percentile(val, self.percentile))
 
     def score_features(self, features):
-        # torch's clamp: ~2x np.minimum's time on the reference machine for N x 512 float32
-        clipped = as_tensor(features).clamp(max=self.threshold).numpy()
-        return energy(self.logits(clipped))
+        # clipped a block of rows at a time into one buffer that stays in the cores' caches,
+        # and multiplied from there: 0.8x the time of clipping all rows first on the
+        # reference machine (torch's clamp: ~2x np.minimum's time for N x 512 float32)
+        h = as_tensor(features)
+        weight = torch.from_numpy(np.ascontiguousarray(self.fc_weight, h.numpy().dtype))
+        buffer = h.new_empty(min(len(h), CLIP_ROWS), h.shape[1])
+        product = h.new_empty(len(h), len(weight))
+        for rows in row_blocks(len(h), CLIP_ROWS):
+            clipped = torch.clamp(h[rows], max=self.threshold, out=buffer[: rows.stop - rows.start])
+            product[rows] = linear(clipped, weight)
+        return energy(widened(product, self.fc_bias))
 
     def info(self):
         return {"percentile": self.percentile, "threshold": self.threshold}
