@@ -55,9 +55,11 @@ def linear(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     ``ONEDNN_MIN_ROWS`` rows, goes through oneDNN's inner product: for the N x 512 x 10 logits
     of 10,000 rows 0.70x the time of torch's MKL GEMM on the reference machine, still
     float32 throughout (rounding of the same size, 1e-6 relative); fewer rows, other dtypes
-    (oneDNN has no float64), devices or a torch without the op take the GEMM."""
+    (oneDNN has no float64), devices, a torch without the op or one told not to use oneDNN
+    take the GEMM."""
     if (
         ONEDNN_LINEAR is not None
+        and torch.backends.mkldnn.enabled  # torch.backends.mkldnn.flags(enabled=False) is heard
         and len(h) >= ONEDNN_MIN_ROWS
         and h.dtype == weight.dtype == torch.float32
         and h.device.type == weight.device.type == "cpu"
@@ -78,8 +80,8 @@ def fc_logits(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.
 
 
 def widened(product: torch.Tensor, bias: np.ndarray) -> np.ndarray:
-    """The logits from the product h W^T: widened to float64, then b added (in torch, a third
-    of numpy's astype + add)."""
+    """The logits from a fresh product h W^T: widened to float64, then b added in place (a
+    float64 product itself becomes the logits); in torch, a third of numpy's astype + add."""
     return product.double().add_(torch.tensor(np.asarray(bias), dtype=torch.float64)).numpy()
 
 

@@ -190,13 +190,15 @@ def test_vim_every_dim_matches_the_reference(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("block", [1, 7])
-def test_vim_in_blocks_of_rows_matches_the_reference(seed, block, monkeypatch):
-    # fit and score take their product a block of rows at a time: many blocks and a short
-    # last one give the same scores as the reference
+@pytest.mark.parametrize("name", ["vim", "react"])
+def test_detectors_in_blocks_of_rows_match_the_reference(name, seed, block, monkeypatch):
+    # VIM (fit and score) and ReAct (its clip) take their products a block of rows at a time:
+    # many blocks and a short last one give the same scores as the reference
     monkeypatch.setattr(features, "ROWS_PER_BLOCK", block)
+    monkeypatch.setattr(features, "CLIP_ROWS", block)
     bank, queries = random_bank(seed, np.float64)
-    detector = VIM().fit(bank)
-    expected = ref_vim(bank, queries, detector)
+    detector = fit_detector(name, bank)
+    expected = REFERENCES[name](bank, queries, detector)
     np.testing.assert_allclose(detector.score(queries), expected, rtol=1e-9, atol=1e-9)
 
 

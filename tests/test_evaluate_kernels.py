@@ -57,6 +57,8 @@ def test_linear_of_float64_is_the_gemm_bitwise(seed):
     assert torch.equal(linear(h, w), h @ w.T)
 
 
+# torch's mkldnn.flags() warns that this CPU build has no Intel-GPU TF32: not ours to fix
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_linear_takes_onednn_for_float32_where_torch_has_it(monkeypatch):
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
@@ -72,7 +74,10 @@ def test_linear_takes_onednn_for_float32_where_torch_has_it(monkeypatch):
     linear(torch.ones(rows, 3), torch.ones(2, 3))
     linear(torch.ones(rows, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64))
     linear(torch.ones(rows - 1, 3), torch.ones(2, 3))
-    # float32 only (oneDNN has no float64 inner product), and only from ONEDNN_MIN_ROWS rows
+    with torch.backends.mkldnn.flags(enabled=False):
+        linear(torch.ones(rows, 3), torch.ones(2, 3))
+    # float32 only (oneDNN has no float64 inner product), only from ONEDNN_MIN_ROWS rows, and
+    # not when torch is told not to use oneDNN
     assert calls == [(rows, 3)]
 
 
@@ -88,9 +93,41 @@ def test_centred_gram_is_the_gram_of_the_centred_rows(seed):
     h = rectified(rng, (rows, width))
     origin = rng.normal(0, rng.choice([0.0, 0.1, 1.0]), width)
     got, exact = centred_gram(torch.from_numpy(h), origin), float64_centred(h, origin)
-    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
-    assert np.abs(got - exact).max() <= 1e-5 * scale.max()
+    assert relative_error(got, exact) < 1e-5
     np.testing.assert_allclose(got, got.T)
+
+
+def relative_error(got: np.ndarray, exact: np.ndarray) -> float:
+    """max_ij |got - exact| / sqrt(exact_ii exact_jj): each entry against its own columns."""
+    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
+    return float((np.abs(got - exact) / np.maximum(scale, 1e-300)).max())
+
+
+def test_centred_gram_guards_a_single_moderately_dominated_column():
+    # one column at u = 50 with spread 0.2 (uncentred/centred ~6e4, the others ~1): the
+    # guard must centre; the expansion would lose that column to 1e-2 relative
+    rng = np.random.default_rng(0)
+    h = rectified(rng, (5000, 64))
+    origin = np.zeros(64)
+    origin[0] = 50.0
+    h[:, 0] = 50 + rng.normal(0, 0.2, 5000)
+    got = centred_gram(torch.from_numpy(h), origin)
+    assert relative_error(got, float64_centred(h, origin)) < 1e-5
+
+
+def test_centred_gram_centres_first_where_the_gram_of_h_overflows():
+    # h^T h overflows float32 (3e18^2 x 200 > 3.4e38) while (h - u)^T (h - u) does not: the
+    # expansion has no finite answer, so h is centred first, as VIM did before the expansion
+    rng = np.random.default_rng(1)
+    origin = np.zeros(8)
+    origin[0] = 3e18
+    h = rectified(rng, (200, 8))
+    h[:, 0] = (3e18 + rng.normal(0, 1e12, 200)).astype(np.float32)
+    rows = torch.from_numpy(h)
+    shifted = rows - torch.from_numpy(origin).float()
+    got = centred_gram(rows, origin)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, (shifted.T @ shifted).double().numpy())
 
 
 def test_centred_gram_centres_first_where_the_origin_dominates():

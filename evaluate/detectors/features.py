@@ -57,13 +57,15 @@ def centred_gram(h: torch.Tensor, origin: np.ndarray) -> np.ndarray:
     (s the column sums of h), with no centred copy of h (for 50,000 x 512 float32 features, a
     100 MB allocation that took longer than the gram on the reference machine). Where u
     dominates a column (its diagonal entry in h^T h over CANCELLATION times the centred one)
-    the subtraction would leave float32 rounding as the answer, so h is centred first."""
+    the subtraction would leave float32 rounding as the answer, and where h^T h itself
+    overflows it has no answer: then all of h is centred first."""
     n = len(h)
     uncentred = gram(h).double().numpy()
     sums = h.sum(dim=0).double().numpy()
     cross = np.outer(sums, origin)
     centred = uncentred - cross - cross.T + n * np.outer(origin, origin)
-    if (np.diag(uncentred) > CANCELLATION * np.diag(centred)).any():
+    cancels = np.diag(uncentred) > CANCELLATION * np.diag(centred)
+    if cancels.any() or not np.isfinite(centred).all():
         shifted = h - torch.from_numpy(origin).to(h.dtype)
         return gram(shifted).double().numpy()
     return centred
@@ -188,9 +190,10 @@ class VIM(Detector):
 
     float32 features are multiplied and projected in float32 and r's norm taken in float32
     (as pytorch-ood; OpenOOD centres in float64), the covariance eigendecomposed in float64;
-    scores differ from an all-float64 computation by ~1e-6 relative. Nothing makes a centred
-    copy of h: the covariance is h's own gram (its upper triangle) shifted by u in float64
-    (``centred_gram``), and the logits and the residual come from one product h [W^T | R].
+    scores differ from an all-float64 computation by ~1e-6 relative. The covariance is h's own
+    gram (its upper triangle) shifted by u in float64 (``centred_gram``; a centred copy of h
+    only if u dominates a column), and the logits and the residual come from one product
+    h [W^T | R].
     A rank-deficient or ill-conditioned fc.weight (u then holds rounding noise of size ~1e8)
     gives a warning naming VIM, also recorded in results.json.
     """
