@@ -6,6 +6,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sio.core.config import bounded, short, short_text
 from sio.core.config import check as _check
 
 
@@ -100,7 +101,7 @@ class EvaluateConfig:
     # id: ID positive (the literature, SIO, OpenOOD v1.5 as tagged); ood: OOD positive
     # (OpenOOD's main branch since Aug 2023 and its current leaderboard)
     fpr_convention: Literal["id", "ood"] = "id"
-    batch_size: int = 512
+    batch_size: int = bounded(1, 2**20, default=512)
     # Python modules imported when the config is read: the detectors they register
     # (@sio.evaluate.DETECTORS.register("name")) are then nameable in ``methods``
     plugins: tuple[str, ...] = ()
@@ -121,4 +122,5 @@ class EvaluateConfig:
             try:
                 importlib.import_module(module)
             except ImportError as err:
-                _check(False, f"plugins[{i}]", f"cannot import {module!r}: {err}")
+                why = short_text(str(err))
+                _check(False, f"plugins[{i}]", f"cannot import {short(module)}: {why}")

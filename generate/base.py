@@ -126,8 +126,3 @@ class Generator(abc.ABC):
 def seeded_generators(seeds) -> list[torch.Generator]:
     """One CPU generator per image."""
     return [torch.Generator().manual_seed(int(s) % 2**63) for s in seeds]
-
-
-def randn_rows(shape, seeds) -> torch.Tensor:
-    """len(seeds) × shape normal noise, row i from its own stream seeded by ``seeds[i]``."""
-    return torch.stack([torch.randn(shape, generator=g) for g in seeded_generators(seeds)])

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sio.core.config import bounded, short
 from sio.core.config import check as _check
 
 
@@ -13,8 +14,8 @@ from sio.core.config import check as _check
 class DDPMModelConfig:
     """A diffusers ``UNet2DModel`` with a class embedding; see generate/ddpm/model.py."""
 
-    block_out_channels: tuple[int, ...] = (32, 64)
-    layers_per_block: int = 1
+    block_out_channels: tuple[int, ...] = bounded(1, 4096, default=(32, 64))
+    layers_per_block: int = bounded(1, 64, default=1)
     attention: bool = False
 
 
@@ -26,7 +27,7 @@ class DDPMTrainConfig:
     resumes with the same bytes. Those two change no weight (``TRAIN_BYTE_NEUTRAL``)."""
 
     steps: int = 1000
-    batch_size: int = 128
+    batch_size: int = bounded(1, 2**20, default=128)
     lr: float = 2e-3
     ema_decay: float = 0.995
     seed: int = 0
@@ -51,7 +52,7 @@ class SamplerConfig:
     the classifier-free guidance weight ``guidance`` (1 = plain conditional; needs a null class)."""
 
     kind: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = 20
+    steps: int = bounded(1, 10_000, default=20)
     eta: float = 0.0
     guidance: float = 1.0
 
@@ -129,7 +130,7 @@ class GeneratorConfig:
         _check(
             re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.+-]*)?", self.label) is not None,
             "label",
-            f"{self.label!r}: a folder name (letters, digits, _ . + -; starting with a letter "
+            f"{short(self.label)}: a folder name (letters, digits, _ . + -; starting with a letter "
             "or digit)",
         )
 
@@ -149,14 +150,14 @@ class GenerateConfig:
     generators faster than PNG)."""
 
     num_images: int = 6000
-    batch_size: int = 500
+    batch_size: int = bounded(1, 2**20, default=500)
     shard_size: int = 1000
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
-    encode_threads: int = 2
+    encode_threads: int = bounded(1, 1024, default=2)
     encoding: Literal["png", "records"] = "png"
-    network_batch: int = 100
+    network_batch: int = bounded(1, 2**20, default=100)
 
     def __post_init__(self):
         _check(self.num_images > 0, "num_images", "must be positive")
@@ -179,7 +180,7 @@ class FidConfig:
 
     inception_weights: str = ""
     inception_sha256: str = INCEPTION_SHA256
-    batch_size: int = 200
+    batch_size: int = bounded(1, 2**20, default=200)
     max_images: int | None = None  # per set: the first N images (null: all)
 
     def __post_init__(self):

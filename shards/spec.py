@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sio.core.config import ConfigError, load_yaml_dataclass
+from sio.core.config import ConfigError, bounded, load_yaml_dataclass, short, short_text
 from sio.core.config import check as _check
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
@@ -27,8 +27,8 @@ class SplitSpec:
     the others to ``rest``. A number below 1 is a fraction of the class, else a count."""
 
     take: Literal["val", "test", "rest"]
-    val: float = 0.0
-    test: float = 0.0
+    val: float = bounded(0, 2**31 - 1, default=0.0)
+    test: float = bounded(0, 2**31 - 1, default=0.0)
 
     def __post_init__(self):
         for name in ("val", "test"):
@@ -53,7 +53,9 @@ class SourceSpec:
     count: int = 0  # crops: how many to render
 
     def __post_init__(self):
-        _check(_plain_name(self.name), "name", f"letters, digits, - and _ only, got {self.name!r}")
+        _check(
+            _plain_name(self.name), "name", f"letters, digits, - and _ only, got {short(self.name)}"
+        )
         _check(
             not (self.classes and self.exclude_classes),
             "exclude_classes",
@@ -76,17 +78,19 @@ class BenchmarkSpec:
     transform; ``channels: 3`` expands greyscale sets to RGB. ``exact`` refuses any other size."""
 
     name: str
-    image_size: int
+    image_size: int = bounded(1, 16384)
     id: IdSpec
     near: tuple[SourceSpec, ...]
     far: tuple[SourceSpec, ...]
     channels: int = 3
     resize: Literal["openood", "exact"] = "openood"
-    resize_shorter: int = 0
+    resize_shorter: int = bounded(0, 16384, default=0)
     description: str = ""
 
     def __post_init__(self):
-        _check(_plain_name(self.name), "name", f"letters, digits, - and _ only, got {self.name!r}")
+        _check(
+            _plain_name(self.name), "name", f"letters, digits, - and _ only, got {short(self.name)}"
+        )
         _check(self.image_size > 0, "image_size", "must be positive")
         _check(self.channels in (1, 3), "channels", "must be 1 or 3")
         _check(
@@ -118,13 +122,13 @@ def benchmark_file(name: str) -> Path:
     if name.endswith((".yaml", ".yml")) or "/" in name:
         path = Path(name)
         if not path.is_file():
-            raise ConfigError(f"{path}: benchmark file not found")
+            raise ConfigError(f"{short_text(str(path))}: benchmark file not found")
         return path
     path = BENCHMARK_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(shipped_benchmarks())
         raise ConfigError(
-            f"unknown benchmark {name!r}; shipped: {known}; or give the path of a .yaml file"
+            f"unknown benchmark {short(name)}; shipped: {known}; or give the path of a .yaml file"
         )
     return path
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from sio.core.schedules import warmup_cosine
 from sio.train import METHODS, MethodContext, build_classifier, build_method
-from sio.train.config import TrainConfig
+from sio.train.config import LogitNormSettings, TrainConfig
 from sio.train.methods.batch_transforms import (
     CutMixTransform,
     PixMixTransform,
@@ -239,6 +239,28 @@ def test_logitnorm_is_ce_on_normalised_logits():
     # the loss only sees the logits' direction
     z2 = 3 * logits / (0.04 * ((3 * logits).norm(dim=1, keepdim=True) + 1e-7))
     assert torch.allclose(F.cross_entropy(z2, batch["labels"]), loss, atol=1e-5)
+
+
+def logitnorm_formula(logits, labels, temperature):
+    """Wei et al.'s loss in float64: mean_i [logsumexp(u_i / tau) - u_i[y_i] / tau], with
+    u_i = z_i / ||z_i|| (the implementation's 1e-7 in the norm is below the tolerance)."""
+    z = logits.detach().double()
+    scaled = z / z.norm(dim=1, keepdim=True) / temperature
+    return (torch.logsumexp(scaled, 1) - scaled[torch.arange(len(labels)), labels]).mean().item()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 0.01])
+def test_logitnorm_uses_the_configured_temperature(temperature):
+    """At temperatures other than the default, the loss is the formula's at that temperature:
+    a loss that ignored train.logitnorm.temperature (or hard-coded 0.04) fails here."""
+    config = TrainConfig(method="logitnorm", logitnorm=LogitNormSettings(temperature=temperature))
+    method = build_method(config, MethodContext(CLASSES, 128, 0, 5))
+    batch = constant_batch(n=6)
+    loss, logits = method.loss(tiny_model(), batch)
+    expected = logitnorm_formula(logits, batch["labels"], temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the batch tells the temperatures apart: the default's loss is not this one
+    assert logitnorm_formula(logits, batch["labels"], 0.04) != pytest.approx(expected, rel=1e-2)
 
 
 def test_ce_plus_schedule_and_length():

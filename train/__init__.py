@@ -17,7 +17,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ),
         "sio.train.mixing": (
             "batch_counts",
-            "compose",
             "rank_share",
             "steps_per_epoch",
             "worker_steps",

@@ -87,6 +87,3 @@ class StyleGAN2Generator(Generator):
             size = (self.image_size, self.image_size)
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
         return to_uint8(images).cpu()
-
-    def network_device(self) -> torch.device:
-        return self.device

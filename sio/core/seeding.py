@@ -7,7 +7,6 @@ and interpreter (it hashes the parts' text with SHA-256, not Python's salted ``h
 from __future__ import annotations
 
 import hashlib
-import random
 
 import numpy as np
 import torch
@@ -28,7 +27,3 @@ def torch_generator(*parts: int | str) -> torch.Generator:
 
 def numpy_rng(*parts: int | str) -> np.random.Generator:
     return np.random.default_rng(derive_seed(*parts))
-
-
-def python_rng(*parts: int | str) -> random.Random:
-    return random.Random(derive_seed(*parts))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sio.core.config import ConfigError, check_alpha, load_yaml_dataclass
+from sio.core.config import ConfigError, check_alpha, load_yaml_dataclass, short, short_text
 from sio.core.config import check as _check
 from sio.evaluate.config import EvaluateConfig
 from sio.generate.config import FidConfig, GenerateConfig, GeneratorConfig
@@ -69,7 +69,7 @@ class PipelineConfig:
             _check(
                 key not in keys[:i],
                 f"sweep.generators[{i - 1}].label" if i else "generator.label",
-                f"{key!r} names two generators; give each a distinct label",
+                f"{short(key)} names two generators; give each a distinct label",
             )
         self._check_counts()
         self._check_alphas()
@@ -117,11 +117,12 @@ def _check_shard_set(location: str, field_name: str, used_by: str) -> None:
     if _is_url(location):
         return  # remote: read (and checked) when the stage opens it
     folder = Path(location)
-    _check(folder.is_dir(), field_name, f"{folder} not found ({used_by} reads a shard set there)")
+    shown = short_text(str(folder))
+    _check(folder.is_dir(), field_name, f"{shown} not found ({used_by} reads a shard set there)")
     _check(
         (folder / "manifest.json").is_file(),
         field_name,
-        f"{folder} holds no manifest.json: not a shard set (`sio shard` and `sio generate` "
+        f"{shown} holds no manifest.json: not a shard set (`sio shard` and `sio generate` "
         "write them)",
     )
 
@@ -153,20 +154,22 @@ def check_references(config: PipelineConfig) -> None:
         _check(
             not generator.path or Path(generator.path).exists(),
             where,
-            f"{generator.path} not found (the {generator.name} generator loads from it; "
+            f"{short_text(generator.path)} not found (the {generator.name} generator loads "
+            "from it; "
             "empty: train the built-in DDPM)",
         )
     weights = config.fid.inception_weights
     _check(
         not weights or Path(weights).is_file(),
         "fid.inception_weights",
-        f"{weights} not found (torch-fidelity's weights-inception-2015-12-05-6726825d.pth; "
+        f"{short_text(weights)} not found (torch-fidelity's "
+        "weights-inception-2015-12-05-6726825d.pth; "
         "empty: the classifier-feature distance)",
     )
 
 
 def _unknown(kind: str, name: str, registry) -> str:
-    return f"unknown {kind} {name!r}; known: {', '.join(registry.names())}"
+    return f"unknown {kind} {short(name)}; known: {', '.join(registry.names())}"
 
 
 def load_pipeline(path: str | Path, *, check_paths: bool = True) -> PipelineConfig:
