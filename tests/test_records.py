@@ -151,14 +151,18 @@ def test_corrupt_record_is_named_and_verify_checks_members(tmp_path, png_set):
     path = rec / "shard-000001.tar"
     samples = list(tar_samples(str(path)))
     samples[1]["images.npy"] = b"\x93NUMPY garbage"
-    rewrite(path, [{k: v for k, v in s.items() if k != "__url__"} for s in samples])
+
+    def rewrite_listed():  # the manifest lists the new bytes: only the members are wrong
+        rewrite(path, [{k: v for k, v in s.items() if k != "__url__"} for s in samples])
+        manifest = json.loads((rec / "manifest.json").read_text())
+        manifest["shards"][1].update(bytes=path.stat().st_size, sha256=sha256_file(path))
+        (rec / "manifest.json").write_text(json.dumps(manifest))
+
+    rewrite_listed()
     with pytest.raises(ShardError, match=r"shard-000001\.tar: record rec-000001: member images"):
         list(iter_samples(rec))
     del samples[0]["meta.json"]
-    rewrite(path, [{k: v for k, v in s.items() if k != "__url__"} for s in samples])
-    manifest = json.loads((rec / "manifest.json").read_text())  # only the members are wrong
-    manifest["shards"][1].update(bytes=path.stat().st_size, sha256=sha256_file(path))
-    (rec / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_listed()
     with pytest.raises(ShardError, match=r"shard-000001\.tar: sample rec-000000 has members"):
         verify_shard_set(rec)
 

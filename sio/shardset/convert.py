@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from sio.core.storage import is_url, open_destination
-from sio.shardset.format import _JSON, ENCODINGS, MANIFEST, ShardError, ShardInfo, encode_png
+from sio.shardset.format import (
+    _JSON,
+    ENCODINGS,
+    MANIFEST,
+    ShardError,
+    ShardInfo,
+    encode_png,
+    shard_path,
+)
 from sio.shardset.read import Chunk, read_manifest, shard_chunks, shard_urls
 from sio.shardset.records import RECORD_SIZE, encode_record, record_key
 from sio.shardset.tarwrite import TarShard
@@ -56,7 +64,7 @@ def _records(chunks, record_size: int):
 
 
 def _convert_shard(url, shard, manifest, encoding, record_size, path: Path) -> ShardInfo:
-    chunks = shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples)
+    chunks = shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples, shard)
     samples = _records(chunks, record_size) if encoding == "records" else _chunk_samples(chunks)
     tar = TarShard(path.with_name(path.name + ".tmp"))
     try:
@@ -92,7 +100,7 @@ def convert_shard_set(
         raise ValueError("convert into another folder than the source")
     shards = []
     for url, shard in zip(shard_urls(source, manifest), manifest.shards, strict=True):
-        path = Path(folder.staging) / shard.name
+        path = shard_path(folder.staging, shard.name)
         shards.append(_convert_shard(url, shard, manifest, encoding, record_size, path))
         folder.publish(shard.name)
     converted = dataclasses.replace(manifest, shards=tuple(shards), encoding=encoding)

@@ -26,9 +26,12 @@ from sio.shardset.format import ShardError
 from sio.shardset.read import read_manifest, shard_chunks, shard_urls
 
 
-def _shard_arrays(url: str, manifest, expected: int) -> tuple[np.ndarray, np.ndarray]:
+def _shard_arrays(url: str, manifest, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shard ``index`` decoded whole, checked against its manifest line before parsing."""
+    shard = manifest.shards[index]
     images, labels = [], []
-    for chunk in shard_chunks(url, manifest.encoding, manifest.channels, expected):
+    chunks = shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples, shard)
+    for chunk in chunks:
         images.append(chunk.images)
         labels.append(chunk.labels)
     return np.concatenate(images), np.concatenate(labels)
@@ -65,8 +68,7 @@ class ShardDataset(Dataset):
         index %= size
         shard = int(np.searchsorted(self._starts, index, side="right") - 1)
         if shard not in self._decoded:
-            expected = self.manifest.shards[shard].num_samples
-            self._decoded[shard] = _shard_arrays(self._urls[shard], self.manifest, expected)
+            self._decoded[shard] = _shard_arrays(self._urls[shard], self.manifest, shard)
         images, labels = self._decoded[shard]
         image = torch.from_numpy(images[index - self._starts[shard]].copy())
         label = int(labels[index - self._starts[shard]])
@@ -109,8 +111,7 @@ class ShardStream(IterableDataset):
         if worker is not None:
             order = order[worker.id :: worker.num_workers]
         for shard in order.tolist():
-            expected = self.manifest.shards[shard].num_samples
-            images, labels = _shard_arrays(urls[shard], self.manifest, expected)
+            images, labels = _shard_arrays(urls[shard], self.manifest, shard)
             within = np.arange(len(images))
             if self.shuffle:
                 within = numpy_rng(self.seed, "stream", self.epoch, shard).permutation(len(images))

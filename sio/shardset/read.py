@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from sio.core.definition import require_same
-from sio.core.storage import as_location, is_url, join_location, mirrors, read_bytes, rotate
-from sio.shardset.format import MANIFEST, Manifest, ShardError
+from sio.core.storage import as_location, is_url, join_location, mirrors, open_url, rotate
+from sio.shardset.format import MANIFEST, Manifest, ShardError, ShardInfo, shorten
 from sio.shardset.records import decode_record, record_meta
-from sio.shardset.tario import check_count, tar_samples
+from sio.shardset.tario import CHUNK, check_count, tar_samples
 
 
 def read_manifest(shard_set) -> Manifest:
@@ -37,16 +37,31 @@ def read_manifest(shard_set) -> Manifest:
     if not is_url(shard_set) and not Path(where).is_file():
         raise ShardError(_no_manifest(where))
     try:
-        text = read_bytes(where)
+        text = _manifest_bytes(where)
     except FileNotFoundError:
         raise ShardError(_no_manifest(where)) from None
     except OSError as err:
         raise ShardError(f"{where}: cannot read the manifest: {err}") from err
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ShardError(f"{where}: not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # bad JSON, an int of > 4,300 digits, nesting
+        raise ShardError(f"{where}: not valid JSON: {shorten(str(err))}") from None
     return Manifest.from_json(data, where)
+
+
+MAX_MANIFEST = 256 << 20  # bytes: a million shards' lines fit many times
+
+
+def _manifest_bytes(where: str) -> bytes:
+    """The manifest's bytes, refused beyond MAX_MANIFEST (a server may send without end)."""
+    pieces, held = [], 0
+    with open_url(where) as stream:
+        while piece := stream.read(min(CHUNK, MAX_MANIFEST + 1 - held)):
+            pieces.append(piece)
+            held += len(piece)
+            if held > MAX_MANIFEST:
+                raise ShardError(f"{where}: more than {MAX_MANIFEST} bytes; not a manifest")
+    return b"".join(pieces)
 
 
 def set_definition(manifest: Manifest) -> dict:
@@ -127,11 +142,19 @@ class Chunk(NamedTuple):
     provenance: list[dict]
 
 
-def shard_chunks(url: str, encoding: str, channels: int, expected: int | None = None):
+def shard_chunks(
+    url: str,
+    encoding: str,
+    channels: int,
+    expected: int | None = None,
+    shard: ShardInfo | None = None,
+):
     """Every sample of one shard, in order, as chunks: one per record, or one per PNG sample;
-    a shard with another count than ``expected`` is an error naming it."""
+    a shard with another count than ``expected`` is an error naming it. With the manifest's
+    ``shard``, its size and sha256 (where listed) are checked before it is parsed."""
     count = 0
-    for sample in tar_samples(url):
+    sha256, size = (None, None) if shard is None else (shard.sha256, shard.bytes)
+    for sample in tar_samples(url, sha256, size):
         if encoding == "records":
             images, labels = decode_record(sample, channels)
             keys, provenance = record_meta(sample, len(images))
@@ -149,7 +172,7 @@ def iter_chunks(shard_set: str | Path) -> Iterator[Chunk]:
     for url, shard in zip(shard_urls(shard_set, manifest), manifest.shards, strict=True):
         if not is_url(url) and not Path(url).is_file():
             raise ShardError(f"{url}: shard listed in the manifest is missing")
-        yield from shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples)
+        yield from shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples, shard)
 
 
 def iter_samples(shard_set: str | Path) -> Iterator[tuple[np.ndarray, int, dict]]:

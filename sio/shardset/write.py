@@ -27,6 +27,7 @@ from sio.shardset.format import (
     ShardInfo,
     _check_key,
     encode_png,
+    shard_name,
 )
 from sio.shardset.tarwrite import TarShard
 
@@ -74,6 +75,7 @@ class ShardFileWriter:
 
     def __init__(self, path: str | Path, num_classes: int, channels: int):
         self.path = Path(path)
+        shard_name(self.path.name)  # what its manifest line will say
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self._tar = TarShard(self.tmp)
         self.class_counts = np.zeros(num_classes, dtype=np.int64)
@@ -159,6 +161,8 @@ class ShardSetWriter:
     ):
         if kind not in ("real", "synthetic"):
             raise ValueError(f"kind is 'real' or 'synthetic', got {kind!r}")
+        self._pattern = f"{prefix}-%06d.tar"
+        shard_name(self._pattern % 0, "the shard prefix's names")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if (self.out_dir / MANIFEST).exists():
@@ -183,7 +187,6 @@ class ShardSetWriter:
         self._in_batch = 0
         self.stats: list[ShardStats] = []
         self.shard_size = shard_size
-        self._pattern = f"{prefix}-%06d.tar"
         self._shard: ShardFileWriter | None = None
 
     def _finish_shard(self) -> None:
