@@ -7,6 +7,7 @@ import dataclasses
 import click
 
 from sio.core.cli import config_option, device_option, pipeline_config
+from sio.core.lock import hold_folder
 from sio.evaluate.activations import load_activations
 from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_table, write_results
 
@@ -141,37 +142,38 @@ def evaluate(
         raise click.UsageError("give --alpha and --seed together")
     if run_dir is not None and alpha is not None:
         raise click.UsageError("--run reads alpha and seed from the checkpoint; drop them")
-    if activations is not None:
-        results = evaluate_bank(
-            load_activations(activations), config.methods, config.fpr_convention, config=config
-        )
-        if benchmark is not None:
-            from sio.evaluate.activations import benchmark_record
+    if model_spec is not None and (benchmark is None or weights is None):
+        raise click.UsageError("--model needs --weights and --benchmark")
+    if run_dir is not None and benchmark is None:
+        raise click.UsageError("--run needs --benchmark")
+    with hold_folder(out):  # one job writes --out; a second is refused, naming this one
+        if activations is not None:
+            results = evaluate_bank(
+                load_activations(activations), config.methods, config.fpr_convention, config=config
+            )
+            if benchmark is not None:
+                from sio.evaluate.activations import benchmark_record
 
-            results["benchmark"] = benchmark_record(benchmark)
-        write_results(results, out)
-    elif model_spec is not None:
-        if benchmark is None or weights is None:
-            raise click.UsageError("--model needs --weights and --benchmark")
-        results = _evaluate_model(
-            model_spec,
-            weights,
-            benchmark,
-            normalize,
-            fc_name,
-            layer,
-            config,
-            out,
-            device or default_device(),
-        )
-    else:
-        if benchmark is None:
-            raise click.UsageError("--run needs --benchmark")
-        results = evaluate_checkpoint(
-            run_dir, benchmark, out, config, device=device or default_device()
-        )
-    if alpha is not None:
-        _record_run(out, alpha, seed, activations or weights, results.get("benchmark"))
+                results["benchmark"] = benchmark_record(benchmark)
+            write_results(results, out)
+        elif model_spec is not None:
+            results = _evaluate_model(
+                model_spec,
+                weights,
+                benchmark,
+                normalize,
+                fc_name,
+                layer,
+                config,
+                out,
+                device or default_device(),
+            )
+        else:
+            results = evaluate_checkpoint(
+                run_dir, benchmark, out, config, device=device or default_device()
+            )
+        if alpha is not None:
+            _record_run(out, alpha, seed, activations or weights, results.get("benchmark"))
     click.echo(markdown_table(results))
 
 

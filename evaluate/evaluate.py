@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sio.core.files import write_json_atomic, write_text_atomic
+from sio.core.lock import hold_folder
 from sio.evaluate.activations import (
     ActivationBank,
     benchmark_record,
@@ -168,34 +169,35 @@ def evaluate_checkpoint(
 ) -> dict:
     """``sio evaluate --run``: extract (or reuse) ``out/activations.npz``, score every detector
     of ``config`` (ODIN with the model and images), write results.json, results.md and
-    run.json (alpha and seed from the checkpoint)."""
+    run.json (alpha and seed from the checkpoint). Another job writing ``out`` is refused
+    (``FolderBusy``)."""
     from sio.train import checkpoint_file, load_classifier
 
     checkpoint, out = checkpoint_file(checkpoint), Path(out)
     check_methods(config.methods)
-    _, info = load_classifier(checkpoint)
-    check_classifier_fits(info, benchmark_dir)  # before any work, also for a cached bank
-    out.mkdir(parents=True, exist_ok=True)
-    bank = extract_activations(
-        checkpoint,
-        Path(benchmark_dir),
-        out / "activations.npz",
-        batch_size=config.batch_size,
-        device=device,
-    )
-    inputs = ModelInputs(checkpoint, Path(benchmark_dir), config.batch_size, device)
-    results = evaluate_bank(
-        bank, config.methods, config.fpr_convention, config=config, inputs=inputs
-    )
-    results["benchmark"] = benchmark_record(benchmark_dir)
-    write_results(results, out)
-    run = {
-        "alpha": info.alpha,
-        "seed": info.seed,
-        "checkpoint": str(checkpoint),
-        "benchmark": results["benchmark"],
-    }
-    write_json_atomic(out / "run.json", run)
+    with hold_folder(out):  # one job writes a folder
+        _, info = load_classifier(checkpoint)
+        check_classifier_fits(info, benchmark_dir)  # before any work, also for a cached bank
+        bank = extract_activations(
+            checkpoint,
+            Path(benchmark_dir),
+            out / "activations.npz",
+            batch_size=config.batch_size,
+            device=device,
+        )
+        inputs = ModelInputs(checkpoint, Path(benchmark_dir), config.batch_size, device)
+        results = evaluate_bank(
+            bank, config.methods, config.fpr_convention, config=config, inputs=inputs
+        )
+        results["benchmark"] = benchmark_record(benchmark_dir)
+        write_results(results, out)
+        run = {
+            "alpha": info.alpha,
+            "seed": info.seed,
+            "checkpoint": str(checkpoint),
+            "benchmark": results["benchmark"],
+        }
+        write_json_atomic(out / "run.json", run)
     return results
 
 

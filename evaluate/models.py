@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sio.core.lock import hold_folder
+from sio.core.weights import WeightsError, load_weights
 from sio.evaluate.activations import ActivationBank, benchmark_record, model_activations
 from sio.evaluate.config import EvaluateConfig
 from sio.evaluate.image_scoring import ModelInputs
@@ -150,9 +153,9 @@ def _state_dict(weights: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any unreadable file: one line naming it)
-        raise ModelError(f"{path}: not a PyTorch state dict ({err})") from None
+        state = load_weights(path, what="PyTorch state dict")
+    except WeightsError as err:  # refused or unreadable: one line naming it
+        raise ModelError(str(err)) from None
     for wrapper in ("state_dict", "model_state", "net", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -276,22 +279,25 @@ class Evaluator:
         return self._bank
 
     def evaluate(self, out: str | Path | None = None) -> dict:
+        """Every detector's results; written to ``out`` when given (which another job writing
+        it refuses: ``FolderBusy``)."""
         from sio.evaluate.evaluate import check_methods, evaluate_bank, write_results
 
         check_methods(self.config.methods)
-        inputs = ModelInputs(
-            None, self.benchmark_dir, self.config.batch_size, self.device, model=self.model
-        )
-        results = evaluate_bank(
-            self.activations(),
-            self.config.methods,
-            self.config.fpr_convention,
-            config=self.config,
-            inputs=inputs,
-        )
-        results["benchmark"] = benchmark_record(self.benchmark_dir)
-        if out is not None:
-            write_results(results, out)
+        with nullcontext() if out is None else hold_folder(out):  # one job writes a folder
+            inputs = ModelInputs(
+                None, self.benchmark_dir, self.config.batch_size, self.device, model=self.model
+            )
+            results = evaluate_bank(
+                self.activations(),
+                self.config.methods,
+                self.config.fpr_convention,
+                config=self.config,
+                inputs=inputs,
+            )
+            results["benchmark"] = benchmark_record(self.benchmark_dir)
+            if out is not None:
+                write_results(results, out)
         return results
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sio.core.files import write_text_atomic
+from sio.core.lock import hold_folder
 from sio.evaluate.config import ALL_DETECTORS
 
 
@@ -327,7 +328,22 @@ def _check_same_layout(arms: dict) -> None:
 
 def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
     """Aggregate run folders; writes report.json, report.md, report.csv (every number, long
-    form) and report.tex (the AUROC summary as a LaTeX tabular) to ``out`` when given."""
+    form) and report.tex (the AUROC summary as a LaTeX tabular) to ``out`` when given (which
+    another job writing it refuses: ``FolderBusy``)."""
+    if out is None:
+        return _report(run_folders)[0]
+    out = Path(out)
+    with hold_folder(out):  # one job writes a folder
+        text, arms = _report(run_folders)
+        write_text_atomic(out / "report.json", json.dumps(arms, indent=2) + "\n")
+        write_text_atomic(out / "report.md", text)
+        write_text_atomic(out / "report.csv", report_csv(arms))
+        write_text_atomic(out / "report.tex", report_latex(arms))
+    return text
+
+
+def _report(run_folders: list[str | Path]) -> tuple[str, dict]:
+    """(the report's text, its figures per arm) of the run folders."""
     if not run_folders:
         raise ValueError("no run folders to report on")
     runs = [load_run(folder) for folder in run_folders]
@@ -371,11 +387,4 @@ def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
             "",
         ]
     )
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "report.json", json.dumps(arms, indent=2) + "\n")
-        write_text_atomic(out / "report.md", text)
-        write_text_atomic(out / "report.csv", report_csv(arms))
-        write_text_atomic(out / "report.tex", report_latex(arms))
-    return text
+    return text, arms

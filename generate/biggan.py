@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sio.core.weights import load_weights
 from sio.generate.base import Generator, seeded_generators
 from sio.generate.config import BigGANSettings
 
@@ -73,12 +74,7 @@ class BigGANGenerator(Generator):
             model = BigGAN(config)
         except Exception as err:  # noqa: BLE001 - a bad config fails in many ways
             raise ValueError(f"{folder / CONFIG_NAME}: not a BigGAN config: {err!r}") from None
-        try:
-            state = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - truncated or garbage files fail in many ways
-            raise ValueError(
-                f"{folder / WEIGHTS_NAME}: not a readable weights file: {err}"
-            ) from None
+        state = load_weights(folder / WEIGHTS_NAME, what="weights file")
         if not isinstance(state, dict):
             raise ValueError(f"{folder / WEIGHTS_NAME}: not a state dict")
         try:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from sio.core.files import atomic_path, sha256_file, write_json_atomic
 from sio.core.storage import is_url
+from sio.core.weights import load_weights
 from sio.shardset import MANIFEST, iter_batches, read_manifest
 
 STATS_DIR = "fid-stats"
@@ -105,7 +106,7 @@ class InceptionFeatures:
                 f"{weights}: sha256 {digest} does not start with the expected "
                 f"{expected_sha256} (fid.inception_sha256); not the pinned Inception weights"
             )
-        torch.load(weights, map_location="cpu", weights_only=True)  # tensors only, or it fails
+        load_weights(weights, what="Inception weights file")  # tensors only, or it fails
         self.network = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
         ).to(device)

@@ -23,16 +23,10 @@ the shards still missing) for the others.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import math
 import os
-import shutil
-import socket
-import sys
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +35,11 @@ import torch
 from tqdm import tqdm
 
 import sio
+from sio.core import lock as core_lock
 from sio.core.config import to_dict
 from sio.core.definition import differences, require_same
-from sio.core.files import sha256_file, stale_temporaries
+from sio.core.files import sha256_file
+from sio.core.lock import remove_temporaries, run_id
 from sio.core.seeding import derive_seed
 from sio.core.storage import open_destination
 from sio.generate.base import fixed_calls
@@ -55,7 +51,6 @@ from sio.shardset.records import encode_record, record_key
 PROGRESS = ".progress"
 JOB_FILE = f"{PROGRESS}/job.json"
 LOCK_FILE = f"{PROGRESS}/lock"
-GATE_FILE = f"{PROGRESS}/lock.gate"
 MAX_CANDIDATES_PER_IMAGE = 50  # pseudo-labelling gives up after 50 candidates per image
 # generate settings of the writing process alone (no byte of any shard depends on them)
 PROCESS_ONLY = ("encode_threads",)
@@ -337,142 +332,20 @@ def write_shard(job: Job, index: int, path: Path, workers: Workers, progress=Non
 # --- the output folder: lock, job definition, completed shards -------------------------------
 
 
-def run_id() -> str:
-    """What the ranks of one launch share (torchrun's run id), else this process's own."""
-    shared = os.environ.get("TORCHELASTIC_RUN_ID")
-    if shared and os.environ.get("WORLD_SIZE", "1") != "1":
-        return f"torchrun:{shared}"
-    return f"process:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+class FolderLock(core_lock.FolderLock):
+    """The folder lock of every stage (sio.core.lock), kept in ``.progress/lock``; a refused
+    writer gets a ``GenerationError``."""
 
-
-class FolderLock:
-    """One job at a time writes a folder: ``.progress/lock`` under flock, shared by the ranks of
-    one run (the first writer holds it exclusively while it writes who it is, in ``.progress/
-    lock``, and removes the stale temporaries; then every rank of its run holds it shared), and a
-    writer of another run is refused with the holder's name.
-
-    Converting an flock from exclusive to shared is not atomic (it is dropped and taken again),
-    and a writer of another run could be granted it in between. So every attempt to take the lock
-    first takes a second, short-lived one, ``.progress/lock.gate``, exclusively: the first writer
-    keeps the gate from before it takes the lock until it holds it shared, with its record written
-    and the folder cleaned; nobody else even tries the lock meanwhile."""
-
-    def __init__(self, folder: Path, run: str):
-        self.path = folder / LOCK_FILE
-        self.gate_path = folder / GATE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.run = run
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held for the job's lifetime
-        self.first = False
-
-    def acquire(self, timeout_s: float = 2.0, on_first=None, gate_timeout_s: float = 600.0) -> None:
-        """Take the lock (``on_first()`` runs, with it held exclusively, in the first writer).
-        A writer of another run is refused once it has held the lock for ``timeout_s``; while
-        the gate is held by this run's first writer (cleaning a large folder), wait up to
-        ``gate_timeout_s``."""
-        start = time.monotonic()
-        while True:
-            gate = self._take_gate()
-            if gate is None:  # someone is taking the lock now: whose run is it?
-                holder = self._holder()
-                waited = time.monotonic() - start
-                limit = timeout_s if holder.get("run") not in (None, self.run) else gate_timeout_s
-                if waited > limit:
-                    self._refuse(holder)
-                time.sleep(0.02)
-                continue
-            try:
-                if self._try_lock(on_first):
-                    return
-            finally:
-                gate.close()  # closing the gate's file releases it
-            holder = self._holder()
-            if time.monotonic() - start > timeout_s:
-                self._refuse(holder)
-            time.sleep(0.05)
-
-    def _take_gate(self):
-        handle = open(self.gate_path, "a+b")  # noqa: SIM115 - closed by the caller
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        return handle
-
-    def _try_lock(self, on_first) -> bool:
-        """With the gate held: the lock taken (first, or joining this run), else False."""
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # held shared by the ranks of a run (nobody holds it exclusively outside the gate)
-            if self._holder().get("run") != self.run:
-                return False
-            fcntl.flock(self.file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return True
-        try:
-            self.file.seek(0)
-            self.file.truncate()
-            holder = {
-                "run": self.run,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "command": " ".join(sys.argv[:3]),
-            }
-            self.file.write(json.dumps(holder) + "\n")
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.first = True
-            if on_first is not None:
-                on_first()
-        except BaseException:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            raise
-        fcntl.flock(self.file, fcntl.LOCK_SH)  # under the gate: nobody can slip in between
-        return True
-
-    def _refuse(self, holder: dict):
-        self.release()
-        raise GenerationError(
-            f"{self.path.parent.parent}: another job is writing this folder "
-            f"({describe_holder(holder)}); wait for it to finish or use another --out"
-        ) from None
-
-    def _holder(self) -> dict:
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            return {}
-
-    def release(self) -> None:
-        if not self.file.closed:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-
-
-def describe_holder(holder: dict) -> str:
-    if not holder:
-        return "a writer that has not said who it is yet"
-    return (
-        f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')}, "
-        f"{holder.get('command', '')}".rstrip(", ")
-    )
+    lock_name = LOCK_FILE
+    error = GenerationError
 
 
 def remove_stale(folder: Path) -> list[Path]:
     """What killed writers left: ``*.tmp`` temporaries of atomic writes and of shards."""
-    stale = [
-        *stale_temporaries(folder),
-        *stale_temporaries(folder / PROGRESS),
-        *folder.glob("shard-*.tar.tmp"),
-    ]
-    for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return stale
+    shards = sorted(folder.glob("shard-*.tar.tmp"))
+    for path in shards:
+        path.unlink(missing_ok=True)
+    return [*remove_temporaries(folder), *remove_temporaries(folder / PROGRESS), *shards]
 
 
 def _check_job(dest, job: Job) -> None:

@@ -66,14 +66,27 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, 
 
 
 def is_user_error(err: BaseException) -> bool:
+    from sio.core.lock import FolderBusy
     from sio.core.stages import StageConflict
     from sio.shardset.format import ShardError
 
-    return isinstance(err, (*USER_ERRORS, ShardError, StageConflict))
+    return isinstance(err, (*USER_ERRORS, ShardError, StageConflict, FolderBusy))
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one line shown for ``err``: bad input, or what the file system refused (a full disk,
+    a read-only folder, no permission: the path and the cause); None for a bug (a traceback)."""
+    from sio.core.files import filesystem_error
+
+    message = filesystem_error(err)
+    if message is None and is_user_error(err):
+        message = str(err)
+    return message
 
 
 class Group(click.Group):
-    """Stage commands imported on first use; bad input reported as one line."""
+    """Stage commands imported on first use; bad input and what the file system refused
+    reported as one line (``sio --debug``: after the traceback)."""
 
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), *STAGE_COMMANDS})
@@ -98,9 +111,14 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as err:
-            if is_user_error(err):
-                raise UserError(str(err)) from err
-            raise
+            message = user_message(err)
+            if message is None:
+                raise
+            if ctx.params.get("debug"):
+                import traceback
+
+                click.echo(traceback.format_exc(), err=True, nl=False)
+            raise UserError(message) from err
 
 
 def pipeline_config(path: str | None) -> PipelineConfig:
@@ -123,8 +141,11 @@ def pipeline_config(path: str | None) -> PipelineConfig:
 
 @click.group(cls=Group)
 @click.version_option(package_name="sio")
+@click.option(
+    "--debug", is_flag=True, help="Print the full traceback of an error shown as one line."
+)
 @click.pass_context
-def cli(ctx):
+def cli(ctx, debug):
     """sio: synthetic in-distribution data for out-of-distribution detection."""
     ctx.obj = CliDefaults(load=pipeline_config)
 

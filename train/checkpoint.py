@@ -19,6 +19,7 @@ from sio.core.config import to_dict
 from sio.core.definition import require_same
 from sio.core.files import atomic_path, sha256_file
 from sio.core.storage import as_location
+from sio.core.weights import load_weights
 from sio.train.config import TrainConfig
 from sio.train.methods import METHODS
 from sio.train.models import build_classifier
@@ -42,8 +43,36 @@ RESUMABLE_CHANGES = (
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` through ``atomic_path``; a full disk is the ``OSError`` of the failed write
+    (naming ``path``), not torch's "file write failed" nor its error in closing the archive."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        try:
+            torch.save(state, file)
+        except RuntimeError as err:
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
+
+
+# what using a checkpoint's classifier reads from it
+MODEL_KEYS = ("model", "channels", "class_names", "pixel_mean", "pixel_std", "model_state")
+
+
+def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+    """The dict of the checkpoint file ``path``: read as tensors only (a pickle that would run
+    anything is refused, nothing in it runs) and refused, naming the path, unless it is an sio
+    checkpoint holding a model."""
+    state = load_weights(path, device, what="sio checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        kind = "a dict" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ValueError(
+            f"{path}: not an sio checkpoint (format {CHECKPOINT_FORMAT!r}; it holds {kind})"
+        )
+    missing = [key for key in MODEL_KEYS if key not in state]
+    if missing or not isinstance(state["model_state"], dict):
+        what = f"without {', '.join(missing)}" if missing else "whose model_state is no dict"
+        raise ValueError(f"{path}: an sio checkpoint {what}; it cannot be used")
+    return state
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
@@ -57,9 +86,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         raise FileNotFoundError(
             f"{path}: no checkpoint; `sio train --out DIR` writes DIR/{CHECKPOINT}"
         )
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an sio checkpoint (format {CHECKPOINT_FORMAT!r})")
+    state = read_checkpoint(path, device)
     state.setdefault("method", "ce")
     model = build_classifier(
         state["model"],
@@ -70,7 +97,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         head=state.get("head", "linear"),
         **state.get("head_options", {}),
     )
-    model.load_state_dict(state["model_state"])
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as err:  # missing, unexpected or misshapen weights: the first of them
+        first = str(err).replace("\n\t", " ").splitlines()[0]
+        raise ValueError(f"{path}: its weights do not fit its model: {first}") from None
     return model.to(device).eval(), state
 
 

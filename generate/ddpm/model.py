@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from sio.core.weights import load_weights
 from sio.generate.base import Generator, seeded_generators
 from sio.generate.config import DDPMModelConfig, SamplerConfig
 
@@ -103,12 +104,12 @@ def _read_weights(folder: Path) -> tuple[Path, dict]:
     if not files:
         raise FileNotFoundError(f"{folder}: no UNet weights ({' or '.join(WEIGHT_FILES)})")
     path = files[0]
+    if path.suffix != ".safetensors":
+        return path, load_weights(path, what="weights file")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from safetensors.torch import load_file
 
-            return path, load_file(path)
-        return path, torch.load(path, map_location="cpu", weights_only=True)
+        return path, load_file(path)
     except Exception as err:  # noqa: BLE001 - truncated or foreign files fail in many ways
         raise ValueError(f"{path}: not a readable weights file: {err}") from None
 

@@ -33,6 +33,7 @@ from sio.core.definition import require_same
 from sio.core.files import atomic_path, stale_temporaries, write_text_atomic
 from sio.core.schedules import warmup_cosine
 from sio.core.seeding import torch_generator
+from sio.core.weights import load_weights
 from sio.generate.config import TRAIN_BYTE_NEUTRAL, GeneratorConfig
 from sio.generate.ddpm.model import (
     GENERATOR_FILE,
@@ -84,10 +85,7 @@ def _load_checkpoint(path: Path, definition: dict) -> dict | None:
     """The checkpoint at ``path`` (None if there is none), refused if made differently."""
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a foreign or truncated file fails in many ways
-        raise ValueError(f"{path}: not a readable DDPM training checkpoint: {err}") from None
+    state = load_weights(path, what="DDPM training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a DDPM training checkpoint of format {CHECKPOINT_FORMAT}")
     require_same(

@@ -4,11 +4,14 @@ Everything sio writes under a final name goes through ``atomic_path``: the bytes
 under a temporary name of this writer's own (``NAME.<uuid>.tmp[SUFFIX]``) and renamed into place
 only once complete, so a crash leaves no half-written file under a final name, and writers racing
 on one file (torchrun ranks) never share a temporary. ``stale_temporaries`` finds what a killed
-writer left, for the next writer to remove.
+writer left, for the next writer to remove. What the file system refuses (a full disk, a
+read-only folder, no permission) is an ``OSError`` naming the final path, which the CLI shows as
+one line (``filesystem_error``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +22,37 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TMP_MARK = ".tmp"
+# what a file system refuses, as the user reads it (errno -> cause)
+FILESYSTEM_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def filesystem_error(err: BaseException) -> str | None:
+    """``PATH: cause`` for an ``OSError`` the file system raised (full disk, read-only folder,
+    permissions; the cause alone when the error names no path); None for any other error."""
+    if not isinstance(err, OSError) or err.errno not in FILESYSTEM_ERRORS:
+        return None
+    cause = FILESYSTEM_ERRORS[err.errno]
+    return cause if err.filename is None else f"{err.filename}: {cause}"
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` raised for ``path`` (the final name, not the temporary beside it) when it is a
+    plain file-system refusal of that write (a ``write`` on a full disk names no path)."""
+    if err.errno not in FILESYSTEM_ERRORS or type(err) is not type(OSError(err.errno, "")):
+        return err
+    if err.filename is not None:
+        if not isinstance(err.filename, (str, bytes, os.PathLike)):
+            return err
+        if Path(os.fsdecode(err.filename)).parent != path.parent:
+            return err  # another file's (an input's) error
+    return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,6 +81,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         if tmp.is_dir() and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except OSError as err:
+        named = _naming(err, path)
+        if named is err:
+            raise
+        raise named from err
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -63,11 +102,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write text through ``atomic_path``: readers never see half a file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: str | Path, data) -> None:

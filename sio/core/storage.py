@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -34,10 +35,22 @@ def is_s3(url: str | Path) -> bool:
     return str(url).startswith("s3://")
 
 
+# an S3 bucket name: 3 to 63 characters (255 for buckets of before 2018, which may hold capitals
+# and "_"), letters, digits, ".", "-" and "_", a letter or digit at each end, no ".."
+S3_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+
+
 def split_s3(url: str) -> tuple[str, str]:
+    """(bucket, key prefix) of an ``s3://bucket/prefix`` URL; a bucket name S3 would refuse (or
+    that could leave a staging folder: "..") is refused here, in one line."""
     bucket, _, key = url.removeprefix("s3://").partition("/")
     if not bucket:
         raise ValueError(f"{url}: an S3 URL is s3://bucket/prefix")
+    if not S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(
+            f"{url}: {bucket[:80]!r} is not an S3 bucket name (letters, digits, '.', '-' or '_', a "
+            "letter or digit at each end)"
+        )
     return bucket, key.strip("/")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from sio.core.config import to_dict
 from sio.core.environment import default_device
 from sio.core.files import sha256_file, write_json_atomic
+from sio.core.lock import hold_folder
 from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage
 from sio.generate import BYTE_NEUTRAL
 from sio.generate.config import GeneratorConfig
@@ -254,12 +255,16 @@ def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | N
     """Every stage of ``config`` (each skipped when done with the same definition), then the
     report. ``pipeline.resolved.json`` is written once every stage has been accepted (done
     before with the same definition, or run now), so a refused run leaves the record of the
-    config that made the folder as it was."""
+    config that made the folder as it was. Another job writing ``output_dir`` is refused
+    (``FolderBusy``)."""
+    out = Path(config.output_dir)
+    with hold_folder(out):  # one sio run writes a folder; each stage locks its own sub-folder
+        return _run_stages(config, out, force, device or default_device())
+
+
+def _run_stages(config: PipelineConfig, out: Path, force: bool, device: str) -> str:
     from sio.pipeline.study_report import study_report
 
-    device = device or default_device()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"sio run -> {out} (device {device})", flush=True)
     run = PipelineRun(config, out, device, force)

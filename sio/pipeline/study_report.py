@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.core.files import write_json_atomic, write_text_atomic
+from sio.core.files import atomic_path, write_json_atomic, write_text_atomic
+from sio.core.lock import hold_folder
 from sio.evaluate.report import aggregate, load_run, mean_std
 from sio.pipeline.study import AXIS, STUDY_FILE, StudyRecord, StudyRun
 
@@ -119,7 +120,8 @@ def _save(figure, axes, path: Path, xlabel: str, ylabel: str = "mean AUROC over 
     axes.grid(alpha=0.3)
     # outside the axes, so that it hides no point
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    figure.savefig(path, bbox_inches="tight")
+    with atomic_path(path) as tmp:  # a killed report leaves no half-written plot
+        figure.savefig(tmp, format=path.suffix.lstrip("."), bbox_inches="tight")
     plt.close(figure)
 
 
@@ -264,11 +266,17 @@ def generators_section(study: StudyRecord) -> str:
 
 def study_report(output_dir: str | Path) -> str:
     """report.md/report.json of a ``sio run`` folder: the baseline-vs-+SIO tables at the base
-    point, then the study's plots and tables."""
-    from sio.evaluate.report import report
-
+    point, then the study's plots and tables. Another job writing the folder (a ``sio run``
+    into it) is refused (``FolderBusy``)."""
     out = Path(output_dir)
     study = StudyRecord.read(out / STUDY_FILE)
+    with hold_folder(out):  # one job writes a folder; sio run holds it already
+        return _write_study_report(study, out)
+
+
+def _write_study_report(study: StudyRecord, out: Path) -> str:
+    from sio.evaluate.report import report
+
     base_runs = [out / r.evaluate for r in study.base_runs()]
     for name in (*PLOTS.values(), STUDY_RESULTS):  # what an earlier, larger study left
         (out / name).unlink(missing_ok=True)

@@ -1,0 +1,205 @@
+"""One job writes a folder: ``sio train``, ``sio evaluate``, ``sio report`` and ``sio run`` take
+the folder lock ``sio generate`` has (sio/core/lock.py) on their output folder. A second job, as
+a command or through the Python API, is refused in one line naming the holder's pid, host and
+command; the lock of a killed holder is taken over; the ranks of one torchrun share it; and the
+nested locks of one job (``sio run`` and the stages under it) never refuse that job.
+
+The holder is a real process (``held``): the test waits for the line it prints once it holds
+the folder, never on a sleep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sio.cli import get_cli
+from sio.core.lock import LOCK_FILE, FolderBusy, hold_folder
+
+from .shardsets import grey_writer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HOLDER = (
+    "import sys\n"
+    "from sio.core.lock import hold_folder\n"
+    "with hold_folder(sys.argv[1]):\n"
+    "    print('held', flush=True)\n"
+    "    sys.stdin.readline()\n"
+)
+TRAIN_CONFIG = "train: {epochs: 1, batch_size: 8, num_workers: 0, crop_padding: 0}\n"
+
+
+@contextmanager
+def held(folder: Path, **env):
+    """A live process holding ``folder``'s lock for the block (``env``: its extra variables)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    try:
+        assert process.stdout.readline().strip() == "held"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.stdin.write("\n")
+            process.stdin.flush()
+        process.wait(60)
+
+
+def refusal(output: str, folder: Path, holder: subprocess.Popen) -> str:
+    """The one error line of a refused job (and that it is the only line saying so)."""
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    line = errors[0]
+    assert line.startswith(f"Error: {folder}: another job is writing this folder (pid "), line
+    assert f"pid {holder.pid} on host {socket.gethostname()}, since " in line, line
+    assert f"-c {folder}" in line, line  # the holder's command line
+    return line
+
+
+@pytest.fixture(scope="module")
+def real_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sets") / "real"
+    rng = np.random.default_rng(0)
+    with grey_writer(folder, "real", ("a", "b"), 8) as writer:
+        for i in range(16):
+            image = rng.integers(0, 60, (8, 8)) + 150 * (i % 2)
+            writer.write(f"real-{i:04d}", image.astype(np.uint8), i % 2, {"i": i})
+    return folder
+
+
+def train_args(real: Path, out: Path, config: Path) -> list[str]:
+    return ["train", "--real", str(real), "--alpha", "1", "--out", str(out)] + [
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
+
+
+def test_a_second_training_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path, real_set):
+    """``sio train`` into a folder a live process holds: refused, nothing written; once the
+    holder is killed (SIGKILL: its record stays in the lock file), the same command takes the
+    folder over, removes what the killed job left, and trains."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(TRAIN_CONFIG)
+    out = tmp_path / "run"
+    runner = CliRunner()
+    with held(out) as holder:
+        result = runner.invoke(get_cli(), train_args(real_set, out, config))
+        assert result.exit_code == 1
+        refusal(result.output, out, holder)
+        assert not (out / "checkpoint.pt").exists()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(60)
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == holder.pid  # a stale record
+    left = out / "checkpoint.pt.0123abcd.tmp"
+    left.write_bytes(b"half a checkpoint of the killed job")
+    result = runner.invoke(get_cli(), train_args(real_set, out, config))
+    assert result.exit_code == 0, result.output
+    assert (out / "checkpoint.pt").is_file() and not left.exists()
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_second_sio_evaluate_process_is_refused(tmp_path):
+    """A real ``sio evaluate`` process against a held --out: exit 1, one line, no results."""
+    out = tmp_path / "eval"
+    command = [str(Path(sys.executable).parent / "sio"), "evaluate", "--run", str(tmp_path)]
+    command += ["--benchmark", str(tmp_path), "--out", str(out)]
+    with held(out) as holder:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1
+    refusal(done.stderr, out, holder)
+    assert not (out / "results.json").exists()
+
+
+def test_report_and_run_are_refused_as_commands_and_through_the_api(tmp_path, monkeypatch):
+    """``sio report --out`` and ``sio run`` (through their APIs, which take the lock), and the
+    trainer's and the evaluator's APIs, refuse a held folder before they read or write."""
+    from sio.evaluate import evaluate_checkpoint
+    from sio.evaluate.config import EvaluateConfig
+    from sio.train import train_classifier
+    from sio.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "shared"
+    (tmp_path / "run.yaml").write_text(f"output_dir: {out}\n")
+    runner = CliRunner()
+    with held(out) as holder:
+        result = runner.invoke(get_cli(), ["report", str(tmp_path / "a"), "--out", str(out)])
+        assert result.exit_code == 1
+        refusal(result.output, out, holder)
+        result = runner.invoke(get_cli(), ["run", str(tmp_path / "run.yaml")])
+        assert result.exit_code == 1
+        refusal(result.output, out, holder)
+        calls = [  # the APIs of the stage commands (sio report and run: the APIs above)
+            lambda: train_classifier(
+                real=tmp_path / "none",
+                synthetic=None,
+                alpha=1.0,
+                seed=0,
+                config=TrainConfig(),
+                out=out,
+            ),
+            lambda: evaluate_checkpoint(tmp_path, tmp_path, out, EvaluateConfig()),
+        ]
+        for call in calls:
+            with pytest.raises(FolderBusy, match=rf"pid {holder.pid} on host"):
+                call()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, f"{LOCK_FILE}.gate"]
+
+
+def test_one_job_nests_its_locks_and_other_threads_are_refused(tmp_path):
+    """``sio run`` holds its folder while its stages lock their sub-folders and its report
+    locks the folder again: one thread never refuses itself; another thread is another job."""
+    out = tmp_path / "runs" / "x"
+    outcome = {}
+
+    def other_job():
+        try:
+            with hold_folder(out, timeout_s=0.1):
+                outcome["other"] = "held"
+        except FolderBusy as err:
+            outcome["other"] = str(err)
+
+    with hold_folder(out):
+        stage = out / "train" / "alpha1-seed0"
+        with hold_folder(out), hold_folder(stage), hold_folder(stage):
+            pass
+        thread = threading.Thread(target=other_job)
+        thread.start()
+        thread.join(60)
+        assert f"pid {os.getpid()} on host" in outcome["other"]
+    other_job()  # released: the next job takes it
+    assert outcome["other"] == "held"
+
+
+def test_the_ranks_of_one_torchrun_share_the_folder(tmp_path, monkeypatch):
+    """Ranks with one TORCHELASTIC_RUN_ID hold the folder together; another launch is refused."""
+    out = tmp_path / "run"
+    launch = {"TORCHELASTIC_RUN_ID": "launch-1", "WORLD_SIZE": "2"}
+    with held(out, **launch) as holder:
+        for name, value in launch.items():
+            monkeypatch.setenv(name, value)
+        with hold_folder(out):  # rank 1 joins rank 0
+            pass
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+        with (
+            pytest.raises(FolderBusy, match=rf"pid {holder.pid} on host"),
+            hold_folder(out, timeout_s=0.1),
+        ):
+            pass
