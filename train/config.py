@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from sio.core.config import bounded
 from sio.core.config import check as _check
 
 # The fields a preset may set, with their values when neither the preset nor the file sets them.
@@ -163,26 +164,30 @@ class TrainConfig:
     preset: Literal["cifar", "imagenet"] | None = None
     method: Literal["ce", "logitnorm", "godin", "vos", "cutmix", "ce_plus", "pixmix", "oe"] = "ce"
     model: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
+    epochs: int | None = bounded(1, 10**6, default=None)
+    batch_size: int | None = bounded(1, 2**20, default=None)
     lr: float | None = None
     momentum: float | None = None
     nesterov: bool | None = None
     weight_decay: float | None = None
-    num_workers: int = 2
+    num_workers: int = bounded(0, 1024, default=2)
     shuffle_window: int = 10_000  # samples per pass group: the span of the shuffle (passes.py)
     steps_per_epoch: int | None = None  # null: SIO's epoch, ceil(N_real / batch_size) steps
     resident: bool = False  # load the shard sets into (host or GPU) memory once, index there
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: error, or skip and count
     trace: bool = False  # trace/rank-R.jsonl in the run folder: each step's sample keys
     checkpoint_every: int | None = None  # also checkpoint every N steps (resumable mid-epoch)
-    cache_dir: str | None = None  # node-local cache of remote shards (null: $SIO_CACHE_DIR or
-    # ~/.cache/sio/shards)
-    cache_limit: int | None = None  # bytes the cache may hold (null: no limit)
+    # node-local cache of remote shards and of decoded shards, local sets' too (null:
+    # $SIO_CACHE_DIR or ~/.cache/sio/shards)
+    cache_dir: str | None = None
+    # bytes the cache may hold (null: no limit); 32 GiB holds a 1M-image 32x32 RGB set decoded
+    # (3.1 GB) and its remote shards several times over
+    cache_limit: int | None = bounded(1, 2**63 - 1, default=32 * 2**30)
     read_timeout: float = 600.0  # seconds a remote shard may stay unreachable before failing
-    crop_padding: int | None = None
+    crop_padding: int | None = bounded(0, 4096, default=None)
     hflip: bool | None = None
-    resized_crop: int | None = None  # > 0: RandomResizedCrop to this size instead of pad-crop
+    # > 0: RandomResizedCrop to this size instead of pad-crop
+    resized_crop: int | None = bounded(0, 16384, default=None)
     # GPU options (accelerate.py); the defaults change no result on any device
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the forward pass and loss
     channels_last: bool = False  # model and batches in torch.channels_last memory order

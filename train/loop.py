@@ -3,10 +3,12 @@
 Under DDP every rank takes its own share of the global batch (``rank_share`` of the real and of
 the synthetic quota); its mean loss is scaled by its share of the global batch times the number
 of ranks, so DDP's gradient average is the gradient of the global batch's mean loss. The log's
-sums (loss, correct, real and synthetic samples, bytes fetched) are all-reduced and the skipped
-data's keys gathered and deduplicated, so the line describes the global batches; images/s is
-the global count over the slowest rank's time. ``EpochTotals`` is checkpointed mid-epoch, so
-an epoch resumed at step k logs the line the uninterrupted epoch would have.
+sums (loss, correct, real and synthetic samples, bytes fetched, shards read, decoded and mapped
+from the node's decoded cache: ``shard_reads``, ``shard_decodes``, ``shard_cached``) are
+all-reduced and the skipped data's keys gathered and deduplicated, so the line describes the
+global batches; images/s is the global count over the slowest rank's time. ``EpochTotals`` is
+checkpointed mid-epoch, so an epoch resumed at step k logs the line the uninterrupted epoch
+would have (the shard counters aside: they describe what the node did).
 
 The line also splits the epoch by the batches' ``is_synthetic``: ``real_loss`` and
 ``synthetic_loss`` are the mean per-sample cross-entropy of the logits the method returns
@@ -30,7 +32,9 @@ from sio.train.accelerate import Acceleration
 from sio.train.distributed import World, all_max, all_sum, gather
 from sio.train.stream import SKIP_KINDS, raise_worker_error, skip_counts
 
-SUMS = ("loss", "correct", "real", "synthetic", "batches", "fetched", "seconds")
+# the shard counters of a batch (rowcache.Counts): summed over steps, workers and ranks
+SHARD_COUNTS = ("shard_reads", "shard_decodes", "shard_cached")
+SUMS = ("loss", "correct", "real", "synthetic", "batches", "fetched", *SHARD_COUNTS, "seconds")
 # per part of the batch: summed per-sample cross-entropy and correct predictions (float64)
 SPLIT = ("real_loss", "real_correct", "synthetic_loss", "synthetic_correct")
 
@@ -76,7 +80,8 @@ class EpochTotals:
         self.sums["real"] += counts[0]
         self.sums["synthetic"] += counts[1]
         self.sums["batches"] += int(main)  # global steps: counted once, by rank 0
-        self.sums["fetched"] += batch.get("fetched", 0)
+        for key in ("fetched", *SHARD_COUNTS):
+            self.sums[key] += batch.get(key, 0)
         self.skipped |= {tuple(f) for f in batch.get("faults", ())}
 
     def local(self) -> dict:
@@ -104,7 +109,7 @@ class EpochTotals:
         split = [0.0] * len(SPLIT)
         for state in mine:
             for key in SUMS:
-                totals.sums[key] += state["sums"][key]
+                totals.sums[key] += state["sums"].get(key, 0.0)  # counters added later: 0
             totals.skipped |= {tuple(k) for k in state["skipped"]}
             totals.split_missing |= any(key not in state["sums"] for key in SPLIT)
             split = [a + state["sums"].get(key, 0.0) for a, key in zip(split, SPLIT, strict=True)]
@@ -171,7 +176,8 @@ def train_step(objective, batch: dict, state, context: StepContext) -> None:
         line = {"step": int(batch["step"]), **batch["ids"]}
         with open(context.trace, "a") as handle:
             handle.write(json.dumps(line) + "\n")
-    bookkeeping = {k: batch.pop(k) for k in ("faults", "fetched", "ids", "keys") if k in batch}
+    kept = ("faults", "fetched", "ids", "keys", *SHARD_COUNTS)
+    bookkeeping = {k: batch.pop(k) for k in kept if k in batch}
     batch = context.acceleration.batch(_to_device(batch, context.device))
     with context.acceleration.autocast(context.device):
         loss, logits = objective(batch)
@@ -239,7 +245,8 @@ def epoch_record(
     }
     counts = skip_counts(skipped)
     record.update({f"skipped_{kind}": counts[kind] for kind in SKIP_KINDS})
-    return {**record, "bytes_fetched": int(summed["fetched"]), "ranks": world.size}
+    shards = {key: int(summed[key]) for key in SHARD_COUNTS}
+    return {**record, "bytes_fetched": int(summed["fetched"]), **shards, "ranks": world.size}
 
 
 def train_epoch(objective, loader, state: Steps, context: StepContext, epoch: int, steps: int):

@@ -77,8 +77,8 @@ def duration(seconds: float) -> str:
 
 def final_summary(history: list[dict], checkpoint: Path, wall_seconds: float) -> str:
     """The line after the last epoch: epochs, the time spent in training steps (every epoch's,
-    across resumes: its images over its images/s), this call's wall time, the last accuracy and
-    the checkpoint."""
+    across resumes: its images over its images/s), this call's wall time, the last accuracy,
+    the shards read, decoded and mapped from the decoded cache, and the checkpoint."""
     last = history[-1]
     steps_time = sum(
         (r["real_seen"] + r["synthetic_seen"]) / r["images_per_s"]
@@ -92,8 +92,19 @@ def final_summary(history: list[dict], checkpoint: Path, wall_seconds: float) ->
     )
     return (
         f"done: {len(history)} epochs, {duration(steps_time)} in training steps "
-        f"({duration(wall_seconds)} wall time in this call), {accuracy}, checkpoint {checkpoint}"
+        f"({duration(wall_seconds)} wall time in this call), {accuracy}{shard_loads(history)}, "
+        f"checkpoint {checkpoint}"
     )
+
+
+def shard_loads(history: list[dict]) -> str:
+    """``, shards 12 read, 12 decoded, 96 from the decoded cache`` over the logged epochs
+    (rowcache.py), or nothing for a log without the counters."""
+    keys = ("shard_reads", "shard_decodes", "shard_cached")
+    totals = [sum(r.get(key, 0) for r in history) for key in keys]
+    if not any(totals):
+        return ""
+    return ", shards {:,} read, {:,} decoded, {:,} from the decoded cache".format(*totals)
 
 
 class TensorBoardLog:

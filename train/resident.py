@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sio.shardset import ShardError
+from sio.shardset import Check, ShardError, ShardRef, decode_shard
+from sio.train.cache import Fetcher
 from sio.train.passes import PassOrders, slice_start
 from sio.train.sources import ShardSource
 from sio.train.stream import (
-    Check,
-    Fetcher,
-    LoadedShard,
     MixSpec,
     SharedEpoch,
     assemble,
@@ -74,14 +72,14 @@ def load_resident(source: ShardSource, device, fetcher: Fetcher | None = None) -
     filled = 0
     for url, shard in zip(source.urls, manifest.shards, strict=True):
         data = fetcher.read(url, shard.sha256)
-        loaded = LoadedShard(url, data, manifest.encoding, check, shard.num_samples)
-        Fetcher.check(url, data, shard.sha256)
+        ref = ShardRef(url, shard.num_samples, shard.sha256 or "")
+        loaded = decode_shard(ref, data, manifest.encoding, check)
         for index in range(shard.num_samples):
             if filled >= count:
                 raise ShardError(f"{url}: more samples than the manifest lists")
             images[filled], labels[filled] = loaded.sample(index)
             filled += 1
-        keys += loaded.keys
+        keys += loaded.keys.tolist()
     return ResidentSet(
         torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device), tuple(keys)
     )

@@ -8,11 +8,14 @@ batch, each rank keeping its own samples in that order) and the augmentation dra
 whole global part of a source, each rank applying its slice). So 1 or W ranks, 0 or w
 DataLoader workers give the same global batches; steps are dealt to workers in turn.
 
-A reader (one per process or worker) loads the shards its positions fall in, whole, into a small
-LRU (a pass group is a few shards, see passes.py): from the path, or for ``s3://``/``http(s)://``
-through the node-local cache (cache.py), transport errors retried up to ``read_timeout``
-(``fetch_bytes``). Each shard's bytes are checked against the manifest's sha256 as they are
-read; labels must be in [0, K) and images of the manifest's channels and size.
+A reader (one per process or worker) loads the shards its positions fall in, whole, as decoded
+rows into a small LRU (a pass group is a few shards, see passes.py). A shard with a sha256 is
+read, checked and decoded once per node: the first process to need it writes its rows to the
+node's decoded cache under ``cache_dir`` and every worker and rank maps them from there
+(rowcache.py); its bytes come from the path, or for ``s3://``/``http(s)://`` through the
+node-local shard cache (cache.py), transport errors retried up to ``read_timeout``. Decoding and
+its checks (sha256 before parsing, sample count, images of the manifest's channels and size,
+labels in [0, K)) are the contract's ``decode_shard``.
 
 A corrupt sample, record or shard raises a ShardError naming the URL and member, or with
 ``on_error="skip"`` is replaced by the next readable sample of the same pass and counted: each
@@ -30,28 +33,26 @@ RandAugment) drawing from its own generator (per step and rank: it acts on the r
 
 from __future__ import annotations
 
-import io
-import json
 import multiprocessing
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from sio.core.seeding import torch_generator
-from sio.core.storage import TransportError, fetch_bytes, is_url, parent_location
-from sio.shardset import ShardError, decode_record, decode_sample, read_manifest
-from sio.shardset.tario import split_member, tar_members
+from sio.core.storage import TransportError, parent_location
+from sio.shardset import Check, Rows, ShardError, ShardRef, read_manifest
 from sio.train.accelerate import deferred_crop_flip
 from sio.train.augment import apply_augment, augment_draws, join_draws, slice_draws
-from sio.train.cache import ShardCache, default_cache, sha256_bytes
+from sio.train.cache import Fetcher, cache_folder
 from sio.train.mixing import worker_steps
 from sio.train.passes import Layout, PassOrders, slice_start
+from sio.train.rowcache import ShardLoader
 
 SKIP_KINDS = ("samples", "records", "shards")
 
@@ -96,144 +97,27 @@ def skip_counts(keys: set) -> dict[str, int]:
     return {kind: sum(1 for k, _ in keys if k == kind) for kind in SKIP_KINDS}
 
 
-# --- one shard, read whole ----------------------------------------------------------------------
-
-
-def raw_samples(data: bytes, url: str) -> list[dict]:
-    """The raw samples of a shard's bytes, grouped by key as webdataset groups them."""
-    samples: list[dict] = []
-    try:
-        for member, content in tar_members(io.BytesIO(data), url):
-            key, ext = split_member(member)
-            if not samples or samples[-1]["__key__"] != key:
-                samples.append({"__key__": key, "__url__": url})
-            if ext in samples[-1]:
-                raise ShardError(f"{url}: sample {key} has two {ext} members")
-            samples[-1][ext] = content
-    except (OSError, ValueError) as err:
-        after = f"sample {samples[-1]['__key__']}" if samples else "its start"
-        raise ShardError(f"{url}: unreadable tar after {after}: {err}") from err
-    return samples
-
-
-@dataclass(frozen=True)
-class Check:
-    """What every image of a source must be: channels, (H, W), labels in [0, classes)."""
-
-    channels: int
-    image_size: tuple[int, int]
-    classes: int | None
-
-    def image(self, image: np.ndarray, where: str, member: str) -> None:
-        shape = (self.channels, *self.image_size)
-        if tuple(image.shape[-3:]) != shape:
-            raise ShardError(
-                f"{where}: member {member} holds {'x'.join(map(str, image.shape[-3:]))} images, "
-                f"the manifest says {'x'.join(map(str, shape))} (channels x height x width)"
-            )
-
-    def labels(self, labels: np.ndarray, where: str, member: str) -> None:
-        if self.classes is not None and len(labels) and int(labels.max()) >= self.classes:
-            raise ShardError(
-                f"{where}: member {member} holds class {int(labels.max())}; the set has "
-                f"{self.classes} classes (ids 0..{self.classes - 1})"
-            )
-
-
-class LoadedShard:
-    """A shard's samples in memory: raw PNG samples (decoded on use) or decoded records."""
-
-    def __init__(self, url: str, data: bytes, encoding: str, check: Check, expected: int):
-        self.url, self.check = url, check
-        samples = raw_samples(data, url)
-        self.broken: dict[int, tuple[ShardError, str, str]] = {}
-        if encoding == "records":
-            self.raw = None
-            self._records(samples)
-        else:
-            self.raw = samples
-            self.keys = [s["__key__"] for s in samples]
-        self.key_array = np.array(self.keys, dtype=object)  # keys taken by index in ``take``
-        if len(self.keys) != expected:
-            raise ShardError(
-                f"{url}: {len(self.keys)} samples read, the manifest says {expected} "
-                "(truncated or replaced?)"
-            )
-
-    def _records(self, samples: list[dict]) -> None:
-        images, labels, self.keys = [], [], []
-        for sample in samples:
-            where = f"{self.url}: record {sample['__key__']}"
-            try:
-                record, record_labels = decode_record(sample, self.check.channels)
-                self.check.image(record, where, "images.npy")
-                self.check.labels(record_labels, where, "labels.npy")
-            except ShardError as error:
-                size = self._meta_size(sample)
-                for i in range(size):
-                    self.broken[len(self.keys) + i] = (error, "records", where)
-                record = np.zeros((size, self.check.channels, *self.check.image_size), np.uint8)
-                record_labels = np.zeros(size, np.int64)
-            images.append(record)
-            labels.append(record_labels)
-            self.keys += self._record_keys(sample, len(record))
-        shape = (0, self.check.channels, *self.check.image_size)
-        self.images = np.concatenate(images) if images else np.zeros(shape, np.uint8)
-        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-
-    def _record_keys(self, sample: dict, count: int) -> list[str]:
-        """Each image's sample key from the record's meta.json (unique within the set), else
-        ``shard/record/index`` (record keys repeat from shard to shard)."""
-        try:
-            keys = json.loads(sample["meta.json"])["keys"]
-            if len(keys) == count:
-                return [str(key) for key in keys]
-        except Exception:  # noqa: BLE001, S110 - a broken meta.json: positional keys
-            pass
-        shard = self.url.rsplit("/", 1)[-1].removesuffix(".tar")
-        return [f"{shard}/{sample['__key__']}/{i}" for i in range(count)]
-
-    def _meta_size(self, sample: dict) -> int:
-        try:
-            return len(json.loads(sample["meta.json"])["keys"])
-        except Exception as err:  # noqa: BLE001 - without its size the shard cannot be indexed
-            raise ShardError(
-                f"{self.url}: record {sample.get('__key__')} is unreadable and its size unknown"
-            ) from err
-
-    def sample(self, index: int) -> tuple[np.ndarray, int]:
-        """(uint8 CxHxW image, label) of sample ``index``, or a ShardError naming it."""
-        if index in self.broken:
-            raise self.broken[index][0]
-        if self.raw is None:
-            return self.images[index], int(self.labels[index])
-        raw = self.raw[index]
-        image, label, _ = decode_sample(raw, self.check.channels)
-        where = f"{self.url}: sample {raw['__key__']}"
-        self.check.image(image, where, "png")
-        self.check.labels(np.array([label]), where, "cls")
-        return image, label
-
-
 # --- a source as a reader sees it ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Source:
-    """One shard set as the readers read it: shards, their counts and sha256, its encoding,
-    and the samples each rank takes per batch."""
+    """One shard set as the readers read it: its shards (URL, count, sha256), its encoding,
+    the samples each rank takes per batch and the shuffle window."""
 
     name: str
-    urls: tuple[str, ...]
-    counts: tuple[int, ...]
-    sha256: tuple[str, ...]
+    shards: tuple[ShardRef, ...]
     encoding: str
     shares: tuple[int, ...]
     window: int
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(shard.url for shard in self.shards)
+
+    @property
     def layout(self) -> Layout:
-        return Layout(self.name, self.counts, self.window)
+        return Layout(self.name, tuple(shard.count for shard in self.shards), self.window)
 
 
 def _manifest_of(urls: tuple[str, ...]):
@@ -242,76 +126,34 @@ def _manifest_of(urls: tuple[str, ...]):
     return manifest, by_name
 
 
-class Fetcher:
-    """A reader's way to a shard's bytes: the local file, or the node cache / the network."""
-
-    def __init__(self, cache_dir: str | None, cache_limit: int | None, read_timeout: float):
-        self.cache_dir, self.cache_limit = cache_dir, cache_limit
-        self.read_timeout = read_timeout
-        self.fetched = 0
-        self._cache = None
-
-    def read(self, url: str, sha256: str) -> bytes:
-        if not is_url(url):
-            try:
-                return Path(url).read_bytes()  # its sha256 is checked once it parsed
-            except FileNotFoundError:
-                raise ShardError(f"{url}: shard listed in the manifest is missing") from None
-        fetch = self._fetch
-        if sha256:
-            if self._cache is None:
-                self._cache = ShardCache(self.cache_dir or default_cache(), self.cache_limit)
-            data, fetched = self._cache.get(url, sha256, fetch)
-            self.fetched += fetched
-            return data
-        data = fetch(url)
-        self.fetched += len(data)
-        return data
-
-    def _fetch(self, url: str) -> bytes:
-        try:
-            return fetch_bytes(url, self.read_timeout)
-        except FileNotFoundError as err:
-            raise ShardError(f"{url}: shard listed in the manifest is missing ({err})") from None
-
-    @staticmethod
-    def check(url: str, data: bytes, sha256: str) -> None:
-        if sha256 and sha256_bytes(data) != sha256:
-            raise ShardError(
-                f"{url}: its sha256 {sha256_bytes(data)} differs from the manifest's {sha256} "
-                "(replaced or corrupt)"
-            )
-
-
 class Reader:
-    """Samples of one source by pass position, shards loaded whole into a small LRU."""
+    """Samples of one source by pass position, shards loaded whole (as decoded rows, from the
+    node's decoded cache where it can) into a small LRU."""
 
-    def __init__(self, source: Source, seed: int, check: Check, fetcher: Fetcher, faults):
-        self.source, self.check, self.fetcher, self.faults = source, check, fetcher, faults
+    def __init__(self, source: Source, seed: int, check: Check, loader: ShardLoader, faults):
+        self.source, self.check, self.loader, self.faults = source, check, loader, faults
         self.layout = source.layout
         self.orders = PassOrders(self.layout, seed)
-        shards, groups = len(source.counts), self.layout.windows
+        shards, groups = len(source.shards), self.layout.windows
         self.keep = 2 * (-(-shards // groups)) + 2  # two pass groups and a spare
-        self._shards: OrderedDict[int, LoadedShard | ShardError] = OrderedDict()
-        self._ends = np.cumsum(source.counts)
-        self._starts = self._ends - np.asarray(source.counts)
+        self._shards: OrderedDict[int, Rows | ShardError] = OrderedDict()
+        self._ends = np.cumsum(self.layout.counts)
+        self._starts = self._ends - np.asarray(self.layout.counts)
 
-    def _shard(self, index: int) -> LoadedShard:
+    def _shard(self, index: int, wait: bool = True) -> Rows | None:
+        """Shard ``index``'s rows (or its ShardError); None (``wait=False``) while another
+        process of the node is decoding it."""
         if index in self._shards:
             self._shards.move_to_end(index)
         else:
-            url = self.source.urls[index]
+            ref = self.source.shards[index]
             try:
-                sha256 = self.source.sha256[index]
-                data = self.fetcher.read(url, sha256)
-                # parsed first, so that a cut or corrupt shard is named by its member
-                loaded = LoadedShard(
-                    url, data, self.source.encoding, self.check, self.source.counts[index]
-                )
-                Fetcher.check(url, data, sha256)
-                self._shards[index] = loaded
+                loaded = self.loader.load(ref, self.source.encoding, self.check, wait)
             except ShardError as error:
-                self._shards[index] = error
+                loaded = error
+            if loaded is None:
+                return None
+            self._shards[index] = loaded
             while len(self._shards) > self.keep:
                 self._shards.popitem(last=False)
         loaded = self._shards[index]
@@ -325,17 +167,17 @@ class Reader:
         index = sample_id - int(self._starts[shard])
         name = self.source.name
         try:
-            loaded = self._shard(shard)
+            rows = self._shard(shard)
         except ShardError as error:
-            return error, ("shards", f"{name}:{number}:{self.source.urls[shard]}")
+            return error, ("shards", f"{name}:{number}:{self.source.shards[shard].url}")
         try:
-            image, label = loaded.sample(index)
+            image, label = rows.sample(index)
         except ShardError as error:
-            if index in loaded.broken:
-                record = loaded.keys[index].split("/")[0]
-                return error, ("records", f"{name}:{number}:{loaded.url}:{record}")
-            return error, ("samples", f"{name}:{number}:{loaded.url}:{loaded.keys[index]}")
-        return image, label, loaded.keys[index]
+            key = rows.keys[index]
+            if rows.broken[index][1] == "records":
+                return error, ("records", f"{name}:{number}:{rows.url}:{key.split('/')[0]}")
+            return error, ("samples", f"{name}:{number}:{rows.url}:{key}")
+        return image, label, rows.keys[index]
 
     def take(self, start: int, count: int):
         """(uint8 images, int64 labels, keys) of positions ``start .. start + count - 1``; a
@@ -343,37 +185,36 @@ class Reader:
         passes, ids = self.orders.positions(start, count)
         shards = np.searchsorted(self._ends, ids, side="right")
         index = ids - self._starts[shards]
-        images = np.empty((count, self.check.channels, *self.check.image_size), np.uint8)
+        images = np.empty((count, *self.check.shape), np.uint8)
         labels, keys = np.empty(count, np.int64), np.empty(count, dtype=object)
         # the rows of each shard at once: one stable sort, cut where the shard changes
         by_shard = np.argsort(shards, kind="stable")
         cuts = np.flatnonzero(np.diff(shards[by_shard])) + 1
-        for rows in np.split(by_shard, cuts) if count else []:
-            shard = int(shards[rows[0]])
+        parts = np.split(by_shard, cuts) if count else []
+        self._load_free([int(shards[rows[0]]) for rows in parts])
+        for rows in parts:
             try:
-                loaded = self._shard(shard)
+                loaded = self._shard(int(shards[rows[0]]))
             except ShardError:
                 loaded = None
-            if loaded is not None and loaded.raw is None and not loaded.broken:  # records
+            if loaded is not None and not loaded.broken:
                 where = index[rows]
-                images[rows], labels[rows], keys[rows] = (
-                    loaded.images[where],
-                    loaded.labels[where],
-                    loaded.key_array[where],
-                )
+                images[rows], labels[rows] = loaded.images[where], loaded.labels[where]
+                keys[rows] = loaded.keys[where]
                 continue
-            for row in rows.tolist():
-                if loaded is not None:  # PNG samples, or records with a broken one
-                    try:
-                        images[row], labels[row] = loaded.sample(int(index[row]))
-                        keys[row] = loaded.keys[int(index[row])]
-                        continue
-                    except ShardError:
-                        pass  # named, counted and replaced below
+            for row in rows.tolist():  # a broken shard, or one with broken samples
                 images[row], labels[row], keys[row] = self._readable(
                     int(passes[row]), int(ids[row]), (start + row) % self.layout.size
                 )
         return torch.from_numpy(images), torch.from_numpy(labels), keys.tolist()
+
+    def _load_free(self, needed: list[int]) -> None:
+        """Load the needed shards no other process is decoding now, so the node's workers
+        decode different shards at once (the others are waited for when taken)."""
+        for index in needed:
+            if index not in self._shards:
+                with suppress(ShardError):
+                    self._shard(index, wait=False)
 
     def _readable(self, number: int, sample_id: int, offset: int):
         """The sample at ``offset`` of pass ``number``, or (skipping) the next readable one."""
@@ -384,8 +225,8 @@ class Reader:
             tries += 1
             if tries >= size:
                 raise ShardError(
-                    f"a whole pass over {self.source.name} ({len(self.source.urls)} shards, "
-                    f"e.g. {self.source.urls[0]}) gave no readable sample"
+                    f"a whole pass over {self.source.name} ({len(self.source.shards)} shards, "
+                    f"e.g. {self.source.shards[0].url}) gave no readable sample"
                 ) from got[0]
             replacement = int(self.orders.get(number)[(offset + tries) % size])
             got = self._one(number, replacement)
@@ -426,6 +267,7 @@ class MixSpec:
     cache_dir: str | None = None
     cache_limit: int | None = None
     read_timeout: float = 600.0
+    decoded_cache: bool = True  # decoded shards shared by the node's processes (rowcache.py)
     # un-augmented real/synthetic images plus their crop/flip draws (accelerate.py)
     device_augment: bool = False
 
@@ -478,15 +320,16 @@ def resolve_sources(spec: MixSpec, shares: dict | None = None) -> dict[str, Sour
             raise ValueError(f"{name!r} has samples in every batch but no shard set")
         encoding = encodings.get(name)
         if all(url in expected for url in urls) and encoding is not None:
-            counts = tuple(expected[url] for url in urls)
-            sha = tuple(hashes.get(url, "") for url in urls)
+            shards = tuple(ShardRef(url, expected[url], hashes.get(url, "")) for url in urls)
         else:
             manifest, by_name = _manifest_of(urls)
             infos = [by_name[url.rsplit("/", 1)[-1]] for url in urls]
-            counts = tuple(i.num_samples for i in infos)
-            sha = tuple(hashes.get(url, i.sha256) for url, i in zip(urls, infos, strict=True))
+            shards = tuple(
+                ShardRef(url, i.num_samples, hashes.get(url, i.sha256 or ""))
+                for url, i in zip(urls, infos, strict=True)
+            )
             encoding = encoding or manifest.encoding
-        sources[name] = Source(name, urls, counts, sha, encoding, share, spec.shuffle_window)
+        sources[name] = Source(name, shards, encoding, share, spec.shuffle_window)
     return sources
 
 
@@ -591,8 +434,9 @@ def assemble(spec: MixSpec, sources: dict[str, Source], parts: dict, step: int) 
 class MixedBatches(IterableDataset):
     """One epoch of batches per iteration (from the epoch's ``first_step``): dicts with
     ``images`` (uint8, or float in [0, 1] after a PixMix transform), ``labels``,
-    ``is_synthetic``, the global ``step``, ``ids``, ``faults``, ``fetched`` (bytes), one entry
-    per extra source and what the transform adds. Use with ``DataLoader(batch_size=None)``."""
+    ``is_synthetic``, the global ``step``, ``ids``, ``faults``, ``fetched`` (bytes),
+    ``shard_reads``, ``shard_decodes`` and ``shard_cached`` (rowcache.Counts), one entry per extra
+    source and what the transform adds. Use with ``DataLoader(batch_size=None)``."""
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch):
         super().__init__()
@@ -600,20 +444,20 @@ class MixedBatches(IterableDataset):
         self.spec = spec
         self.epoch = epoch
         self.sources = resolve_sources(spec)
+        self.folder = cache_folder(spec.cache_dir) if spec.decoded_cache else None
         self._readers = None
 
     def readers(self) -> dict[str, Reader]:
         if self._readers is None:
             spec = self.spec
-            check = Check(spec.channels, tuple(spec.image_size), None)
             fetcher = Fetcher(spec.cache_dir, spec.cache_limit, spec.read_timeout)
+            self.loader = ShardLoader(fetcher, self.folder, spec.cache_limit)
             self.faults = Faults(spec.on_error == "skip")
-            self.fetcher = fetcher
             self._readers = {}
             for name, source in self.sources.items():
                 classes = spec.num_classes if name in ("real", "synthetic") else None
-                source_check = Check(check.channels, check.image_size, classes)
-                self._readers[name] = Reader(source, spec.seed, source_check, fetcher, self.faults)
+                check = Check(spec.channels, tuple(spec.image_size), classes)
+                self._readers[name] = Reader(source, spec.seed, check, self.loader, self.faults)
         return self._readers
 
     def batch(self, step: int) -> dict:
@@ -624,8 +468,9 @@ class MixedBatches(IterableDataset):
             start = slice_start(step, source.shares, spec.rank)
             parts[name] = readers[name].take(start, source.shares[spec.rank])
         batch = assemble(spec, self.sources, parts, step)
-        fetched, self.fetcher.fetched = self.fetcher.fetched, 0
-        return {**batch, "faults": self.faults.take(), "fetched": fetched}
+        fetched, self.loader.fetcher.fetched = self.loader.fetcher.fetched, 0
+        counts = self.loader.counts.take()
+        return {**batch, "faults": self.faults.take(), "fetched": fetched, **counts}
 
     def __iter__(self):
         spec = self.spec

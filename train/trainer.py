@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from sio.core.config import check_alpha
 from sio.core.files import write_text_atomic
+from sio.core.lock import hold_folder
 from sio.core.seeding import derive_seed
 from sio.core.storage import TransportError
 from sio.shardset import Manifest, ShardError
@@ -44,6 +45,7 @@ from sio.train.checkpoint import (
     check_same_run,
     header,
     load_checkpoint,
+    read_checkpoint,
     rng_state,
     set_rng_state,
 )
@@ -148,14 +150,16 @@ def train_classifier(
     ``val`` (optional, the same) is the ID validation set whose accuracy each epoch logs.
     ``resume``: None (``sio run``) continues an unfinished checkpoint in ``out`` and leaves a
     finished one as it is; True (``sio train --resume``) the same, asked for; False refuses a
-    folder that already holds a checkpoint. Launched by torchrun, this runs as one DDP rank."""
+    folder that already holds a checkpoint. Launched by torchrun, this runs as one DDP rank.
+    Another job writing ``out`` (another ``sio train --out``) is refused (``FolderBusy``)."""
     check_alpha(alpha)
     world, device = distributed.start(device)
     try:
-        plan, state = make_plan(
-            real, synthetic, alpha, seed, config, Path(out), device, world, val=val
-        )
-        path = run(plan, state, resume)
+        with hold_folder(out):  # one run writes a folder (its ranks together)
+            plan, state = make_plan(
+                real, synthetic, alpha, seed, config, Path(out), device, world, val=val
+            )
+            path = run(plan, state, resume)
     except BaseException:
         if world.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # no barrier: the other ranks may be gone
@@ -491,7 +495,7 @@ def _resume(path: Path, plan: TrainPlan, state: TrainState, resume) -> None:
     """Load an earlier checkpoint of the same run into ``state`` (any number of ranks)."""
     if not path.is_file():
         return
-    previous = torch.load(path, map_location=plan.device, weights_only=True)
+    previous = read_checkpoint(path, plan.device)
     if resume is False:
         done = (
             f"a finished run ({previous['epoch']} epochs)"

@@ -8,7 +8,8 @@ down. The
 x axis is ``epoch`` when every line has one, else ``step``, else the line number. Every numeric
 field is drawn: the losses in one panel, the accuracies (``*_acc``, in %) in another, the
 learning rate, images/s, and any other field that changes over the log in a panel of its own
-(fields constant over the log, such as ``ranks``, are left out). A null (a part a run had no
+(fields constant over the log, such as ``ranks``, are left out, and so are ``shard_*``: what the
+node's cache did, not the training). A null (a part a run had no
 data for) leaves a gap.
 """
 
@@ -93,7 +94,7 @@ def panels(records: list[dict]) -> tuple[str, list[float], list[tuple[str, dict[
     fields = []
     for record in records:
         fields += [k for k, v in record.items() if k not in fields and _number(v) is not None]
-    fields = [f for f in fields if f not in (x_key, *X_KEYS)]
+    fields = [f for f in fields if f not in (x_key, *X_KEYS) and not f.startswith("shard_")]
     series = {}
     for field in fields:
         values = [_number(r.get(field)) for r in records]

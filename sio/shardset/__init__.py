@@ -24,6 +24,7 @@ from sio.shardset.read import (
     shard_urls,
 )
 from sio.shardset.records import decode_record
+from sio.shardset.shard import Check, Rows, ShardRef, check_sha256, decode_shard
 from sio.shardset.subset import subset_shard_set
 from sio.shardset.verify import verify_shard_set
 from sio.shardset.write import ShardFileWriter, ShardSetWriter, ShardStats, manifest_from_stats
@@ -31,17 +32,22 @@ from sio.shardset.write import ShardFileWriter, ShardSetWriter, ShardStats, mani
 __all__ = [
     "ENCODINGS",
     "MANIFEST",
+    "Check",
     "Manifest",
     "ShardDataset",
     "ShardError",
     "ShardStream",
     "ShardFileWriter",
     "ShardInfo",
+    "ShardRef",
+    "Rows",
     "ShardStats",
     "ShardSetWriter",
+    "check_sha256",
     "convert_shard_set",
     "decode_record",
     "decode_sample",
+    "decode_shard",
     "encode_png",
     "iter_batches",
     "iter_chunks",
