@@ -74,6 +74,110 @@ class OpenMaxSettings:
 
 
 @dataclass(frozen=True)
+class AshSettings:
+    """ASH-B: keep the top (100 - percentile)% of each feature vector, in [0, 100)."""
+
+    percentile: float = 90.0
+
+    def __post_init__(self):
+        _check(0 <= self.percentile < 100, "percentile", "must be in [0, 100)")
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """SCALE: the scale exp(sum h / sum of the top (100 - percentile)%), in [0, 100)."""
+
+    percentile: float = 85.0
+
+    def __post_init__(self):
+        _check(0 <= self.percentile < 100, "percentile", "must be in [0, 100)")
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """GEN: the generalized entropy's exponent gamma over the top m probabilities."""
+
+    gamma: float = 0.1
+    m: int = 100
+
+    def __post_init__(self):
+        _check(self.gamma > 0, "gamma", "must be positive")
+        _check(self.m >= 1, "m", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SheSettings:
+    """SHE: how h is compared with its predicted class's stored pattern."""
+
+    metric: Literal["inner_product", "euclidean", "cosine"] = "inner_product"
+
+
+@dataclass(frozen=True)
+class NnguideSettings:
+    """NNGuide: the k nearest of a bank holding the fraction alpha of ID train."""
+
+    k: int = 100
+    alpha: float = 0.01
+
+    def __post_init__(self):
+        _check(self.k >= 1, "k", "must be >= 1")
+        _check(0 < self.alpha <= 1, "alpha", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class FdbdSettings:
+    """fDBD: divide by the distance to the ID train mean (true) or by the feature norm."""
+
+    distance_as_normalizer: bool = True
+
+
+@dataclass(frozen=True)
+class NciSettings:
+    """NCI: the weight alpha of the feature L1 norm."""
+
+    alpha: float = 0.0001
+
+    def __post_init__(self):
+        _check(self.alpha >= 0, "alpha", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class VraSettings:
+    """VRA: clip h to the percentile_low and percentile_high percentiles of ID val."""
+
+    percentile_high: float = 90.0
+    percentile_low: float = 10.0
+
+    def __post_init__(self):
+        _check(0 <= self.percentile_low <= 100, "percentile_low", "must be in [0, 100]")
+        _check(
+            self.percentile_low < self.percentile_high <= 100,
+            "percentile_high",
+            "must be in (percentile_low, 100]",
+        )
+
+
+@dataclass(frozen=True)
+class RelationSettings:
+    """Relation: the power of each relation-graph edge (OpenOOD's ``pow``)."""
+
+    power: float = 1.0
+
+    def __post_init__(self):
+        _check(self.power > 0, "power", "must be positive")
+
+
+@dataclass(frozen=True)
+class ResidualSettings:
+    """Residual: principal-space dimension; null = 512 when D > 512, else as VIM's rule."""
+
+    dim: int | None = None
+
+    def __post_init__(self):
+        _check(self.dim is None or self.dim >= 1, "dim", "must be >= 1 or null")
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """Optional detector hyperparameter search (OpenOOD v1.5's APS), off by default: a seeded
     ``ood_val_fraction`` of each OOD set is held out as OOD val and left out of every test
@@ -112,6 +216,17 @@ class EvaluateConfig:
     knn: KnnSettings = field(default_factory=KnnSettings)
     vim: VimSettings = field(default_factory=VimSettings)
     openmax: OpenMaxSettings = field(default_factory=OpenMaxSettings)
+    # OpenOOD v1.5's other activation detectors (not in the default list)
+    ash: AshSettings = field(default_factory=AshSettings)
+    scale: ScaleSettings = field(default_factory=ScaleSettings)
+    gen: GenSettings = field(default_factory=GenSettings)
+    she: SheSettings = field(default_factory=SheSettings)
+    nnguide: NnguideSettings = field(default_factory=NnguideSettings)
+    fdbd: FdbdSettings = field(default_factory=FdbdSettings)
+    nci: NciSettings = field(default_factory=NciSettings)
+    vra: VraSettings = field(default_factory=VraSettings)
+    relation: RelationSettings = field(default_factory=RelationSettings)
+    residual: ResidualSettings = field(default_factory=ResidualSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
 
     def __post_init__(self):

@@ -7,9 +7,11 @@
 - Grids: each detector class's ``search_grid``, OpenOOD v1.5's ``postprocessor_sweep`` from
   ``configs/postprocessors/<name>.yml`` where ``APS_mode`` is true: ODIN T in {1, 10, 100, 1000}
   x eps in {0.0014, 0.0028}, ReAct percentile {85, 90, 95, 99}, KNN k {50, 100, 200, 500, 1000}
-  (k <= N_train), VIM dim {256, 1000} (dim < D, plus the default rule's dim). EBO's sweep is
-  T in {1} and DICE's APS is off, so they, like the detectors without a sweep, keep their
-  settings.
+  (k <= N_train), VIM dim {256, 1000} (dim < D, plus the default rule's dim); of OpenOOD's
+  other detectors ASH and SCALE percentile {65, 70, ..., 95} (those keeping >= 1 entry), GEN
+  gamma x m, fDBD's normaliser, NCI alpha, VRA high x low percentiles and Relation's power.
+  EBO's sweep is T in {1} and the APS of DICE, NNGuide, MDS, RMDS and SHE is off, so they,
+  like the detectors without a sweep (Residual), keep their settings.
 - Each candidate is fitted on ID train/val as usual, scored on ID val (positive) and all OOD val
   sets together, and ranked by scikit-learn's AUROC; the first best in grid order wins (as
   OpenOOD's ``hyperparam_search``: a later candidate must be strictly better).

@@ -41,7 +41,8 @@ def structured_bank(seed=0, dim=16, classes=4) -> ActivationBank:
 def test_registry_holds_the_twelve_paper_detectors():
     # the twelve of the paper's Table 1 are the default; godin (a training method's score) is
     # registered too but needs a G-ODIN checkpoint
-    assert sorted([*ALL_DETECTORS, "godin"]) == DETECTORS.names()
+    # (OpenOOD v1.5's other detectors are registered too: test_detectors_openood15.py)
+    assert {*ALL_DETECTORS, "godin"} <= set(DETECTORS.names())
     assert [m for m in ALL_DETECTORS if needs_images(m)] == ["odin"]
     assert needs_images("godin")
     assert EvaluateConfig().methods == ALL_DETECTORS

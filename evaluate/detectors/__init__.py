@@ -1,12 +1,15 @@
-"""Post-hoc OOD detectors: the registry with all twelve, and ``fit_detector``.
+"""Post-hoc OOD detectors: the registry, and ``fit_detector``.
 
-base.py holds the interfaces and the registry; logits.py, features.py, knn.py, odin.py,
-openmax.py and godin.py the detectors, one small class each.
+base.py holds the interfaces, the registry and the shared helpers; logits.py, features.py,
+knn.py, odin.py, openmax.py and godin.py the paper's detectors; shaping.py (ash, scale, vra),
+class_means.py (mds, rmds, she), boundary.py (fdbd, nci), neighbours.py (nnguide, relation),
+subspace.py (residual) and logits.py (gen) OpenOOD v1.5's others, one small class each.
 
-Higher scores mean more in-distribution. Paper order (SIO's Table 1): openmax, msp, tempscale,
-odin, ebo, gradnorm, react, mls, klm, vim, knn, dice. ``odin`` is an ``InputDetector`` (it
-needs the model and images); the other eleven score cached activations. Each class's docstring
-gives its formula, its paper and where it departs from OpenOOD v1.5.
+Higher scores mean more in-distribution. Paper order (SIO's Table 1, the default list):
+openmax, msp, tempscale, odin, ebo, gradnorm, react, mls, klm, vim, knn, dice. ``odin`` is an
+``InputDetector`` (it needs the model and images); every other detector scores cached
+activations. Each class's docstring gives its formula, its paper and where it departs from
+OpenOOD v1.5.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from __future__ import annotations
 from sio.evaluate.activations import ActivationBank
 from sio.evaluate.config import EvaluateConfig
 from sio.evaluate.detectors import (  # noqa: F401  (importing registers the detectors)
+    boundary,
+    class_means,
     features,
     godin,
     knn,
     logits,
+    neighbours,
     odin,
     openmax,
+    shaping,
+    subspace,
 )
 from sio.evaluate.detectors.base import (
     DETECTORS,

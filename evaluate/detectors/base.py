@@ -163,3 +163,60 @@ def split_rows(name: str, bank: ActivationBank, split: str) -> np.ndarray:
     if len(features) == 0:
         raise detector_error(name, f"id.{split}", f"the ID {split} set is empty; nothing to fit")
     return features
+
+
+# --- streaming statistics (fits that widen rows to float64 a block at a time) ---------------
+
+# float64 values per block: 8 MB, a few thousand rows of a few hundred features
+BLOCK_VALUES = 2**20
+
+
+def float64_blocks(features: np.ndarray):
+    """(rows, a float64 copy of those rows), a block of about ``BLOCK_VALUES`` values at a
+    time: a fit never holds a float64 copy of all of ``features``."""
+    step = max(1, BLOCK_VALUES // max(1, features.shape[1]))
+    for start in range(0, len(features), step):
+        rows = slice(start, min(start + step, len(features)))
+        yield rows, np.array(features[rows], dtype=np.float64)
+
+
+def predicted_classes(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """argmax_k z_k of every row, the logits taken a block of rows at a time."""
+    predicted = np.empty(len(features), np.int64)
+    step = max(1, BLOCK_VALUES // max(1, len(bias)))
+    for start in range(0, len(features), step):
+        rows = slice(start, min(start + step, len(features)))
+        predicted[rows] = fc_logits(weight, bias, features[rows]).argmax(axis=1)
+    return predicted
+
+
+def class_means(name: str, features: np.ndarray, labels: np.ndarray, classes: int, what: str):
+    """(row counts, float64 K x D means) of ``features`` by ``labels`` (rows labelled -1 left
+    out); a class with no rows is an error naming detector ``name`` and ``what`` rows lack."""
+    sums = np.zeros((classes, features.shape[1]))
+    for rows, block in float64_blocks(features):
+        # each block's rows sorted by class and summed per class (``reduceat``)
+        order = np.argsort(labels[rows], kind="stable")
+        order = order[labels[rows][order] >= 0]
+        if len(order) == 0:
+            continue
+        ordered = labels[rows][order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        sums[ordered[starts]] += np.add.reduceat(block[order], starts, axis=0)
+    counts = np.bincount(labels[labels >= 0], minlength=classes)
+    if (counts == 0).any():
+        empty = int(np.argmin(counts))
+        raise detector_error(name, "id.train", f"class {empty} has no {what}")
+    return counts, sums / counts[:, None]
+
+
+def centred_scatter(
+    features: np.ndarray, centres: np.ndarray, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """sum_i (h_i - c_i)^T (h_i - c_i) in float64, c_i = ``centres`` (one vector) or
+    ``centres[labels[i]]``, a block of rows at a time (no centred copy of all rows)."""
+    scatter = np.zeros((features.shape[1], features.shape[1]))
+    for rows, block in float64_blocks(features):
+        block -= centres if labels is None else centres[labels[rows]]
+        scatter += block.T @ block
+    return scatter
