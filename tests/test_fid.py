@@ -152,5 +152,6 @@ def test_a_weights_file_with_code_is_refused(tmp_path):
     torch.save({"fc.weight": torch.zeros(1), "payload": MeanIntensity}, path)
     from sio.core.files import sha256_file
 
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(Exception, match="refused by the weights-only load") as refused:
         InceptionFeatures(path, sha256_file(path))
+    assert "evil.pth" in str(refused.value) and "weights_only=False" not in str(refused.value)
