@@ -18,6 +18,7 @@ import torch
 from sio.core.environment import describe_machine
 from sio.pipeline.config import load_pipeline
 from sio.pipeline.run import run_pipeline
+from sio.shardset import read_manifest
 
 
 def main() -> None:
@@ -31,15 +32,14 @@ def main() -> None:
         out = Path(config.output_dir)
         timings = json.loads((out / "timings.json").read_text())
         synthetic = out / "synthetic" / config.generator.key
-        manifest = json.loads((synthetic / "manifest.json").read_text())
-        distance = manifest["provenance"]["quality"]
+        distance = read_manifest(synthetic).provenance["quality"]
         report = json.loads((out / "report.json").read_text())
     result = {
         "pipeline": pipeline,
         "wall_s": wall,
         "stage_s": timings,
         "machine": describe_machine(),
-        "label_agreement": manifest["provenance"]["quality"]["label_agreement"],
+        "label_agreement": distance["label_agreement"],
         "fd_classifier": distance.get("fd_classifier", {}).get("value"),
         "generate_images_per_s": config.generate.num_images
         / timings[f"generate {config.generator.key}"],

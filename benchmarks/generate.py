@@ -308,7 +308,9 @@ def fetch_all(url: str, workers: int) -> tuple[int, float]:
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
-    manifest = json.loads(urllib.request.urlopen(f"{url}/manifest.json").read())
+    from sio.shardset import read_manifest
+
+    names = [s.name for s in read_manifest(url).shards]  # every field checked (the contract)
 
     def get(name):
         with urllib.request.urlopen(f"{url}/{name}", timeout=600) as response:
@@ -316,7 +318,7 @@ def fetch_all(url: str, workers: int) -> tuple[int, float]:
 
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        total = sum(pool.map(get, [s["name"] for s in manifest["shards"]]))
+        total = sum(pool.map(get, names))
     return total, time.perf_counter() - start
 
 

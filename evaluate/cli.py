@@ -6,10 +6,16 @@ import dataclasses
 
 import click
 
-from sio.core.cli import config_option, device_option, pipeline_config
+from sio.core.cli import SEED, config_option, device_option, pipeline_config
 from sio.core.lock import hold_folder
 from sio.evaluate.activations import load_activations
-from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_table, write_results
+from sio.evaluate.evaluate import (
+    evaluate_bank,
+    evaluate_checkpoint,
+    markdown_table,
+    summary_line,
+    write_results,
+)
 
 
 @click.command()
@@ -67,7 +73,7 @@ from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_t
 )
 @click.option(
     "--seed",
-    type=int,
+    type=SEED,
     default=None,
     help="With --activations or --model: the classifier's seed, recorded in run.json.",
 )
@@ -82,6 +88,20 @@ from sio.evaluate.evaluate import evaluate_bank, evaluate_checkpoint, markdown_t
     default=None,
     help="FPR@95 with ID (the literature's) or OOD (OpenOOD v1.5's) as positive "
     "(default: the config's evaluate.fpr_convention).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    default=None,
+    help="A detector that cannot be fitted or gives a NaN or inf score is an error naming it "
+    "(default: the config's evaluate.strict; else it is recorded under skipped and the "
+    "others are scored).",
+)
+@click.option(
+    "--save-scores",
+    is_flag=True,
+    help="Also write every detector's per-sample scores to scores.npz in --out "
+    "(keys <detector>/id.test, <detector>/ood.<group>.<name>); see `sio plot-scores`.",
 )
 @click.option(
     "--out",
@@ -104,6 +124,8 @@ def evaluate(
     seed,
     methods,
     fpr_convention,
+    strict,
+    save_scores,
     out,
     config_path,
     device,
@@ -131,6 +153,8 @@ def evaluate(
         overrides["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
     if fpr_convention:
         overrides["fpr_convention"] = fpr_convention
+    if strict:
+        overrides["strict"] = True
     config = dataclasses.replace(config, **overrides)
     given = [x for x in (run_dir, activations, model_spec) if x is not None]
     if len(given) != 1:
@@ -148,14 +172,7 @@ def evaluate(
         raise click.UsageError("--run needs --benchmark")
     with hold_folder(out):  # one job writes --out; a second is refused, naming this one
         if activations is not None:
-            results = evaluate_bank(
-                load_activations(activations), config.methods, config.fpr_convention, config=config
-            )
-            if benchmark is not None:
-                from sio.evaluate.activations import benchmark_record
-
-                results["benchmark"] = benchmark_record(benchmark)
-            write_results(results, out)
+            results = _evaluate_activations(activations, benchmark, config, out, save_scores)
         elif model_spec is not None:
             results = _evaluate_model(
                 model_spec,
@@ -167,14 +184,45 @@ def evaluate(
                 config,
                 out,
                 device or default_device(),
+                save_scores,
             )
         else:
             results = evaluate_checkpoint(
-                run_dir, benchmark, out, config, device=device or default_device()
+                run_dir,
+                benchmark,
+                out,
+                config,
+                device=device or default_device(),
+                save_scores=save_scores,
             )
         if alpha is not None:
             _record_run(out, alpha, seed, activations or weights, results.get("benchmark"))
     click.echo(markdown_table(results))
+    click.echo(f"evaluate: {summary_line(results)}", err=True)
+
+
+def _evaluate_activations(activations, benchmark, config, out, save_scores: bool) -> dict:
+    """``--activations``: every detector on the file; classes named from --benchmark."""
+    class_names = None
+    scores = {} if save_scores else None
+    if benchmark is not None:
+        from sio.shards import read_benchmark
+
+        class_names = read_benchmark(benchmark).class_names
+    results = evaluate_bank(
+        load_activations(activations),
+        config.methods,
+        config.fpr_convention,
+        config=config,
+        class_names=class_names,
+        scores=scores,
+    )
+    if benchmark is not None:
+        from sio.evaluate.activations import benchmark_record
+
+        results["benchmark"] = benchmark_record(benchmark)
+    write_results(results, out, scores)
+    return results
 
 
 def _record_run(out, alpha: float, seed: int, source: str, benchmark) -> None:
@@ -209,7 +257,9 @@ def _normalisation(normalize: str, benchmark):
     return values[:half], values[half:]
 
 
-def _evaluate_model(spec, weights, benchmark, normalize, fc_name, layer, config, out, device):
+def _evaluate_model(
+    spec, weights, benchmark, normalize, fc_name, layer, config, out, device, save_scores
+):
     from sio.evaluate.models import Evaluator, build_model
     from sio.shards import read_benchmark
     from sio.shardset import read_manifest
@@ -228,4 +278,4 @@ def _evaluate_model(spec, weights, benchmark, normalize, fc_name, layer, config,
         layer=layer,
     )
     evaluator = Evaluator(adapter, benchmark=benchmark, config=config, device=device)
-    return evaluator.evaluate(out)
+    return evaluator.evaluate(out, save_scores=save_scores)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import click
 
-from sio.core.cli import config_option, device_option, pipeline_config
+from sio.core.cli import config_option, device_option, field_range, pipeline_config
+from sio.generate.config import GenerateConfig
 from sio.generate.ddpm.train import train_from_shard_set
 from sio.generate.job import Job, run_job
 from sio.generate.registry import GENERATORS, Classifier, build_job, load_generator
+from sio.shardset.format import MAX_SIDE
 
 
 def parse_shard_range(text: str | None) -> range | None:
@@ -56,15 +58,15 @@ def job_options(function):
             "--num",
             "--num-images",
             "num",
-            type=int,
+            type=field_range(GenerateConfig, "num_images"),
             default=None,
             help="Number of images (overrides the config); under torchrun write --num-images.",
         ),
-        click.option("--shard-size", type=int, default=None),
-        click.option("--batch-size", type=int, default=None),
+        click.option("--shard-size", type=field_range(GenerateConfig, "shard_size"), default=None),
+        click.option("--batch-size", type=field_range(GenerateConfig, "batch_size"), default=None),
         click.option(
             "--network-batch",
-            type=int,
+            type=field_range(GenerateConfig, "network_batch"),
             default=None,
             help="Rows per network call (part of what makes the bytes; on a GPU use --batch-size).",
         ),
@@ -90,12 +92,12 @@ def job_options(function):
         ),
         click.option(
             "--image-size",
-            type=int,
+            type=click.IntRange(1, MAX_SIDE),
             default=None,
             help="Side of the images written (default: the --classes-from set's, else the "
             "classifier's, else the generator's own).",
         ),
-        click.option("--seed", type=int, default=None),
+        click.option("--seed", type=field_range(GenerateConfig, "seed"), default=None),
         config_option,
         device_option,
     ]
@@ -251,9 +253,17 @@ def generate(generator_dir, train_on, out, shard_range, staging, **options):
     show_default=True,
     help="Recent shards kept in memory for repeated and ranged reads.",
 )
+@click.option(
+    "--client-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a client has to send a request (an idle connection is closed after it) "
+    "and to take each piece of an answer.",
+)
 @click.option("--verbose", is_flag=True, help="Log every request.")
 @job_options
-def serve(generator_spec, port, host, queue_size, cache, verbose, **options):
+def serve(generator_spec, port, host, queue_size, cache, client_timeout, verbose, **options):
     """Serve a generator's synthetic shard set over HTTP, each shard made on request.
 
     GENERATOR_SPEC is the generator's folder (or file; default: the config's generator.path).
@@ -263,7 +273,7 @@ def serve(generator_spec, port, host, queue_size, cache, verbose, **options):
 
     job = JobOptions(generator_spec, what="the served set", **options).job()
     service = ShardService(job, queue_size=queue_size, cache=cache)
-    server = GenerationServer(service, host, port, verbose=verbose)
+    server = GenerationServer(service, host, port, verbose=verbose, client_timeout_s=client_timeout)
     click.echo(
         f"serving {job.config.num_images} images in {job.num_shards} shards of "
         f"{job.generator.name} at {server.url}/manifest.json (Ctrl-C or SIGTERM stops)",

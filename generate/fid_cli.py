@@ -6,7 +6,8 @@ import dataclasses
 
 import click
 
-from sio.core.cli import config_option, device_option, pipeline_config
+from sio.core.cli import config_option, device_option, field_range, pipeline_config
+from sio.generate.config import FidConfig
 
 
 @click.command()
@@ -31,8 +32,13 @@ from sio.core.cli import config_option, device_option, pipeline_config
     help="checkpoint.pt of a real-trained classifier: without Inception weights, the "
     "Fréchet distance of its penultimate features (reported as fd_classifier, not FID).",
 )
-@click.option("--batch-size", type=int, default=None)
-@click.option("--max-images", type=int, default=None, help="Use each set's first N images.")
+@click.option("--batch-size", type=field_range(FidConfig, "batch_size"), default=None)
+@click.option(
+    "--max-images",
+    type=field_range(FidConfig, "max_images"),
+    default=None,
+    help="Use each set's first N images.",
+)
 @config_option
 @device_option
 def fid(

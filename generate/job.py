@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import sio
 from sio.core import lock as core_lock
-from sio.core.config import to_dict
+from sio.core.config import short_text, to_dict
 from sio.core.definition import differences, require_same
 from sio.core.files import sha256_file
 from sio.core.lock import remove_temporaries, run_id
@@ -45,7 +45,15 @@ from sio.core.storage import open_destination
 from sio.generate.base import fixed_calls
 from sio.generate.config import GenerateConfig, LabelConfig
 from sio.generate.labels import balanced_labels, classify
-from sio.shardset import MANIFEST, ShardFileWriter, ShardStats, encode_png, manifest_from_stats
+from sio.shardset import (
+    MANIFEST,
+    Manifest,
+    ShardError,
+    ShardFileWriter,
+    ShardStats,
+    encode_png,
+    manifest_from_stats,
+)
 from sio.shardset.records import encode_record, record_key
 
 PROGRESS = ".progress"
@@ -491,7 +499,7 @@ def run_job(
         }
         missing = _missing(dest, job)
         if not missing:
-            return _write_manifest(job, dest)
+            return _write_manifest(job, dest, _previous_manifest(dest))
         if rank != 0:
             return None
         full = shards is None or (wanted.start == 0 and wanted.stop == job.num_shards)
@@ -538,8 +546,9 @@ def _wait_for_manifest(job: Job, dest, missing: list[int], timeout: float | None
             shown = len(missing)
         time.sleep(poll)
         missing = [i for i in missing if not _shard_done(dest, job, i)]
-    manifest = _current_manifest(dest, job)
-    return manifest if manifest is not None else _write_manifest(job, dest)
+    previous = _previous_manifest(dest)
+    manifest = _current_manifest(previous, dest, job)
+    return manifest if manifest is not None else _write_manifest(job, dest, previous)
 
 
 def _provenance(job: Job) -> dict:
@@ -552,29 +561,44 @@ def _shard_list(dest, job: Job) -> list[dict]:
     return [vars(ShardStats.from_json(r["stats"]).shard) for r in records]
 
 
-def _current_manifest(dest, job: Job) -> dict | None:
-    """The folder's manifest if it is this job's, made the same way (the same definition, seed
-    and version) over exactly its complete shards; None for any other, e.g. the manifest of the
-    size before a resize, or a missing or unreadable one."""
+def _previous_manifest(dest) -> Manifest | None:
+    """The folder's manifest, read through the shard-set contract; None when there is none or
+    it is not one (a line names the file and why: the job writes its own in its place)."""
     if not dest.exists(MANIFEST):
         return None
+    where = f"{dest.url}/{MANIFEST}"
     try:
-        manifest = dest.read_json(MANIFEST)
-        provenance = dict(manifest["provenance"])
-        shards = manifest["shards"]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        return None
-    provenance.pop("quality", None)
-    if differences(provenance, _provenance(job)) or shards != _shard_list(dest, job):
-        return None
-    return manifest
+        return Manifest.from_json(dest.read_json(MANIFEST), where)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        problem = f"{where}: not valid JSON ({short_text(str(err))})"
+    except ShardError as err:
+        problem = str(err)
+    print(f"{problem}; writing this job's manifest in its place", flush=True)
+    return None
 
 
-def _write_manifest(job: Job, dest) -> dict:
+def _current_manifest(previous: Manifest | None, dest, job: Job) -> dict | None:
+    """The folder's manifest ``previous`` if it is this job's, made the same way (the same
+    definition, seed and version) over exactly its complete shards; None for any other, e.g.
+    the manifest of the size before a resize, or a missing or unreadable one."""
+    if previous is None:
+        return None
+    provenance = dict(previous.provenance)
+    quality = provenance.pop("quality", {})
+    if not isinstance(quality, dict) or differences(provenance, _provenance(job)):
+        return None
+    if [vars(s) for s in previous.shards] != _shard_list(dest, job):
+        return None
+    return previous.to_json()
+
+
+def _write_manifest(job: Job, dest, previous: Manifest | None) -> dict:
+    """The job's manifest from its shards' progress records, keeping the quality measured on
+    ``previous`` (the folder's manifest) when it lists the very same shards."""
     records = [_read_record(dest, i) for i in range(job.num_shards)]
     stats = [ShardStats.from_json(r["stats"]) for r in records]
     provenance = _provenance(job)
-    quality = _kept_quality(dest, [vars(s.shard) for s in stats])
+    quality = _kept_quality(previous, [vars(s.shard) for s in stats])
     judged = sum(r["judged"] for r in records)
     if judged:
         quality["label_agreement"] = sum(r["agree"] for r in records) / judged
@@ -596,18 +620,13 @@ def _write_manifest(job: Job, dest) -> dict:
     return manifest.to_json()
 
 
-def _kept_quality(dest, shards: list[dict]) -> dict:
+def _kept_quality(previous: Manifest | None, shards: list[dict]) -> dict:
     """The quality measured on the set so far (e.g. ``sio fid``), kept when the manifest is
     rewritten over the very same shards; dropped when any shard changed."""
-    if not dest.exists(MANIFEST):
+    if previous is None or [vars(s) for s in previous.shards] != shards:
         return {}
-    try:
-        previous = dest.read_json(MANIFEST)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    if previous.get("shards") != shards:
-        return {}
-    quality = dict(previous.get("provenance", {}).get("quality", {}))
+    quality = previous.provenance.get("quality")
+    quality = dict(quality) if isinstance(quality, dict) else {}
     quality.pop("label_agreement", None)
     quality.pop("classifier", None)
     return quality

@@ -6,8 +6,9 @@ import dataclasses
 
 import click
 
-from sio.core.cli import config_option, pipeline_config
+from sio.core.cli import COUNT, config_option, field_range, pipeline_config
 from sio.shards.benchmark import write_benchmark
+from sio.shards.config import ShardConfig
 from sio.shardset.records import RECORD_SIZE
 from sio.shardset.verify import verify_shard_set
 
@@ -33,7 +34,10 @@ from sio.shardset.verify import verify_shard_set
     "write; benchmark.json is written once every split is there.",
 )
 @click.option(
-    "--seed", type=int, default=None, help="Overrides shard.seed (splits and write order)."
+    "--seed",
+    type=field_range(ShardConfig, "seed"),
+    default=None,
+    help="Overrides shard.seed (splits and write order).",
 )
 @click.option(
     "--order",
@@ -42,7 +46,12 @@ from sio.shardset.verify import verify_shard_set
     help="Overrides shard.order: shuffled (default; seeded) mixes the classes in every shard, "
     "source keeps the readers' order.",
 )
-@click.option("--shard-size", type=int, default=None, help="Overrides shard.shard_size.")
+@click.option(
+    "--shard-size",
+    type=field_range(ShardConfig, "shard_size"),
+    default=None,
+    help="Overrides shard.shard_size.",
+)
 @config_option
 def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_path):
     """Write BENCHMARK's ID train/val/test and every OOD set as shard sets.
@@ -114,7 +123,7 @@ def verify(folder):
 )
 @click.option(
     "--record-size",
-    type=int,
+    type=COUNT,
     default=RECORD_SIZE,
     show_default=True,
     help="Images per record (records encoding).",
@@ -134,7 +143,7 @@ def convert(source, destination, encoding, record_size):
 @shards.command()
 @click.argument("source")
 @click.argument("destination")
-@click.option("--num", type=int, required=True, help="Samples to keep: a shard boundary.")
+@click.option("--num", type=COUNT, required=True, help="Samples to keep: a shard boundary.")
 def subset(source, destination, num):
     """Write the first NUM samples of local shard set SOURCE (whole shards, linked, not
     re-encoded) to DESTINATION as a shard set of its own."""
@@ -147,8 +156,16 @@ def subset(source, destination, num):
 @shards.command()
 @click.argument("source")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--per-class", type=int, default=8, show_default=True, help="Images per class.")
-@click.option("--scale", type=int, default=0, help="Enlargement (0: images to ~64 pixels).")
+@click.option(
+    "--per-class",
+    type=click.IntRange(1, 1024),
+    default=8,
+    show_default=True,
+    help="Images per class.",
+)
+@click.option(
+    "--scale", type=click.IntRange(0, 64), default=0, help="Enlargement (0: images to ~64 pixels)."
+)
 def show(source, out, per_class, scale):
     """Write a grid of SOURCE's first images of each class (one row per class) to --out."""
     from sio.shards.show import write_grid

@@ -339,3 +339,129 @@ def test_s3_bucket_names_s3_accepts_pass(bucket):
 def test_s3_bucket_names_s3_refuses_are_refused(bucket):
     with pytest.raises(ValueError, match="is not an S3 bucket name"):
         split_s3(f"s3://{bucket}/x")
+
+
+# --- a full disk while writing shards; a path the file system cannot make -------------------
+
+SHARD_CONFIG = "shard: {digits: {far_ood_images_per_set: 8}, shard_size: 64}\n"
+GENERATE = ["--num-images", 8, "--shard-size", 4, "--batch-size", 4, "--network-batch", 4]
+
+
+def full_disk_shards(monkeypatch, buffered: bool) -> None:
+    """Every shard the one writer opens is on a full disk: the error comes from a ``write`` of
+    its own (unbuffered) or when the last megabyte is flushed as the shard closes (buffered)."""
+    import sio.shardset.tarwrite as tarwrite
+
+    def open_(path, mode="r", buffering=-1):
+        file = FullDisk(path, "w")
+        return io.BufferedWriter(file, buffering) if buffered else file
+
+    monkeypatch.setattr(tarwrite, "open", open_, raising=False)
+
+
+def no_partial_shard(folder: Path) -> None:
+    """No shard under a final name and no temporary of one: the writer removed what it began."""
+    assert not list(folder.rglob("shard-*.tar")) and not list(folder.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["write", "close"])
+def test_a_full_disk_while_sharding_names_the_shard(tmp_path, monkeypatch, buffered):
+    config = tmp_path / "shard.yaml"
+    config.write_text(SHARD_CONFIG)
+    full_disk_shards(monkeypatch, buffered)
+    out = tmp_path / "digits"
+    result = sio("shard", "digits", "--out", out, "--splits", "id_train", "--config", config)
+    assert result.exit_code == 1
+    shard = out / "id_train" / "shard-000000.tar"
+    assert one_error(result.output) == f"Error: {shard}: no space left on device"
+    no_partial_shard(out)
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["write", "close"])
+def test_a_full_disk_while_converting_names_the_shard(tmp_path, real_set, monkeypatch, buffered):
+    full_disk_shards(monkeypatch, buffered)
+    out = tmp_path / "records"
+    result = sio("shards", "convert", real_set, out, "--encoding", "records")
+    assert result.exit_code == 1
+    assert one_error(result.output) == f"Error: {out}/shard-000000.tar: no space left on device"
+    no_partial_shard(out)
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["write", "close"])
+def test_a_full_disk_while_generating_names_the_shard(
+    tmp_path, cond_dir, config, monkeypatch, buffered
+):
+    """The shard is written in the job's writer thread; its error reaches the command."""
+    full_disk_shards(monkeypatch, buffered)
+    out = tmp_path / "syn"
+    result = sio(
+        "generate", "--generator-dir", cond_dir, "--out", out, *GENERATE, "--device", "cpu"
+    )
+    assert result.exit_code == 1
+    assert one_error(result.output) == f"Error: {out}/shard-000000.tar: no space left on device"
+    no_partial_shard(out)
+
+
+@pytest.mark.parametrize(
+    "kind, cause",
+    [
+        ("file", "a part of the path is a file, not a folder"),
+        ("long", "file name too long"),
+        ("loop", "too many levels of symbolic links"),
+    ],
+)
+def test_a_path_the_file_system_cannot_make_is_one_line(
+    tmp_path, activations, monkeypatch, kind, cause
+):
+    """``--out FILE/sub``, a name over the file system's limit, a symbolic link to itself."""
+    monkeypatch.chdir(tmp_path)  # the defaults, not a ./pipeline.yaml
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    out = tmp_path / ("x" * 300 if kind == "long" else kind) / "sub"
+    result = sio("evaluate", "--activations", activations, "--methods", "msp", "--out", out)
+    assert result.exit_code == 1
+    line = one_error(result.output)
+    assert line.startswith(f"Error: {tmp_path}/") and line.endswith(f": {cause}"), line
+
+
+# --- a generation folder whose manifest is not one ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, cond_dir):
+    """A complete generation folder, and its manifest."""
+    out = tmp_path_factory.mktemp("generated") / "syn"
+    result = sio(
+        "generate", "--generator-dir", cond_dir, "--out", out, *GENERATE, "--device", "cpu"
+    )
+    assert result.exit_code == 0, result.output
+    return out, (out / "manifest.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[1, 2]", "not an sio shard-set manifest (format 'sio-shards/1')"),
+        ('"a string"', "not an sio shard-set manifest (format 'sio-shards/1')"),
+        ("{not json", "not valid JSON (Expecting property name"),
+        ('{"format": "sio-shards/1", "shards": 5}', "image_size is missing"),
+    ],
+)
+def test_resuming_generation_over_a_garbled_manifest_is_one_line(
+    tmp_path, cond_dir, config, generated, text, problem
+):
+    """The job's own output is rewritten from its shards' records; one line names the file
+    and why it was not read (it crashed with AttributeError on a JSON list)."""
+    import shutil
+
+    out = tmp_path / "syn"
+    shutil.copytree(generated[0], out)
+    (out / "manifest.json").write_text(text)
+    result = sio(
+        "generate", "--generator-dir", cond_dir, "--out", out, *GENERATE, "--device", "cpu"
+    )
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    named = [line.strip() for line in result.output.splitlines() if "manifest.json" in line]
+    assert len(named) == 1 and named[0].startswith(f"{out}/manifest.json: {problem}"), named
+    assert named[0].endswith("; writing this job's manifest in its place")
+    assert (out / "manifest.json").read_text() == generated[1]

@@ -7,8 +7,17 @@ import subprocess
 
 import click
 
-from sio.core.cli import UserError, config_option, device_option, pipeline_config
+from sio.core.cli import (
+    COUNT,
+    SEED,
+    UserError,
+    config_option,
+    device_option,
+    field_range,
+    pipeline_config,
+)
 from sio.train.checkpoint import CHECKPOINT
+from sio.train.config import TrainConfig
 from sio.train.distributed import torchrun_command
 from sio.train.trainer import train_classifier
 
@@ -48,7 +57,7 @@ def _torchrun_arguments(options: dict) -> list[str]:
 )
 @click.option(
     "--seed",
-    type=int,
+    type=SEED,
     default=0,
     show_default=True,
     help="Seeds the initialisation and every batch (with the epoch, rank and worker).",
@@ -68,7 +77,7 @@ def _torchrun_arguments(options: dict) -> list[str]:
 )
 @click.option(
     "--nproc",
-    type=int,
+    type=COUNT,
     default=1,
     show_default=True,
     help="Data-parallel processes: runs `torchrun --standalone --nproc_per_node N -m sio "
@@ -79,7 +88,12 @@ def _torchrun_arguments(options: dict) -> list[str]:
     is_flag=True,
     help="Print the full traceback of a data error (also in the run folder's errors-rank-R.log).",
 )
-@click.option("--epochs", type=int, default=None, help="Overrides train.epochs.")
+@click.option(
+    "--epochs",
+    type=field_range(TrainConfig, "epochs"),
+    default=None,
+    help="Overrides train.epochs.",
+)
 @click.option("--lr", type=float, default=None, help="Overrides train.lr (the peak rate).")
 @click.option(
     "--model",
@@ -88,7 +102,10 @@ def _torchrun_arguments(options: dict) -> list[str]:
     "densenet100.",
 )
 @click.option(
-    "--batch-size", type=int, default=None, help="Overrides train.batch_size (global batch)."
+    "--batch-size",
+    type=field_range(TrainConfig, "batch_size"),
+    default=None,
+    help="Overrides train.batch_size (global batch).",
 )
 @config_option
 @device_option

@@ -6,7 +6,8 @@ only once complete, so a crash leaves no half-written file under a final name, a
 on one file (torchrun ranks) never share a temporary. ``stale_temporaries`` finds what a killed
 writer left, for the next writer to remove. What the file system refuses (a full disk, a
 read-only folder, no permission) is an ``OSError`` naming the final path, which the CLI shows as
-one line (``filesystem_error``).
+one line (``filesystem_error``); a writer of its own temporaries (the shard writer) names its
+final path the same way (``naming``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ FILESYSTEM_ERRORS = {
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.ELOOP: "too many levels of symbolic links",
 }
 
 
@@ -71,21 +75,30 @@ def temporary_name(path: str | Path, suffix: str = "") -> Path:
 
 
 @contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Inside the block, a file-system refusal of a write for ``path`` (to a temporary beside
+    it, or a ``write`` that names no file) is re-raised naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        named = _naming(err, Path(path))
+        if named is err:
+            raise
+        raise named from err
+
+
+@contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to (a file or a folder); on success it
     replaces ``path`` (a folder there is removed first), on any error it is removed."""
     path = Path(path)
     tmp = temporary_name(path, suffix)
     try:
-        yield tmp
-        if tmp.is_dir() and path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except OSError as err:
-        named = _naming(err, path)
-        if named is err:
-            raise
-        raise named from err
+        with naming(path):
+            yield tmp
+            if tmp.is_dir() and path.is_dir():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

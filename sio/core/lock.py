@@ -204,7 +204,9 @@ def hold_folder(
     refused (``FolderBusy``). Nested in one thread on the same folder, only the outer one locks.
     ``on_first(folder)`` runs in the first writer of a run, with the lock held exclusively."""
     folder = Path(folder)
-    key = (os.getpid(), threading.get_ident(), str(folder.resolve() / LOCK_FILE))
+    # realpath, not Path.resolve: a symbolic link loop is then the OSError (ELOOP) of making the
+    # folder, which names the path, not a RuntimeError
+    key = (os.getpid(), threading.get_ident(), os.path.join(os.path.realpath(folder), LOCK_FILE))
     if key in _held:  # the outer block holds it
         yield
         return

@@ -335,11 +335,11 @@ def _synthetic_sets(run: PipelineRun, study, judge: Path):
     for key in study.generators:
         counts = study.counts(key)
         full = run.generate(by_key[key], counts[-1], judge)
-        manifest = json.loads((full / MANIFEST).read_text())
+        quality = read_manifest(full).provenance.get("quality")
         figures[key] = GeneratorFigures(
             synthetic=str(full.relative_to(run.out)),
             num_images=counts[-1],
-            label_agreement=manifest["provenance"].get("quality", {}).get("label_agreement"),
+            label_agreement=quality.get("label_agreement") if isinstance(quality, dict) else None,
             quality=run.quality(key, full, judge),
         )
         warning = generator_warning(key, figures[key], len(run.benchmark.class_names))

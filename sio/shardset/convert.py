@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sio.core.files import naming
 from sio.core.storage import is_url, open_destination
 from sio.shardset.format import (
     _JSON,
@@ -66,15 +67,16 @@ def _records(chunks, record_size: int):
 def _convert_shard(url, shard, manifest, encoding, record_size, path: Path) -> ShardInfo:
     chunks = shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples, shard)
     samples = _records(chunks, record_size) if encoding == "records" else _chunk_samples(chunks)
-    tar = TarShard(path.with_name(path.name + ".tmp"))
-    try:
-        for key, members in samples:
-            tar.add(key, members)
-    except BaseException:
-        tar.abort()
-        raise
-    size, digest = tar.close()
-    tar.path.replace(path)
+    with naming(path):  # a full disk names the shard
+        tar = TarShard(path.with_name(path.name + ".tmp"))
+        try:
+            for key, members in samples:
+                tar.add(key, members)
+            size, digest = tar.close()
+            tar.path.replace(path)
+        except BaseException:
+            tar.abort()
+            raise
     return ShardInfo(shard.name, shard.num_samples, size, digest)
 
 

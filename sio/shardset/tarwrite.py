@@ -12,6 +12,7 @@ the 10,240-byte record. The sha256 and size are computed while writing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tarfile
 from pathlib import Path
@@ -79,5 +80,8 @@ class TarShard:
         return self.size, self._digest.hexdigest()
 
     def abort(self) -> None:
-        self._file.close()
+        """Close and remove the file, whatever closing says (on a full disk the buffer's last
+        write fails again; the error being handled is the one to show)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.path.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """The one shard writer, and the one way pixel statistics are computed.
 
-``ShardFileWriter`` writes one ``<name>.tar`` (under ``.tar.tmp`` until ``close``) and returns
-its ``ShardStats``: the manifest's line for the shard plus the class counts and per-channel
+``ShardFileWriter`` writes one ``<name>.tar`` (under ``.tar.tmp`` until ``close``; what the file
+system refuses, a full disk say, is an ``OSError`` naming ``<name>.tar``) and returns its
+``ShardStats``: the manifest's line for the shard plus the class counts and per-channel
 pixel histograms that ``manifest_from_stats`` adds up into a shard set's manifest, whatever
 order and process the shards were written in (generation jobs write shards independently).
 ``ShardSetWriter`` writes a whole set sample by sample (sharding real datasets) with the same
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.core.files import write_json_atomic
+from sio.core.files import naming, write_json_atomic
 from sio.shardset.format import (
     MANIFEST,
     STATS_BATCH_BYTES,
@@ -77,7 +78,8 @@ class ShardFileWriter:
         self.path = Path(path)
         shard_name(self.path.name)  # what its manifest line will say
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self._tar = TarShard(self.tmp)
+        with naming(self.path):
+            self._tar = TarShard(self.tmp)
         self.class_counts = np.zeros(num_classes, dtype=np.int64)
         self.histograms = np.zeros((channels, 256), dtype=np.int64)
         self.count = 0
@@ -90,7 +92,8 @@ class ShardFileWriter:
             "cls": str(label).encode(),
             "json": json.dumps(meta, sort_keys=True).encode(),
         }
-        self._tar.add(_check_key(key), members)
+        with naming(self.path):
+            self._tar.add(_check_key(key), members)
         self.class_counts[label] += 1
         self.count += 1
 
@@ -99,7 +102,8 @@ class ShardFileWriter:
         labels = np.asarray(labels, dtype=np.int64)
         if labels.size and not (labels.min() >= 0 and labels.max() < len(self.class_counts)):
             raise ValueError(f"record {key}: labels outside 0..{len(self.class_counts) - 1}")
-        self._tar.add(_check_key(key), members)
+        with naming(self.path):
+            self._tar.add(_check_key(key), members)
         self.class_counts += np.bincount(labels, minlength=len(self.class_counts))
         self.count += len(labels)
 
@@ -112,8 +116,15 @@ class ShardFileWriter:
         self._tar.abort()
 
     def close(self) -> ShardStats:
-        size, sha256 = self._tar.close()
-        os.replace(self.tmp, self.path)
+        """Finish the shard under its final name; if that fails (a full disk as the last bytes
+        are flushed), the temporary is removed."""
+        try:
+            with naming(self.path):
+                size, sha256 = self._tar.close()
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         info = ShardInfo(self.path.name, self.count, size, sha256)
         return ShardStats(
             info, tuple(int(c) for c in self.class_counts), *histogram_stats(self.histograms)
