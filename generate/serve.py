@@ -15,22 +15,32 @@ One generation thread owns the generator and takes shards from a bounded queue; 
 shard already queued or being made waits for the same result, and the last ``cache`` shards are
 kept in memory for readers of the same shard (ranged requests resume a dropped connection; the
 ``Range: bytes=a-b`` forms are honoured). A request that finds the queue full waits up to
-``queue_wait_s`` for a place, then gets HTTP 503 with ``Retry-After``. A shard outside the set is
-a 404 naming the set's range. SIGTERM or SIGINT stops accepting requests, lets the ones in flight
-finish, and exits.
+``queue_wait_s`` for a place, then gets HTTP 503 with ``Retry-After``. A shard outside the set
+(however many digits its index has) is a 404 naming the set's range; a ``Range`` outside the data or
+with an over-long number is a 416 naming the size.
+
+Clients are not trusted to behave: each has ``client_timeout_s`` to send a whole request head (a
+deadline, so a byte every few seconds does not keep a connection), an idle connection is closed
+after it, an answer the client stops taking is dropped, and a client that vanishes is one log line,
+never a traceback. SIGTERM or SIGINT stops accepting requests, closes the idle connections at once,
+gives the ones in flight a few seconds (``grace_s``), closes the rest, and exits.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import json
-import queue
 import re
 import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future
+import traceback
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +51,8 @@ from sio.shardset import MANIFEST
 
 SHARD = re.compile(r"/shard-(\d{6,})\.tar")
 RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+MAX_DIGITS = 18  # a Range number longer than this is refused before int(): no answer is 10**18 B
+WRITE_PIECE = 256 * 1024  # an answer is sent in pieces; each must go within the client timeout
 
 
 def virtual_manifest(job: Job, name: str) -> dict:
@@ -105,9 +117,20 @@ class ServiceStats:
     refused: int = 0
 
 
+class QueueFull(RuntimeError):
+    pass
+
+
+class ServiceStopping(RuntimeError):
+    pass
+
+
 @dataclass
 class ShardService:
-    """Shards of ``job`` made one at a time by one thread, behind a bounded queue."""
+    """Shards of ``job`` made one at a time by one thread, behind a bounded queue.
+
+    ``making`` (the shard being generated, or None) and ``queued`` (the shards waiting for the
+    generator) change under one condition; ``wait_until`` waits on it."""
 
     job: Job
     queue_size: int = 8
@@ -117,83 +140,258 @@ class ShardService:
 
     def __post_init__(self):
         self.job.prepare()
-        self._queue: queue.Queue = queue.Queue(self.queue_size)
-        self._pending: dict[int, Future] = {}
+        self._waiting: collections.deque[tuple[int, Future]] = collections.deque()
+        self._pending: dict[int, Future] = {}  # queued or being made: index -> its result
         self._cached: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self._folder = tempfile.TemporaryDirectory(prefix="sio-serve-")
+        # notified whenever a shard is queued, taken, done, or the service stops
+        self._changed = threading.Condition(threading.RLock())
+        self._closed = False
+        self.making: int | None = None
+        self._folder = tempfile.TemporaryDirectory(prefix="sio-serve-", ignore_cleanup_errors=True)
         self._workers = Workers.start(self.job.config.encode_threads)
         self._thread = threading.Thread(target=self._run, name="sio-serve-generator", daemon=True)
         self._thread.start()
 
+    @property
+    def queued(self) -> tuple[int, ...]:
+        """The shards waiting for the generator, first first."""
+        with self._changed:
+            return tuple(index for index, _ in self._waiting)
+
+    def wait_until(self, predicate, timeout: float | None) -> bool:
+        """Wait until ``predicate()`` holds, checked each time a shard is queued, taken or done
+        and when the service stops; False if it still does not after ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
     def shard(self, index: int) -> bytes:
-        """The bytes of shard ``index`` (generated, or from the cache); raises ``QueueFull``."""
-        with self._lock:
+        """The bytes of shard ``index`` (generated, or from the cache); raises ``QueueFull`` when
+        no place frees within ``queue_wait_s``, ``ServiceStopping`` once the service stops."""
+        with self._changed:
+            if self._closed:
+                raise ServiceStopping("the service is stopping")
             self.stats.requests += 1
-            if index in self._cached:
+            future = self._pending.get(index)
+            if future is None and index not in self._cached:
+                has_place = self._changed.wait_for(
+                    lambda: self._closed or len(self._waiting) < self.queue_size,
+                    self.queue_wait_s,
+                )
+                if self._closed:
+                    raise ServiceStopping("the service is stopping")
+                if not has_place:
+                    self.stats.refused += 1
+                    raise QueueFull(f"{self.queue_size} shards queued")
+                future = self._pending.get(index)  # another request may have queued it meanwhile
+                if future is None and index not in self._cached:
+                    future = self._pending[index] = Future()
+                    self._waiting.append((index, future))
+                    self._changed.notify_all()
+            if future is None:
                 self._cached.move_to_end(index)
                 self.stats.cache_hits += 1
                 return self._cached[index]
-            future = self._pending.get(index)
-            owner = future is None
-            if owner:
-                future = self._pending[index] = Future()
-        if owner:
-            try:
-                self._queue.put((index, future), timeout=self.queue_wait_s)
-            except queue.Full:
-                with self._lock:
-                    self._pending.pop(index, None)
-                    self.stats.refused += 1
-                future.set_exception(QueueFull(f"{self.queue_size} shards queued"))
         return future.result()
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            index, future = item
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting or self._closed)
+                if self._closed:  # close() answers the queued shards
+                    return
+                index, future = self._waiting.popleft()
+                self.making = index
+                self._changed.notify_all()
+            start = time.perf_counter()
             try:
-                start = time.perf_counter()
                 path = Path(self._folder.name) / shard_name(index)
                 write_shard(self.job, index, path, self._workers)
                 data = path.read_bytes()
                 path.unlink()
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting requests
+                with self._changed:
+                    self._pending.pop(index, None)
+                    self.making = None
+                    self._changed.notify_all()
+                _settle(future, error=err)
+                continue
+            with self._changed:
                 self.stats.shards += 1
                 self.stats.images += len(self.job.shard_samples(index))
                 self.stats.seconds += time.perf_counter() - start
-            except BaseException as err:  # noqa: BLE001 - handed to the waiting requests
-                with self._lock:
-                    self._pending.pop(index, None)
-                future.set_exception(err)
-                continue
-            with self._lock:
                 self._cached[index] = data
                 while len(self._cached) > self.cache:
                     self._cached.popitem(last=False)
                 self._pending.pop(index, None)
-            future.set_result(data)
+                self.making = None
+                self._changed.notify_all()
+            _settle(future, data)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._workers.close()
+    def close(self, grace_s: float | None = None) -> None:
+        """Stop: the queued shards are refused (``ServiceStopping``); the shard being made gets up
+        to ``grace_s`` seconds (None: as long as it takes), after which its requests are refused
+        too and the generation thread is left to end alone (it is a daemon)."""
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
+            refused = [future for _, future in self._waiting]
+            for index, _ in self._waiting:
+                self._pending.pop(index, None)
+            self._waiting.clear()
+            self._changed.notify_all()
+        for future in refused:  # at once: their requests need not wait for the grace
+            _settle(future, error=ServiceStopping("the service is stopping"))
+        with self._changed:
+            done = self._changed.wait_for(lambda: self.making is None, grace_s)
+            abandoned = list(self._pending.values())  # the shard still being made, if any
+            self._pending.clear()
+        for future in abandoned:
+            _settle(future, error=ServiceStopping("the service is stopping"))
+        if done:
+            self._thread.join()
+        self._workers.close()  # the encoders finish the batch at hand; an abandoned shard fails
         self._folder.cleanup()
 
 
-class QueueFull(RuntimeError):
-    pass
+def _settle(future: Future, data: bytes | None = None, error: BaseException | None = None) -> None:
+    """Give ``future`` its result unless it already has one (a stopping service refused it)."""
+    try:
+        if error is None:
+            future.set_result(data)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` for a one-line message: control characters escaped, at most ``limit``
+    characters of it (a hostile client's path or header may be any length)."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text):,} characters)"
+    return text.encode("ascii", "backslashreplace").decode().translate(_CONTROL)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def _client(address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+class ClientGone(ConnectionError):
+    """The client stopped taking the answer for the client timeout."""
+
+
+class _Dropped(Exception):
+    """The request head did not arrive in time (not a TimeoutError: http.server would log it
+    its own way)."""
+
+
+class _HungUp(Exception):
+    """The server is stopping and closed this idle connection."""
+
+
+class _HeadReader(io.RawIOBase):
+    """The connection's bytes. While ``deadline`` is set (a request head is awaited) every recv
+    waits only for what is left of it, so a client trickling a byte at a time cannot extend it;
+    the socket's own timeout, which bounds each send, is restored after."""
+
+    def __init__(self, handler: Handler):
+        self._handler = handler
+        self._sock = handler.connection
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is None:
+            return self._sock.recv_into(buffer)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Dropped
+        self._sock.settimeout(left)
+        try:
+            count = self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _Dropped from None
+        finally:
+            self._sock.settimeout(self._handler.timeout)
+        if count == 0 and self._handler.hung_up:
+            raise _HungUp
+        return count
 
 
 class Handler(BaseHTTPRequestHandler):
     server: GenerationServer
     protocol_version = "HTTP/1.1"
-    timeout = 60  # an idle kept-alive connection does not hold up a shutdown for ever
+
+    def setup(self) -> None:
+        self.timeout = self.server.client_timeout_s  # on the socket: bounds each send
+        super().setup()
+        self.rfile.close()  # read through the deadline instead
+        self._reader = _HeadReader(self)
+        self.rfile = io.BufferedReader(self._reader)
+        self.idle = False  # awaiting a request head (shutdown closes such a connection at once)
+        self.hung_up = False
+        self.answering: str | None = None  # the request being answered, for the log
+        self.answered: str | None = None  # the last one answered
+        self.server._opened(self)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server._finished(self)
+
+    @property
+    def client(self) -> str:
+        return _client(self.client_address)
+
+    def hang_up(self) -> None:
+        """Shut the connection (from another thread): a blocked recv or send returns at once."""
+        self.hung_up = True
+        with contextlib.suppress(OSError):  # already closed
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_one_request(self) -> None:
+        self.answered, self.answering = self.answering or self.answered, None
+        if not self.server._await_request(self):
+            self.close_connection = True
+            return
+        try:
+            super().handle_one_request()
+        except _Dropped:
+            self.close_connection = True
+            self.log_error("dropped: no complete request within %g s", self.server.client_timeout_s)
+        except _HungUp:
+            self.close_connection = True
+        except ConnectionError as err:  # BrokenPipe, ConnectionReset, ConnectionAborted
+            self.close_connection = True
+            what = "closed by the shutdown" if self.hung_up else "client gone"
+            if self.answering:
+                where = f" while answering {self.answering}"
+            else:
+                where = f" after {self.answered}" if self.answered else ""
+            self.log_error("%s%s: %s", what, where, err.strerror or err)
+        finally:
+            self.server._stop_awaiting(self)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the headers (under the deadline)
+        self.server._stop_awaiting(self)  # the head is in: no deadline while answering
+        if parsed:
+            self.answering = f"{self.command} {_shown(self.path)}"
+        return parsed
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
-        if self.server.verbose:
-            super().log_message(format, *args)
+        if self.server.verbose:  # the access log
+            self.server.log(f"{self.client}: {_shown(format % args, 300)}")
+
+    def log_error(self, format, *args):  # noqa: A002
+        self.server.log(f"{self.client}: {_shown(format % args, 300)}")
 
     def do_HEAD(self):  # noqa: N802 - http.server's name
         self._answer(body=False)
@@ -203,44 +401,44 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = self.path.split("?", 1)[0]
+        if path == f"/{MANIFEST}":
+            return self._send(MANIFEST, self.server.manifest_bytes, "application/json", body)
+        match = SHARD.fullmatch(path)
+        if match is None:
+            where = f"GET /{MANIFEST} lists the set"
+            return self._error(404, f"{_shown(path)}: not served here; {where}")
+        digits, total = match[1], self.server.service.job.num_shards
+        # a number longer than the last shard's is outside the set: no int() of it
+        inside = len(digits) <= len(f"{total - 1:06d}") and int(digits) < total
+        if not inside or digits != f"{int(digits):06d}":
+            return self._error(
+                404,
+                f"{_shown(path[1:])}: outside this set of {total} shards "
+                f"({shard_name(0)} .. {shard_name(total - 1)})",
+            )
         try:
-            if path == f"/{MANIFEST}":
-                return self._send(self.server.manifest_bytes, "application/json", body)
-            match = SHARD.fullmatch(path)
-            if match is None:
-                return self._error(404, f"{path}: not served here; GET /{MANIFEST} lists the set")
-            index, total = int(match[1]), self.server.service.job.num_shards
-            if index >= total or match[1] != f"{index:06d}":
-                return self._error(
-                    404,
-                    f"{path[1:]}: outside this set of {total} shards "
-                    f"({shard_name(0)} .. {shard_name(total - 1)})",
-                )
-            data = self.server.service.shard(index)
-        except QueueFull as err:
+            data = self.server.service.shard(int(digits))
+        except (QueueFull, ServiceStopping) as err:
             return self._error(503, f"busy: {err}; retry", retry_after=5)
-        except Exception as err:  # noqa: BLE001 - the client gets the reason, the log the trace
+        except Exception as err:  # noqa: BLE001 - the client gets the reason, the log one line
             self.log_error("generation failed: %r", err)
-            return self._error(500, f"{path}: generation failed: {err}")
-        self._send(data, "application/x-tar", body)
+            return self._error(500, f"{_shown(path)}: generation failed: {err}")
+        self._send(path[1:], data, "application/x-tar", body)
 
-    def _send(self, data: bytes, kind: str, body: bool) -> None:
+    def _send(self, name: str, data: bytes, kind: str, body: bool) -> None:
         start, end = 0, len(data)
         ranged = self.headers.get("Range")
         status = 200
         if ranged:
-            match = RANGE.match(ranged.strip())
-            if match is None or (not match[1] and not match[2]):
-                return self._error(416, f"unsupported Range {ranged!r}", total=len(data))
-            if match[1]:
-                start = int(match[1])
-                end = min(len(data), int(match[2]) + 1) if match[2] else len(data)
-            else:  # the last N bytes
-                start = max(0, len(data) - int(match[2]))
-            if start >= len(data) or start >= end:
+            span = byte_range(ranged, len(data))
+            if isinstance(span, str):
                 return self._error(
-                    416, f"Range {ranged!r} outside {len(data)} bytes", total=len(data)
+                    416,
+                    f"Range {_shown(ranged)!r}: {span}; {name} has {len(data)} bytes "
+                    f"(bytes=0-{len(data) - 1})",
+                    total=len(data),
                 )
+            start, end = span
             status = 206
         self.send_response(status)
         self.send_header("Content-Type", kind)
@@ -250,7 +448,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.end_headers()
         if body:
-            self.wfile.write(memoryview(data)[start:end])
+            self._write(memoryview(data)[start:end])
+
+    def _write(self, data) -> None:
+        """Send ``data`` a piece at a time: a client that takes none of a piece for the client
+        timeout is dropped (a single sendall would bound the whole answer instead)."""
+        try:
+            for start in range(0, len(data), WRITE_PIECE):
+                self.wfile.write(data[start : start + WRITE_PIECE])
+        except TimeoutError:
+            raise ClientGone(f"took nothing for {self.server.client_timeout_s:g} s") from None
 
     def _error(self, code: int, message: str, retry_after=None, total=None) -> None:
         payload = (message + "\n").encode()
@@ -263,19 +470,65 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes */{total}")
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(payload)
+            self._write(payload)
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | str:
+    """``(start, end)`` of the bytes a ``Range: bytes=a-b`` header asks for out of ``size``, or
+    why it cannot be served (a number of more than ``MAX_DIGITS`` digits is refused unread)."""
+    match = RANGE.match(header.strip())
+    if match is None or (not match[1] and not match[2]):
+        return "unsupported (bytes=START-END, bytes=START- or bytes=-LAST)"
+    longest = max(len(match[1]), len(match[2]))
+    if longest > MAX_DIGITS:
+        return f"a number of {longest:,} digits"
+    if match[1]:
+        start = int(match[1])
+        end = min(size, int(match[2]) + 1) if match[2] else size
+    else:  # the last N bytes
+        start, end = max(0, size - int(match[2])), size
+    if start >= size or start >= end:
+        return "outside the data"
+    return start, end
 
 
 class GenerationServer(ThreadingHTTPServer):
-    daemon_threads = False  # shutdown waits for the requests in flight
-    block_on_close = True
+    """The service over HTTP, one thread per connection.
 
-    def __init__(self, service: ShardService, host: str, port: int, *, verbose: bool = False):
+    A client has ``client_timeout_s`` seconds to send each request head, counted from the
+    connection or the end of the previous answer (a trickle does not extend it), and must take
+    each piece of an answer within it; else it is dropped with one log line. ``close`` (and
+    SIGTERM) stops accepting, closes the idle connections at once, gives the requests in flight
+    ``grace_s`` seconds, then closes what is left. A client that vanishes is one log line."""
+
+    daemon_threads = True  # close() bounds the wait for the handlers; nothing waits after it
+    answer_s = 1.0  # after the grace: for the requests refused at its end to get their 503
+    request_queue_size = 128  # listen backlog: socketserver's 5 drops a burst's SYNs (1 s retries)
+
+    def __init__(
+        self,
+        service: ShardService,
+        host: str,
+        port: int,
+        *,
+        verbose: bool = False,
+        client_timeout_s: float = 30.0,
+        grace_s: float = 3.0,
+        log=None,
+    ):
         super().__init__((host, port), Handler)
         self.service = service
         self.verbose = verbose
+        self.client_timeout_s = client_timeout_s
+        self.grace_s = grace_s
+        self._log = log  # called with each log line; None: stderr
+        self._log_lock = threading.Lock()
         self._manifest: bytes | None = None
         self._manifest_lock = threading.Lock()
+        self._handlers: set[Handler] = set()
+        self._changed = threading.Condition()  # notified when a connection opens, idles or ends
+        self.stopping = False
+        self._wound_down = False
 
     @property
     def manifest_bytes(self) -> bytes:
@@ -292,11 +545,91 @@ class GenerationServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        with self._changed:
+            return len(self._handlers)
+
+    def wait_until(self, predicate, timeout: float | None) -> bool:
+        """Wait until ``predicate()`` holds, checked each time a connection opens, ends or
+        starts or stops awaiting a request; False if it still does not after ``timeout`` s."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    def log(self, line: str) -> None:
+        """One line of the log (``line`` holds no newline)."""
+        if self._log is not None:
+            return self._log(line)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with self._log_lock:
+            sys.stderr.write(f"[{stamp}] sio serve: {line}\n")
+            sys.stderr.flush()
+
+    def handle_error(self, request, client_address) -> None:
+        """An error a handler did not answer: one line (the traceback too with ``verbose``)."""
+        err = sys.exc_info()[1]
+        self.log(f"{_client(client_address)}: {type(err).__name__}: {_shown(str(err), 200)}")
+        if self.verbose:
+            traceback.print_exc()
+
+    # the handlers' states, under self._changed
+
+    def _opened(self, handler: Handler) -> None:
+        with self._changed:
+            self._handlers.add(handler)
+            self._changed.notify_all()
+
+    def _await_request(self, handler: Handler) -> bool:
+        """Start the handler's deadline for the next request head; False once stopping."""
+        with self._changed:
+            if self.stopping:
+                return False
+            handler.idle = True
+            handler._reader.deadline = time.monotonic() + self.client_timeout_s
+            self._changed.notify_all()
+            return True
+
+    def _stop_awaiting(self, handler: Handler) -> None:
+        with self._changed:
+            handler.idle = False
+            handler._reader.deadline = None
+            self._changed.notify_all()
+
+    def _finished(self, handler: Handler) -> None:
+        with self._changed:
+            self._handlers.discard(handler)
+            self._changed.notify_all()
+
     def close(self) -> None:
-        """Stop accepting, finish the requests in flight, stop the generation thread."""
+        """Stop accepting (``serve_forever`` must be running), then ``wind_down``."""
         self.shutdown()
+        self.wind_down()
+
+    def wind_down(self) -> None:
+        """After ``serve_forever`` returned: close the listening socket and the idle connections
+        at once, refuse the queued shards, give the requests in flight up to ``grace_s`` seconds
+        (the shard being made included), then close the connections left and stop the service.
+        Returns within about ``grace_s`` + ``answer_s`` + 1 s whatever the clients do."""
+        if self._wound_down:
+            return
+        self._wound_down = True
+        deadline = time.monotonic() + self.grace_s
+        with self._changed:
+            self.stopping = True
+            for handler in self._handlers:
+                if handler.idle:
+                    handler.hang_up()
         self.server_close()
-        self.service.close()
+        self.service.close(grace_s=max(0, deadline - time.monotonic()))
+        # the answers in flight get what is left of the grace, and those refused at its end
+        # (503: stopping) at least answer_s to be written; then the connections left are closed
+        left = max(self.answer_s, deadline - time.monotonic())
+        with self._changed:
+            self._changed.wait_for(lambda: not self._handlers, left)
+            for handler in self._handlers:
+                handler.hang_up()
+            self._changed.wait_for(lambda: not self._handlers, 1.0)
 
 
 def start_in_thread(service: ShardService, host="127.0.0.1", port=0, **kw) -> GenerationServer:
@@ -307,7 +640,7 @@ def start_in_thread(service: ShardService, host="127.0.0.1", port=0, **kw) -> Ge
 
 
 def serve_until_signalled(server: GenerationServer) -> None:
-    """Serve in this thread until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve in this thread until SIGTERM or SIGINT, then wind down (a few seconds at most)."""
     stopping = threading.Event()
 
     def stop(signum, frame):
@@ -319,7 +652,8 @@ def serve_until_signalled(server: GenerationServer) -> None:
     try:
         server.serve_forever()
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        server.server_close()
-        server.service.close()
+        try:
+            server.wind_down()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -119,11 +119,11 @@ def test_a_full_queue_answers_503(cond_dir, monkeypatch):
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(get, f"{running.url}/shard-000000.tar")
-            while service._queue.qsize():  # the generator thread took shard 0 and waits
-                pass
+            # the generator thread took shard 0 and waits
+            assert service.wait_until(lambda: service.making == 0, 30)
             second = pool.submit(get, f"{running.url}/shard-000001.tar")
-            while not service._queue.qsize():  # shard 1 fills the one place
-                pass
+            # shard 1 fills the one place
+            assert service.wait_until(lambda: service.queued == (1,), 30)
             err = http_error(f"{running.url}/shard-000002.tar")
             assert err.code == 503 and err.headers["Retry-After"] == "5"
             release.set()
