@@ -1,5 +1,6 @@
 """Evaluate stage: post-hoc detectors on cached activations of sio runs or any classifier
-(``Evaluator``), OOD metrics, tables over seeds."""
+(``Evaluator``), one detector on a model and a DataLoader (``detector``, the notebook path),
+OOD metrics, per-sample score histograms (``plot_scores``), tables over seeds."""
 
 from sio.core.lazy import lazy_exports
 
@@ -25,6 +26,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "evaluate_bank",
             "evaluate_checkpoint",
             "markdown_table",
+            "summary_line",
             "write_results",
         ),
         "sio.evaluate.image_scoring": ("ModelInputs",),
@@ -36,6 +38,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "openood_resnet18_32x32_to_sio",
         ),
         "sio.evaluate.metrics": ("fpr_at_95_tpr", "mean_metrics", "ood_metrics"),
+        "sio.evaluate.notebook": ("NotebookDetector", "detector"),
+        "sio.evaluate.score_plots": ("plot_scores",),
         "sio.evaluate.report": ("aggregate", "report"),
     },
 )

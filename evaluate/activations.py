@@ -266,19 +266,52 @@ def check_classifier_fits(info, benchmark_dir: str | Path) -> None:
     )
 
 
-def _features_of(model, shard_set: Path, batch_size: int, device):
-    """(features, labels) of every sample of ``shard_set``: ``model.features(uint8 images)``."""
+def batch_features(model, batches, device, desc: str = "extract"):
+    """(features, labels) of every (images, labels) batch of ``batches`` (a shard set's batches
+    or any DataLoader): ``model.features(images)`` as float32 rows, the labels as int64."""
     feats, labels = [], []
     with torch.no_grad():
-        for images, batch_labels in tqdm(
-            iter_batches(shard_set, batch_size),
-            desc=f"extract {shard_set.name}",
-            unit="batch",
-            leave=False,
-        ):
+        for images, batch_labels in tqdm(batches, desc=desc, unit="batch", leave=False):
             feats.append(model.features(images.to(device)).float().cpu().numpy())
-            labels.append(batch_labels.numpy())
+            labels.append(np.asarray(batch_labels, dtype=np.int64).reshape(-1))
+    if not feats:
+        return np.zeros((0, model.fc.in_features), np.float32), np.zeros(0, np.int64)
     return np.concatenate(feats), np.concatenate(labels)
+
+
+def _features_of(model, shard_set: Path, batch_size: int, device):
+    """(features, labels) of every sample of ``shard_set``: ``model.features(uint8 images)``."""
+    return batch_features(
+        model, iter_batches(shard_set, batch_size), device, f"extract {shard_set.name}"
+    )
+
+
+def benchmark_key(benchmark_dir: str | Path) -> dict:
+    """The sha256 of every shard set's manifest of the benchmark: part of an activations
+    file's key."""
+    benchmark = read_benchmark(benchmark_dir)
+    sets = {**benchmark.id_splits, **benchmark.near, **benchmark.far}
+    return {name: sha256_file(path / MANIFEST) for name, path in sets.items()}
+
+
+def cached_bank(out: Path, key: dict, compute) -> ActivationBank:
+    """The activations file ``out`` when its JSON sidecar records ``key``; else ``compute()``,
+    written (atomically, the sidecar last) before it is returned, so that no detector's
+    failure loses it and a rerun reuses it."""
+    out = Path(out)
+    sidecar = out.with_suffix(".json")
+    if (
+        out.is_file()
+        and sidecar.is_file()
+        and not differences(json.loads(sidecar.read_text()), key)
+    ):
+        return load_activations(out)
+    bank = compute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, suffix=".npz") as tmp:
+        np.savez(tmp, **bank.to_npz_dict())
+    write_json_atomic(sidecar, key)
+    return bank
 
 
 def extract_activations(
@@ -289,28 +322,14 @@ def extract_activations(
     A JSON sidecar records the checkpoint's and shard sets' checksums; a cache whose sidecar
     matches is reused, any other is recomputed.
     """
-    benchmark = read_benchmark(benchmark_dir)
-    key = {
-        "checkpoint_sha256": sha256_file(checkpoint),
-        "benchmark": {
-            name: sha256_file(path / MANIFEST)
-            for name, path in {**benchmark.id_splits, **benchmark.near, **benchmark.far}.items()
-        },
-    }
-    sidecar = out.with_suffix(".json")
-    if (
-        out.is_file()
-        and sidecar.is_file()
-        and not differences(json.loads(sidecar.read_text()), key)
-    ):
-        return load_activations(out)
-    model, info = load_classifier(checkpoint, device)
-    check_classifier_fits(info, benchmark_dir)
-    bank = model_activations(model, benchmark_dir, batch_size=batch_size, device=device)
-    with atomic_path(out, suffix=".npz") as tmp:
-        np.savez(tmp, **bank.to_npz_dict())
-    write_json_atomic(sidecar, key)
-    return bank
+    key = {"checkpoint_sha256": sha256_file(checkpoint), "benchmark": benchmark_key(benchmark_dir)}
+
+    def compute():
+        model, info = load_classifier(checkpoint, device)
+        check_classifier_fits(info, benchmark_dir)
+        return model_activations(model, benchmark_dir, batch_size=batch_size, device=device)
+
+    return cached_bank(out, key, compute)
 
 
 def model_activations(model, benchmark_dir: Path, *, batch_size: int, device="cpu"):

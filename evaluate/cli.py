@@ -65,6 +65,13 @@ from sio.evaluate.evaluate import (
     "--layer", default=None, help="--model: take h from this module's output (default: fc's input)."
 )
 @click.option(
+    "--channels",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="--model: the input channels the model gets (default: its first conv's; a grey "
+    "benchmark's channel is repeated to them, and said so).",
+)
+@click.option(
     "--alpha",
     type=float,
     default=None,
@@ -120,6 +127,7 @@ def evaluate(
     normalize,
     fc_name,
     layer,
+    channels,
     alpha,
     seed,
     methods,
@@ -181,6 +189,7 @@ def evaluate(
                 normalize,
                 fc_name,
                 layer,
+                channels,
                 config,
                 out,
                 device or default_device(),
@@ -238,44 +247,29 @@ def _record_run(out, alpha: float, seed: int, source: str, benchmark) -> None:
     write_json_atomic(Path(out) / "run.json", record)
 
 
-def _normalisation(normalize: str, benchmark):
-    from sio.evaluate.models import train_pixel_statistics
-
-    if normalize == "train":
-        return train_pixel_statistics(benchmark)
-    if normalize == "none":
-        return None, None
-    try:
-        values = [float(v) for v in normalize.split(",")]
-    except ValueError:
-        values = []
-    if len(values) % 2 or not values:
-        raise click.UsageError(
-            f"--normalize {normalize!r}: train, none, or mean values then std values"
-        )
-    half = len(values) // 2
-    return values[:half], values[half:]
-
-
 def _evaluate_model(
-    spec, weights, benchmark, normalize, fc_name, layer, config, out, device, save_scores
+    spec, weights, benchmark, normalize, fc_name, layer, channels, config, out, device, save_scores
 ):
-    from sio.evaluate.models import Evaluator, build_model
+    """``--model``: the model built and checked against the benchmark (``Evaluator``: channels,
+    classes, image size, normalisation) before any image is read, then evaluated."""
+    from sio.evaluate.models import Evaluator, build_model, normalisation
     from sio.shards import read_benchmark
     from sio.shardset import read_manifest
 
-    mean, std = _normalisation(normalize, benchmark)
+    mean, std = normalisation(normalize, benchmark)
     bench = read_benchmark(benchmark)
-    channels = read_manifest(bench.id_splits["test"]).channels
     adapter = build_model(
         spec,
         weights,
         len(bench.class_names),
-        channels=channels,
+        channels=channels or read_manifest(bench.id_splits["test"]).channels,
         mean=mean,
         std=std,
         fc_name=fc_name,
         layer=layer,
+        benchmark=f"benchmark {bench.name}",
     )
-    evaluator = Evaluator(adapter, benchmark=benchmark, config=config, device=device)
+    evaluator = Evaluator(
+        adapter, benchmark=benchmark, config=config, channels=channels, device=device
+    )
     return evaluator.evaluate(out, save_scores=save_scores)

@@ -206,6 +206,9 @@ class EvaluateConfig:
     # (OpenOOD's main branch since Aug 2023 and its current leaderboard)
     fpr_convention: Literal["id", "ood"] = "id"
     batch_size: int = bounded(1, 2**20, default=512)
+    # a detector that cannot be fitted or gives a NaN or inf score: false records it under
+    # results.json's ``skipped`` and scores the others; true stops with an error naming it
+    strict: bool = False
     # Python modules imported when the config is read: the detectors they register
     # (@sio.evaluate.DETECTORS.register("name")) are then nameable in ``methods``
     plugins: tuple[str, ...] = ()

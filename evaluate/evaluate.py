@@ -8,17 +8,23 @@
                                                             "aupr_in": .., "aupr_out": ..}},
                                   "mean": {...the same four...}},
                          "far": {...}}},
-     "skipped": {"odin": "needs the model and the images: use sio evaluate --run"},
+     "skipped": {"odin": "needs the model and the images: use sio evaluate --run",
+                 "openmax": "detector openmax on id.train: class '3' has 0 correctly ..."},
      "detectors": {"vim": {"dim": 256, "alpha": 3.1}, ...}}
 
 Metric values are percentages and always finite (a NaN or inf is refused, naming where).
 ``fpr_convention`` "id" counts OOD accepted at 95 % ID accepted (SIO, the literature and the
 OpenOOD v1.5 tag); "ood" counts ID rejected at 95 % OOD rejected (OpenOOD's main branch since
 August 2023, which its current leaderboard uses). ``skipped`` lists detectors that could not
-run on what was given (ODIN without the model); ``detectors`` records settings and fitted
-values. With ``evaluate.search`` on, every test metric leaves out the OOD val rows, and a
-searched detector's entry also holds ``"search": {"grid", "candidates": [{..setting..,
-"val_auroc"}], "chosen", "id_val_samples", "ood_val_samples"}`` (see search.py), and a
+run on what was given (ODIN without the model) and, with their reason (classes by name), those
+that could not be fitted or gave a NaN or inf score: the others are scored and written all the
+same, unless ``evaluate.strict`` (``--strict``) makes that an error naming the detector;
+``detectors`` records settings and fitted values. ``scores.npz`` (``--save-scores``) holds each
+scored detector's per-sample scores, keyed ``<detector>/id.test`` and
+``<detector>/ood.<group>.<name>`` as the activations file names its sets. With
+``evaluate.search`` on, every test metric leaves out the OOD val rows, and a searched
+detector's entry also holds ``"search": {"grid", "candidates": [{..setting.., "val_auroc"}],
+"chosen", "id_val_samples", "ood_val_samples"}`` (see search.py), and a
 top-level ``"search": {"ood_val_fraction", "seed", "ood_val_samples": {group: {set: n}}}``
 says what was held out.
 """
@@ -27,11 +33,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sio.core.files import write_json_atomic, write_text_atomic
+from sio.core.files import atomic_path, write_json_atomic, write_text_atomic
 from sio.core.lock import hold_folder
 from sio.evaluate.activations import (
     ActivationBank,
@@ -40,12 +48,14 @@ from sio.evaluate.activations import (
     extract_activations,
 )
 from sio.evaluate.config import EvaluateConfig
-from sio.evaluate.detectors import DETECTORS, finite_scores, needs_images
+from sio.evaluate.detectors import DETECTORS, DetectorError, finite_scores, needs_images
+from sio.evaluate.detectors.base import detector_error
 from sio.evaluate.image_scoring import ModelInputs, load_model, score_image_sets, score_image_val
 from sio.evaluate.metrics import METRICS, mean_metrics, ood_metrics
 from sio.evaluate.search import OodSplit, grid_search, ood_split, search_activation_detector
 
 NEEDS_MODEL = "needs the model and the images: use sio evaluate --run"
+SCORES_FILE = "scores.npz"  # per-sample scores, with --save-scores
 
 
 def id_accuracy(bank: ActivationBank) -> float:
@@ -111,6 +121,45 @@ def metrics_entry(id_scores, ood_scores: dict, fpr_convention: str) -> dict:
     return entry
 
 
+def named_classes(message: str, class_names: Sequence[str] | None) -> str:
+    """``message`` with each class index ("class 3", "classes 0 and 1") replaced by the
+    class's name from the benchmark (``class 'three'``), when the names are known."""
+    if not class_names:
+        return message
+
+    def name(index: str) -> str:
+        return repr(class_names[int(index)]) if int(index) < len(class_names) else index
+
+    def names(match: re.Match) -> str:
+        return re.sub(r"\d+", lambda m: name(m[0]), match[0])
+
+    return re.sub(r"\bclass(?:es)? \d+(?: and \d+)*\b", names, message)
+
+
+def score_method(method, bank, test_bank, config, inputs, split, fpr_convention):
+    """(results.json metrics entry, ``detectors`` entry, per-sample scores) of one detector; a
+    fit that fails, a NaN or inf score or fitted value raises ``DetectorError`` naming it."""
+    try:
+        if needs_images(method):
+            detector, search, id_scores, ood_scores = image_scores(
+                method, bank, config, inputs, split
+            )
+        else:
+            detector, search = search_activation_detector(method, bank, config, split)
+            id_scores, ood_scores = activation_scores(detector, test_bank)
+    except np.linalg.LinAlgError as err:  # a singular or non-converging fit
+        raise detector_error(method, "its fit", str(err)) from None
+    info = detector.info()
+    bad = non_finite(info, f"detectors.{method}")
+    if bad is not None:
+        raise detector_error(method, "its fit", f"{bad} is not a finite number")
+    return (
+        metrics_entry(id_scores, ood_scores, fpr_convention),
+        info if search is None else {**info, "search": search},
+        score_arrays(method, id_scores, ood_scores),
+    )
+
+
 def evaluate_bank(
     bank: ActivationBank,
     methods,
@@ -118,11 +167,18 @@ def evaluate_bank(
     *,
     config: EvaluateConfig | None = None,
     inputs: ModelInputs | None = None,
+    class_names: Sequence[str] | None = None,
+    scores: dict | None = None,
 ) -> dict:
     """Every detector in ``methods`` on ``bank``; detectors that need images use ``inputs`` (the
-    checkpoint and benchmark) and are skipped, with the reason recorded, without it. With
+    checkpoint and benchmark) and are skipped, with the reason recorded, without it. A detector
+    that cannot be fitted or gives a NaN or inf score is recorded under ``skipped`` with its
+    reason (classes named by ``class_names``) and the others are scored; with
+    ``config.strict`` it is raised instead (``DetectorError``, naming the detector). With
     ``config.search.enabled`` the OOD val rows are held out of every test metric and each
-    detector with a grid takes the setting with the best val AUROC (search.py)."""
+    detector with a grid takes the setting with the best val AUROC (search.py). ``scores``,
+    when given, receives each scored detector's per-sample test scores
+    (``<detector>/id.test``, ``<detector>/ood.<group>.<name>``)."""
     config = config or EvaluateConfig()
     split: OodSplit | None = ood_split(bank, config.search) if config.search.enabled else None
     test_bank = bank if split is None else split.test_bank(bank)
@@ -143,20 +199,32 @@ def evaluate_bank(
             },
         }
     for method in check_methods(methods):
-        if needs_images(method):
-            if inputs is None:
-                results["skipped"][method] = NEEDS_MODEL
-                continue
-            detector, search, id_scores, ood_scores = image_scores(
-                method, bank, config, inputs, split
+        if needs_images(method) and inputs is None:
+            results["skipped"][method] = NEEDS_MODEL
+            continue
+        try:
+            entry, info, arrays = score_method(
+                method, bank, test_bank, config, inputs, split, fpr_convention
             )
-        else:
-            detector, search = search_activation_detector(method, bank, config, split)
-            id_scores, ood_scores = activation_scores(detector, test_bank)
-        results["methods"][method] = metrics_entry(id_scores, ood_scores, fpr_convention)
-        info = detector.info()
-        results["detectors"][method] = info if search is None else {**info, "search": search}
+        except DetectorError as err:
+            reason = named_classes(str(err), class_names)
+            if config.strict:
+                raise DetectorError(reason) from None
+            results["skipped"][method] = reason
+            continue
+        results["methods"][method], results["detectors"][method] = entry, info
+        if scores is not None:
+            scores.update(arrays)
     return results
+
+
+def score_arrays(method: str, id_scores, ood_scores: dict) -> dict[str, np.ndarray]:
+    """One detector's per-sample scores as ``scores.npz`` keys them."""
+    arrays = {f"{method}/id.test": np.asarray(id_scores, np.float64)}
+    for group, sets in ood_scores.items():
+        for name, values in sets.items():
+            arrays[f"{method}/ood.{group}.{name}"] = np.asarray(values, np.float64)
+    return arrays
 
 
 def evaluate_checkpoint(
@@ -166,11 +234,12 @@ def evaluate_checkpoint(
     config: EvaluateConfig,
     *,
     device: str = "cpu",
+    save_scores: bool = False,
 ) -> dict:
-    """``sio evaluate --run``: extract (or reuse) ``out/activations.npz``, score every detector
-    of ``config`` (ODIN with the model and images), write results.json, results.md and
-    run.json (alpha and seed from the checkpoint). Another job writing ``out`` is refused
-    (``FolderBusy``)."""
+    """``sio evaluate --run``: extract (or reuse) ``out/activations.npz``, written before any
+    detector runs, score every detector of ``config`` (ODIN with the model and images), write
+    results.json, results.md, run.json (alpha and seed from the checkpoint) and, with
+    ``save_scores``, scores.npz. Another job writing ``out`` is refused (``FolderBusy``)."""
     from sio.train import checkpoint_file, load_classifier
 
     checkpoint, out = checkpoint_file(checkpoint), Path(out)
@@ -186,11 +255,18 @@ def evaluate_checkpoint(
             device=device,
         )
         inputs = ModelInputs(checkpoint, Path(benchmark_dir), config.batch_size, device)
+        scores = {} if save_scores else None
         results = evaluate_bank(
-            bank, config.methods, config.fpr_convention, config=config, inputs=inputs
+            bank,
+            config.methods,
+            config.fpr_convention,
+            config=config,
+            inputs=inputs,
+            class_names=info.class_names,
+            scores=scores,
         )
         results["benchmark"] = benchmark_record(benchmark_dir)
-        write_results(results, out)
+        write_results(results, out, scores)
         run = {
             "alpha": info.alpha,
             "seed": info.seed,
@@ -248,6 +324,16 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def summary_line(results: dict) -> str:
+    """One line: how many detectors were scored and which were skipped, with why."""
+    scored, skipped = results["methods"], results.get("skipped", {})
+    line = f"{len(scored)} detector{'s' * (len(scored) != 1)} scored"
+    if skipped:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        line += f", {len(skipped)} skipped ({reasons})"
+    return line
+
+
 def non_finite(value, where: str = "results") -> str | None:
     """The path of the first NaN or inf number in ``value`` (nested dicts and lists), or None."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -265,13 +351,19 @@ def non_finite(value, where: str = "results") -> str | None:
     return None
 
 
-def write_results(results: dict, out: str | Path) -> None:
-    """results.json and results.md; a NaN or inf anywhere is refused (named) before writing."""
+def write_results(results: dict, out: str | Path, scores: dict | None = None) -> None:
+    """results.json and results.md, and scores.npz when ``scores`` ({key: per-sample scores},
+    see ``evaluate_bank``) is given; a NaN or inf anywhere is refused (named) before writing."""
     bad = non_finite(results)
+    if bad is None and scores is not None:
+        bad = next((key for key, value in scores.items() if not np.isfinite(value).all()), None)
     if bad is not None:
         raise ValueError(f"{bad} is not a finite number; nothing was written to {out}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if scores is not None:
+        with atomic_path(out / SCORES_FILE, suffix=".npz") as tmp:
+            np.savez(tmp, **scores)
     text = json.dumps(results, indent=2, sort_keys=True, allow_nan=False) + "\n"
     write_text_atomic(out / "results.json", text)
     write_text_atomic(out / "results.md", markdown_table(results) + "\n")

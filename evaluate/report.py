@@ -67,6 +67,24 @@ def check_same_benchmark(runs: list[dict]) -> None:
         )
 
 
+def drop_skipped_detectors(runs: list[dict]) -> list[str]:
+    """Leave out of every run a detector that some run skipped (results.json's ``skipped``: it
+    could not be fitted, or scored NaN or inf there) and so cannot be averaged; one line per
+    detector left out, naming a run that skipped it and why. A detector missing from a run
+    without being skipped there stays (and the layout check names it)."""
+    notes, dropped = [], set()
+    for run in runs:
+        for method, reason in run["results"].get("skipped", {}).items():
+            scored = any(method in other["results"]["methods"] for other in runs)
+            if scored and method not in dropped:
+                dropped.add(method)
+                notes.append(f"- left out {method}: skipped in {run['folder']} ({reason})")
+    for run in runs:
+        methods = run["results"]["methods"]
+        run["results"]["methods"] = {m: v for m, v in methods.items() if m not in dropped}
+    return notes
+
+
 def mean_std(values: list[float]) -> dict:
     """Mean, population std and n; ``values`` (one per seed, in seed order) stay for the
     Average row, whose spread is that of the per-seed averages."""
@@ -88,6 +106,7 @@ def _paper_order(methods) -> list[str]:
 def aggregate(runs: list[dict]) -> dict:
     """{alpha: {"seeds": [...], "id_acc": {mean, std, n}, "methods": {m: {group: {"mean": {metric:
     {mean, std, n}}, "datasets": {name: {metric: {...}}}}}}}}, keyed by alpha as text."""
+    drop_skipped_detectors(runs)  # a detector some run skipped cannot be averaged
     by_alpha: dict[float, list[dict]] = defaultdict(list)
     for run in runs:
         by_alpha[float(run["alpha"])].append(run)
@@ -354,6 +373,7 @@ def _report(run_folders: list[str | Path]) -> tuple[str, dict]:
             f"the runs mix FPR@95 conventions {sorted(conventions)}; re-evaluate "
             "them with one --fpr-convention"
         )
+    left_out = drop_skipped_detectors(runs)
     arms = aggregate(runs)
     _check_same_layout(arms)
     seeds = sorted({r["seed"] for r in runs})
@@ -370,6 +390,7 @@ def _report(run_folders: list[str | Path]) -> tuple[str, dict]:
             "- values in percent: mean ± population std over seeds (a single run shows its "
             f"value); FPR@95 with {convention} as positive; Δ = +SIO − baseline paired by seed, "
             "with its 95% CI (Student's t) and the paired t-test's p",
+            *left_out,
             "",
             id_accuracy_line(arms),
             "",

@@ -155,8 +155,14 @@ def cli(ctx, debug):
     "pipeline", required=False, default="pipeline.yaml", type=click.Path(dir_okay=False)
 )
 @click.option("--force", is_flag=True, help="Replace finished stages made with a different config.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (each stage: run, skipped or refused, and why; the trainings) and "
+    "run nothing.",
+)
 @device_option
-def run(pipeline, force, device):
+def run(pipeline, force, dry_run, device):
     """Run every stage of PIPELINE (default ./pipeline.yaml) and print baseline vs +SIO.
 
     Every name and path in PIPELINE is checked before the first stage starts. Stages done
@@ -168,10 +174,12 @@ def run(pipeline, force, device):
       sio run                             # ./pipeline.yaml: the embedded digits benchmark
       sio run examples/mnist5k.yaml       # mnist5k, five seeds
       sio run study.yaml && sio report runs/study
+      sio run --dry-run study.yaml        # what would run, what is skipped, and why
     """
     from sio.pipeline.run import run_pipeline
 
-    click.echo(run_pipeline(load_pipeline(pipeline), force=force, device=device))
+    config = load_pipeline(pipeline)
+    click.echo(run_pipeline(config, force=force, device=device, dry_run=dry_run))
 
 
 @cli.command()
@@ -230,6 +238,30 @@ def plot(run, out):
     from sio.pipeline.plot import plot_log
 
     click.echo(f"plot: {plot_log(run, out)}")
+
+
+@cli.command("plot-scores")
+@click.argument("out", type=click.Path())
+@click.option(
+    "--to",
+    "folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the PNGs (default: OUT/score-plots).",
+)
+def plot_scores(out, folder):
+    """Draw ID vs OOD score histograms, one PNG per detector, from OUT's scores.npz (a
+    `sio evaluate --save-scores --out OUT` folder, or the file itself).
+
+    \b
+    Examples:
+      sio evaluate --run runs/base0 --benchmark data/digits --save-scores --out eval/base0
+      sio plot-scores eval/base0          # writes eval/base0/score-plots/<detector>.png
+    """
+    from sio.evaluate import plot_scores as draw
+
+    for path in draw(out, folder):
+        click.echo(f"plot-scores: {path}")
 
 
 def get_cli() -> click.Group:

@@ -84,9 +84,13 @@ def test_results_shape_and_recorded_settings():
 
 def test_vim_dim_error_names_detector_dataset_and_cause():
     bank = structured_bank()
-    config = EvaluateConfig(vim=VimSettings(dim=16))  # D = 16
+    config = EvaluateConfig(vim=VimSettings(dim=16), strict=True)  # D = 16
     with pytest.raises(DetectorError, match=r"vim on id\.train: dim 16 must be in \[1, D\)"):
         evaluate_bank(bank, ["msp", "vim"], config=config)
+    # not strict (the default): vim is skipped with that reason, msp is scored
+    results = evaluate_bank(bank, ["msp", "vim"], config=dataclasses.replace(config, strict=False))
+    assert list(results["methods"]) == ["msp"]
+    assert "vim on id.train: dim 16 must be in [1, D)" in results["skipped"]["vim"]
 
 
 def test_method_names_are_checked_before_any_work(monkeypatch):

@@ -64,5 +64,5 @@ def test_godin_detector_refuses_a_plain_classifier(bench):
             run,
             bench / "bench",
             bench / "eval-ce",
-            EvaluateConfig(methods=("godin",), batch_size=64),
+            EvaluateConfig(methods=("godin",), batch_size=64, strict=True),
         )

@@ -204,8 +204,12 @@ def test_an_empty_id_val_is_an_error_naming_the_detector():
         id_features={**bank.id_features, "val": np.zeros((0, 8), np.float32)},
         id_labels={**bank.id_labels, "val": np.zeros(0, np.int64)},
     )
+    strict = dataclasses.replace(SEARCH, strict=True)
     with pytest.raises(DetectorError, match=r"knn on id\.val: the search needs ID val"):
-        evaluate_bank(bank, ["knn"], config=SEARCH)
+        evaluate_bank(bank, ["knn"], config=strict)
+    # not strict: knn is skipped with that reason
+    skipped = evaluate_bank(bank, ["knn"], config=SEARCH)["skipped"]
+    assert "knn on id.val: the search needs ID val" in skipped["knn"]
 
 
 def test_an_ood_set_too_small_to_split_is_an_error():
