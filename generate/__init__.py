@@ -6,6 +6,7 @@ from sio.core.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
+        "sio.generate.agreement": ("MIN_LABEL_AGREEMENT", "agreement_warning", "warning_banner"),
         "sio.generate.biggan": ("BigGANGenerator",),
         "sio.generate.ddpm.model": ("DDPMGenerator",),
         "sio.generate.ddpm.train": ("train_ddpm", "train_from_shard_set", "training_definition"),

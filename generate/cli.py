@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sio.core.cli import config_option, device_option, field_range, pipeline_config
-from sio.generate.config import GenerateConfig
-from sio.generate.ddpm.train import train_from_shard_set
-from sio.generate.job import Job, run_job
-from sio.generate.registry import GENERATORS, Classifier, build_job, load_generator
+from sio.generate.agreement import agreement_warning, warning_banner
+from sio.generate.config import GENERATOR_KINDS, DDPMTrainConfig, GenerateConfig
 from sio.shardset.format import MAX_SIDE
+
+if TYPE_CHECKING:
+    from sio.generate.job import Job
 
 
 def parse_shard_range(text: str | None) -> range | None:
@@ -51,7 +53,7 @@ def job_options(function):
             "--generator",
             "name",
             default=None,
-            type=click.Choice(GENERATORS.names()),
+            type=click.Choice(GENERATOR_KINDS),
             help="Generator kind (default: the config's generator.name).",
         ),
         click.option(
@@ -124,21 +126,30 @@ class JobOptions:
     config_path: str | None = None
     device: str | None = None
     train_on: str | None = None
+    train: dict = dataclasses.field(default_factory=dict)  # generator.train overrides
     what: str = "the synthetic set"
 
     def job(self, world_size: int = 1, local_rank: int = 0) -> Job:
         """Load the generator (training the built-in DDPM first if asked) and the classifier,
-        check that they fit the target set, and return the job."""
+        check that they fit the target set, and return the job. The config is parsed before
+        the generators (and diffusers) are imported: a mistake in it answers at once."""
+        config = pipeline_config(self.config_path)
+        from sio.generate.ddpm.train import train_from_shard_set
+        from sio.generate.registry import Classifier, build_job, load_generator
         from sio.train import load_classifier
 
-        config = pipeline_config(self.config_path)
         device = _device(self.device, local_rank)
         generator_dir = self.generator_dir or config.generator.path
         if not generator_dir:
             raise click.UsageError("give the generator folder (or generator.path in the config)")
         generator = dataclasses.replace(
-            config.generator, name=self.name or config.generator.name, path=str(generator_dir)
+            config.generator,
+            name=self.name or config.generator.name,
+            path=str(generator_dir),
+            train=dataclasses.replace(config.generator.train, **self.train),
         )
+        if self.train and Path(generator_dir).exists():
+            click.echo(f"{generator_dir} exists: used as it is (--train-* apply to a new one)")
         if not Path(generator_dir).exists():
             if generator.name != "ddpm":
                 raise click.UsageError(
@@ -186,6 +197,39 @@ class JobOptions:
         return build_job(model, settings, generator.labels, names, judge_info)
 
 
+# sio generate options over generator.train (named as sio train's, with the prefix --train-)
+TRAIN_OVERRIDES = {
+    "steps": field_range(DDPMTrainConfig, "steps"),
+    "batch_size": field_range(DDPMTrainConfig, "batch_size"),
+    "lr": click.FloatRange(min=0, min_open=True),
+    "ema_decay": click.FloatRange(0, 1, max_open=True),
+    "seed": field_range(DDPMTrainConfig, "seed"),
+    "log_every": field_range(DDPMTrainConfig, "log_every"),
+    "checkpoint_every": field_range(DDPMTrainConfig, "checkpoint_every"),
+}
+
+
+def train_options(function):
+    """``--train-steps``, ``--train-batch-size``, ...: one per ``TRAIN_OVERRIDES`` field."""
+    for name, kind in reversed(TRAIN_OVERRIDES.items()):
+        option = "--train-" + name.replace("_", "-")
+        helps = f"Overrides generator.train.{name} (with --train-on)."
+        function = click.option(option, f"train_{name}", type=kind, default=None, help=helps)(
+            function
+        )
+    return function
+
+
+def _train_overrides(options: dict, train_on: str | None) -> dict:
+    """The ``--train-*`` values given (popped from ``options``), refused without --train-on."""
+    given = {name: options.pop(f"train_{name}") for name in TRAIN_OVERRIDES}
+    given = {name: value for name, value in given.items() if value is not None}
+    if given and train_on is None:
+        named = ", ".join("--train-" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{named} set how the DDPM is trained: give --train-on REAL_SET")
+    return given
+
+
 @click.command()
 @click.option(
     "--generator-dir",
@@ -209,14 +253,28 @@ class JobOptions:
     default=None,
     help="Local folder for shards on their way to s3:// (default ~/.cache/sio).",
 )
+@train_options
 @job_options
 def generate(generator_dir, train_on, out, shard_range, staging, **options):
-    """Write labelled synthetic images from a generator as a shard set, resumably."""
+    """Write labelled synthetic images from a generator as a shard set, resumably.
+
+    With --train-on, a missing --generator-dir is first trained there (the built-in DDPM);
+    --train-steps, --train-batch-size, --train-lr, ... override generator.train.
+
+    \b
+    Examples:
+      sio generate --generator-dir runs/ddpm --train-on data/digits/id_train \\
+          --train-steps 200 --classifier runs/base0/checkpoint.pt --out data/synthetic
+      sio generate --generator-dir runs/ddpm --num 3000 --out data/synthetic-3k
+    """
     rank, world_size, local_rank = _distributed()
+    train = _train_overrides(options, train_on)
     request = JobOptions(
-        generator_dir, train_on=train_on, what=f"the synthetic set {out}", **options
+        generator_dir, train_on=train_on, train=train, what=f"the synthetic set {out}", **options
     )
     job = request.job(world_size, local_rank)
+    from sio.generate.job import run_job
+
     manifest = run_job(
         job,
         out,
@@ -232,23 +290,31 @@ def generate(generator_dir, train_on, out, shard_range, staging, **options):
         click.echo(
             f"{out}: {manifest['num_samples']} images in {len(manifest['shards'])} shards{text}"
         )
+        warning = agreement_warning(job.generator.name, agreement, len(job.class_names))
+        if warning:
+            click.echo(warning_banner(warning))
 
 
 @click.command()
 @click.argument("generator_spec", required=False)
-@click.option("--port", type=int, required=True, help="TCP port (0: any free one).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    required=True,
+    help="TCP port (0: any free one).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--queue",
     "queue_size",
-    type=int,
+    type=click.IntRange(1, 4096),
     default=8,
     show_default=True,
     help="Shards that may wait for the generator; more requests wait, then get 503.",
 )
 @click.option(
     "--cache",
-    type=int,
+    type=click.IntRange(0, 4096),
     default=4,
     show_default=True,
     help="Recent shards kept in memory for repeated and ranged reads.",

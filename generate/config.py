@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,13 +27,13 @@ class DDPMTrainConfig:
     steps (0: never) a training checkpoint is written there, from which a killed training
     resumes with the same bytes. Those two change no weight (``TRAIN_BYTE_NEUTRAL``)."""
 
-    steps: int = 1000
+    steps: int = bounded(1, 2**31 - 1, default=1000)
     batch_size: int = bounded(1, 2**20, default=128)
     lr: float = 2e-3
     ema_decay: float = 0.995
     seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
+    log_every: int = bounded(1, 2**31 - 1, default=50)
+    checkpoint_every: int = bounded(0, 2**31 - 1, default=500)
 
     def __post_init__(self):
         _check(self.steps > 0, "steps", "must be positive")
@@ -138,6 +139,11 @@ class GeneratorConfig:
     def key(self) -> str:
         """The generator's name in a study: its label, else its kind."""
         return self.label or self.name
+
+
+# the generator kinds a config may name (tests/test_config.py: exactly the GENERATORS
+# registry's), known without importing the generators
+GENERATOR_KINDS = typing.get_args(typing.get_type_hints(GeneratorConfig)["name"])
 
 
 @dataclass(frozen=True)

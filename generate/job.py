@@ -158,13 +158,28 @@ class Batch:
     agree: int = 0
 
 
-def conditional_batches(job: Job, samples: range):
+def _sample_calls(job: Job, labels: torch.Tensor, seeds: list[int], step=None) -> torch.Tensor:
+    """``sample_seeds`` one network call at a time (the calls ``fixed_calls`` makes, so the
+    same bytes), calling ``step(rows)`` after each: a bar moves per network batch."""
+    size = job.config.network_batch
+    parts = []
+    for start in range(0, len(seeds), size):
+        parts.append(
+            job.generator.sample_seeds(labels[start : start + size], seeds[start : start + size])
+        )
+        if step is not None:
+            step(len(parts[-1]))
+    return torch.cat(parts)
+
+
+def conditional_batches(job: Job, samples: range, step=None):
+    """The images of ``samples`` in batches of ``batch_size``; ``step(rows)`` per network call."""
     size, num_classes = job.config.batch_size, job.generator.num_classes
     for start in range(samples.start, samples.stop, size):
         indices = range(start, min(start + size, samples.stop))
         labels = balanced_labels(indices.start, len(indices), num_classes)
         seeds = [image_seed(job.config.seed, q) for q in indices]
-        images = job.generator.sample_seeds(labels, seeds)
+        images = _sample_calls(job, labels, seeds, step)
         metas = [{"seed": s, "index": q} for s, q in zip(seeds, indices, strict=True)]
         agree = 0
         if job.classifier is not None:
@@ -175,8 +190,9 @@ def conditional_batches(job: Job, samples: range):
         yield Batch(images, labels, metas, agree)
 
 
-def pseudo_batches(job: Job, samples: range):
-    """The pseudo-labelled images of ``samples``, block by block (see the module docstring)."""
+def pseudo_batches(job: Job, samples: range, step=None):
+    """The pseudo-labelled images of ``samples``, block by block (see the module docstring);
+    ``step(rows)`` per batch kept."""
     block = job.labels.block
     start = samples.start
     while start < samples.stop:
@@ -185,6 +201,8 @@ def pseudo_batches(job: Job, samples: range):
         picked = _pick_candidates(job, b, range(start - b * block, end - b * block))
         for first in range(0, len(picked), job.config.batch_size):
             part = picked[first : first + job.config.batch_size]
+            if step is not None:
+                step(len(part))
             yield Batch(
                 torch.stack([image for image, _, _ in part]),
                 torch.tensor([meta["label"] for _, meta, _ in part]),
@@ -309,16 +327,15 @@ def write_shard(job: Job, index: int, path: Path, workers: Workers, progress=Non
     write = _write_record if job.config.encoding == "records" else _write_png_batch
     pending: list[Future] = []
     agree = 0
+    step = progress.update if progress is not None else None  # per network call (per batch)
     try:
-        for batch in batches(job, job.shard_samples(index)):
+        for batch in batches(job, job.shard_samples(index), step):
             agree += batch.agree
             if len(pending) >= 2:  # at most two batches waiting for the writer
                 workers.wait(pending.pop(0))
             pending.append(
                 workers.writer.submit(write, writer, workers.encoders, batch, job.generator.name)
             )
-            if progress is not None:
-                progress.update(len(batch.labels))
         for future in pending:
             workers.wait(future)
     except BaseException:

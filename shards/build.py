@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from sio.core.config import short_text
 from sio.core.seeding import numpy_rng
 from sio.shards.sources import DatasetError, ReadContext, Source, get_reader
 from sio.shards.spec import BenchmarkSpec, SourceSpec, SplitSpec
@@ -118,6 +119,11 @@ def read_set(spec: SourceSpec, bench: BenchmarkSpec, data_root, seed: int, cache
     if key not in cache:
         cache[key] = get_reader(spec.reader).read(spec, context)
     source = keep_classes(cache[key], spec)
+    empty = [n for i, n in enumerate(source.class_names) if not (source.labels == i).any()]
+    if empty and (spec.classes or spec.exclude_classes):  # folders: class_folders names it
+        raise DatasetError(
+            f"set {spec.name!r}: class {empty[0]!r} has no images (after classes/exclude_classes)"
+        )
     if spec.split is not None:
         source = split_source(source, spec.split, seed, spec.name)
     if len(source) == 0:
@@ -181,12 +187,13 @@ def write_spec_benchmark(bench: BenchmarkSpec, config, out: Path, splits=None, r
     """Write the splits of a benchmark file (see benchmark.write_benchmark)."""
     from sio.core.config import to_dict
     from sio.shards.benchmark import choose_splits, finish_benchmark, is_complete, split_order
+    from sio.shards.spec import definition as spec_definition
 
     rows = plan(bench)
     chosen = choose_splits(rows, splits)
     check_data_root(bench, chosen, config.data_root)
     shard_config = {k: v for k, v in to_dict(config).items() if k not in ("data_root", "digits")}
-    definition = to_dict(bench)
+    definition = spec_definition(bench)  # as before csid_imglists existed
     class_names, cache = None, {}
     for folder, _, _, spec in chosen:
         identity = {"generator": None, "split": folder, "shard_config": shard_config}
@@ -242,13 +249,27 @@ def _id_class_names(out: Path):
     return read_manifest(out / "id_train").class_names if manifest.is_file() else ()
 
 
-def check_shard_config(config) -> None:
-    """Everything ``config`` names, checked before any stage runs (``sio run`` parses its file
-    with this): the benchmark (a shipped name or a readable .yaml), its readers, ``data_root``
-    and the path of every set read from disk. Errors start with the field
-    (``shard.benchmark: ...``, ``shard.data_root: ...``)."""
+def fields(bench: BenchmarkSpec) -> list[tuple[str, str, SourceSpec]]:
+    """(field path in the benchmark file, split folder, source spec) for every set."""
+    rows = [
+        (f"id.{part}", f"id_{part}", getattr(bench.id, part)) for part in ("train", "val", "test")
+    ]
+    for group in ("near", "far"):
+        rows += [
+            (f"{group}[{i}]", f"{group}_{s.name}", s) for i, s in enumerate(getattr(bench, group))
+        ]
+    return rows
+
+
+def check_shard_config(config, splits=None) -> None:
+    """Everything ``config`` names, checked before any work (``sio run`` parses its file with
+    this, ``sio shard`` calls it before writing a split): the benchmark (a shipped name or a
+    readable .yaml), the reader of every set, ``data_root`` and the path of every set read from
+    disk (of ``splits`` only, if given). Errors start with the field and name the benchmark file
+    and its field (``shard.benchmark: my.yaml: far[0].reader: unknown dataset reader ...``)."""
     from sio.core.config import ConfigError
-    from sio.shards.spec import load_spec
+    from sio.shards.benchmark import choose_splits
+    from sio.shards.spec import benchmark_file, load_spec
 
     if config.benchmark == "digits":
         return
@@ -256,24 +277,28 @@ def check_shard_config(config) -> None:
         bench = load_spec(config.benchmark)
     except ConfigError as err:
         raise ConfigError(f"shard.benchmark: {err}") from None
-    rows = plan(bench)
-    for folder, _, _, spec in rows:
+    where = short_text(str(benchmark_file(config.benchmark)))
+    for field, _, spec in fields(bench):
         try:
             get_reader(spec.reader)
         except DatasetError as err:
-            raise ConfigError(f"shard.benchmark: {bench.name} set {folder}: {err}") from None
+            raise ConfigError(f"shard.benchmark: {where}: {field}.reader: {err}") from None
+    rows = choose_splits(plan(bench), splits)
     try:
         check_data_root(bench, rows, config.data_root)
     except DatasetError as err:
         raise ConfigError(f"shard.data_root: {err}") from None
-    for folder, _, _, spec in rows:
+    chosen = {row[0] for row in rows}
+    for field, folder, spec in fields(bench):
         info = get_reader(spec.reader)
-        if info.embedded:
+        if info.embedded or folder not in chosen:
             continue
-        for relative in (spec.path, spec.imglist, spec.labels):
+        named = [(name, getattr(spec, name)) for name in ("path", "imglist", "labels")]
+        named += [(f"csid_imglists[{i}]", v) for i, v in enumerate(spec.csid_imglists)]
+        for name, relative in named:
             path = Path(config.data_root) / (relative or "")
             if relative and not path.exists():
                 raise ConfigError(
-                    f"shard.data_root: {path} not found (set {folder} of {bench.name}: the "
-                    f"{info.title} reader `{info.name}` expects {info.layout}). {info.origin}"
+                    f"shard.data_root: {path} not found ({where}: {field}.{name}, set {folder}: "
+                    f"the {info.title} reader `{info.name}` expects {info.layout}). {info.origin}"
                 )

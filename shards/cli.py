@@ -7,10 +7,8 @@ import dataclasses
 import click
 
 from sio.core.cli import COUNT, config_option, field_range, pipeline_config
-from sio.shards.benchmark import write_benchmark
 from sio.shards.config import ShardConfig
 from sio.shardset.records import RECORD_SIZE
-from sio.shardset.verify import verify_shard_set
 
 
 @click.command()
@@ -67,6 +65,7 @@ def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_pat
       sio shard mnist5k --out data/mnist5k --order shuffled
       sio shard cifar10 --data-root ~/datasets --out data/cifar10 --splits id,far
     """
+    from sio.shards.build import check_shard_config
     from sio.shards.spec import benchmark_file
 
     if benchmark != "digits":
@@ -81,6 +80,9 @@ def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_pat
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     wanted = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
+    check_shard_config(config, wanted)  # the whole file, as sio run checks it, before any split
+    from sio.shards.benchmark import write_benchmark
+
     result = write_benchmark(config, out, wanted, report=click.echo)
     if result is None:
         click.echo(f"{out}: some splits are still missing; benchmark.json is not written yet")
@@ -108,6 +110,8 @@ def shards():
 def verify(folder):
     """Check every shard of FOLDER (a folder or an s3:// or http(s):// prefix) against its
     manifest (count, size, sha256)."""
+    from sio.shardset.verify import verify_shard_set
+
     count = verify_shard_set(folder)
     click.echo(f"{folder}: ok, {count} samples")
 

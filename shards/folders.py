@@ -7,6 +7,7 @@ time when written; each sample records its file and the sha256 of the bytes deco
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,11 @@ def file_source(dataset, data_root: Path, paths: list[Path], labels, class_names
     )
 
 
-def class_folders(folder: Path, info, dataset: str, data_root: Path, keep=()) -> Source:
+def class_folders(folder: Path, info, dataset: str, data_root: Path, keep=(), drop=()) -> Source:
     """An ImageFolder tree: ``folder/<class>/**/<image>``, classes in sorted order. With ``keep``,
-    only those class folders are listed (the others still count as classes)."""
+    only those class folders are listed (the others still count as classes). A listed class
+    folder without images is refused, naming it, as torchvision's ImageFolder does, unless it
+    is in ``drop`` (the set's ``exclude_classes``)."""
     if not folder.is_dir():
         raise missing(folder, info, "a folder with one sub-folder per class")
     class_names = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -51,6 +54,11 @@ def class_folders(folder: Path, info, dataset: str, data_root: Path, keep=()) ->
         if keep and name not in keep:
             continue
         found = walk_images(folder / name)
+        if not found and name not in drop:
+            raise DatasetError(
+                f"{folder / name}: empty class folder (no image files); remove it or leave the "
+                "class out (classes / exclude_classes)"
+            )
         paths += found
         labels += [label] * len(found)
     return file_source(dataset, data_root, paths, labels, class_names)
@@ -118,7 +126,9 @@ def _find_up(start: Path, name: str, levels: int = 3) -> Path | None:
 def read_image_folder(spec, context):
     info = get_reader("image_folder")
     root = dataset_root(spec, context, info)
-    return class_folders(root, info, spec.name, Path(context.data_root), keep=spec.classes)
+    return class_folders(
+        root, info, spec.name, Path(context.data_root), spec.classes, spec.exclude_classes
+    )
 
 
 @reader(
@@ -167,17 +177,63 @@ def read_imglist(spec, context):
     root = dataset_root(spec, context, info)
     if spec.imglist is None:
         raise DatasetError(f"set {spec.name!r}: the imglist reader needs `imglist` (the list)")
-    list_path = Path(context.data_root) / spec.imglist
-    data, record = read_bytes(list_path, info, "the image list")
-    rows = [line.split(" ", 1) for line in data.decode().splitlines() if line.strip()]
-    bad = [i for i, row in enumerate(rows, 1) if len(row) != 2 or not _is_int(row[1])]
-    if bad:
-        raise DatasetError(f"{list_path}: line {bad[0]} is not `relative/path integer-label`")
-    order = label_order([row[1].strip() for row in rows])
-    index = {v: i for i, v in enumerate(order)}
+    data_root = Path(context.data_root)
+    rows, records = [], []
+    for relative in (spec.imglist, *spec.csid_imglists):  # csID lists join the ID list
+        listed, record = _imglist_rows(data_root / relative, info)
+        rows += listed
+        records.append(record)
+    _check_listed(root, rows, info)
+    order, labels = _imglist_labels([row[1] for row in rows])
     paths = [root / row[0] for row in rows]
-    labels = [index[row[1].strip()] for row in rows]
-    return file_source(spec.name, Path(context.data_root), paths, labels, order, [record])
+    return file_source(spec.name, data_root, paths, labels, order, records)
+
+
+def _imglist_rows(list_path: Path, info) -> tuple[list[tuple[str, str, Path, int]], dict]:
+    """(image, label, list, line number) per line of an OpenOOD list, and the list's record."""
+    data, record = read_bytes(list_path, info, "the image list")
+    rows = []
+    for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = line.strip().split(" ", 1)
+        if len(row) != 2 or not _is_int(row[1]):
+            raise DatasetError(f"{list_path}: line {number} is not `relative/path integer-label`")
+        rows.append((row[0], row[1].strip(), list_path, number))
+    if not rows:
+        raise DatasetError(f"{list_path}: the image list is empty")
+    return rows, record
+
+
+def _check_listed(root: Path, rows, info) -> None:
+    """Every listed image is a file under ``root`` (one directory listing per folder, so a
+    1.28M-line list costs seconds); the first missing one is named with its list and line."""
+    listings: dict[str, set[str]] = {}
+    absent = []
+    for name, _, list_path, number in rows:
+        folder, base = os.path.split(name)
+        if folder not in listings:
+            where = root / folder
+            listings[folder] = set(os.listdir(where)) if where.is_dir() else set()
+        if base not in listings[folder]:
+            absent.append((root / name, list_path, number))
+    if absent:
+        path, list_path, number = absent[0]
+        what = f"an image listed in {list_path} line {number}; {len(absent)} of {len(rows)} missing"
+        raise missing(path, info, what)
+
+
+def _imglist_labels(values: list[str]) -> tuple[list[str], list[int]]:
+    """Class names and labels. OpenOOD's ID labels (none negative) are kept as they are, with
+    classes "0" .. the largest, so every ID list of a benchmark (and its csID lists) has the
+    same classes; lists with negative labels (OOD lists hold -1) are relabelled in
+    ``label_order``."""
+    numbers = [int(v) for v in values]
+    if min(numbers) >= 0:
+        return [str(i) for i in range(max(numbers) + 1)], numbers
+    order = label_order(values)
+    index = {v: i for i, v in enumerate(order)}
+    return order, [index[v] for v in values]
 
 
 def _is_int(text: str) -> bool:
@@ -213,7 +269,11 @@ def read_imagenet(spec, context):
     for part in parts_of(spec, info):
         folder = root / part
         if part == "train" or _has_class_folders(folder):
-            parts.append(class_folders(folder, info, "imagenet", data_root, keep=spec.classes))
+            parts.append(
+                class_folders(
+                    folder, info, "imagenet", data_root, spec.classes, spec.exclude_classes
+                )
+            )
         else:
             parts.append(_imagenet_flat_val(spec, context, root, info))
     return concat(parts)
@@ -282,7 +342,11 @@ def read_tiny_imagenet(spec, context):
                 labelled_files(folder / "images", annotations, info, "tiny_imagenet", data_root)
             )
         else:
-            parts.append(class_folders(folder, info, "tiny_imagenet", data_root, spec.classes))
+            parts.append(
+                class_folders(
+                    folder, info, "tiny_imagenet", data_root, spec.classes, spec.exclude_classes
+                )
+            )
     return concat(parts)
 
 

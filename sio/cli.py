@@ -188,32 +188,45 @@ def run(pipeline, force, dry_run, device):
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Also write report.json and report.md here.",
+    help="Also write report.json, report.md, report.csv, report.tex and openood.csv here.",
 )
-def report(runs, out):
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "openood-csv"]),
+    default="markdown",
+    show_default=True,
+    help="What to print: the markdown report, or OpenOOD's result CSV (its leaderboard's "
+    "Near/Far-OOD AUROC and ID accuracy; one row per arm, detector and OOD set).",
+)
+def report(runs, out, fmt):
     """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std. Given one
     `sio run` output folder (it holds study.json), write its report.md with the study's plots.
 
     Each run folder holds results.json and run.json (alpha, seed), as `sio evaluate` writes
-    them; Δ (+SIO − baseline) is paired by seed. --out also writes report.json, report.csv
-    and report.tex.
+    them; Δ (+SIO − baseline) is paired by seed. --out also writes report.json, report.csv,
+    report.tex and openood.csv (--format openood-csv prints that instead of the markdown).
 
     \b
     Examples:
       sio report eval/base0 eval/base1 eval/sio0 eval/sio1 --out eval
       sio report runs/digits              # a `sio run` folder: rebuilds its report.md
+      sio report eval/base0 eval/sio0 --format openood-csv > openood.csv
     """
     if len(runs) == 1 and (Path(runs[0]) / "study.json").is_file():
         from sio.pipeline.study_report import study_report
 
         if out is not None:
             raise click.UsageError("a study report is written into its own folder; drop --out")
-        click.echo(study_report(runs[0]))
+        text = study_report(runs[0])  # writes openood.csv beside report.md too
+        if fmt == "openood-csv":
+            text = (Path(runs[0]) / "openood.csv").read_text()
+        click.echo(text, nl=fmt == "markdown")
         return
     # the module, not the package: once imported, sio.evaluate.report names the submodule
     from sio.evaluate.report import report as write_report
 
-    click.echo(write_report(list(runs), out))
+    click.echo(write_report(list(runs), out, fmt), nl=fmt == "markdown")
 
 
 @cli.command()

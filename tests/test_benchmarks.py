@@ -42,6 +42,13 @@ def test_shipped_benchmarks_parse():
         "imagenet-dogs",
         "imagenet10",
         "mnist5k",
+        "openood-cifar10",  # OpenOOD v1.5's own lists: test_openood_benchmarks.py
+        "openood-cifar10-fsood",
+        "openood-cifar100",
+        "openood-imagenet1k",
+        "openood-imagenet1k-fsood",
+        "openood-imagenet200",
+        "openood-imagenet200-fsood",
     ]
     cifar10 = load_spec("cifar10")
     assert [s.name for s in cifar10.near] == ["cifar100"]  # Tiny-ImageNet left out
@@ -276,7 +283,10 @@ def test_missing_data_root_and_missing_dataset(tmp_path):
         write_benchmark(config, tmp_path / "out")
     result = shard("cifar10", "--data-root", tmp_path, "--out", tmp_path / "out")
     assert result.exit_code == 1
-    assert "cifar-10-batches-py/batches.meta: not found" in result.output
+    # checked before any split is written, naming the benchmark file and its field
+    assert "cifar-10-batches-py not found (" in result.output
+    assert "cifar10.yaml: id.train.path, set id_train" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_shipped_cifar10_on_real_layouts(tmp_path):

@@ -238,7 +238,8 @@ def test_to_dict_round_trips_non_defaults(tmp_path):
         ("shard: {benchmark: cifar10, data_root: nowhere}", r"shard\.data_root: nowhere: "),
         (
             "shard: {benchmark: cifar10, data_root: .}",
-            r"shard\.data_root: cifar-10-batches-py not found \(set id_train of cifar10",
+            r"shard\.data_root: cifar-10-batches-py not found \(\S*cifar10\.yaml: id\.train\.path, "
+            "set id_train",
         ),
         ("generator: {path: no/such/ddpm}", r"generator\.path: no/such/ddpm not found"),
         (

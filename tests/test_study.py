@@ -250,10 +250,11 @@ def test_a_useless_generator_is_flagged_loudly(agreement, warned):
     )
     warning = generator_warning("ddpm", figures, 6)
     assert (warning is not None) == warned
-    section = generators_section(StudyRecord(Point("ddpm", 96, 0.8), {"ddpm": figures}, ()))
+    record = StudyRecord(Point("ddpm", 96, 0.8), {"ddpm": figures}, ())
+    section = generators_section(record, 6)
     assert (
         f"| ddpm | synthetic/ddpm | 96 | 3.500 (fd_classifier) | {100 * agreement:.1f}% |"
         in section
     )
     if warned:
-        assert "chance 16.7%" in warning and "Warning: ddpm's label agreement" in section
+        assert "chance 16.7%" in warning and f"**{warning}**" in section

@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sio.core.definition import differences, require_same
@@ -46,35 +47,74 @@ def _fill(recorded: dict, defaults: dict) -> dict:
     return filled
 
 
-def needs_run(folder: Path, definition: dict, force: bool, resumable=(), defaults=None) -> bool:
-    """True if the stage must run (fresh, incomplete, changed only in ``resumable`` fields, or
-    forced); False if it is done. ``defaults`` fills the fields an older stage.json lacks."""
+@dataclass(frozen=True)
+class Verdict:
+    """What a stage folder needs: ``action`` is one of skip (done), resume (unfinished, same
+    definition), adapt (changed only in resumable fields), replace (unfinished, made
+    differently), force (finished differently, --force), foreign (not a stage folder,
+    --force), new, refuse; ``why`` says so in words."""
+
+    action: str
+    why: str
+    changed: str = ""
+
+    @property
+    def runs(self) -> bool:
+        return self.action not in ("skip", "refuse")
+
+
+def stage_verdict(
+    folder: Path, definition: dict, force: bool, resumable=(), defaults=None
+) -> Verdict:
+    """What ``needs_run`` will do with ``folder``, decided without touching it (``sio run
+    --dry-run`` prints it)."""
     stamp = folder / STAGE_FILE
+    complete = (folder / COMPLETE_FILE).is_file()
     if stamp.is_file():
         previous = with_defaults(json.loads(stamp.read_text()), defaults or {})
         if previous == definition:
-            return not (folder / COMPLETE_FILE).is_file()
+            if complete:
+                return Verdict("skip", "done earlier with the same config")
+            return Verdict("resume", "unfinished: resumes")
+        changed = ", ".join(differences(previous, definition)[:3])
         if not differences(previous, definition, ignore=resumable):
-            (folder / COMPLETE_FILE).unlink(missing_ok=True)  # the work itself adapts
-            return True
-        if not (folder / COMPLETE_FILE).is_file():
-            # never completed (failed, killed or refused part-way): nothing worth keeping
-            changed = ", ".join(differences(previous, definition)[:3])
-            print(f"  {folder}: replacing an unfinished stage made differently ({changed})")
-        elif not force:
-            require_same(
-                f"{folder} holds results for a different config",
-                previous,
-                definition,
-                remedy="pass --force to replace them, or choose another output_dir",
-                error=StageConflict,
-            )
-        shutil.rmtree(folder)
-    elif folder.exists() and any(folder.iterdir()):
+            return Verdict("adapt", f"changed only where the work adapts ({changed})")
+        if not complete:
+            return Verdict("replace", f"unfinished and made differently ({changed})", changed)
         if not force:
-            raise StageConflict(
-                f"{folder} exists and was not written by this stage; pass --force to replace it"
-            )
+            return Verdict("refuse", f"holds results for a different config ({changed})")
+        return Verdict("force", f"--force replaces results made differently ({changed})")
+    if folder.exists() and any(folder.iterdir()):
+        if not force:
+            return Verdict("refuse", "exists and was not written by this stage")
+        return Verdict("foreign", "--force replaces a folder this stage did not write")
+    return Verdict("new", "not run yet")
+
+
+def needs_run(folder: Path, definition: dict, force: bool, resumable=(), defaults=None) -> bool:
+    """True if the stage must run (fresh, incomplete, changed only in ``resumable`` fields, or
+    forced); False if it is done. ``defaults`` fills the fields an older stage.json lacks."""
+    verdict = stage_verdict(folder, definition, force, resumable, defaults)
+    if verdict.action == "skip":
+        return False
+    if verdict.action == "adapt":
+        (folder / COMPLETE_FILE).unlink(missing_ok=True)  # the work itself adapts
+    elif verdict.action == "refuse" and (folder / STAGE_FILE).is_file():
+        previous = with_defaults(json.loads((folder / STAGE_FILE).read_text()), defaults or {})
+        require_same(
+            f"{folder} holds results for a different config",
+            previous,
+            definition,
+            remedy="pass --force to replace them, or choose another output_dir",
+            error=StageConflict,
+        )
+    elif verdict.action == "refuse":
+        raise StageConflict(
+            f"{folder} exists and was not written by this stage; pass --force to replace it"
+        )
+    elif verdict.action in ("replace", "force", "foreign"):
+        if verdict.action == "replace":  # never completed: nothing worth keeping
+            print(f"  {folder}: replacing an unfinished stage made differently ({verdict.changed})")
         shutil.rmtree(folder)
     return True
 

@@ -20,8 +20,8 @@ from sio.core.config import to_dict
 from sio.core.environment import default_device
 from sio.core.files import sha256_file, write_json_atomic
 from sio.core.lock import hold_folder
-from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage
-from sio.generate import BYTE_NEUTRAL
+from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage, stage_verdict
+from sio.generate import BYTE_NEUTRAL, agreement_warning, warning_banner
 from sio.generate.config import GeneratorConfig
 from sio.pipeline.config import PipelineConfig
 from sio.pipeline.study import (
@@ -50,14 +50,25 @@ def _baseline_name(seed: int) -> str:
     return f"alpha1-seed{seed}"
 
 
-class PipelineRun:
-    """The stages of one ``sio run``, each a folder under ``out``."""
+class Pending(Exception):
+    """A stage's input that an earlier stage of a dry run would write first."""
 
-    def __init__(self, config: PipelineConfig, out: Path, device: str, force: bool):
+
+class PipelineRun:
+    """The stages of one ``sio run``, each a folder under ``out``. With ``dry``, each stage is
+    only judged (``stage_verdict``, as ``run_stage`` judges it) and listed in ``plan``."""
+
+    def __init__(self, config: PipelineConfig, out: Path, device: str, force: bool, dry=False):
         self.config, self.out, self.device, self.force = config, out, device, force
         self.timings: dict[str, float] = {}
+        self.dry, self.plan, self.remade = dry, [], []
 
-    def stage(self, label, folder: Path, definition: dict, work, resumable=(), defaults=None):
+    def stage(self, label, folder: Path, definition, work, resumable=(), defaults=None):
+        """Run (or, dry, judge) a stage; ``definition`` is a dict or a function making it."""
+        if self.dry:
+            return self._judge(label, folder, definition, resumable, defaults)
+        if callable(definition):
+            definition = definition()
         run_stage(
             label,
             folder,
@@ -68,6 +79,39 @@ class PipelineRun:
             resumable=resumable,
             defaults=defaults,
         )
+
+    def _judge(self, label, folder: Path, definition, resumable, defaults) -> None:
+        try:
+            definition = definition() if callable(definition) else definition
+        except Pending as pending:
+            path = Path(pending.args[0])
+            shown = path.relative_to(self.out) if path.is_relative_to(self.out) else path
+            why = f"after the earlier stage that writes {shown}"
+            self.plan.append((label, "run", why))
+            self.remade.append(folder)
+            return
+        verdict = stage_verdict(folder, definition, self.force, resumable, defaults)
+        action = "skip" if verdict.action == "skip" else ("run" if verdict.runs else "refused")
+        self.plan.append((label, action, verdict.why))
+        if verdict.runs:
+            self.remade.append(folder)
+
+    def pending(self, path: Path) -> bool:
+        """In a dry run: ``path`` is not there yet or an earlier stage would rewrite it."""
+        path = Path(path)
+        return self.dry and (
+            not path.exists() or any(f == path or f in path.parents for f in self.remade)
+        )
+
+    def fingerprint(self, path: Path, digest=sha256_file) -> str:
+        """``digest(path)`` of a stage's input; in a dry run ``Pending`` when it is not final."""
+        if self.pending(path):
+            raise Pending(path)
+        return digest(path)
+
+    @property
+    def real_sha(self) -> str:
+        return self.fingerprint(self.real / MANIFEST)
 
     def shard(self) -> None:
         from sio.shards import read_benchmark, write_benchmark
@@ -80,23 +124,30 @@ class PipelineRun:
             {"shard": to_dict(shard_config)},
             lambda: write_benchmark(shard_config, self.bench_dir),
         )
+        if self.pending(self.bench_dir / "benchmark.json"):
+            self.benchmark, self.real = None, self.bench_dir / "id_train"
+            return
         self.benchmark = read_benchmark(self.bench_dir)
         self.real = self.benchmark.id_splits["train"]
-        self.real_sha = sha256_file(self.real / MANIFEST)
 
     def train(self, name: str, alpha: float, seed: int, synthetic: Path | None) -> Path:
         from sio.train import method_inputs, train_classifier
 
         folder = self.out / "train" / name
-        definition = {
-            "train": to_dict(self.config.train),
-            "alpha": alpha,
-            "seed": seed,
-            "real_manifest_sha256": self.real_sha,
-            "synthetic_shards_sha256": synthetic and shards_fingerprint(synthetic),
-        }
-        for key, path in method_inputs(self.config.train).items():  # OE outliers, PixMix
-            definition[f"{key}_manifest_sha256"] = sha256_file(Path(path) / MANIFEST)
+
+        def definition():
+            made = {
+                "train": to_dict(self.config.train),
+                "alpha": alpha,
+                "seed": seed,
+                "real_manifest_sha256": self.real_sha,
+                "synthetic_shards_sha256": synthetic
+                and self.fingerprint(synthetic, shards_fingerprint),
+            }
+            for key, path in method_inputs(self.config.train).items():  # OE outliers, PixMix
+                made[f"{key}_manifest_sha256"] = sha256_file(Path(path) / MANIFEST)
+            return made
+
         self.stage(
             f"train {name}",
             folder,
@@ -124,9 +175,16 @@ class PipelineRun:
 
         if generator.path:
             return Path(generator.path)
+
         # the model and training settings less those that change no weight (log, checkpoints)
-        definition = {**training_definition(generator), "real_manifest_sha256": self.real_sha}
-        stage_dir = self._trained_before(definition) or self.out / "generator" / generator.key
+        def definition():
+            return {**training_definition(generator), "real_manifest_sha256": self.real_sha}
+
+        try:
+            before = self._trained_before(definition())
+        except Pending:  # a dry run before the benchmark exists
+            before = None
+        stage_dir = before or self.out / "generator" / generator.key
         weights = stage_dir / "weights"
         self.stage(
             f"train generator {generator.key}",
@@ -173,12 +231,15 @@ class PipelineRun:
         settings = to_dict(generator)
         for key in ("model", "train", "label"):  # the weights fingerprint covers model, train
             del settings[key]
-        definition = {
-            "generate": to_dict(job),
-            "generator": settings,
-            "generator_weights_sha256": weights_fingerprint(weights),
-            "classifier_sha256": sha256_file(judge),
-        }
+
+        def definition():
+            return {
+                "generate": to_dict(job),
+                "generator": settings,
+                "generator_weights_sha256": self.fingerprint(weights, weights_fingerprint),
+                "classifier_sha256": self.fingerprint(judge),
+            }
+
         # a new largest count resizes the set (its complete shards stay) and the encoder
         # threads change no byte: the job resumes on the folder as it is (generate/job.py)
         self.stage(f"generate {generator.key}", folder, definition, work, BYTE_NEUTRAL)
@@ -193,13 +254,15 @@ class PipelineRun:
         fid = self.config.fid
         folder = self.out / "quality" / key
         num_synthetic = self.config.generate.num_images  # every generator at one count
-        definition = {
-            "fid": to_dict(fid),
-            "num_synthetic": num_synthetic,
-            "synthetic_shards_sha256": shards_fingerprint(synthetic),
-            "real_manifest_sha256": self.real_sha,
-            "classifier_sha256": None if fid.inception_weights else sha256_file(judge),
-        }
+
+        def definition():
+            return {
+                "fid": to_dict(fid),
+                "num_synthetic": num_synthetic,
+                "synthetic_shards_sha256": self.fingerprint(synthetic, shards_fingerprint),
+                "real_manifest_sha256": self.real_sha,
+                "classifier_sha256": None if fid.inception_weights else self.fingerprint(judge),
+            }
 
         def work():
             extractor = fid_extractor(fid, judge, self.device)
@@ -216,13 +279,21 @@ class PipelineRun:
 
         # a resized synthetic set is measured again (its first images are the same)
         self.stage(f"fid {key}", folder, definition, work, ("synthetic_shards_sha256",))
+        if self.pending(folder / "fid.json"):
+            return None
         return json.loads((folder / "fid.json").read_text())
 
     def subset(self, key: str, synthetic: Path, num: int) -> Path:
         from sio.shardset import subset_shard_set
 
         folder = self.out / "synthetic" / f"{key}-n{num}"
-        definition = {"source_shards_sha256": shards_fingerprint(synthetic), "num": num}
+
+        def definition():
+            return {
+                "source_shards_sha256": self.fingerprint(synthetic, shards_fingerprint),
+                "num": num,
+            }
+
         self.stage(
             f"subset {key} n{num}",
             folder,
@@ -239,10 +310,10 @@ class PipelineRun:
         self.stage(
             f"evaluate {name}",
             folder,
-            {
+            lambda: {
                 "evaluate": to_dict(self.config.evaluate),
-                "checkpoint_sha256": sha256_file(checkpoint),
-                "benchmark_sha256": sha256_file(self.bench_dir / "benchmark.json"),
+                "checkpoint_sha256": self.fingerprint(checkpoint),
+                "benchmark_sha256": self.fingerprint(self.bench_dir / "benchmark.json"),
             },
             lambda: evaluate_checkpoint(
                 checkpoint, self.bench_dir, folder, self.config.evaluate, device=self.device
@@ -251,23 +322,33 @@ class PipelineRun:
         return folder
 
 
-def run_pipeline(config: PipelineConfig, *, force: bool = False, device: str | None = None) -> str:
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    force: bool = False,
+    device: str | None = None,
+    dry_run: bool = False,
+) -> str:
     """Every stage of ``config`` (each skipped when done with the same definition), then the
     report. ``pipeline.resolved.json`` is written once every stage has been accepted (done
     before with the same definition, or run now), so a refused run leaves the record of the
     config that made the folder as it was. Another job writing ``output_dir`` is refused
-    (``FolderBusy``)."""
+    (``FolderBusy``). With ``dry_run`` nothing is run or written: the plan of stages (what
+    would run, what is skipped, and why) is returned."""
     out = Path(config.output_dir)
+    if dry_run:
+        return _run_stages(config, out, force, device or default_device(), dry=True)
     with hold_folder(out):  # one sio run writes a folder; each stage locks its own sub-folder
         return _run_stages(config, out, force, device or default_device())
 
 
-def _run_stages(config: PipelineConfig, out: Path, force: bool, device: str) -> str:
+def _run_stages(config: PipelineConfig, out: Path, force: bool, device: str, dry=False) -> str:
     from sio.pipeline.study_report import study_report
 
     start = time.perf_counter()
-    print(f"sio run -> {out} (device {device})", flush=True)
-    run = PipelineRun(config, out, device, force)
+    if not dry:
+        print(f"sio run -> {out} (device {device})", flush=True)
+    run = PipelineRun(config, out, device, force, dry)
     run.shard()
     study = expand_study(config)
     planned = [(_baseline_name(seed), None, 0, 1.0, seed) for seed in config.seeds]
@@ -285,6 +366,8 @@ def _run_stages(config: PipelineConfig, out: Path, force: bool, device: str) -> 
     for name, generator, count, alpha, seed in planned:
         folder = run.evaluate(name, checkpoints[name])
         runs.append(StudyRun(name, generator, count, alpha, seed, str(folder.relative_to(out))))
+    if dry:
+        return plan_text(out, run.plan)
     base = Point(config.generator.key, config.generate.num_images, config.sio_alpha)
     StudyRecord(base=base, generators=generators, runs=tuple(runs)).write(out / STUDY_FILE)
     write_json_atomic(out / "pipeline.resolved.json", to_dict(config))
@@ -292,6 +375,27 @@ def _run_stages(config: PipelineConfig, out: Path, force: bool, device: str) -> 
     run.timings["total"] = time.perf_counter() - start
     write_json_atomic(out / "timings.json", run.timings)
     return _summary(generators, table, run.timings)
+
+
+def plan_text(out: Path, plan: list[tuple[str, str, str]]) -> str:
+    """``sio run --dry-run``'s answer: every stage, whether it runs and why, the trainings."""
+    width = max(len(label) for label, _, _ in plan)
+    lines = [f"sio run --dry-run: the plan for {out} (nothing is run or written)", ""]
+    lines += [f"  {action:8} {label:{width}}  {why}" for label, action, why in plan]
+    counts = {a: sum(1 for _, action, _ in plan if action == a) for a in ("run", "skip", "refused")}
+    trainings = [(label, a) for label, a, _ in plan if label.startswith("train ")]
+    generators = [a for label, a in trainings if label.startswith("train generator ")]
+    classifiers = [a for label, a in trainings if not label.startswith("train generator ")]
+    lines += [
+        "",
+        f"{len(plan)} stages: {counts['run']} to run, {counts['skip']} skipped, "
+        f"{counts['refused']} refused",
+        f"trainings: {len(classifiers)} classifiers ({classifiers.count('run')} to run), "
+        f"{len(generators)} generators ({generators.count('run')} to run)",
+    ]
+    if counts["refused"]:
+        lines.append("a run stops at the first refused stage: --force replaces it")
+    return "\n".join(lines)
 
 
 def _summary(generators: dict[str, GeneratorFigures], table: str, timings: dict) -> str:
@@ -309,23 +413,15 @@ def _summary(generators: dict[str, GeneratorFigures], table: str, timings: dict)
     return "\n".join([*lines, "", table, "stage times (s): " + stage_times])
 
 
-# Below this label agreement a synthetic set is flagged: the classifier trained on real images
-# recognises fewer than half of the generated images as the class they were generated for.
-MIN_LABEL_AGREEMENT = 0.5
-
-
 def generator_warning(key: str, figures: GeneratorFigures, num_classes: int) -> str | None:
-    """A loud warning when a generator's images mostly do not look like their labels (label
-    agreement below MIN_LABEL_AGREEMENT; chance is 1/K): its "+SIO" runs train on noise."""
-    agreement = figures.label_agreement
-    if agreement is None or agreement >= MIN_LABEL_AGREEMENT:
-        return None
-    return (
-        f"WARNING: generator {key}: label agreement {100 * agreement:.1f}% (chance "
-        f"{100 / num_classes:.1f}%, flagged below {100 * MIN_LABEL_AGREEMENT:.0f}%): the "
-        "first baseline classifier recognises few of its images as their class, so its +SIO "
-        "runs train on mislabelled or noise images. Train the generator longer or check it."
-    )
+    """The label-agreement warning of ``sio generate`` (sio.generate.agreement_warning) for a
+    generator of the study: its "+SIO" runs train on noise."""
+    return agreement_warning(key, figures.label_agreement, num_classes)
+
+
+def _label_agreement(synthetic: Path) -> float | None:
+    quality = read_manifest(synthetic).provenance.get("quality")
+    return quality.get("label_agreement") if isinstance(quality, dict) else None
 
 
 def _synthetic_sets(run: PipelineRun, study, judge: Path):
@@ -335,16 +431,15 @@ def _synthetic_sets(run: PipelineRun, study, judge: Path):
     for key in study.generators:
         counts = study.counts(key)
         full = run.generate(by_key[key], counts[-1], judge)
-        quality = read_manifest(full).provenance.get("quality")
-        figures[key] = GeneratorFigures(
-            synthetic=str(full.relative_to(run.out)),
-            num_images=counts[-1],
-            label_agreement=quality.get("label_agreement") if isinstance(quality, dict) else None,
-            quality=run.quality(key, full, judge),
-        )
-        warning = generator_warning(key, figures[key], len(run.benchmark.class_names))
-        if warning:
-            print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", flush=True)
+        agreement = None if run.pending(full / MANIFEST) else _label_agreement(full)
+        distance = run.quality(key, full, judge)
+        if distance is not None:  # None: a dry run before the set exists
+            figures[key] = GeneratorFigures(
+                str(full.relative_to(run.out)), counts[-1], agreement, distance
+            )
+            warning = generator_warning(key, figures[key], len(run.benchmark.class_names))
+            if warning:
+                print(warning_banner(warning), flush=True)
         sets[(key, counts[-1])] = full
         for count in counts[:-1]:
             sets[(key, count)] = run.subset(key, full, count)

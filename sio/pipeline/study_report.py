@@ -236,10 +236,11 @@ def study_section(study: StudyRecord, out: Path) -> tuple[str, dict]:
     return "\n".join(sections), {"base": base, "points": points}
 
 
-def generators_section(study: StudyRecord) -> str:
+def generators_section(study: StudyRecord, num_classes: int | None = None) -> str:
     """Each generator of the study: its set, size, Fréchet distance and label agreement, and a
-    warning where the agreement is below MIN_LABEL_AGREEMENT."""
-    from sio.pipeline.run import MIN_LABEL_AGREEMENT
+    warning where the agreement is below MIN_LABEL_AGREEMENT (sio.generate.agreement_warning,
+    as ``sio generate`` and ``sio run`` print it)."""
+    from sio.generate import agreement_warning
 
     lines = [
         "## Generators",
@@ -255,12 +256,9 @@ def generators_section(study: StudyRecord) -> str:
         lines.append(
             f"| {key} | {figures.synthetic} | {figures.num_images} | {distance} | {agreed} |"
         )
-        if agreement is not None and agreement < MIN_LABEL_AGREEMENT:
-            warnings.append(
-                f"**Warning: {key}'s label agreement is {100 * agreement:.1f}%**, below "
-                f"{100 * MIN_LABEL_AGREEMENT:.0f}%: the baseline classifier recognises few of "
-                "its images as their class, so its +SIO rows train on mislabelled images."
-            )
+        warning = agreement_warning(key, agreement, num_classes)
+        if warning:
+            warnings.append(f"**{warning}**")
     return "\n".join([*lines, "", *(f"{w}\n" for w in warnings)])
 
 
@@ -274,13 +272,22 @@ def study_report(output_dir: str | Path) -> str:
         return _write_study_report(study, out)
 
 
+def _num_classes(out: Path) -> int | None:
+    """The ID class count of the run folder's benchmark (None without one)."""
+    from sio.shards import read_benchmark
+
+    if not (out / "benchmark" / "benchmark.json").is_file():
+        return None
+    return len(read_benchmark(out / "benchmark").class_names)
+
+
 def _write_study_report(study: StudyRecord, out: Path) -> str:
     from sio.evaluate.report import report
 
     base_runs = [out / r.evaluate for r in study.base_runs()]
     for name in (*PLOTS.values(), STUDY_RESULTS):  # what an earlier, larger study left
         (out / name).unlink(missing_ok=True)
-    table = report(base_runs, out) + "\n" + generators_section(study)
+    table = report(base_runs, out) + "\n" + generators_section(study, _num_classes(out))
     write_text_atomic(out / "report.md", table)
     if len({r.axes for r in study.runs}) <= 2:
         return table  # the baseline and at most one +SIO point: nothing is swept
