@@ -276,6 +276,60 @@ def report_csv(arms: dict) -> str:
     return buffer.getvalue()
 
 
+OPENOOD_COLUMNS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC")
+OPENOOD_CSV_HEADER = (
+    *("benchmark", "training", "alpha", "runs", "postprocessor", "dataset"),
+    *OPENOOD_COLUMNS,
+    *(f"{column} std" for column in OPENOOD_COLUMNS),
+    "fpr_positive",
+)
+
+
+def report_openood_csv(arms: dict, benchmark: str, convention: str) -> str:
+    """OpenOOD v1.5's result CSV, the file its leaderboard asks for (issue template "Adding
+    leaderboard entry": it holds Near/Far-OOD AUROC and ID Accuracy), for every arm and detector.
+
+    ``scripts/eval_ood.py --save-csv`` writes one CSV per postprocessor: one row per OOD set in
+    the benchmark's order, then ``nearood`` (the mean over the near sets) after the near sets
+    and ``farood`` after the far sets; columns FPR@95, AUROC, AUPR_IN, AUPR_OUT, ACC (percent;
+    ACC is the ID test accuracy, the same in every row; on an ``openood-*-fsood`` benchmark
+    the ID test holds the covariate-shifted ID sets too, so it is OpenOOD's FSOOD ``csid_acc``),
+    each cell "mean ± std" over training runs (``np.std``). Here the rows of every
+    postprocessor follow each other, led by ``benchmark`` (benchmark.json's name),
+    ``training`` (the arm: ``baseline`` or ``+SIO α=A``), ``alpha``, ``runs`` (seeds averaged),
+    ``postprocessor`` (the detector) and ``dataset`` (OpenOOD's index: set names in
+    results.json's order, ``nearood``, ``farood``); the five columns hold the unrounded mean
+    and five ``... std`` columns the population std, so the numbers parse back exactly.
+    Leaderboard columns: Near-OOD AUROC = AUROC of ``nearood``, Far-OOD AUROC = AUROC of
+    ``farood``, ID Accuracy = ACC. ``fpr_positive`` is the FPR@95 convention of the runs
+    (``ood`` is OpenOOD's since Aug 2023 and its leaderboard's; ``id`` sio's default)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(OPENOOD_CSV_HEADER)
+    for alpha, arm in arms.items():
+        head = [benchmark, _arm_label(alpha), alpha, len(arm["seeds"])]
+        for method in _paper_order(arm["methods"]):
+            for name, metrics in _openood_rows(arm["methods"][method]):
+                stats = [metrics[m] for m in ("fpr95", "auroc", "aupr_in", "aupr_out")]
+                stats.append(arm["id_acc"])
+                means, stds = [s["mean"] for s in stats], [s["std"] for s in stats]
+                writer.writerow([*head, method, name, *means, *stds, convention])
+    return buffer.getvalue()
+
+
+def _openood_rows(groups: dict) -> list[tuple[str, dict]]:
+    """(dataset, metrics) in OpenOOD's index order: near sets, nearood, far sets, farood."""
+    rows = []
+    for group in ("near", "far"):
+        if group in groups:
+            entry = groups[group]
+            rows += [*entry["datasets"].items(), (f"{group}ood", entry["mean"])]
+    return rows
+
+
 def report_latex(arms: dict) -> str:
     """The AUROC summary (per detector, near/far per arm, mean ± std) as a LaTeX tabular."""
     labels, rows = _summary_rows(arms, "auroc")
@@ -345,24 +399,40 @@ def _check_same_layout(arms: dict) -> None:
             )
 
 
-def report(run_folders: list[str | Path], out: str | Path | None = None) -> str:
+FORMATS = ("markdown", "openood-csv")
+
+
+def report(
+    run_folders: list[str | Path], out: str | Path | None = None, fmt: str = "markdown"
+) -> str:
     """Aggregate run folders; writes report.json, report.md, report.csv (every number, long
-    form) and report.tex (the AUROC summary as a LaTeX tabular) to ``out`` when given (which
-    another job writing it refuses: ``FolderBusy``)."""
+    form), report.tex (the AUROC summary as a LaTeX tabular) and openood.csv (OpenOOD's result
+    CSV, ``report_openood_csv``) to ``out`` when given (which another job writing it refuses:
+    ``FolderBusy``). Returns the report in ``fmt``: the markdown text or openood.csv's text."""
+    if fmt not in FORMATS:
+        raise ValueError(f"report format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if out is None:
-        return _report(run_folders)[0]
+        return _formatted(_report(run_folders), fmt)
     out = Path(out)
     with hold_folder(out):  # one job writes a folder
-        text, arms = _report(run_folders)
+        made = _report(run_folders)
+        text, arms = made[:2]
         write_text_atomic(out / "report.json", json.dumps(arms, indent=2) + "\n")
         write_text_atomic(out / "report.md", text)
         write_text_atomic(out / "report.csv", report_csv(arms))
         write_text_atomic(out / "report.tex", report_latex(arms))
-    return text
+        write_text_atomic(out / "openood.csv", _formatted(made, "openood-csv"))
+    return _formatted(made, fmt)
 
 
-def _report(run_folders: list[str | Path]) -> tuple[str, dict]:
-    """(the report's text, its figures per arm) of the run folders."""
+def _formatted(made: tuple[str, dict, str, str], fmt: str) -> str:
+    text, arms, benchmark, convention = made
+    return text if fmt == "markdown" else report_openood_csv(arms, benchmark, convention)
+
+
+def _report(run_folders: list[str | Path]) -> tuple[str, dict, str, str]:
+    """(the report's text, its figures per arm, the benchmark's name or "", the FPR@95
+    convention) of the run folders."""
     if not run_folders:
         raise ValueError("no run folders to report on")
     runs = [load_run(folder) for folder in run_folders]
@@ -408,4 +478,4 @@ def _report(run_folders: list[str | Path]) -> tuple[str, dict]:
             "",
         ]
     )
-    return text, arms
+    return text, arms, benchmark[0] if benchmark else "", convention

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sio.core.config import ConfigError, bounded, load_yaml_dataclass, short, short_text
+from sio.core.config import (
+    ConfigError,
+    bounded,
+    load_yaml_dataclass,
+    short,
+    short_text,
+    to_dict,
+)
 from sio.core.config import check as _check
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
@@ -47,6 +54,9 @@ class SourceSpec:
     part: tuple[str, ...] = ()
     labels: str | None = None  # a labels file (ImageNet val, flat folders)
     imglist: str | None = None  # an OpenOOD image list; ``path`` is then its data folder
+    # OpenOOD's covariate-shifted ID lists (csID, e.g. CIFAR-10-C), read after ``imglist`` into
+    # the same set: the full-spectrum ID test of the ``openood-*-fsood`` benchmarks
+    csid_imglists: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()  # keep only these, relabelled 0.. in this order
     exclude_classes: tuple[str, ...] = ()
     split: SplitSpec | None = None
@@ -62,6 +72,11 @@ class SourceSpec:
             "give classes or exclude_classes, not both",
         )
         _check(self.count >= 0, "count", "must be >= 0")
+        _check(
+            not self.csid_imglists or self.imglist is not None,
+            "csid_imglists",
+            "needs `imglist` (the ID list they are added to)",
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,16 @@ def benchmark_file(name: str) -> Path:
             f"unknown benchmark {short(name)}; shipped: {known}; or give the path of a .yaml file"
         )
     return path
+
+
+def definition(bench: BenchmarkSpec) -> dict:
+    """The benchmark as JSON data, as shard sets and benchmark.json record it; a set's empty
+    ``csid_imglists`` is left out, so sets written before that field existed still match."""
+    data = to_dict(bench)
+    for source in [*data["id"].values(), *data["near"], *data["far"]]:
+        if not source["csid_imglists"]:
+            del source["csid_imglists"]
+    return data
 
 
 def load_spec(name: str) -> BenchmarkSpec:
