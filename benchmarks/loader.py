@@ -36,6 +36,23 @@
    and through 1 and 2 DataLoader workers, and the same workers without the decoded cache (the
    loader before it), against resident mode; with the shard reads / decodes / cache hits.
 
+6. Peers (``python benchmarks/loader.py peers [rounds] [num_real]``, alone; needs PyPI the
+   first time): sio against litdata, mosaicml-streaming and webdataset on the same images, in
+   one run. The peers live in their own virtual environment, never sio's (``peer_python``:
+   created once under ``$SIO_BENCH_PEERS`` or ``~/.cache/sio-bench/peers``, seeing sio's torch
+   through a ``.pth``), and are driven by ``loader_peers.py`` in a subprocess, one measurement
+   at a time, alternating with sio's (rounds in reversed order every other round). Every path:
+   B = 128, alpha = 0.8 (as the peer's mixing allows), sio's crop 4 + flip, in this process
+   (num_workers = 0, one torch thread) and through 2 DataLoader workers; images per wall second
+   over a fixed number of batches after a warm-up. sio: PNG later pass (decoded cache warm),
+   records, resident; the peers: PNG (the same PNG bytes) and raw arrays (webdataset: sio's
+   records tars). Medians and medians of the per-round ratios sio / peer, with n, versions,
+   the machine and the load average.
+
+7. Transfer (``python benchmarks/loader.py transfer [rounds] [num_real]``): what the main
+   process receives through 1 and 2 DataLoader workers, batches sent ``Packed`` (one shared
+   buffer) or tensor by tensor (``Unpacked``, as before), alternating.
+
 Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
 Usage: python benchmarks/loader.py [rounds] [num_real]
 """
@@ -44,8 +61,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +83,7 @@ from sio.train.config import TrainConfig
 from sio.train.loop import StepContext, Steps, train_epoch
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import ShardSource
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
+from sio.train.stream import MixedBatches, MixSpec, Packed, SharedEpoch
 from sio.train.trainer import Objective, batch_spec, build_objective
 
 BATCH, N_REAL, N_SYN = 128, 102, 26  # alpha = 0.8
@@ -103,6 +123,14 @@ def make_sets(root: Path, num_real: int, size: int, channels: int) -> dict:
     for encoding in ("png", "records"):
         sets[encoding] = (root / f"real-{encoding}", root / f"synthetic-{encoding}")
     return sets
+
+
+def resident_of(sets: dict) -> dict:
+    """The records sets of ``make_sets`` held in memory (resident mode), by source name."""
+    return {
+        name: load_resident(ShardSource.open(folder), "cpu")
+        for name, folder in zip(("real", "synthetic"), sets["records"], strict=True)
+    }
 
 
 def spec_for(real: Path, synthetic: Path, steps: int, **changes) -> MixSpec:
@@ -370,10 +398,7 @@ def decoded_cache_only(rounds: int, num_real: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         sets = make_sets(root, num_real, 32, 3)
-        resident_sets = {
-            name: load_resident(ShardSource.open(folder), "cpu")
-            for name, folder in zip(("real", "synthetic"), sets["records"], strict=True)
-        }
+        resident_sets = resident_of(sets)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # what a DataLoader worker runs with
         results = []
@@ -418,14 +443,22 @@ def report_decoded_cache(results: list[dict], num_real: int) -> None:
                 lines.append(f"{encoding}{label}, {part} pass: 2 / 1 workers = {two / one:.2f}")
     lines += ["", *model_16(median)]
     print("\n".join(lines))
+    save_section(
+        "decoded_cache",
+        {
+            "rounds": results,
+            "median_images_per_s": median,
+            "num_real": num_real,
+            "machine": describe_machine(),
+        },
+    )
+
+
+def save_section(name: str, value: dict) -> None:
+    """Set one section of benchmarks/results/loader.json, keeping the others."""
     path = Path(__file__).parent / "results" / "loader.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
-    result["decoded_cache"] = {
-        "rounds": results,
-        "median_images_per_s": median,
-        "num_real": num_real,
-        "machine": describe_machine(),
-    }
+    result[name] = value
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -451,6 +484,268 @@ def model_16(median: dict, workers: int = 16) -> list[str]:
     return lines
 
 
+PEER_PACKAGES = ("litdata==0.2.76", "mosaicml-streaming==0.13.0", "webdataset==1.0.2")
+PEER_BATCHES = {"sio": 300, "png": 30, "raw": 100}  # measured batches per path
+PEER_WARMUP = {0: 5, 2: 12}  # batches before measuring, per number of workers
+
+
+def peer_python() -> Path:
+    """The peers' virtual environment's python, created once (``PEER_PACKAGES`` from PyPI):
+    its own site-packages first, then sio's venv through a ``.pth`` (torch is not installed
+    twice; a peer's own pin, such as mosaic's numpy < 2.2, wins in its environment)."""
+    folder = Path(os.environ.get("SIO_BENCH_PEERS") or Path.home() / ".cache/sio-bench/peers")
+    python, marker = folder / "bin" / "python", folder / ".sio-bench-packages"
+    if marker.is_file() and marker.read_text() == " ".join(PEER_PACKAGES):
+        return python
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(folder)], check=True)
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    mine = sysconfig.get_paths()["purelib"]
+    Path(site, "sio-venv.pth").write_text(f"import site; site.addsitedir({mine!r})\n")
+    pip = [python, "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, *PEER_PACKAGES], check=True)
+    # webdataset is also a dependency of sio: the peers' environment holds its own copy
+    subprocess.run([*pip, "--no-deps", "--ignore-installed", PEER_PACKAGES[2]], check=True)
+    marker.write_text(" ".join(PEER_PACKAGES))
+    return python
+
+
+class PeerProcess:
+    """``loader_peers.py`` in the peers' environment, asked one JSON request at a time."""
+
+    def __init__(self, root: Path):
+        script = Path(__file__).with_name("loader_peers.py")
+        self.process = subprocess.Popen(
+            [peer_python(), script, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+
+    def ask(self, op: str, **fields) -> dict:
+        self.process.stdin.write((json.dumps({"op": op, **fields}) + "\n").encode())
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the peers' process ended (exit {self.process.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"peer {fields}: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()  # the peers' process ends at the end of its input
+        self.process.wait(timeout=60)
+
+
+def sio_loader(path: str, workers: int, sets: dict, resident_sets: dict, cache: Path):
+    """One of sio's paths as the peers are measured: batches of a fresh loader."""
+    steps = PEER_WARMUP[workers] + PEER_BATCHES["sio"]
+    spec = spec_for(*sets["records" if path == "resident" else path], steps, cache_dir=str(cache))
+    if path == "resident":
+        counts = {"real": (N_REAL,), "synthetic": (N_SYN,)}
+        return ResidentBatches(spec, SharedEpoch(0), resident_sets, counts)
+    batches = MixedBatches(spec, SharedEpoch(0))
+    return DataLoader(batches, batch_size=None, num_workers=workers) if workers else batches
+
+
+SIO_PATHS = ("png", "records", "resident")
+PEER_PATHS = tuple(
+    (peer, kind) for peer in ("webdataset", "mosaic", "litdata") for kind in ("png", "raw")
+)
+
+
+def peers_only(rounds: int, num_real: int) -> None:
+    """``python benchmarks/loader.py peers [rounds] [num_real]``: sio's loader against
+    litdata, mosaicml-streaming and webdataset (see the module docstring), into
+    benchmarks/results/loader.json and printed as Markdown."""
+    from loader_peers import measure
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        sets = make_sets(root, num_real, 32, 3)
+        resident_sets = resident_of(sets)
+        cache = root / "cache"
+        for encoding in ("png", "records"):  # later passes: the decoded cache is warm
+            steps = math.ceil(max(num_real / N_REAL, num_real / 2 / N_SYN)) + 1
+            spec = spec_for(*sets[encoding], steps, cache_dir=str(cache))
+            for _ in MixedBatches(spec, SharedEpoch(0)):
+                pass
+        peers = PeerProcess(root)
+        try:
+            versions = {**peers.ask("versions"), "numpy in sio's venv": np.__version__}
+            prepared = peers.ask("prepare")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # what a DataLoader worker runs with
+            runs = [
+                (("sio", path), w)
+                for w in (0, 2)
+                for path in SIO_PATHS
+                if (path, w) != ("resident", 2)
+            ]
+            runs += [(path, w) for w in (0, 2) for path in PEER_PATHS]
+            load = [os.getloadavg()]
+            results = []
+            for number in range(rounds):
+                measured = {}
+                # sio and the peers interleaved; reversed every other round
+                order = sorted(runs, key=lambda r: (r[1], r[0][1]))
+                for (who, path), workers in order if number % 2 == 0 else order[::-1]:
+                    warmup = PEER_WARMUP[workers]
+                    if who == "sio":
+                        loader = sio_loader(path, workers, sets, resident_sets, cache)
+                        got = measure(loader, PEER_BATCHES["sio"], warmup)
+                    else:
+                        # within one pass of the real set (litdata's mixing ends with it)
+                        batches = min(PEER_BATCHES[path], int(0.9 * num_real / N_REAL) - warmup)
+                        got = peers.ask(
+                            "measure",
+                            peer=who,
+                            encoding=path,
+                            workers=workers,
+                            batches=batches,
+                            warmup=warmup,
+                        )
+                    measured[f"{who} {path} w{workers}"] = got["images_per_s"]
+                    print(f"  {who} {path} w{workers}: {got['images_per_s']:,.0f}", flush=True)
+                load.append(os.getloadavg())
+                results.append(measured)
+                print(
+                    f"round {number + 1}/{rounds}: load {load[-1][0]:.2f}: "
+                    + ", ".join(f"{k} {v:,.0f}" for k, v in measured.items()),
+                    flush=True,
+                )
+            torch.set_num_threads(threads)
+        finally:
+            peers.close()
+    report_peers(results, num_real, versions, prepared, load)
+
+
+PEER_ROWS = {
+    "sio png": "sio, PNG shards, later pass (decoded cache warm)",
+    "sio records": "sio, records shards (decoded cache warm)",
+    "sio resident": "sio, resident (in memory, composition by index)",
+    "webdataset png": "webdataset, sio's PNG tars, RandomMix",
+    "webdataset raw": "webdataset, sio's records tars unbatched, RandomMix",
+    "mosaic png": "mosaicml-streaming, MDS bytes column + PNG decode, stratified",
+    "mosaic raw": "mosaicml-streaming, MDS ndarray column, stratified",
+    "litdata png": "litdata, PNG bytes + decode, CombinedStreamingDataset",
+    "litdata raw": "litdata, numpy arrays, CombinedStreamingDataset",
+}
+
+
+def report_peers(results: list[dict], num_real: int, versions, prepared, load) -> None:
+    n = len(results)
+    median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    ones = [a[0] for a in load]
+    lines = [
+        f"Peers: {num_real:,} real + {num_real // 2:,} synthetic 32x32 RGB, alpha 0.8, "
+        f"B = {BATCH}, sio's crop 4 + flip, n = {n} alternating rounds, load average (1 min) "
+        f"{min(ones):.2f} to {max(ones):.2f}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "",
+        "| loader, format | images/s, one process (median) | 2 workers | 2 workers / one |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in PEER_ROWS.items():
+        one, two = median.get(f"{key} w0"), median.get(f"{key} w2")
+        shown = [f"{v:,.0f}" if v else "—" for v in (one, two)]
+        scale = f"{two / one:.2f}" if one and two else "—"
+        lines.append(f"| {label} | {shown[0]} | {shown[1]} | {scale} |")
+    lines += [
+        "",
+        "| ratio sio / peer (median of per-round ratios) | PNG, one process | PNG, 2 workers "
+        "| raw / records, one process | raw / records, 2 workers |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    ratios = {}
+    for peer in ("webdataset", "mosaic", "litdata"):
+        row = []
+        for mine, theirs in (("png", "png"), ("records", "raw")):
+            for workers in (0, 2):
+                ratio = statistics.median(
+                    r[f"sio {mine} w{workers}"] / r[f"{peer} {theirs} w{workers}"] for r in results
+                )
+                ratios[f"{peer} {theirs} w{workers}"] = ratio
+                row.append(f"{ratio:.2f}×")
+        lines.append(f"| {peer} | " + " | ".join([row[0], row[1], row[2], row[3]]) + " |")
+    print("\n".join(lines))
+    save_section(
+        "peers",
+        {
+            "rounds": results,
+            "median_images_per_s": median,
+            "median_ratio_sio_to_peer": ratios,
+            "num_real": num_real,
+            "batches_measured": PEER_BATCHES,
+            "warmup_batches": PEER_WARMUP,
+            "versions": versions,
+            "peer_datasets": prepared,
+            "load_average": load,
+            "machine": describe_machine(),
+        },
+    )
+
+
+class Unpacked(MixedBatches):
+    """MixedBatches as a worker sent them before ``Packed``: each tensor shared on its own."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield batch.batch if isinstance(batch, Packed) else batch
+
+
+def transfer_only(rounds: int, num_real: int, steps: int = 300) -> None:
+    """``python benchmarks/loader.py transfer [rounds] [num_real]``: images per second the
+    main process receives through a DataLoader of 1 and 2 workers (records, decoded cache
+    warm, ``steps`` batches after 10), batches sent ``Packed`` or tensor by tensor, alternating;
+    and what one process makes on its own, for scale."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        sets = make_sets(root, num_real, 32, 3)
+        cache = str(root / "cache")
+        for _ in MixedBatches(spec_for(*sets["records"], 200, cache_dir=cache), SharedEpoch(0)):
+            pass
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        rates, load = {}, [os.getloadavg()]
+        for number in range(rounds):
+            variants = [("in-process", 0, MixedBatches)]
+            for workers in (1, 2):
+                variants += [("packed", workers, MixedBatches), ("unpacked", workers, Unpacked)]
+            for name, workers, kind in variants if number % 2 == 0 else variants[::-1]:
+                batches = kind(
+                    spec_for(*sets["records"], steps + 10, cache_dir=cache), SharedEpoch(0)
+                )
+                if workers:
+                    batches = DataLoader(batches, batch_size=None, num_workers=workers)
+                wall, _, images = timed(batches, 10)
+                rates.setdefault(f"{name}, {workers} workers", []).append(images / wall)
+            load.append(os.getloadavg())
+        torch.set_num_threads(threads)
+    lines = [
+        f"Transfer: {num_real:,} real + {num_real // 2:,} synthetic records, B = {BATCH}, "
+        f"{steps} batches per measurement, n = {rounds} rounds, load average (1 min) "
+        f"{min(a[0] for a in load):.2f} to {max(a[0] for a in load):.2f}",
+        "",
+        "| path | images/s received by the main process (median) | all rounds |",
+        "|---|---:|---|",
+    ]
+    for key, values in rates.items():
+        shown = ", ".join(f"{v:,.0f}" for v in values)
+        lines.append(f"| {key} | {statistics.median(values):,.0f} | {shown} |")
+    lines.append("")
+    for workers in (1, 2):
+        packed, unpacked = (rates[f"{k}, {workers} workers"] for k in ("packed", "unpacked"))
+        ratio = statistics.median(a / b for a, b in zip(packed, unpacked, strict=True))
+        lines.append(f"packed / unpacked, {workers} workers: {ratio:.2f} (median of rounds)")
+    print("\n".join(lines))
+    save_section("transfer", {"rates": rates, "load_average": load, "steps": steps})
+
+
 def coverage_only() -> None:
     """``python benchmarks/loader.py coverage``: re-measure the coverage table alone and update
     it in benchmarks/results/loader.json."""
@@ -466,6 +761,14 @@ def main() -> None:
     if sys.argv[1:] == ["coverage"]:
         coverage_only()
         return
+    if sys.argv[1:2] == ["transfer"]:
+        numbers = [int(a) for a in sys.argv[2:]]
+        transfer_only(*(numbers + [6, 20_000][len(numbers) :]))
+        return
+    if sys.argv[1:2] == ["peers"]:
+        numbers = [int(a) for a in sys.argv[2:]]
+        peers_only(*(numbers + [5, 20_000][len(numbers) :]))
+        return
     if sys.argv[1:2] == ["cache"]:
         numbers = [int(a) for a in sys.argv[2:]]
         decoded_cache_only(*(numbers + [3, 20_000][len(numbers) :]))
@@ -475,10 +778,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         sets = make_sets(root, num_real, 32, 3)
-        resident_sets = {
-            name: load_resident(ShardSource.open(folder), "cpu")
-            for name, folder in zip(("real", "synthetic"), sets["records"], strict=True)
-        }
+        resident_sets = resident_of(sets)
         pool = resident_sets["real"].images
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # what a DataLoader worker runs with

@@ -288,7 +288,9 @@ def test_the_node_cache_cannot_be_led_outside_itself(served, tmp_path, monkeypat
     ("path", "value", "field"),
     [
         ("shards.0.num_samples", 0, "shards[0].num_samples"),
+        ("shards.0.num_samples", 10**30, "shards[0].num_samples"),
         ("image_size", "8x8", "image_size"),
+        ("image_size", [8, 16_385], "image_size[1]"),
         ("channels", 1e308, "channels"),
     ],
 )
@@ -298,7 +300,7 @@ def test_training_refuses_a_hostile_manifest_in_one_line(served, tmp_path, path,
     from sio.train import train_classifier
     from sio.train.config import TrainConfig
 
-    url = hostile_copy(served, f"train-{field}", set_field(path, value))
+    url = hostile_copy(served, f"train-{field}-{len(repr(value))}", set_field(path, value))
     config = TrainConfig(epochs=1, batch_size=4, num_workers=0)
     message = refused(
         train_classifier,
@@ -310,6 +312,30 @@ def test_training_refuses_a_hostile_manifest_in_one_line(served, tmp_path, path,
         out=tmp_path / "run",
     )
     assert f"{url}/manifest.json: {field} is " in message
+
+
+def test_a_batch_the_manifest_makes_too_large_for_memory_is_refused_before_allocating(
+    served, tmp_path
+):
+    """``image_size: [60000, 60000]`` made the loader allocate 429 GiB for one batch; now a
+    batch over a quarter of the machine's memory is one line naming the set and its size."""
+    from sio.train import train_classifier
+    from sio.train.config import TrainConfig
+
+    url = hostile_copy(served, "train-huge-images", set_field("image_size", [16_384, 16_384]))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    batch = memory // 4 // 16_384**2 + 1  # just over the quarter, whatever the machine
+    config = TrainConfig(epochs=1, batch_size=int(batch), num_workers=0)
+    message = refused(
+        train_classifier,
+        real=url,
+        synthetic=None,
+        alpha=1.0,
+        seed=0,
+        config=config,
+        out=tmp_path / "run",
+    )
+    assert message.startswith(f"{url}: image_size 16384x16384") and "over a quarter" in message
 
 
 # --- paths are built only inside their destination ----------------------------------------------
@@ -399,7 +425,7 @@ def test_the_writers_check_their_paths_even_past_the_manifest_check(tmp_path, mo
 def test_a_shard_line_is_checked_wherever_it_is_made():
     with pytest.raises(ShardError, match=r"^sha256 is '\.\./x': not a sha256"):
         ShardInfo("shard-000000.tar", 4, 10, "../x")
-    with pytest.raises(ShardError, match=r"^num_samples is 0: must be an integer >= 1"):
+    with pytest.raises(ShardError, match=r"^num_samples is 0: must be an integer in 1\.\.2147483647"):
         ShardInfo("shard-000000.tar", 0, 10, "0" * 64)
     assert ShardInfo("part_7.x-y.tar", 1, 0, None).name == "part_7.x-y.tar"
 
@@ -600,7 +626,10 @@ def test_a_shard_is_hashed_before_it_is_parsed(served, case):
     sized = hostile_copy(
         served, f"sized-{case}", set_field("shards.0.bytes", len(data)), {"shard-000000.tar": data}
     )
-    for location, cause in ((url, "bytes, the manifest says"), (sized, "sha256 differs")):
+    for location, cause in (
+        (url, "bytes, the manifest says"),
+        (sized, "differs from the manifest's"),
+    ):
         for read in (verify_shard_set, lambda where: list(iter_samples(where))):
             message = refused(read, location)
             assert message.startswith(f"{location}/shard-000000.tar: "), message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from sio.train.passes import slice_start
 from sio.train.stream import (
     MixedBatches,
     MixSpec,
+    Packed,
     SharedEpoch,
     augment_part,
     checked,
@@ -369,3 +371,30 @@ def test_a_composed_batch_is_its_parts_augmented_then_composed(
             order = compose_order(spec, sources["real"], sources["synthetic"], step)
             expected = torch.cat(augmented)[order]
             assert torch.equal(stream.batch(step)["images"], expected), (seed, step)
+
+
+def test_a_packed_batch_arrives_as_the_same_dict():
+    """A worker sends its batch Packed (its tensors in one shared buffer); what arrives is the
+    same dict: keys in order, each tensor of its dtype, shape, strides and bytes, the rest as
+    it was (a non-contiguous tensor travels on its own)."""
+    batch = {
+        "labels": torch.arange(7),
+        "is_synthetic": torch.tensor([True, False] * 3 + [True]),
+        "step": 3,
+        "ids": {"real": ["a", "b"], "synthetic": ["c"]},
+        "images": torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8),
+        "empty": torch.zeros(0, 3, dtype=torch.float16),
+        "mix": torch.rand(3, dtype=torch.float64),
+        "transposed": torch.ones(2, 3).t(),
+        "faults": [],
+    }
+    back = pickle.loads(pickle.dumps(Packed(batch)))
+    assert list(back) == list(batch)
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            got = back[key]
+            assert (got.dtype, got.shape) == (value.dtype, value.shape), key
+            assert got.stride() == value.stride(), key
+            assert torch.equal(got, value), key
+        else:
+            assert back[key] == value, key

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from sio.core.files import atomic_path, stale_temporaries
 from sio.core.storage import fetch_bytes, is_url
-from sio.shardset import ShardError
-from sio.shardset.shard import check_sha256
+from sio.shardset import ShardError, check_shard_bytes
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 CACHED = ("*.tar", "*.rows")
@@ -141,7 +140,7 @@ class ShardCache:
             if data is not None:
                 return data, 0
             data = fetch(url)
-            check_sha256(url, data, sha256)
+            check_shard_bytes(url, data, sha256)
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
         evict(self.folder, self.limit, keep=path)
@@ -154,7 +153,7 @@ class ShardCache:
         except FileNotFoundError:
             return None
         try:
-            check_sha256(str(path), data, sha256)
+            check_shard_bytes(str(path), data, sha256)
         except ShardError:  # a damaged cache file: fetch again
             path.unlink(missing_ok=True)
             return None

@@ -38,7 +38,7 @@ import numpy as np
 
 from sio.core.files import atomic_path, write_text_atomic
 from sio.core.storage import is_url
-from sio.shardset.shard import Check, Rows, ShardRef, check_sha256, decode_shard
+from sio.shardset import Check, Rows, ShardRef, check_shard_bytes, decode_shard
 from sio.train.cache import Fetcher, cache_file, evict, locked, say_once, touch
 
 MAGIC, FORMAT, ALIGN = b"SIOROWS\0", 1, 64
@@ -178,7 +178,7 @@ class ShardLoader:
         if not self._unchanged(ref):  # a local file not checked since it changed
             data, _ = self.fetcher.read_checked(ref.url, ref.sha256)
             self.counts.reads += 1
-            check_sha256(ref.url, data, ref.sha256)
+            check_shard_bytes(ref.url, data, ref.sha256)
             self._stamp(ref)
         self.counts.cached += 1
         return rows

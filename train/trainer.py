@@ -22,6 +22,7 @@ per epoch and a final line, and writes TensorBoard event files to ``tb/`` (progr
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,8 +376,24 @@ def batch_spec(real, synthetic, counts, seed, config, method, *, world=None) -> 
     return _spec(sources, shares, steps, seed, config, method, world)
 
 
+def check_batch_memory(source: ShardSource, images: int) -> None:
+    """A batch of ``images`` of the manifest's size must fit in a quarter of this machine's
+    memory: a served manifest's ``image_size`` is never an allocation size before this check."""
+    manifest = source.manifest
+    height, width = manifest.image_size
+    need = images * manifest.channels * height * width
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory // 4:
+        raise ShardError(
+            f"{source.location}: image_size {height}x{width} x {manifest.channels} channels makes "
+            f"a batch of {images} images {need / 2**30:.1f} GiB, over a quarter of this "
+            f"machine's {memory / 2**30:.1f} GiB (a manifest's size, or batch_size, too large)"
+        )
+
+
 def _spec(sources: dict, shares: dict, steps: int, seed, config, method, world) -> MixSpec:
     manifest = sources["real"].manifest
+    check_batch_memory(sources["real"], sum(share[world.rank] for share in shares.values()))
     extras = [name for name in sources if name not in ("real", "synthetic")]
     return MixSpec(
         real_urls=sources["real"].urls,

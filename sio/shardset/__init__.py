@@ -24,8 +24,9 @@ from sio.shardset.read import (
     shard_urls,
 )
 from sio.shardset.records import decode_record
-from sio.shardset.shard import Check, Rows, ShardRef, check_sha256, decode_shard
+from sio.shardset.shard import Check, Rows, ShardRef, decode_shard
 from sio.shardset.subset import subset_shard_set
+from sio.shardset.tario import check_shard_bytes
 from sio.shardset.verify import verify_shard_set
 from sio.shardset.write import ShardFileWriter, ShardSetWriter, ShardStats, manifest_from_stats
 
@@ -43,7 +44,7 @@ __all__ = [
     "Rows",
     "ShardStats",
     "ShardSetWriter",
-    "check_sha256",
+    "check_shard_bytes",
     "convert_shard_set",
     "decode_record",
     "decode_sample",

@@ -56,7 +56,9 @@ class ShardError(RuntimeError):
 # a shard is a plain file name: what the writers write (shard-NNNNNN.tar) or another plain *.tar
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.tar")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_SIDE = 65_536  # image height and width
+MAX_SIDE = 16_384  # image height and width (as a benchmark file allows)
+MAX_COUNT = 2**31 - 1  # samples in one shard
+MAX_BYTES = 2**45  # bytes of one shard (32 TiB)
 CHANNELS = (1, 3)  # grey or RGB: what the readers decode
 _SHORT = reprlib.Repr()
 _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlist = 50, 50, 40, 4
@@ -134,9 +136,9 @@ class ShardInfo:
 
     def __post_init__(self):
         shard_name(self.name, "name")
-        integer(self.num_samples, "num_samples", 1)
+        integer(self.num_samples, "num_samples", 1, MAX_COUNT)
         if self.bytes is not None:
-            integer(self.bytes, "bytes", 0)
+            integer(self.bytes, "bytes", 0, MAX_BYTES)
         if self.sha256 is not None:
             sha256(self.sha256)
 

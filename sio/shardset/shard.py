@@ -1,19 +1,18 @@
 """One shard's bytes to checked, decoded rows: the one place a reader turns a shard into data.
 
 ``decode_shard(ref, data, encoding, check)`` checks the bytes against the manifest's sha256
-**before** parsing them (a replaced or corrupt shard is never parsed), groups the tar members
-into samples as webdataset does (``tar_members``, ``split_member``), checks the sample count
-against the manifest's, and decodes every sample (PNG) or record into uint8 rows N x C x H x W,
-int64 labels and keys. Each image must be of the manifest's channels and size and each label in
-[0, classes). A whole-shard fault raises a ShardError naming the URL; a broken sample or record
-does not: its rows are zeros and ``broken`` names it, so a reader can raise it or skip it
-when (and only when) that sample is asked for.
+**before** parsing them (a replaced or corrupt shard is never parsed), groups the tar
+members into samples as webdataset does (the contract's one check and one grouping, those of
+the streaming readers too: ``tario.check_shard_bytes``, ``tario.group_samples``), checks the
+sample count against the manifest's, and decodes every sample (PNG) or record into uint8 rows
+N x C x H x W, int64 labels and keys. Each image must be of the manifest's channels and size
+and each label in [0, classes). A whole-shard fault raises a ShardError naming the URL; a
+broken sample or record does not: its rows are zeros and ``broken`` names it, so a reader can
+raise it or skip it when (and only when) that sample is asked for.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ import numpy as np
 from sio.shardset.format import ShardError
 from sio.shardset.read import decode_sample
 from sio.shardset.records import decode_record
-from sio.shardset.tario import check_count, split_member, tar_members
+from sio.shardset.tario import bytes_samples, check_count, check_shard_bytes
 
 
 @dataclass(frozen=True)
@@ -61,34 +60,6 @@ class Check:
             )
 
 
-def check_sha256(url: str, data: bytes, sha256: str) -> None:
-    """A shard whose bytes are not the manifest's (when it gives a sha256) is an error."""
-    if sha256:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise ShardError(
-                f"{url}: its sha256 {actual} differs from the manifest's {sha256} "
-                "(replaced or corrupt)"
-            )
-
-
-def shard_samples(data: bytes, url: str) -> list[dict]:
-    """The raw samples of a shard's bytes, grouped by key as webdataset groups them."""
-    samples: list[dict] = []
-    try:
-        for member, content in tar_members(io.BytesIO(data), url):
-            key, ext = split_member(member)
-            if not samples or samples[-1]["__key__"] != key:
-                samples.append({"__key__": key, "__url__": url})
-            if ext in samples[-1]:
-                raise ShardError(f"{url}: sample {key} has two {ext} members")
-            samples[-1][ext] = content
-    except (OSError, ValueError) as err:
-        after = f"sample {samples[-1]['__key__']}" if samples else "its start"
-        raise ShardError(f"{url}: unreadable tar after {after}: {err}") from err
-    return samples
-
-
 @dataclass
 class Rows:
     """A shard decoded: ``images`` uint8 N x C x H x W, ``labels`` int64 N, ``keys`` (an object
@@ -116,8 +87,8 @@ class Rows:
 
 def decode_shard(ref: ShardRef, data: bytes, encoding: str, check: Check) -> Rows:
     """``data``, the bytes of shard ``ref``, as checked rows (see the module docstring)."""
-    check_sha256(ref.url, data, ref.sha256)
-    samples = shard_samples(data, ref.url)
+    check_shard_bytes(ref.url, data, ref.sha256)
+    samples = list(bytes_samples(data, ref.url))
     rows = _records(ref.url, samples, check) if encoding == "records" else _png(ref.url, samples)
     check_count(ref.url, len(rows.keys), ref.count)
     if encoding != "records":

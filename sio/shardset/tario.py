@@ -15,6 +15,10 @@ an allocation. Anything else raises ShardError naming the URL and the member. Wh
 gives a shard's sha256, ``tar_samples`` reads the whole shard and checks its size and sha256
 before parsing a byte of it (``read_checked``). Like tarfile, the reader ends quietly at end of
 file on a member boundary; ``check_count`` catches that cut against the manifest's sample count.
+
+Every reader of the contract (``tar_samples`` and so ``iter_samples``, convert and subset;
+verify; ``shard.decode_shard`` for training) groups members with ``group_samples`` and checks a
+shard's bytes with ``check_shard_bytes``: one grouping, one check, one wording.
 """
 
 from __future__ import annotations
@@ -236,10 +240,26 @@ def tar_members(stream, url: str, length: int | None = None) -> Iterator[tuple[s
             yield member, data
 
 
+def check_shard_bytes(url: str, data: bytes, sha256: str | None, size: int | None = None) -> None:
+    """The one check of a shard's bytes against its manifest entry, before anything parses
+    them: its ``size`` and ``sha256`` where given (None or "": not listed); a ShardError of
+    one line naming ``url`` otherwise."""
+    if size is not None and len(data) != size:
+        got = f"more than {size}" if len(data) > size else str(len(data))
+        raise ShardError(f"{url}: {got} bytes, the manifest says {size} (truncated or replaced?)")
+    if sha256:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ShardError(
+                f"{url}: its sha256 {actual[:16]}… differs from the manifest's {sha256[:16]}… "
+                "(replaced or corrupt)"
+            )
+
+
 def read_checked(url: str, size: int | None, sha256: str) -> bytes:
-    """The whole of a shard, checked against the manifest's size and sha256 before anything
-    parses it; never more than ``size`` + 1 bytes are read."""
-    digest, pieces, held = hashlib.sha256(), [], 0
+    """The whole of a shard, checked (``check_shard_bytes``) before anything parses it; never
+    more than ``size`` + 1 bytes are read."""
+    pieces, held = [], 0
     limit = None if size is None else size + 1
     with open_shard(url) as stream:
         try:
@@ -247,23 +267,20 @@ def read_checked(url: str, size: int | None, sha256: str) -> bytes:
                 piece = stream.read(CHUNK if limit is None else min(CHUNK, limit - held))
                 if not piece:
                     break
-                digest.update(piece)
                 pieces.append(piece)
                 held += len(piece)
         except OSError as err:
             raise ShardError(f"{url}: cannot read the shard after {held} bytes: {err}") from err
-    if size is not None and held != size:
-        got = f"more than {size}" if held > size else str(held)
-        raise ShardError(f"{url}: {got} bytes, the manifest says {size} (truncated or replaced?)")
-    if digest.hexdigest() != sha256:
-        raise ShardError(
-            f"{url}: sha256 differs from the manifest ({digest.hexdigest()[:12]}…, listed "
-            f"{sha256[:12]}…): replaced or corrupt"
-        )
-    return b"".join(pieces)
+    data = b"".join(pieces)
+    check_shard_bytes(url, data, sha256, size)
+    return data
 
 
-def _grouped(stream, url: str, length: int | None = None) -> Iterator[dict]:
+def group_samples(stream, url: str, length: int | None = None) -> Iterator[dict]:
+    """The samples of a tar stream in order, grouped as webdataset groups them: consecutive
+    members of one key make ``{"__key__", "__url__", ext: bytes}``. An extension twice in one
+    sample, a member name that is not ``<key>.<extension>`` or an unreadable tar is a
+    ShardError naming ``url``. ``length`` as for ``tar_members``."""
     sample = None
     try:
         for member, data in tar_members(stream, url, length):
@@ -282,14 +299,19 @@ def _grouped(stream, url: str, length: int | None = None) -> Iterator[dict]:
         yield sample
 
 
+def bytes_samples(data: bytes, url: str) -> Iterator[dict]:
+    """``group_samples`` of a shard's bytes in memory (checked before, by the caller)."""
+    return group_samples(io.BytesIO(data), url, len(data))
+
+
 def tar_samples(url: str, sha256: str | None = None, size: int | None = None) -> Iterator[dict]:
     """The samples of one shard in order, raw (member bytes, not decoded). With the manifest's
     ``sha256`` (and ``size``) the shard is read whole and checked before it is parsed."""
     if sha256 is not None:
-        yield from _grouped(io.BytesIO(read_checked(url, size, sha256)), url)
+        yield from bytes_samples(read_checked(url, size, sha256), url)
         return
     with open_shard(url) as stream:
-        yield from _grouped(stream, url, size)
+        yield from group_samples(stream, url, size)
 
 
 def check_count(url: str, count: int, expected: int | None, unit: str = "samples") -> None:

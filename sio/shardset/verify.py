@@ -1,9 +1,10 @@
 """``sio shards verify``: every shard present, with the manifest's size, sha256 and sample count.
 
 Each shard is read once, whole, by the reader the stages use (``tario``): its size and sha256 are
-checked against the manifest before a byte of it is parsed, then its members are read from
-memory. Samples must be contiguous and have exactly the members of the set's encoding; records
-are counted by their labels.
+checked against the manifest before a byte of it is parsed (``check_shard_bytes``), then its
+members are read from memory and grouped into samples as every reader groups them
+(``group_samples``). Samples must be contiguous and have exactly the members of the set's
+encoding; records are counted by their labels.
 """
 
 from __future__ import annotations
@@ -17,42 +18,36 @@ from sio.core.storage import is_url
 from sio.shardset.format import ENCODINGS, ShardError, ShardInfo
 from sio.shardset.read import read_manifest, shard_urls
 from sio.shardset.records import LABELS
-from sio.shardset.tario import read_checked, shown, split_member, tar_members
+from sio.shardset.tario import bytes_samples, read_checked, shown
 
 
-def _images_in(data: bytes, ext: str, encoding: str, where: str) -> int:
+def _images_in(sample: dict, encoding: str, where: str) -> int:
     if encoding != "records":
-        return 1 if ext == "png" else 0
-    if ext != LABELS:
+        return 1 if "png" in sample else 0
+    if LABELS not in sample:
         return 0
     try:
-        return len(np.load(io.BytesIO(data), allow_pickle=False))
+        return len(np.load(io.BytesIO(sample[LABELS]), allow_pickle=False))
     except Exception as err:  # noqa: BLE001 - any decoding failure is named with its member
         raise ShardError(f"{where}: member {LABELS}: cannot decode: {err}") from None
 
 
 def _count_samples(data: bytes, url: str, encoding: str) -> int:
-    """Images in one tar, checking that each sample's members are contiguous and complete."""
-    keys: list[str] = []
+    """Images in one tar (grouped as every reader groups them), checking that each sample's
+    members are contiguous and complete."""
     members: dict[str, set[str]] = {}
     count = 0
-    try:
-        for name, content in tar_members(io.BytesIO(data), url, len(data)):
-            key, ext = split_member(name)
-            if not keys or keys[-1] != key:
-                if key in members:
-                    raise ShardError(f"{url}: members of sample {shown(key)} are not contiguous")
-                keys.append(key)
-                members[key] = set()
-            members[key].add(ext)
-            count += _images_in(content, ext, encoding, f"{url}: sample {shown(key)}")
-    except ValueError as err:
-        raise ShardError(f"{url}: not a readable tar: {err}") from None
+    for sample in bytes_samples(data, url):
+        key = sample["__key__"]
+        if key in members:
+            raise ShardError(f"{url}: members of sample {shown(key)} are not contiguous")
+        members[key] = set(sample) - {"__key__", "__url__"}
+        count += _images_in(sample, encoding, f"{url}: sample {shown(key)}")
     expected = ENCODINGS[encoding]
-    for key in keys:
-        if members[key] != expected:
+    for key, names in members.items():
+        if names != expected:
             raise ShardError(
-                f"{url}: sample {shown(key)} has members {_names(members[key])}, "
+                f"{url}: sample {shown(key)} has members {_names(names)}, "
                 f"expected {sorted(expected)}"
             )
     return count
