@@ -425,7 +425,7 @@ def test_the_writers_check_their_paths_even_past_the_manifest_check(tmp_path, mo
 def test_a_shard_line_is_checked_wherever_it_is_made():
     with pytest.raises(ShardError, match=r"^sha256 is '\.\./x': not a sha256"):
         ShardInfo("shard-000000.tar", 4, 10, "../x")
-    with pytest.raises(ShardError, match=r"^num_samples is 0: must be an integer in 1\.\.2147483647"):
+    with pytest.raises(ShardError, match=r"^num_samples is 0: must be an integer in 1\.\."):
         ShardInfo("shard-000000.tar", 0, 10, "0" * 64)
     assert ShardInfo("part_7.x-y.tar", 1, 0, None).name == "part_7.x-y.tar"
 

@@ -22,11 +22,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sio.core.files import atomic_path, stale_temporaries
-from sio.core.storage import fetch_bytes, is_url
+from sio.core.storage import TooLarge, fetch_bytes, is_url
 from sio.shardset import ShardError, check_shard_bytes
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 CACHED = ("*.tar", "*.rows")
+# the most bytes a remote shard is read to (a served set may list no size: an endless body
+# stops here instead of filling a worker's memory)
+MAX_SHARD_BYTES = 4 << 30
 
 
 class CacheError(ShardError):
@@ -194,6 +197,8 @@ class Fetcher:
 
     def _fetch(self, url: str) -> bytes:
         try:
-            return fetch_bytes(url, self.read_timeout)
+            return fetch_bytes(url, self.read_timeout, limit=MAX_SHARD_BYTES)
         except FileNotFoundError as err:
             raise ShardError(f"{url}: shard listed in the manifest is missing ({err})") from None
+        except TooLarge as err:
+            raise ShardError(f"{err}; a shard is read whole and may not be larger") from None

@@ -408,10 +408,26 @@ def _open_mirrors(urls: tuple[str, ...], bufsize: int, rounds: int):
     raise OSError(f"none of {len(urls)} mirrors answered in {rounds} rounds; last: {errors[-1]}")
 
 
-def read_bytes(location: str | Path, open_attempts: int | None = None) -> bytes:
-    """The whole of a (small) local file or remote object, e.g. a manifest."""
+class TooLarge(ValueError):
+    """An object longer than its reader allows: the content, not the network (never retried)."""
+
+
+def read_bytes(
+    location: str | Path, open_attempts: int | None = None, limit: int | None = None
+) -> bytes:
+    """The whole of a (small) local file or remote object, e.g. a manifest; with ``limit``, an
+    object of more bytes is a TooLarge naming it, after reading at most ``limit`` + 1 bytes
+    (an endless body from a hostile server stops there)."""
     with open_url(location, open_attempts=open_attempts) as stream:
-        return stream.read()
+        if limit is None:
+            return stream.read()
+        pieces, held = [], 0
+        while held <= limit and (piece := stream.read(min(1 << 20, limit + 1 - held))):
+            pieces.append(piece)
+            held += len(piece)
+    if held > limit:
+        raise TooLarge(f"{location}: more than {limit:,} bytes")
+    return b"".join(pieces)
 
 
 def register_url_schemes() -> None:
@@ -435,12 +451,13 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def fetch_bytes(url: str, timeout_s: float, say=_say) -> bytes:
+def fetch_bytes(url: str, timeout_s: float, say=_say, limit: int | None = None) -> bytes:
     """The whole of a remote object, waiting out transport errors (connection refused or reset,
     timeouts, HTTP 429/5xx) with exponential back-off for up to ``timeout_s`` seconds, one
     "waiting for URL (attempt n)" line per retry; then a TransportError. A missing object
     (FileNotFoundError) is raised at once: that is the set's content, not the network; so is a
-    refusal (``RefusedError``: credentials, permissions), which no wait fixes.
+    refusal (``RefusedError``: credentials, permissions), which no wait fixes, and an object
+    over ``limit`` bytes (``TooLarge``, see ``read_bytes``).
 
     Of a list of mirrors (``URL1/name,URL2/name``), each is tried in turn (one line per failure,
     "trying the next mirror"), and the wait comes only after a round in which all failed."""
@@ -449,7 +466,7 @@ def fetch_bytes(url: str, timeout_s: float, say=_say) -> bytes:
     for attempt in itertools.count(1):
         for k, one in enumerate(urls):
             try:
-                return read_bytes(one, open_attempts=1 if len(urls) > 1 else None)
+                return read_bytes(one, open_attempts=1 if len(urls) > 1 else None, limit=limit)
             except (FileNotFoundError, RefusedError):
                 raise
             except OSError as err:

@@ -163,6 +163,8 @@ def shard_chunks(
             images, labels = image[None], np.array([label], dtype=np.int64)
             keys, provenance = [sample["__key__"]], [meta]
         count += len(images)
+        if expected is not None and count > expected:  # an endless shard stops here
+            check_count(url, count, expected)
         yield Chunk(images, labels, keys, provenance)
     check_count(url, count, expected)
 

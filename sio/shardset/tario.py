@@ -61,6 +61,7 @@ def open_shard(url: str):
 BLOCK = 512
 CHUNK = 1 << 20  # the most one read asks for: a size field never decides an allocation
 MAX_META = 1 << 20  # the data of a PAX or GNU long-name header
+MAX_MEMBER = 1 << 30  # one member of a shard whose length is not known (a stream)
 MAX_NAME = 4096  # bytes of a member name
 _LONG_NAME, _PAX, _PAX_GLOBAL, _FILES = b"L", b"x", b"g", (b"0", b"\0", b"7")
 _OCTAL = re.compile(rb"[0-7]*")
@@ -116,6 +117,11 @@ class _Bounded:
         self.stream, self.length, self.position = stream, length, 0
 
     def read(self, size: int, what: str) -> bytes:
+        if self.length is None and size > MAX_MEMBER:
+            raise ShardError(
+                f"{what}: a size of {size} bytes in a shard of unlisted length, over the "
+                f"{MAX_MEMBER:,} a member may hold (corrupt or hostile)"
+            )
         if size < 0 or (self.length is not None and self.position + size > self.length):
             end = "" if self.length is None else f" of the {self.length}-byte shard"
             raise ShardError(
