@@ -5,7 +5,6 @@ instead of reading (and holding) forever. Each test guards against a hang with a
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import threading
 
@@ -16,7 +15,7 @@ from sio.shardset import ShardError, encode_png, iter_samples, verify_shard_set
 from sio.shardset.tario import MAX_MEMBER, tar_members
 from sio.train import cache as node_cache
 
-from .test_hostile_sets import base256, member, refused
+from .test_hostile_sets import Unsized, base256, member, refused
 
 IMAGE = encode_png(np.zeros((8, 8), np.uint8))
 
@@ -106,13 +105,6 @@ def test_a_member_larger_than_any_in_a_stream_of_unknown_length_is_refused_at_on
     """A worker reading a 10^15-byte member of a served shard grew to 12 GB and was killed."""
     message = refused(lambda url: list(iter_samples(url)), f"{server}/huge")
     assert "1000000000000000 bytes" in message, message
-    stream = _Unsized(io.BytesIO(member(b"k.png", b"", size_field=base256(MAX_MEMBER + 1))))
+    stream = Unsized(member(b"k.png", b"", size_field=base256(MAX_MEMBER + 1)))
     with pytest.raises(ShardError, match="over the 1,073,741,824 a member may hold"):
         list(tar_members(stream, "s"))
-
-
-class _Unsized:
-    """A file-like stream whose length cannot be learnt (as a remote body without a size)."""
-
-    def __init__(self, stream):
-        self.read = stream.read

@@ -40,7 +40,7 @@ from sio.shardset import (
     verify_shard_set,
 )
 from sio.shardset.format import shard_path
-from sio.shardset.tario import CHUNK, tar_members
+from sio.shardset.tario import CHUNK, MAX_MEMBER, tar_members
 
 from .shardsets import grey_writer
 
@@ -547,12 +547,15 @@ class Unsized(io.RawIOBase):
 
 
 def test_a_huge_size_on_a_stream_of_unknown_length_is_read_in_pieces():
-    """Where the shard's length is unknown, a size of 10^15 never becomes one allocation: the
-    reader asks for at most CHUNK bytes at a time and stops at the end of the file."""
+    """Where the shard's length is unknown, a size of 10^15 is refused at once (over the most a
+    member may hold), and a size within it never becomes one allocation: the reader asks for at
+    most CHUNK bytes at a time and stops at the end of the file."""
     data, _ = HOSTILE_TARS["base-256-size-10^15"]
-    stream = Unsized(data)
+    message = refused(lambda: list(tar_members(Unsized(data), "mem://shard.tar")))
+    assert "1000000000000000 bytes in a shard of unlisted length, over the" in message
+    stream = Unsized(member(b"k0.png", bytes(4096), size_field=base256(MAX_MEMBER)))
     message = refused(lambda: list(tar_members(stream, "mem://shard.tar")))
-    assert "member k0.png: 4096 of 1000000000000000 bytes, then the file ends" in message
+    assert f"member k0.png: 4096 of {MAX_MEMBER} bytes, then the file ends" in message
     assert 0 < stream.largest <= CHUNK
 
 
