@@ -19,14 +19,13 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from sio.cli import get_cli
 from sio.core.lock import LOCK_FILE, FolderBusy, hold_folder
 
-from .shardsets import grey_writer
+from .shardsets import two_class_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,13 +72,7 @@ def refusal(output: str, folder: Path, holder: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def real_set(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sets") / "real"
-    rng = np.random.default_rng(0)
-    with grey_writer(folder, "real", ("a", "b"), 8) as writer:
-        for i in range(16):
-            image = rng.integers(0, 60, (8, 8)) + 150 * (i % 2)
-            writer.write(f"real-{i:04d}", image.astype(np.uint8), i % 2, {"i": i})
-    return folder
+    return two_class_set(tmp_path_factory.mktemp("sets") / "real")
 
 
 def train_args(real: Path, out: Path, config: Path) -> list[str]:

@@ -79,6 +79,17 @@ def refused(call, *args, **kwargs) -> str:
     return message
 
 
+def training_refused(url: str, out: Path, batch_size: int = 4) -> str:
+    """The one-line ShardError of one epoch of training from ``url`` into ``out``."""
+    from sio.train import train_classifier
+    from sio.train.config import TrainConfig
+
+    config = TrainConfig(epochs=1, batch_size=batch_size, num_workers=0)
+    return refused(
+        train_classifier, real=url, synthetic=None, alpha=1.0, seed=0, config=config, out=out
+    )
+
+
 # --- the tree before and after ------------------------------------------------------------------
 
 
@@ -259,9 +270,6 @@ def test_the_node_cache_cannot_be_led_outside_itself(served, tmp_path, monkeypat
     """A remote set whose sha256 is ``../victim/important``: the node cache stores shards as
     ``<cache>/<sha256>.tar`` and deleted ``victim/important.tar``; now training refuses the
     manifest, naming the field, and nothing outside the cache and the run folder changes."""
-    from sio.train import train_classifier
-    from sio.train.config import TrainConfig
-
     cache, victim = tmp_path / "cache", tmp_path / "victim"
     cache.mkdir()
     victim.mkdir()
@@ -269,16 +277,7 @@ def test_the_node_cache_cannot_be_led_outside_itself(served, tmp_path, monkeypat
     monkeypatch.setenv("SIO_CACHE_DIR", str(cache))
     url = hostile_copy(served, "cache-escape", set_field("shards.0.sha256", "../victim/important"))
     before = snapshot(tmp_path, cache, tmp_path / "run")
-    config = TrainConfig(epochs=1, batch_size=4, num_workers=0)
-    message = refused(
-        train_classifier,
-        real=url,
-        synthetic=None,
-        alpha=1.0,
-        seed=0,
-        config=config,
-        out=tmp_path / "run",
-    )
+    message = training_refused(url, tmp_path / "run")
     assert "shards[0].sha256 is '../victim/important'" in message
     assert snapshot(tmp_path, cache, tmp_path / "run") == before
     assert (victim / "important.tar").read_bytes() == b"the user's file"
@@ -297,20 +296,8 @@ def test_the_node_cache_cannot_be_led_outside_itself(served, tmp_path, monkeypat
 def test_training_refuses_a_hostile_manifest_in_one_line(served, tmp_path, path, value, field):
     """A shard count of 0 trained on part of the set silently; "8x8" and 1e308 crashed with
     dozens of frames. Now the manifest is refused before anything is read."""
-    from sio.train import train_classifier
-    from sio.train.config import TrainConfig
-
     url = hostile_copy(served, f"train-{field}-{len(repr(value))}", set_field(path, value))
-    config = TrainConfig(epochs=1, batch_size=4, num_workers=0)
-    message = refused(
-        train_classifier,
-        real=url,
-        synthetic=None,
-        alpha=1.0,
-        seed=0,
-        config=config,
-        out=tmp_path / "run",
-    )
+    message = training_refused(url, tmp_path / "run")
     assert f"{url}/manifest.json: {field} is " in message
 
 
@@ -319,22 +306,10 @@ def test_a_batch_the_manifest_makes_too_large_for_memory_is_refused_before_alloc
 ):
     """``image_size: [60000, 60000]`` made the loader allocate 429 GiB for one batch; now a
     batch over a quarter of the machine's memory is one line naming the set and its size."""
-    from sio.train import train_classifier
-    from sio.train.config import TrainConfig
-
     url = hostile_copy(served, "train-huge-images", set_field("image_size", [16_384, 16_384]))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     batch = memory // 4 // 16_384**2 + 1  # just over the quarter, whatever the machine
-    config = TrainConfig(epochs=1, batch_size=int(batch), num_workers=0)
-    message = refused(
-        train_classifier,
-        real=url,
-        synthetic=None,
-        alpha=1.0,
-        seed=0,
-        config=config,
-        out=tmp_path / "run",
-    )
+    message = training_refused(url, tmp_path / "run", batch_size=int(batch))
     assert message.startswith(f"{url}: image_size 16384x16384") and "over a quarter" in message
 
 
@@ -641,21 +616,9 @@ def test_a_shard_is_hashed_before_it_is_parsed(served, case):
 
 def test_training_refuses_a_pax_loop(served, tmp_path):
     """Training (streaming from HTTP) hung at 100 % CPU on a PAX record of length 0."""
-    from sio.train import train_classifier
-    from sio.train.config import TrainConfig
-
     data, _ = HOSTILE_TARS["pax-length-0"]
     url = hostile_shard(served, "train", data, True)
-    config = TrainConfig(epochs=1, batch_size=4, num_workers=0)
-    message = refused(
-        train_classifier,
-        real=url,
-        synthetic=None,
-        alpha=1.0,
-        seed=0,
-        config=config,
-        out=tmp_path / "run",
-    )
+    message = training_refused(url, tmp_path / "run")
     assert "PAX record at byte 0" in message, message
 
 

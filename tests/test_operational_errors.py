@@ -29,7 +29,7 @@ from sio.evaluate.models import ModelError, build_model
 from sio.train.checkpoint import CHECKPOINT_FORMAT
 from sio.train.models import build_classifier
 
-from .shardsets import grey_writer
+from .shardsets import two_class_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,13 +49,7 @@ def sio(*args) -> object:
 
 @pytest.fixture(scope="module")
 def real_set(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sets") / "real"
-    rng = np.random.default_rng(0)
-    with grey_writer(folder, "real", ("a", "b"), 8) as writer:
-        for i in range(16):
-            image = rng.integers(0, 60, (8, 8)) + 150 * (i % 2)
-            writer.write(f"real-{i:04d}", image.astype(np.uint8), i % 2, {"i": i})
-    return folder
+    return two_class_set(tmp_path_factory.mktemp("sets") / "real")
 
 
 @pytest.fixture
