@@ -50,18 +50,21 @@
    the machine and the load average.
 
 7. Transfer (``python benchmarks/loader.py transfer [rounds] [num_real]``): what the main
-   process receives through 1 and 2 DataLoader workers, batches sent ``Packed`` (one shared
-   buffer) or tensor by tensor (``Unpacked``, as before), alternating.
+   process receives through 1 and 2 DataLoader workers, batches sent through the worker's ring
+   of shared slots (today's), each in a new shared segment (``Packed``, before the ring) or
+   tensor by tensor (``Unpacked``, before that), alternating.
 
 Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
-Usage: python benchmarks/loader.py [rounds] [num_real]
+Usage: python benchmarks/loader.py [rounds] [num_real]; ... transfer [rounds] [num_real] [steps]
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -82,8 +85,9 @@ from sio.train.augment import random_crop_flip
 from sio.train.config import TrainConfig
 from sio.train.loop import StepContext, Steps, train_epoch
 from sio.train.resident import ResidentBatches, load_resident
+from sio.train.ring import SlotRing
 from sio.train.sources import ShardSource
-from sio.train.stream import MixedBatches, MixSpec, Packed, SharedEpoch
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 from sio.train.trainer import Objective, batch_spec, build_objective
 
 BATCH, N_REAL, N_SYN = 128, 102, 26  # alpha = 0.8
@@ -690,60 +694,136 @@ def report_peers(results: list[dict], num_real: int, versions, prepared, load) -
     )
 
 
-class Unpacked(MixedBatches):
-    """MixedBatches as a worker sent them before ``Packed``: each tensor shared on its own."""
+class _AsIs:
+    @staticmethod
+    def pack(batch: dict) -> dict:
+        return batch
 
-    def __iter__(self):
-        for batch in super().__iter__():
-            yield batch.batch if isinstance(batch, Packed) else batch
+
+class Unpacked(MixedBatches):
+    """MixedBatches as a worker sent them before issue 25: each tensor shared on its own."""
+
+    def ring(self):
+        return _AsIs()
+
+
+class Packed(MixedBatches):
+    """MixedBatches as a worker sent them before the ring: each batch's tensors in one new
+    shared segment, its descriptor passed with every batch (a fresh ring per batch)."""
+
+    def ring(self):
+        return SlotRing()
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (DataLoader workers, once shut down)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def transfer_measure(kind, spec: MixSpec, workers: int) -> dict:
+    """images/s the main process receives, and CPU microseconds per batch of the main process
+    (all its threads) and of the workers (their whole lives, shut down and reaped here)."""
+    batches = kind(spec, SharedEpoch(0))
+    if workers:
+        batches = DataLoader(batches, batch_size=None, num_workers=workers)
+    before = children_cpu()
+    wall, cpu, images = timed(batches, 10)
+    del batches
+    gc.collect()  # the DataLoader's iterator is gone: its workers are joined
+    count = images // BATCH
+    return {
+        "images_per_s": images / wall,
+        "main_cpu_us": 1e6 * cpu / count,
+        "worker_cpu_us": 1e6 * (children_cpu() - before) / (count + 10),
+    }
+
+
+TRANSFER_KINDS = {"ring": MixedBatches, "packed": Packed, "unpacked": Unpacked}
 
 
 def transfer_only(rounds: int, num_real: int, steps: int = 300) -> None:
     """``python benchmarks/loader.py transfer [rounds] [num_real]``: images per second the
-    main process receives through a DataLoader of 1 and 2 workers (records, decoded cache
-    warm, ``steps`` batches after 10), batches sent ``Packed`` or tensor by tensor, alternating;
-    and what one process makes on its own, for scale."""
+    main process receives through a DataLoader of 1 and 2 workers (PNG and records, decoded
+    cache warm, ``steps`` batches after 10), batches sent through the ring, ``Packed`` or
+    tensor by tensor, alternating; what one process makes on its own, for scale; and the CPU
+    time per batch of the main process and of the workers (what a quiet machine's rate and
+    the 16-worker model follow from, less moved by other load than wall time)."""
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         sets = make_sets(root, num_real, 32, 3)
         cache = str(root / "cache")
-        for _ in MixedBatches(spec_for(*sets["records"], 200, cache_dir=cache), SharedEpoch(0)):
-            pass
+        whole = math.ceil(max(num_real / N_REAL, num_real / 2 / N_SYN)) + 1
+        for encoding in ("png", "records"):  # one whole pass: the decoded cache is warm
+            for _ in MixedBatches(
+                spec_for(*sets[encoding], whole, cache_dir=cache), SharedEpoch(0)
+            ):
+                pass
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        rates, load = {}, [os.getloadavg()]
+        measured, load = {}, [os.getloadavg()]
+        variants = [
+            (encoding, name, workers)
+            for encoding in ("records", "png")
+            for name, workers in [("in-process", 0)]
+            + [(k, w) for w in (1, 2) for k in TRANSFER_KINDS]
+        ]
         for number in range(rounds):
-            variants = [("in-process", 0, MixedBatches)]
-            for workers in (1, 2):
-                variants += [("packed", workers, MixedBatches), ("unpacked", workers, Unpacked)]
-            for name, workers, kind in variants if number % 2 == 0 else variants[::-1]:
-                batches = kind(
-                    spec_for(*sets["records"], steps + 10, cache_dir=cache), SharedEpoch(0)
-                )
-                if workers:
-                    batches = DataLoader(batches, batch_size=None, num_workers=workers)
-                wall, _, images = timed(batches, 10)
-                rates.setdefault(f"{name}, {workers} workers", []).append(images / wall)
+            for encoding, name, workers in variants if number % 2 == 0 else variants[::-1]:
+                spec = spec_for(*sets[encoding], steps + 10, cache_dir=cache)
+                kind = TRANSFER_KINDS.get(name, MixedBatches)
+                got = transfer_measure(kind, spec, workers)
+                measured.setdefault(f"{encoding}, {name}, {workers} workers", []).append(got)
             load.append(os.getloadavg())
+            print(f"round {number + 1}/{rounds}, load {load[-1][0]:.2f}", flush=True)
         torch.set_num_threads(threads)
+    report_transfer(measured, num_real, steps, rounds, load)
+
+
+def quiet_rate(workers: int, worker_us: float, main_us: float, cores: int = 2) -> float:
+    """Images/s on ``cores`` otherwise idle cores from CPU time per batch: the main process
+    alone (no workers), else the least of the cores shared by workers and main process, the
+    workers' own rate and the main process's receive rate."""
+    if not workers:
+        return BATCH * 1e6 / main_us
+    return BATCH * 1e6 * min(cores / (worker_us + main_us), workers / worker_us, 1 / main_us)
+
+
+def report_transfer(measured: dict, num_real: int, steps: int, rounds: int, load) -> None:
+    def med(key, field):
+        return statistics.median(m[field] for m in measured[key])
+
     lines = [
-        f"Transfer: {num_real:,} real + {num_real // 2:,} synthetic records, B = {BATCH}, "
-        f"{steps} batches per measurement, n = {rounds} rounds, load average (1 min) "
-        f"{min(a[0] for a in load):.2f} to {max(a[0] for a in load):.2f}",
+        f"Transfer: {num_real:,} real + {num_real // 2:,} synthetic, decoded cache warm, "
+        f"B = {BATCH}, {steps} batches per measurement, n = {rounds} rounds, load average "
+        f"(1 min) {min(a[0] for a in load):.2f} to {max(a[0] for a in load):.2f}",
         "",
-        "| path | images/s received by the main process (median) | all rounds |",
-        "|---|---:|---|",
+        "| path | images/s received (median) | main process CPU us/batch | workers' CPU us/batch "
+        "| 2-core quiet model, images/s |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for key, values in rates.items():
-        shown = ", ".join(f"{v:,.0f}" for v in values)
-        lines.append(f"| {key} | {statistics.median(values):,.0f} | {shown} |")
+    for key in measured:
+        main, worker = med(key, "main_cpu_us"), med(key, "worker_cpu_us")
+        model = quiet_rate(int(key.split(", ")[-1].split()[0]), worker, main)
+        lines.append(
+            f"| {key} | {med(key, 'images_per_s'):,.0f} | {main:,.0f} | "
+            f"{worker:,.0f} | {model:,.0f} |"
+        )
     lines.append("")
-    for workers in (1, 2):
-        packed, unpacked = (rates[f"{k}, {workers} workers"] for k in ("packed", "unpacked"))
-        ratio = statistics.median(a / b for a, b in zip(packed, unpacked, strict=True))
-        lines.append(f"packed / unpacked, {workers} workers: {ratio:.2f} (median of rounds)")
+    for encoding in ("records", "png"):
+        for workers in (1, 2):
+            ring = measured[f"{encoding}, ring, {workers} workers"]
+            for name in ("packed", "unpacked"):
+                other = measured[f"{encoding}, {name}, {workers} workers"]
+                ratio = statistics.median(
+                    a["main_cpu_us"] / b["main_cpu_us"] for a, b in zip(ring, other, strict=True)
+                )
+                lines.append(
+                    f"{encoding}, {workers} workers: main process CPU per batch, ring / {name}: "
+                    f"{ratio:.2f} (median of rounds)"
+                )
     print("\n".join(lines))
-    save_section("transfer", {"rates": rates, "load_average": load, "steps": steps})
+    save_section("transfer", {"measured": measured, "load_average": load, "steps": steps})
 
 
 def coverage_only() -> None:

@@ -14,6 +14,9 @@ The other checkout is any commit of this repository, e.g. the one before the str
 (``git worktree add /tmp/before eb17ef7^``); give its folder. Writes
 benchmarks/results/loader_ab.json (``--out``) after every process, "complete": false until the
 end. Usage: python benchmarks/loader_ab.py OTHER [--processes 3] [--rounds 2] [--num-real N]
+[--what round|scaling] (scaling: later-pass PNG, records and resident in one process, and PNG and
+records through 1 and 2 DataLoader workers, the decoded cache warm). An exported tree works as
+OTHER too (``git archive HEAD | tar -x -C /tmp/before``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,57 @@ print(json.dumps({path: [r[path][0] for r in rounds] for path in rounds[0]}))
 """
 
 
+# --what scaling: per worker (one process: later-pass PNG, records, resident) and what the main
+# process receives through 1 and 2 DataLoader workers, decoded cache warm, alternating paths
+SCALING = """
+import json, sys, tempfile
+from pathlib import Path
+checkout, rounds, num_real = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.path[:0] = [checkout, checkout + "/benchmarks"]
+import torch
+from torch.utils.data import DataLoader
+import loader
+from sio.train.resident import ResidentBatches
+from sio.train.stream import MixedBatches, SharedEpoch
+STEPS, WARMUP = 300, 12
+PATHS = [("resident", 0), ("records", 0), ("png", 0), ("records", 1), ("records", 2),
+         ("png", 1), ("png", 2)]
+with tempfile.TemporaryDirectory() as scratch:
+    root = Path(scratch)
+    sets = loader.make_sets(root, num_real, 32, 3)
+    resident = loader.resident_of(sets)
+    cache = str(root / "cache")
+    whole = -(-max(num_real // loader.N_REAL, num_real // 2 // loader.N_SYN)) + 2
+    for encoding in ("png", "records"):  # one whole pass of both sets: the cache is warm
+        for _ in MixedBatches(loader.spec_for(*sets[encoding], whole, cache_dir=cache),
+                              SharedEpoch(0)):
+            pass
+    torch.set_num_threads(1)
+
+    def measure(path, workers):
+        spec = loader.spec_for(*sets["records" if path == "resident" else path],
+                               STEPS + WARMUP, cache_dir=cache)
+        if path == "resident":
+            counts = {"real": (loader.N_REAL,), "synthetic": (loader.N_SYN,)}
+            batches = ResidentBatches(spec, SharedEpoch(0), resident, counts)
+        else:
+            batches = MixedBatches(spec, SharedEpoch(0))
+            if workers:
+                batches = DataLoader(batches, batch_size=None, num_workers=workers)
+        wall, cpu, images = loader.timed(batches, WARMUP)
+        return images / wall, images / cpu
+
+    out = {}
+    for number in range(rounds):
+        for path, workers in PATHS if number % 2 == 0 else PATHS[::-1]:
+            wall, cpu = measure(path, workers)
+            out.setdefault(f"{path} w{workers}", []).append(wall)
+            if not workers:  # one process: images per CPU second too (less moved by load)
+                out.setdefault(f"{path} w0 per CPU-s", []).append(cpu)
+print(json.dumps(out))
+"""
+
+
 def git_head(checkout: Path) -> str:
     """The checkout's commit (and "+changes" when its work tree differs from it)."""
 
@@ -62,15 +116,19 @@ def git_head(checkout: Path) -> str:
             ["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True
         ).stdout.strip()
 
+    if not (checkout / ".git").exists():  # an exported tree (git archive): its folder
+        return checkout.name
     commit = git("rev-parse", "--short", "HEAD")
     return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def one_process(checkout: Path, rounds: int, num_real: int) -> dict[str, list[float]]:
+def one_process(
+    checkout: Path, rounds: int, num_real: int, code: str = ONE_PROCESS
+) -> dict[str, list[float]]:
     """images/s per path over ``rounds`` rounds, measured in a fresh process of ``checkout``."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     done = subprocess.run(
-        [sys.executable, "-c", ONE_PROCESS, str(checkout), str(rounds), str(num_real)],
+        [sys.executable, "-c", code, str(checkout), str(rounds), str(num_real)],
         capture_output=True,
         text=True,
         env=env,
@@ -125,6 +183,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="loader rounds per process")
     parser.add_argument("--num-real", type=int, default=20_000)
     parser.add_argument("--out", default="loader_ab.json", help="file name in benchmarks/results")
+    parser.add_argument(
+        "--what",
+        choices=("round", "scaling"),
+        default="round",
+        help="round: loader.py's loader_round; scaling: per worker and 1, 2 DataLoader workers",
+    )
     args = parser.parse_args()
     other = args.other.resolve()
     if not (other / "benchmarks" / "loader.py").is_file():
@@ -138,6 +202,7 @@ def main() -> None:
         "processes": args.processes,
         "rounds_per_process": args.rounds,
         "num_real": args.num_real,
+        "what_measured": args.what,
         "load_before": os.getloadavg(),
         "runs": [],
         "complete": False,
@@ -146,7 +211,8 @@ def main() -> None:
         for name in ("this", "other") if k % 2 == 0 else ("other", "this"):
             folder, commit = who[name]
             start = time.perf_counter()
-            rates = one_process(folder, args.rounds, args.num_real)
+            code = SCALING if args.what == "scaling" else ONE_PROCESS
+            rates = one_process(folder, args.rounds, args.num_real, code)
             result["runs"].append({"who": name, "checkout": commit, "images_per_s": rates})
             medians = ", ".join(f"{p} {statistics.median(v):,.0f}" for p, v in rates.items())
             print(f"process {k + 1} {name} ({commit}): {medians} "

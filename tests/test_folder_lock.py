@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from sio.cli import get_cli
-from sio.core.lock import LOCK_FILE, FolderBusy, hold_folder
+from sio.core.lock import LOCK_FILE, FolderBusy, FolderLock, hold_folder
 
 from .shardsets import two_class_set
 
@@ -196,3 +196,45 @@ def test_the_ranks_of_one_torchrun_share_the_folder(tmp_path, monkeypatch):
             hold_folder(out, timeout_s=0.1),
         ):
             pass
+
+
+def test_a_failed_train_or_evaluate_leaves_no_lock_files(tmp_path, real_set):
+    """A job that fails holding its --out (here: its input is no shard set, no checkpoint)
+    lets the lock go and removes ``.lock`` and ``.lock.gate``; one that ends keeps its record."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(TRAIN_CONFIG)
+    runner = CliRunner()
+    train_out = tmp_path / "train"
+    result = runner.invoke(get_cli(), train_args(tmp_path / "no-set", train_out, config))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert list(train_out.iterdir()) == []
+    evaluate_out = tmp_path / "evaluate"
+    args = ["evaluate", "--run", str(tmp_path), "--benchmark", str(tmp_path)]
+    result = runner.invoke(get_cli(), [*args, "--out", str(evaluate_out)])
+    assert result.exit_code == 1, result.output
+    assert list(evaluate_out.iterdir()) == []
+    with hold_folder(tmp_path / "done"):
+        pass
+    assert (tmp_path / "done" / LOCK_FILE).is_file()
+
+
+def test_the_last_rank_removes_the_lock_files_and_a_late_opener_takes_the_lock_anew(tmp_path):
+    """Removal waits for the last holder of a run; a job that opened the lock file before it was
+    removed holds the lock at the path afterwards, so a third job is refused (not granted a
+    second lock on a new file)."""
+    out = tmp_path / "run"
+    ranks = [FolderLock(out, "launch-a"), FolderLock(out, "launch-a")]
+    for rank in ranks:
+        rank.acquire()
+    early = FolderLock(out, "launch-b")  # opens the lock file now
+    ranks[0].release(remove=True)
+    assert (out / LOCK_FILE).is_file()  # rank 1 holds it still
+    ranks[1].release(remove=True)
+    assert not (out / LOCK_FILE).exists() and not (out / f"{LOCK_FILE}.gate").exists()
+    early.acquire()
+    third = FolderLock(out, "launch-c")
+    with pytest.raises(FolderBusy, match=f"pid {os.getpid()} on host"):
+        third.acquire(timeout_s=0.1)
+    early.release(remove=True)
+    third.acquire(timeout_s=0.1)
+    third.release()

@@ -298,3 +298,29 @@ def test_the_log_counts_shards_and_the_summary_names_the_cache(tmp_path, capsys)
     assert cached > 0
     summary = f", shards 3 read, 3 decoded, {cached} from the decoded cache, checkpoint"
     assert summary in capsys.readouterr().out
+
+
+def test_resident_sets_load_through_the_decoded_cache(sets, tmp_path, monkeypatch):
+    """Given the run's fetcher, resident mode maps the decoded cache: the same images, labels
+    and keys as decoding the shards, and a second load decodes nothing."""
+    import torch
+
+    from sio.train.cache import Fetcher
+    from sio.train.resident import load_resident
+    from sio.train.sources import ShardSource
+
+    source = ShardSource.open(Path(sets["real-png"][0]).parent)
+    decoded_here = load_resident(source, "cpu")  # no fetcher: decoded in this process
+    cache = str(tmp_path / "cache")
+    first = load_resident(source, "cpu", Fetcher(cache, None, 60.0))
+    assert len(list((tmp_path / "cache").glob("*.rows"))) == len(source.urls)
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(rowcache, "decode_shard", no_decoding)
+    again = load_resident(source, "cpu", Fetcher(cache, None, 60.0))
+    for loaded in (first, again):
+        assert torch.equal(loaded.images, decoded_here.images)
+        assert torch.equal(loaded.labels, decoded_here.labels)
+        assert loaded.keys == decoded_here.keys

@@ -12,16 +12,10 @@ from torch.utils.data import DataLoader
 
 from sio.shardset import shard_urls
 from sio.train.augment import random_crop_flip
+from sio.train.compose import augment_part, compose_order
 from sio.train.passes import slice_start
-from sio.train.stream import (
-    MixedBatches,
-    MixSpec,
-    Packed,
-    SharedEpoch,
-    augment_part,
-    checked,
-    compose_order,
-)
+from sio.train.ring import SlotRing
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, checked
 
 from .shardsets import grey_writer
 
@@ -360,7 +354,7 @@ def test_a_composed_batch_is_its_parts_augmented_then_composed(
             resized_crop=resized_crop,
         )
         stream = MixedBatches(spec, SharedEpoch(0))
-        readers, sources = stream.readers(), stream.sources
+        readers, sources = stream.readers(), stream.streams
         for step in range(11):
             augmented = []
             for name in ("real", "synthetic"):
@@ -373,10 +367,10 @@ def test_a_composed_batch_is_its_parts_augmented_then_composed(
             assert torch.equal(stream.batch(step)["images"], expected), (seed, step)
 
 
-def test_a_packed_batch_arrives_as_the_same_dict():
-    """A worker sends its batch Packed (its tensors in one shared buffer); what arrives is the
-    same dict: keys in order, each tensor of its dtype, shape, strides and bytes, the rest as
-    it was (a non-contiguous tensor travels on its own)."""
+def test_a_batch_sent_through_a_slot_arrives_as_the_same_dict():
+    """A worker sends its batch through a slot of its ring (its tensors in one shared slot);
+    what arrives is the same dict: keys in order, each tensor of its dtype, shape, strides and
+    bytes, the rest as it was (a non-contiguous tensor travels on its own)."""
     batch = {
         "labels": torch.arange(7),
         "is_synthetic": torch.tensor([True, False] * 3 + [True]),
@@ -388,7 +382,7 @@ def test_a_packed_batch_arrives_as_the_same_dict():
         "transposed": torch.ones(2, 3).t(),
         "faults": [],
     }
-    back = pickle.loads(pickle.dumps(Packed(batch)))
+    back = pickle.loads(pickle.dumps(SlotRing().pack(batch)))
     assert list(back) == list(batch)
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):

@@ -13,7 +13,6 @@ used files (``*.tar`` and ``*.rows``) are removed, never the one just written.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sio.core.files import atomic_path, stale_temporaries
+from sio.core.lock import exclusive
 from sio.core.storage import TooLarge, fetch_bytes, is_url
 from sio.shardset import ShardError, check_shard_bytes
 
@@ -69,20 +69,14 @@ def cache_file(folder: Path, sha256: str, suffix: str) -> Path:
 
 @contextmanager
 def locked(path: Path, wait: bool = True):
-    """An exclusive flock on ``<path>.lock``, yielding True once held (``wait=False``: False at
-    once if another process holds it); its holder removes ``path``'s stale temporaries."""
-    with open(path.with_name(path.name + ".lock"), "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
+    """``sio.core.lock.exclusive`` on ``<path>.lock``, yielding True once held (``wait=False``:
+    False at once if another process holds it); its holder removes ``path``'s stale
+    temporaries."""
+    with exclusive(path.with_name(path.name + ".lock"), wait) as held:
+        if held:
             for stale in stale_temporaries(path.parent, f"{path.name}.*"):
                 stale.unlink(missing_ok=True)
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield held
 
 
 def touch(path: Path) -> None:
@@ -95,8 +89,7 @@ def evict(folder: Path, limit: int | None, keep: Path) -> None:
     """Remove the least recently used cache files beyond ``limit`` bytes, never ``keep``."""
     if limit is None:
         return
-    with open(folder / ".evict.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with exclusive(folder / ".evict.lock"):
         files = []
         for pattern in CACHED:
             for path in folder.glob(pattern):
@@ -168,9 +161,15 @@ class Fetcher:
     """A process's way to a shard's bytes: the local file, or the node cache / the network;
     ``fetched`` counts the bytes it took from the network."""
 
-    def __init__(self, cache_dir: str | None, cache_limit: int | None, read_timeout: float):
+    def __init__(
+        self,
+        cache_dir: str | None,
+        cache_limit: int | None,
+        read_timeout: float,
+        fetch_deadline: float | None = None,
+    ):
         self.cache_dir, self.cache_limit = cache_dir, cache_limit
-        self.read_timeout = read_timeout
+        self.read_timeout, self.fetch_deadline = read_timeout, fetch_deadline
         self.fetched = 0
         self._cache = None
 
@@ -197,7 +196,9 @@ class Fetcher:
 
     def _fetch(self, url: str) -> bytes:
         try:
-            return fetch_bytes(url, self.read_timeout, limit=MAX_SHARD_BYTES)
+            return fetch_bytes(
+                url, self.read_timeout, limit=MAX_SHARD_BYTES, deadline_s=self.fetch_deadline
+            )
         except FileNotFoundError as err:
             raise ShardError(f"{url}: shard listed in the manifest is missing ({err})") from None
         except TooLarge as err:

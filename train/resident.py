@@ -17,16 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sio.shardset import Check, ShardError, ShardRef, decode_shard
-from sio.train.cache import Fetcher
+from sio.shardset import Check, ShardError, ShardRef
+from sio.train.cache import Fetcher, cache_folder
+from sio.train.compose import assemble
 from sio.train.passes import PassOrders, slice_start
+from sio.train.rowcache import ShardLoader
 from sio.train.sources import ShardSource
-from sio.train.stream import (
-    MixSpec,
-    SharedEpoch,
-    assemble,
-    resolve_sources,
-)
+from sio.train.spec import MixSpec, resolve_streams
+from sio.train.stream import SharedEpoch
 
 HOST_SHARE, GPU_SHARE = 0.8, 0.5  # of the available host memory, of the free GPU memory
 
@@ -61,24 +59,29 @@ def check_fits(nbytes: int, device, what: str) -> None:
 
 def load_resident(source: ShardSource, device, fetcher: Fetcher | None = None) -> ResidentSet:
     """Every image, label and key of a shard set (either encoding, any location), read once,
-    each shard checked against the manifest's sha256, labels and image shape."""
+    each shard checked against the manifest's sha256, labels and image shape. Given the run's
+    ``fetcher`` (the trainer's), shards come through the node's decoded cache under its
+    ``cache_dir`` (rowcache.py): a PNG set is decoded once per node, not once per run."""
     manifest = source.manifest
     count, channels = manifest.num_samples, manifest.channels
     shape = (count, channels, *manifest.image_size)
     check_fits(int(np.prod(shape)), device, source.location)
+    decoded = cache_folder(fetcher.cache_dir) if fetcher is not None else None
     fetcher = fetcher or Fetcher(None, None, 600.0)
+    loader = ShardLoader(fetcher, decoded, fetcher.cache_limit)
     check = Check(channels, tuple(manifest.image_size), len(manifest.class_names))
     images, labels, keys = np.empty(shape, np.uint8), np.empty(count, np.int64), []
     filled = 0
     for url, shard in zip(source.urls, manifest.shards, strict=True):
-        data = fetcher.read(url, shard.sha256)
         ref = ShardRef(url, shard.num_samples, shard.sha256 or "")
-        loaded = decode_shard(ref, data, manifest.encoding, check)
-        for index in range(shard.num_samples):
-            if filled >= count:
-                raise ShardError(f"{url}: more samples than the manifest lists")
-            images[filled], labels[filled] = loaded.sample(index)
-            filled += 1
+        loaded = loader.load(ref, manifest.encoding, check)
+        if filled + len(loaded.keys) > count:
+            raise ShardError(f"{url}: more samples than the manifest lists")
+        for index in loaded.broken:
+            loaded.sample(index)  # its ShardError
+        end = filled + len(loaded.keys)
+        images[filled:end], labels[filled:end] = loaded.images, loaded.labels
+        filled = end
         keys += loaded.keys.tolist()
     return ResidentSet(
         torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device), tuple(keys)
@@ -95,25 +98,25 @@ class ResidentBatches:
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch, sets: dict, counts: dict):
         self.spec, self.epoch, self.sets, self.counts = spec, epoch, sets, counts
-        self.sources = resolve_sources(spec, counts)
+        self.streams = resolve_streams(spec, counts)
         self.device = next(iter(sets.values())).images.device
-        self.orders = {name: PassOrders(s.layout, spec.seed) for name, s in self.sources.items()}
+        self.orders = {name: PassOrders(s.layout, spec.seed) for name, s in self.streams.items()}
 
     def __len__(self) -> int:
         return self.spec.steps_per_epoch
 
     def _take(self, name: str, step: int):
-        source, data = self.sources[name], self.sets[name]
-        start = slice_start(step, source.shares, self.spec.rank)
-        _, ids = self.orders[name].positions(start, source.shares[self.spec.rank])
+        stream, data = self.streams[name], self.sets[name]
+        start = slice_start(step, stream.shares, self.spec.rank)
+        _, ids = self.orders[name].positions(start, stream.shares[self.spec.rank])
         index = torch.from_numpy(ids).to(data.images.device)
         keys = [data.keys[i] for i in ids.tolist()] if data.keys else []
         # index_select: see assemble's note on torch's advanced indexing of uint8 batches
         return data.images.index_select(0, index), data.labels.index_select(0, index), keys
 
     def batch(self, step: int) -> dict:
-        parts = {name: self._take(name, step) for name in self.sources}
-        batch = assemble(self.spec, self.sources, parts, step)
+        parts = {name: self._take(name, step) for name in self.streams}
+        batch = assemble(self.spec, self.streams, parts, step)
         return {**batch, "faults": [], "fetched": 0}
 
     def __iter__(self):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -103,10 +104,11 @@ def open_rows(path: Path, sha256: str) -> Rows:
         rows_at, labels_at, keys_at, size = _layout(handle.tell(), shape, head["keys"])
         if stat.st_size != size:
             raise StaleRows(f"{stat.st_size} bytes, its header says {size} (cut short?)")
-        images = np.memmap(handle, np.uint8, "r", rows_at, shape)
-        labels = np.memmap(handle, "<i8", "r", labels_at, (shape[0],))
-        handle.seek(keys_at)
-        keys = handle.read(head["keys"])
+        # plain arrays over one read-only map (np.memmap's subclass costs ~5 us per index)
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        images = np.frombuffer(mapped, np.uint8, int(np.prod(shape)), rows_at).reshape(shape)
+        labels = np.frombuffer(mapped, "<i8", shape[0], labels_at)
+        keys = bytes(mapped[keys_at:size])
     identity = (stat.st_dev, stat.st_ino, stat.st_size)
     if identity not in _VERIFIED:
         if _crc(images, labels, keys) != head["crc32"]:

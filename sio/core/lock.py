@@ -105,16 +105,24 @@ class FolderLock:
             time.sleep(0.05)
 
     def _take_gate(self):
-        handle = open(self.gate_path, "a+b")  # noqa: SIM115 - closed by the caller
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        """The gate's file, held exclusively, or None while another job holds it. A gate that
+        its last holder removed after this opened it is opened again (``release``)."""
+        while True:
+            handle = open(self.gate_path, "a+b")  # noqa: SIM115 - closed by the caller
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return None
+            if _is_at(handle, self.gate_path):
+                return handle
             handle.close()
-            return None
-        return handle
 
     def _try_lock(self, on_first) -> bool:
         """With the gate held: the lock taken (first, or joining this run), else False."""
+        if not _is_at(self.file, self.path):  # removed by its last holder since it was opened
+            self.file.close()
+            self.file = open(self.path, "a+")  # noqa: SIM115 - held for the job's lifetime
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,10 +170,43 @@ class FolderLock:
             return {}
         return holder if isinstance(holder, dict) else {}
 
-    def release(self) -> None:
-        if not self.file.closed:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
+    def release(self, remove: bool = False) -> None:
+        """Let the lock go; with ``remove``, the last holder (no other rank of its run holds
+        it, no job is taking it) also deletes the lock and gate files, so a failed job leaves
+        nothing of its lock in the folder. A job that opened either file before it
+        went takes the lock anew (``_take_gate``, ``_try_lock``: under the gate, the files are
+        checked to be the ones at their paths)."""
+        if self.file.closed:
+            return
+        if remove:
+            self._remove()
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+    def _remove(self) -> None:
+        gate = self._take_gate()
+        if gate is None:  # another job is taking the lock now: it stays
+            return
+        try:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # other ranks of this run hold it still
+            if _is_at(self.file, self.path):
+                self.path.unlink(missing_ok=True)
+            self.gate_path.unlink(missing_ok=True)  # while held: a job that opened it retries
+        finally:
+            gate.close()
+
+
+def _is_at(handle, path: Path) -> bool:
+    """Whether the open file ``handle`` is the file at ``path`` (not one removed since)."""
+    try:
+        at = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (mine.st_dev, mine.st_ino) == (at.st_dev, at.st_ino)
 
 
 def describe_holder(holder: dict) -> str:
@@ -202,6 +243,8 @@ def hold_folder(
 ) -> Iterator[None]:
     """Hold ``folder``'s lock (created if need be) for the block; another job's block on it is
     refused (``FolderBusy``). Nested in one thread on the same folder, only the outer one locks.
+    A block that raises removes the lock's files (``.lock``, ``.lock.gate``) as it lets them go,
+    unless another rank of its run or another job is at them; one that ends keeps its record.
     ``on_first(folder)`` runs in the first writer of a run, with the lock held exclusively."""
     folder = Path(folder)
     # realpath, not Path.resolve: a symbolic link loop is then the OSError (ELOOP) of making the
@@ -213,8 +256,28 @@ def hold_folder(
     lock = FolderLock(folder, run_id())
     lock.acquire(timeout_s, on_first=None if on_first is None else lambda: on_first(folder))
     _held.add(key)
+    failed = True
     try:
         yield
+        failed = False
     finally:
         _held.discard(key)
-        lock.release()
+        lock.release(remove=failed)  # a failed job leaves no lock files behind
+
+
+@contextmanager
+def exclusive(path: str | Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on the file ``path`` (created if need be) for the block, yielding True
+    once held; with ``wait=False``, False at once when another process holds it. Unlike
+    ``FolderLock`` nothing is recorded in the file: it is the short lock of one cache entry (the
+    kernel drops it when its holder dies)."""
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -140,7 +140,10 @@ def open_destination(url: str | Path, staging: str | Path | None = None):
 # --- reading: local paths, s3:// and http(s):// URLs, streamed --------------------------------
 
 REMOTE_SCHEMES = ("s3://", "http://", "https://")
-HTTP_TIMEOUT_S = 60
+HTTP_TIMEOUT_S = 60  # seconds one read of a socket may wait for a byte
+# seconds one fetch of a whole object may take (``fetch_bytes``): a server that trickles a byte
+# at a time never trips the per-read timeout; 300 s reads a 4 GiB shard at ~14 MB/s
+FETCH_DEADLINE_S = 300.0
 
 
 def is_url(location: str | Path) -> bool:
@@ -219,6 +222,11 @@ class TransientError(ConnectionError):
     """A remote error worth another try (HTTP 429 or 5xx, a connection closed early)."""
 
 
+class FetchDeadline(TimeoutError):
+    """One fetch of an object took longer than its deadline (a trickling or stalled server):
+    a transport fault, retried by ``fetch_bytes`` like any other."""
+
+
 class RefusedError(PermissionError):
     """An HTTP server answered and refused (4xx other than 404 and 429: credentials, permission,
     a bad request): no wait fixes it, so it is raised at once. S3 errors are waited out: a
@@ -230,7 +238,10 @@ class ResumingStream(io.RawIOBase):
     request starting at byte ``offset``; a transient error while opening or reading is retried
     (up to ``read_attempts()`` tries, short exponential back-off) from the current byte, so a
     dropped connection costs one ranged request, not the shard. ``open_attempts`` bounds the
-    tries of the first request alone (1 for a mirror, whose failure moves on to the next)."""
+    tries of the first request alone (1 for a mirror, whose failure moves on to the next).
+    Past ``deadline`` (a ``time.monotonic()`` instant) the next read or open raises
+    ``FetchDeadline``; a body is read a piece at a time (``read1``: one socket read), so a
+    trickle cannot hold a read past it."""
 
     def __init__(
         self,
@@ -238,10 +249,11 @@ class ResumingStream(io.RawIOBase):
         opener,
         transient: tuple[type[BaseException], ...],
         open_attempts: int | None = None,
+        deadline: float | None = None,
     ):
         super().__init__()
         self.url, self._opener, self._transient = url, opener, transient
-        self.pos = 0
+        self.pos, self.deadline, self.size = 0, deadline, None
         self._body, self.size = self._open_at(0, open_attempts or read_attempts())
 
     def readable(self) -> bool:
@@ -252,15 +264,24 @@ class ResumingStream(io.RawIOBase):
             raise OSError(f"{self.url}: {what} failed {attempt} times: {err!r}") from err
         time.sleep(min(0.05 * 2**attempt, 1.0))
 
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            total = "" if self.size is None else f" of {self.size:,}"
+            raise FetchDeadline(
+                f"{self.url}: not read within its fetch deadline ({self.pos:,}{total} bytes)"
+            )
+
     def _open_at(self, offset: int, attempts: int | None = None):
         for attempt in itertools.count(1):
+            self._check_deadline()
             try:
                 return self._opener(offset)
             except self._transient as err:
                 self._backoff(attempt, err, f"opening at byte {offset}", attempts)
 
     def _read(self, size: int) -> bytes:
-        data = self._body.read(size)
+        read1 = getattr(self._body, "read1", None)
+        data = read1(size) if read1 is not None else self._body.read(size)
         if not data and size and self.size is not None and self.pos < self.size:
             raise TransientError(f"connection closed at byte {self.pos} of {self.size}")
         return data
@@ -268,6 +289,7 @@ class ResumingStream(io.RawIOBase):
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         for attempt in itertools.count(1):
+            self._check_deadline()
             try:
                 data = self._read(len(view))
                 break
@@ -285,15 +307,18 @@ class ResumingStream(io.RawIOBase):
         super().close()
 
 
-def _http_opener(url: str):
+def _http_opener(url: str, deadline: float | None = None):
     import urllib.error
     import urllib.request
 
     def open_at(offset: int):
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         request = urllib.request.Request(url, headers=headers)
+        timeout = HTTP_TIMEOUT_S  # per socket read; a silent server is cut at the deadline
+        if deadline is not None:
+            timeout = min(timeout, max(deadline - time.monotonic(), 0.01))
         try:
-            response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
+            response = urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as err:
             if err.code == 404:
                 raise FileNotFoundError(f"{url}: not found (HTTP 404)") from None
@@ -371,34 +396,36 @@ def open_url(
     mode: str = "rb",
     bufsize: int = 1 << 20,
     open_attempts: int | None = None,
+    deadline: float | None = None,
     **_,
 ):
     """A buffered binary reader of a local file, an ``s3://`` object or an ``http(s)://`` URL;
     remote objects are streamed (never downloaded whole first). The signature is webdataset's
     ``gopen`` handler's. Of a list of mirrors, the first that opens (a transport error moves
     on to the next; 404s and refusals are raised at once), in up to ``read_attempts()`` rounds;
-    a connection dropped later resumes on the same mirror."""
+    a connection dropped later resumes on the same mirror. ``deadline``: see ResumingStream."""
     if mode != "rb":
         raise ValueError(f"{location}: sio opens shards for reading only (mode {mode!r})")
     urls = mirrors(location)
     if len(urls) > 1:
-        return _open_mirrors(urls, bufsize, open_attempts or read_attempts())
+        return _open_mirrors(urls, bufsize, open_attempts or read_attempts(), deadline)
     location = urls[0]
     if location.startswith("s3://"):
-        raw = ResumingStream(location, _s3_opener(location), _s3_transient(), open_attempts)
+        opener, transient = _s3_opener(location), _s3_transient()
     elif is_url(location):
-        raw = ResumingStream(location, _http_opener(location), _http_transient(), open_attempts)
+        opener, transient = _http_opener(location, deadline), _http_transient()
     else:
         return open(location, "rb", buffering=max(bufsize, 8192))  # noqa: SIM115
+    raw = ResumingStream(location, opener, transient, open_attempts, deadline)
     return io.BufferedReader(raw, buffer_size=max(bufsize, 1 << 16))
 
 
-def _open_mirrors(urls: tuple[str, ...], bufsize: int, rounds: int):
+def _open_mirrors(urls: tuple[str, ...], bufsize: int, rounds: int, deadline=None):
     errors = []
     for attempt in range(1, rounds + 1):
         for url in urls:
             try:
-                return open_url(url, bufsize=bufsize, open_attempts=1)
+                return open_url(url, bufsize=bufsize, open_attempts=1, deadline=deadline)
             except (FileNotFoundError, RefusedError):
                 raise
             except OSError as err:
@@ -413,12 +440,17 @@ class TooLarge(ValueError):
 
 
 def read_bytes(
-    location: str | Path, open_attempts: int | None = None, limit: int | None = None
+    location: str | Path,
+    open_attempts: int | None = None,
+    limit: int | None = None,
+    deadline_s: float | None = None,
 ) -> bytes:
     """The whole of a (small) local file or remote object, e.g. a manifest; with ``limit``, an
     object of more bytes is a TooLarge naming it, after reading at most ``limit`` + 1 bytes
-    (an endless body from a hostile server stops there)."""
-    with open_url(location, open_attempts=open_attempts) as stream:
+    (an endless body from a hostile server stops there); with ``deadline_s``, a remote object
+    not read within that many seconds is a ``FetchDeadline``."""
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    with open_url(location, open_attempts=open_attempts, deadline=deadline) as stream:
         if limit is None:
             return stream.read()
         pieces, held = [], 0
@@ -451,22 +483,32 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def fetch_bytes(url: str, timeout_s: float, say=_say, limit: int | None = None) -> bytes:
+def fetch_bytes(
+    url: str,
+    timeout_s: float,
+    say=_say,
+    limit: int | None = None,
+    deadline_s: float | None = None,
+) -> bytes:
     """The whole of a remote object, waiting out transport errors (connection refused or reset,
     timeouts, HTTP 429/5xx) with exponential back-off for up to ``timeout_s`` seconds, one
     "waiting for URL (attempt n)" line per retry; then a TransportError. A missing object
     (FileNotFoundError) is raised at once: that is the set's content, not the network; so is a
     refusal (``RefusedError``: credentials, permissions), which no wait fixes, and an object
-    over ``limit`` bytes (``TooLarge``, see ``read_bytes``).
+    over ``limit`` bytes (``TooLarge``, see ``read_bytes``). Each attempt must read the whole
+    object within ``deadline_s`` seconds (None: ``FETCH_DEADLINE_S``); past it the attempt is a
+    ``FetchDeadline``, a transport fault, said and retried like the others.
 
     Of a list of mirrors (``URL1/name,URL2/name``), each is tried in turn (one line per failure,
     "trying the next mirror"), and the wait comes only after a round in which all failed."""
     urls = mirrors(url)
     deadline = time.monotonic() + timeout_s
+    per_fetch = FETCH_DEADLINE_S if deadline_s is None else deadline_s
     for attempt in itertools.count(1):
         for k, one in enumerate(urls):
             try:
-                return read_bytes(one, open_attempts=1 if len(urls) > 1 else None, limit=limit)
+                attempts = 1 if len(urls) > 1 else None
+                return read_bytes(one, attempts, limit, deadline_s=per_fetch)
             except (FileNotFoundError, RefusedError):
                 raise
             except OSError as err:

@@ -1,0 +1,76 @@
+"""A worker's ring of shared slots (sio.train.ring) through a real DataLoader: a batch the main
+process holds is never overwritten, a dropped batch's slot is used again, and the main process
+maps each slot once."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from sio.train import ring
+from sio.train.ring import SlotRing
+
+BATCHES = 40
+
+
+def batch_of(number: int) -> dict:
+    return {
+        "images": torch.full((16, 3, 4, 4), number % 251, dtype=torch.uint8),
+        "labels": torch.arange(16) + number,
+        "step": number,
+        "keys": [f"k{number}-{i}" for i in range(16)],
+    }
+
+
+class Numbered(IterableDataset):
+    """``BATCHES`` batches, each sent through the worker's ring with the ring's slot count."""
+
+    def __iter__(self):
+        info = get_worker_info()
+        slots = SlotRing()
+        for number in range(info.id, BATCHES, info.num_workers):
+            packed = slots.pack(batch_of(number))
+            packed.rest.append(("slots", len(slots.slots)))
+            packed.order.append("slots")
+            yield packed
+
+
+def same(got: dict, number: int) -> bool:
+    want = batch_of(number)
+    return (
+        torch.equal(got["images"], want["images"])
+        and torch.equal(got["labels"], want["labels"])
+        and got["step"] == number
+        and got["keys"] == want["keys"]
+    )
+
+
+def test_held_batches_stay_intact_and_slots_grow_only_while_held():
+    """Keeping every batch: each stays bitwise what was sent (a held slot is never reused), so
+    the ring grows to one slot per batch."""
+    kept = list(DataLoader(Numbered(), batch_size=None, num_workers=2))
+    assert [b["step"] for b in kept] == list(range(BATCHES))
+    assert all(same(batch, number) for number, batch in enumerate(kept))
+    assert max(b["slots"] for b in kept) == BATCHES // 2
+
+
+def test_a_dropped_batch_frees_its_slot_for_the_next():
+    """Dropping each batch before the next: a worker needs no more slots than the batches in
+    flight (the DataLoader's prefetch of 2, the one held, the one being written)."""
+    slots, steps = [], []
+    for batch in DataLoader(Numbered(), batch_size=None, num_workers=2, prefetch_factor=2):
+        assert same(batch, batch["step"])
+        slots.append(batch["slots"])
+        steps.append(batch["step"])
+    assert steps == list(range(BATCHES))
+    assert max(slots) <= 4, slots
+
+
+def test_the_main_process_maps_a_slot_once():
+    """After a slot's first use only its number crosses the queue: the main process's map of
+    the worker's slots holds as many entries as the worker has slots."""
+    ring._MAPPED.clear()
+    for batch in DataLoader(Numbered(), batch_size=None, num_workers=1, prefetch_factor=2):
+        last = batch["slots"]
+    (mapped,) = ring._MAPPED.values()
+    assert len(mapped) == last <= 4

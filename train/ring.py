@@ -1,0 +1,149 @@
+"""A DataLoader worker's batches to the main process through a ring of reusable shared slots.
+
+Sent as it is, each tensor of a batch is moved into a new shared-memory segment and its file
+descriptor handed over through the worker's descriptor-passing thread: the main process opens a
+connection (with multiprocessing's handshake) and maps a segment per tensor and batch, which on
+a small machine costs it more than the worker spends making the batch. Here a worker owns a few
+shared slots (``SlotRing``) and writes each batch's top-level contiguous CPU tensors into a free
+one (the one copy sharing made anyway). The main process is sent a slot's segment once, the
+first time the slot is used, and keeps it mapped; after that only (worker, slot, layout) and
+the batch's small values cross the DataLoader's queue. Unpickled, a ``SlotBatch`` is the same
+dict again (keys in order, each tensor a view of the slot of its dtype and shape, bitwise
+equal).
+
+A slot is busy from the worker's write until the main process drops the last view of that
+batch (a finalizer marks it free in the slot's header); a worker that finds no free slot makes
+a new one, so a consumer that keeps every batch costs what it did before (a segment per batch)
+and nothing ever waits on the consumer. A slot whose batch never arrived (the DataLoader dropped
+what was in flight when an epoch was abandoned) stays busy and is not used again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import weakref
+
+import torch
+
+HEADER = 64  # bytes at a slot's start: its state (int32), then padding to the alignment
+ALIGN = 64  # bytes: every tensor of a slot starts at a multiple (any dtype's alignment)
+FREE, BUSY = 0, 1
+
+
+def _state(storage: torch.UntypedStorage) -> ctypes.c_int32:
+    """A slot's state word (the int32 at its start; the caller keeps ``storage`` alive)."""
+    return ctypes.c_int32.from_address(storage.data_ptr())
+
+
+def _packable(value) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and value.device.type == "cpu"
+        and value.is_contiguous()
+        and not value.requires_grad
+    )
+
+
+class SlotRing:
+    """The slots of one worker process: shared storages reused once the main process is done."""
+
+    def __init__(self):
+        self.token = (os.getpid(), secrets.token_hex(6))
+        self.slots: list[torch.UntypedStorage] = []
+        self.states: list[ctypes.c_int32] = []
+        self.sent: set[int] = set()  # slots whose segment the main process was sent
+
+    def _slot(self, nbytes: int) -> int:
+        """A free slot of at least ``nbytes`` after its header, marked busy (made if none)."""
+        for index, (slot, state) in enumerate(zip(self.slots, self.states, strict=True)):
+            if state.value == FREE and slot.nbytes() >= HEADER + nbytes:
+                state.value = BUSY
+                return index
+        slot = torch.UntypedStorage._new_shared(HEADER + max(nbytes, 1))
+        self.slots.append(slot)
+        self.states.append(_state(slot))
+        self.states[-1].value = BUSY
+        return len(self.slots) - 1
+
+    def pack(self, batch: dict) -> SlotBatch:
+        """``batch`` with its tensors written into a slot, ready for the DataLoader's queue."""
+        layout, total = [], 0
+        for key, value in batch.items():
+            if _packable(value):
+                start = -(-total // ALIGN) * ALIGN
+                layout.append((key, start, value.dtype, tuple(value.shape)))
+                total = start + value.nbytes
+        index = self._slot(total)
+        buffer = torch.empty(0, dtype=torch.uint8).set_(self.slots[index])
+        for key, start, dtype, shape in layout:
+            value = batch[key]
+            at = HEADER + start
+            buffer[at : at + value.nbytes].view(dtype).view(shape).copy_(value)
+        packed = {key for key, *_ in layout}
+        rest = [(key, value) for key, value in batch.items() if key not in packed]
+        # the slot as a tensor over it: shared by descriptor through the DataLoader's queue
+        segment = None if index in self.sent else buffer
+        self.sent.add(index)
+        return SlotBatch(self.token, index, segment, total, layout, rest, list(batch))
+
+
+class SlotBatch:
+    """A batch on its way to the main process: which slot holds its tensors, where."""
+
+    def __init__(self, token, index, segment, total, layout, rest, order):
+        self.token, self.index, self.segment = token, index, segment
+        self.total, self.layout, self.rest, self.order = total, layout, rest, order
+
+    def __reduce__(self):
+        fields = (self.token, self.index, self.segment, self.total)
+        return _arrived, (*fields, self.layout, self.rest, self.order)
+
+
+# the main process's mapped slots: worker token -> slot index -> (storage, its state word)
+_MAPPED: dict[tuple[int, str], dict[int, tuple[torch.UntypedStorage, ctypes.c_int32]]] = {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mapped(token, index: int, segment) -> tuple[torch.UntypedStorage, ctypes.c_int32]:
+    if segment is not None:
+        if token not in _MAPPED:
+            for gone in [t for t in _MAPPED if t[0] != os.getpid() and not _alive(t[0])]:
+                del _MAPPED[gone]  # batches still held keep their slots (the finalizers)
+            _MAPPED[token] = {}
+        storage = segment.untyped_storage()
+        _MAPPED[token][index] = storage, _state(storage)
+        return _MAPPED[token][index]
+    try:
+        return _MAPPED[token][index]
+    except KeyError:
+        raise RuntimeError(f"batch slot {index} of worker {token[0]} was never sent") from None
+
+
+def _free(storage: torch.UntypedStorage, state: ctypes.c_int32) -> None:
+    """Mark a slot free (``storage``: kept alive until then, it holds ``state``)."""
+    state.value = FREE
+
+
+def _arrived(token, index, segment, total, layout, rest, order) -> dict:
+    """The batch a ``SlotBatch`` was made of, its tensors views of the slot; the slot is freed
+    once the last of them is gone."""
+    slot, state = _mapped(token, index, segment)
+    view = (ctypes.c_uint8 * max(total, 1)).from_address(slot.data_ptr() + HEADER)
+    weakref.finalize(view, _free, slot, state)  # holds the slot until the views are gone
+    # the tensors' storage is one over ``view`` (which it keeps alive), each at its offset
+    storage = torch.frombuffer(view, dtype=torch.uint8).untyped_storage()
+    items = dict(rest)
+    for key, start, dtype, shape in layout:
+        items[key] = torch.empty(0, dtype=dtype).set_(storage, start // dtype.itemsize, shape)
+    return {key: items[key] for key in order}
