@@ -9,5 +9,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "sio.shards.benchmark": ("Benchmark", "read_benchmark", "write_benchmark"),
         "sio.shards.build": ("check_shard_config",),
+        "sio.shards.config": ("ShardConfig",),
+        "sio.shards.stage": ("shard_stage",),
     },
 )

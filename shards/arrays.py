@@ -14,8 +14,8 @@ import numpy as np
 
 from sio.shards.sources import (
     DatasetError,
+    DatasetItems,
     ReadContext,
-    Source,
     concat,
     dataset_root,
     get_reader,
@@ -40,13 +40,13 @@ FASHION_NAMES = (
 )
 
 
-def array_source(dataset, class_names, images, labels, files) -> Source:
+def array_source(dataset, class_names, images, labels, files) -> DatasetItems:
     """A source over an in-memory uint8 image array (N x H x W or N x H x W x 3)."""
 
     def load(i: int):
         return images[i], {"index": int(i)}
 
-    return Source(
+    return DatasetItems(
         dataset=dataset,
         class_names=tuple(class_names),
         labels=np.asarray(labels, dtype=np.int64),
@@ -328,4 +328,6 @@ def read_crops(spec, context):
     def load(i: int):
         return crops[i], metas[i]
 
-    return Source("crops", tuple(spec.part), labels.astype(np.int64), np.arange(len(crops)), load)
+    return DatasetItems(
+        "crops", tuple(spec.part), labels.astype(np.int64), np.arange(len(crops)), load
+    )

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from sio.core.config import short_text
+from sio.core.progress import progress
 from sio.core.seeding import numpy_rng
-from sio.shards.sources import DatasetError, ReadContext, Source, get_reader
+from sio.shards.sources import DatasetError, DatasetItems, ReadContext, get_reader
 from sio.shards.spec import BenchmarkSpec, SourceSpec, SplitSpec
 from sio.shardset import MANIFEST, ShardSetWriter
 
@@ -63,7 +63,7 @@ def fit_image(image, bench: BenchmarkSpec) -> np.ndarray:
     return np.asarray(image)
 
 
-def keep_classes(source: Source, spec: SourceSpec) -> Source:
+def keep_classes(source: DatasetItems, spec: SourceSpec) -> DatasetItems:
     """Only ``classes`` (relabelled in that order) or all but ``exclude_classes``."""
     if not spec.classes and not spec.exclude_classes:
         return source
@@ -89,7 +89,7 @@ def _count(value: float, members: int) -> int:
     return round(members * value) if value < 1 else int(value)
 
 
-def split_source(source: Source, split: SplitSpec, seed: int, set_name: str) -> Source:
+def split_source(source: DatasetItems, split: SplitSpec, seed: int, set_name: str) -> DatasetItems:
     """The ``take`` part of a per-class split; the same seed gives complementary parts."""
     parts: dict[str, list[np.ndarray]] = {"val": [], "test": [], "rest": []}
     for label, name in enumerate(source.class_names):
@@ -110,7 +110,9 @@ def split_source(source: Source, split: SplitSpec, seed: int, set_name: str) -> 
     return source.take(np.sort(np.concatenate(chosen)) if chosen else np.array([], np.int64))
 
 
-def read_set(spec: SourceSpec, bench: BenchmarkSpec, data_root, seed: int, cache=None) -> Source:
+def read_set(
+    spec: SourceSpec, bench: BenchmarkSpec, data_root, seed: int, cache=None
+) -> DatasetItems:
     """The set's images: its reader's source, then the class filter, then the split. ``cache``
     (a dict) shares what was read between sets that read the same files."""
     context = ReadContext(Path(data_root) if data_root else None, bench.image_size, seed)
@@ -138,10 +140,12 @@ def _relative(record: dict, data_root) -> dict:
     return record
 
 
-def write_source(writer: ShardSetWriter, folder: str, source: Source, bench, data_root) -> dict:
+def write_source(
+    writer: ShardSetWriter, folder: str, source: DatasetItems, bench, data_root
+) -> dict:
     """Every image of ``source`` into ``writer``; returns the checksums of what was read."""
     digest, n_files = hashlib.sha256(), 0
-    with tqdm(total=len(source), desc=f"shard {folder}", unit="img", leave=False) as bar:
+    with progress(total=len(source), desc=f"shard {folder}", unit="img") as bar:
         for position, (item, label) in enumerate(zip(source.items, source.labels, strict=True)):
             image, meta = source.load(int(item))
             if "sha256" in meta:
@@ -216,7 +220,7 @@ def write_spec_benchmark(bench: BenchmarkSpec, config, out: Path, splits=None, r
     return finish_benchmark(out, rows, bench.name, size, bench.channels, id_names, extra)
 
 
-def _write_split(folder: Path, source: Source, bench, config, provenance: dict) -> None:
+def _write_split(folder: Path, source: DatasetItems, bench, config, provenance: dict) -> None:
     """One shard set; on any failure its shards are deleted and no manifest is written."""
     writer = ShardSetWriter(
         folder,
@@ -236,7 +240,7 @@ def _write_split(folder: Path, source: Source, bench, config, provenance: dict) 
     writer.close(provenance=checksums)
 
 
-def _same_id_classes(known, source: Source, folder: str):
+def _same_id_classes(known, source: DatasetItems, folder: str):
     if known is not None and tuple(known) != source.class_names:
         raise DatasetError(f"{folder}: its classes differ from the other ID splits'")
     return source.class_names

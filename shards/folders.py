@@ -14,7 +14,7 @@ import numpy as np
 
 from sio.shards.sources import (
     DatasetError,
-    Source,
+    DatasetItems,
     concat,
     dataset_root,
     get_reader,
@@ -29,7 +29,7 @@ from sio.shards.sources import (
 
 def file_source(dataset, data_root: Path, paths: list[Path], labels, class_names, files=()):
     rel = [str(p.relative_to(data_root)) for p in paths]
-    return Source(
+    return DatasetItems(
         dataset=dataset,
         class_names=tuple(class_names),
         labels=np.asarray(labels, dtype=np.int64).reshape(-1),
@@ -39,7 +39,9 @@ def file_source(dataset, data_root: Path, paths: list[Path], labels, class_names
     )
 
 
-def class_folders(folder: Path, info, dataset: str, data_root: Path, keep=(), drop=()) -> Source:
+def class_folders(
+    folder: Path, info, dataset: str, data_root: Path, keep=(), drop=()
+) -> DatasetItems:
     """An ImageFolder tree: ``folder/<class>/**/<image>``, classes in sorted order. With ``keep``,
     only those class folders are listed (the others still count as classes). A listed class
     folder without images is refused, naming it, as torchvision's ImageFolder does, unless it
@@ -262,28 +264,33 @@ IMAGENET_VAL_WAYS = (
     default_parts=("train",),
 )
 def read_imagenet(spec, context):
-    info = get_reader("imagenet")
-    root = dataset_root(spec, context, info)
-    data_root = Path(context.data_root)
-    parts = []
-    for part in parts_of(spec, info):
-        folder = root / part
+    def read_part(part, folder, info, root):
         if part == "train" or _has_class_folders(folder):
-            parts.append(
-                class_folders(
-                    folder, info, "imagenet", data_root, spec.classes, spec.exclude_classes
-                )
-            )
-        else:
-            parts.append(_imagenet_flat_val(spec, context, root, info))
-    return concat(parts)
+            return _class_folders_of(spec, context, folder, info, "imagenet")
+        return _imagenet_flat_val(spec, context, root, info)
+
+    return _read_parts(spec, context, "imagenet", read_part)
+
+
+def _read_parts(spec, context, name: str, read_part) -> DatasetItems:
+    """The reader ``name``'s chosen parts as one dataset, each read by ``read_part(part,
+    folder, info, root)`` (``folder``: the part's folder under the dataset's ``root``)."""
+    info = get_reader(name)
+    root = dataset_root(spec, context, info)
+    return concat([read_part(part, root / part, info, root) for part in parts_of(spec, info)])
+
+
+def _class_folders_of(spec, context, folder: Path, info, dataset: str) -> DatasetItems:
+    """``class_folders`` with the set's class filter."""
+    data_root = Path(context.data_root)
+    return class_folders(folder, info, dataset, data_root, spec.classes, spec.exclude_classes)
 
 
 def _has_class_folders(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_dir() for p in folder.iterdir())
 
 
-def _imagenet_flat_val(spec, context, root: Path, info) -> Source:
+def _imagenet_flat_val(spec, context, root: Path, info) -> DatasetItems:
     data_root = Path(context.data_root)
     folder = root / "val"
     if spec.labels is not None:
@@ -297,7 +304,7 @@ def _imagenet_flat_val(spec, context, root: Path, info) -> Source:
     raise missing(folder, info, f"labelled ImageNet val: {IMAGENET_VAL_WAYS}")
 
 
-def _devkit_val(folder: Path, devkit: Path, info, data_root: Path) -> Source:
+def _devkit_val(folder: Path, devkit: Path, info, data_root: Path) -> DatasetItems:
     import io
 
     import scipy.io
@@ -330,24 +337,14 @@ def _devkit_val(folder: Path, devkit: Path, info, data_root: Path) -> Source:
     default_parts=("train",),
 )
 def read_tiny_imagenet(spec, context):
-    info = get_reader("tiny_imagenet")
-    root = dataset_root(spec, context, info)
-    data_root = Path(context.data_root)
-    parts = []
-    for part in parts_of(spec, info):
-        folder = root / part
-        if part == "val" and (folder / "val_annotations.txt").is_file():
-            annotations = folder / "val_annotations.txt"
-            parts.append(
-                labelled_files(folder / "images", annotations, info, "tiny_imagenet", data_root)
-            )
-        else:
-            parts.append(
-                class_folders(
-                    folder, info, "tiny_imagenet", data_root, spec.classes, spec.exclude_classes
-                )
-            )
-    return concat(parts)
+    def read_part(part, folder, info, root):
+        annotations = folder / "val_annotations.txt"
+        if part == "val" and annotations.is_file():
+            data_root = Path(context.data_root)
+            return labelled_files(folder / "images", annotations, info, "tiny_imagenet", data_root)
+        return _class_folders_of(spec, context, folder, info, "tiny_imagenet")
+
+    return _read_parts(spec, context, "tiny_imagenet", read_part)
 
 
 @reader(

@@ -1,6 +1,6 @@
-"""What a dataset reader returns (a ``Source``), the reader registry, and named data errors.
+"""What a dataset reader returns (``DatasetItems``), the reader registry, and named data errors.
 
-A reader turns files on disk, in their own format, into a ``Source``: class names, one label per
+A reader turns files on disk, in their own format, into ``DatasetItems``: class names, one label per
 item, and ``load(item)`` giving the image (uint8 array or PIL image) plus what the sample's
 provenance records (an index into an array file, or a file path and its sha256). Readers never
 download anything; a missing file or folder is a ``DatasetError`` naming what was expected, the
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sio.core.registry import Registry
 from sio.shardset.format import ShardError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -29,7 +30,9 @@ class DatasetError(ShardError):
 
 
 @dataclass(frozen=True)
-class Source:
+class DatasetItems:
+    """What a dataset reader lists: the images of a dataset's chosen parts, loaded on demand."""
+
     dataset: str
     class_names: tuple[str, ...]
     labels: np.ndarray  # int64, one per item, indices into class_names
@@ -40,7 +43,7 @@ class Source:
     def __len__(self) -> int:
         return len(self.items)
 
-    def take(self, positions: np.ndarray, class_names=None, labels=None) -> Source:
+    def take(self, positions: np.ndarray, class_names=None, labels=None) -> DatasetItems:
         """The items at ``positions``, optionally with new class names and labels."""
         return replace(
             self,
@@ -58,9 +61,12 @@ class ReadContext:
 
 
 @dataclass(frozen=True)
-class Reader:
+class DatasetReader:
+    """An entry of ``READERS``: a dataset's reading function, what it expects on disk and where
+    the dataset comes from."""
+
     name: str
-    read: Callable  # (SourceSpec, ReadContext) -> Source
+    read: Callable  # (SourceSpec, ReadContext) -> DatasetItems
     title: str  # what the dataset is called
     layout: str  # the files it expects under ``path``
     origin: str  # where the dataset comes from
@@ -69,30 +75,29 @@ class Reader:
     embedded: bool = False  # ships inside an installed package; needs no --data-root
 
 
-READERS: dict[str, Reader] = {}
+READERS: Registry[DatasetReader] = Registry("dataset reader")
 
 
 def reader(name: str, **info):
-    """Register ``read(spec, context) -> Source`` under ``name`` with its layout and origin."""
+    """Register ``read(spec, context) -> DatasetItems`` under ``name`` with its layout and
+    origin."""
 
     def add(read):
-        if name in READERS:
-            raise ValueError(f"dataset reader {name!r} is registered twice")
-        READERS[name] = Reader(name=name, read=read, **info)
+        READERS.register(name)(DatasetReader(name=name, read=read, **info))
         return read
 
     return add
 
 
-def get_reader(name: str) -> Reader:
+def get_reader(name: str) -> DatasetReader:
     from sio.shards import arrays, folders  # noqa: F401 - registers the readers
 
     if name not in READERS:
-        raise DatasetError(f"unknown dataset reader {name!r}; known: {', '.join(sorted(READERS))}")
-    return READERS[name]
+        raise DatasetError(f"unknown dataset reader {name!r}; known: {', '.join(READERS.names())}")
+    return READERS.get(name)
 
 
-def missing(path: Path, info: Reader, what: str = "") -> DatasetError:
+def missing(path: Path, info: DatasetReader, what: str = "") -> DatasetError:
     expected = f" ({what})" if what else ""
     return DatasetError(
         f"{path}: not found{expected}. The {info.title} reader `{info.name}` expects "
@@ -100,7 +105,7 @@ def missing(path: Path, info: Reader, what: str = "") -> DatasetError:
     )
 
 
-def dataset_root(spec, context: ReadContext, info: Reader) -> Path:
+def dataset_root(spec, context: ReadContext, info: DatasetReader) -> Path:
     if context.data_root is None:
         raise DatasetError(
             f"set {spec.name!r} reads the {info.title} from disk: give --data-root (or "
@@ -109,7 +114,7 @@ def dataset_root(spec, context: ReadContext, info: Reader) -> Path:
     return Path(context.data_root) / spec.path
 
 
-def parts_of(spec, info: Reader) -> tuple[str, ...]:
+def parts_of(spec, info: DatasetReader) -> tuple[str, ...]:
     parts = spec.part or info.default_parts
     unknown = [p for p in parts if p not in info.parts]
     if unknown or not parts:
@@ -120,7 +125,7 @@ def parts_of(spec, info: Reader) -> tuple[str, ...]:
     return parts
 
 
-def read_bytes(path: Path, info: Reader, what: str = "") -> tuple[bytes, dict]:
+def read_bytes(path: Path, info: DatasetReader, what: str = "") -> tuple[bytes, dict]:
     """A whole file and its checksum record, or the named missing-file error."""
     try:
         data = path.read_bytes()
@@ -160,7 +165,7 @@ def walk_images(folder: Path) -> list[Path]:
     return found
 
 
-def concat(sources: list[Source]) -> Source:
+def concat(sources: list[DatasetItems]) -> DatasetItems:
     """Several parts of one dataset (e.g. MNIST train + test) as one source."""
     if len(sources) == 1:
         return sources[0]
@@ -175,7 +180,7 @@ def concat(sources: list[Source]) -> Source:
         source = sources[part]
         return source.load(int(source.items[i - offsets[part]]))
 
-    return Source(
+    return DatasetItems(
         dataset=first.dataset,
         class_names=first.class_names,
         labels=np.concatenate([s.labels for s in sources]),

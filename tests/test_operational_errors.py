@@ -105,7 +105,7 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_checkpoint(
 ):
     """The checkpoint (torch's own zip writer, through the file) fills the disk: one line naming
     checkpoint.pt, the temporary removed; ``sio --debug`` shows the traceback too."""
-    import sio.train.checkpoint as checkpoint_module
+    import sio.core.resumable as checkpoint_module  # the trainers' one checkpoint writer
 
     monkeypatch.setattr(checkpoint_module, "open", full_disk_open, raising=False)
     out = tmp_path / "run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -194,7 +195,8 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
         ],
     )
     assert evaluate.exit_code == 0, evaluate.output
-    assert "nearood" in evaluate.output
+    assert evaluate.stdout.splitlines()[-1].startswith("evaluate: ID acc")  # one summary line
+    assert "nearood" in (tmp_path / "eval" / "results.md").read_text()
     assert json.loads((tmp_path / "eval" / "run.json").read_text())["alpha"] == 0.5
     again = runner.invoke(
         cli,
@@ -279,3 +281,54 @@ def test_a_stage_that_never_completed_is_replaced(tmp_path, ending):
     assert json.loads((folder / "stage.json").read_text()) == {"epochs": 3}
     with pytest.raises(StageConflict, match=r"changed: epochs = 3, not 4"):
         run_stage("s", folder, {"epochs": 4}, lambda: None, force=False, timings={})
+
+
+# --- sio run --dry-run: the time, from the rates measured on this machine ----------------------
+
+
+def test_dry_run_time_is_the_measured_time_of_the_same_stages(finished_run):
+    """Every stage the run completed recorded its kind, work and host; a dry run of the same
+    config into a new folder beside it plans the same stages, so its estimate is the sum of
+    their measured seconds, less the trainings (their work waits for the new benchmark)."""
+    import socket
+
+    from sio.pipeline.estimate import duration
+
+    tmp_path, path, _ = finished_run
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("**/complete.json")]
+    assert records and all(r["host"] == socket.gethostname() for r in records)
+    assert all(r["units"] > 0 for r in records)
+    config = dataclasses.replace(load_pipeline(path), output_dir=str(tmp_path / "beside"))
+    plan = run_pipeline(config, device="cpu", dry_run=True)
+    known = [r for r in records if r["kind"] != "train"]
+    expected = duration(sum(r["seconds"] for r in known))
+    last = plan.splitlines()[-1]
+    assert last.startswith(f"time: about {expected} for {len(known)} of the stages"), last
+    trainings = [f"train {a}-seed{s}" for a in ("alpha1", "ddpm-n96-alpha0.75") for s in (0, 1)]
+    assert last.endswith(f"unknown for 4: {', '.join(trainings)}"), last
+    assert not (tmp_path / "beside").exists()
+
+
+def test_dry_run_time_is_unknown_without_a_rate_measured_on_this_machine(tmp_path):
+    """Nothing measured here: "unknown". A rate measured on another host does not count; one
+    measured here beside this run folder estimates the stages of its kind, the others unknown."""
+    import socket
+
+    path = write_pipeline(tmp_path)
+
+    def last_line():
+        return run_pipeline(load_pipeline(path), device="cpu", dry_run=True).splitlines()[-1]
+
+    assert last_line().startswith("time: unknown (no rate measured on this machine")
+    other = tmp_path / "earlier"
+    (other / "synthetic" / "ddpm").mkdir(parents=True)
+    (other / "pipeline.resolved.json").write_text("{}")
+    record = {"kind": "generate", "units": 960, "seconds": 10.0, "host": "another-host"}
+    (other / "synthetic" / "ddpm" / "complete.json").write_text(json.dumps(record))
+    assert last_line().startswith("time: unknown")
+    record["host"] = socket.gethostname()  # 96 images/s, and this run generates 96 images
+    (other / "synthetic" / "ddpm" / "complete.json").write_text(json.dumps(record))
+    line = last_line()
+    assert line.startswith("time: about 1 s for 1 of the stages to run"), line
+    assert "unknown for 12: shard, train alpha1-seed0," in line
+    assert not (tmp_path / "out").exists()

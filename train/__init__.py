@@ -23,13 +23,14 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ),
         "sio.train.models": ("BACKBONES", "HEADS", "Classifier", "build_classifier"),
         "sio.train.checkpoint": (
-            "RESUMABLE_CHANGES",
             "CHECKPOINT",
             "RunInfo",
             "checkpoint_file",
             "load_checkpoint",
             "load_classifier",
         ),
+        "sio.train.config": ("TrainConfig",),
+        "sio.train.stage": ("RESUMABLE_CHANGES", "train_stage"),
         "sio.train.trainer": ("train_classifier",),
     },
 )

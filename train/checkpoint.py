@@ -8,52 +8,23 @@ epoch, rank, worker, source), so a resumed run repeats the batches of an uninter
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sio.core.config import to_dict
 from sio.core.definition import require_same
-from sio.core.files import atomic_path, sha256_file
+from sio.core.files import sha256_file
+from sio.core.resumable import read_checkpoint as read_resumable
 from sio.core.storage import as_location
-from sio.core.weights import load_weights
 from sio.train.config import TrainConfig
 from sio.train.methods import METHODS
 from sio.train.models import build_classifier
+from sio.train.stage import RESUMABLE_CHANGES
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sio-checkpoint/1"
-# fields of the training config that may change between a run and its resumption
-# (none changes the batches: those depend on (seed, step) alone, whatever the ranks and workers;
-# precision, channels_last and compile change the arithmetic, so a resume must keep them)
-RESUMABLE_CHANGES = (
-    "on_error",
-    "num_workers",
-    "trace",
-    "checkpoint_every",
-    "cache_dir",
-    "cache_limit",
-    "read_timeout",
-    "shuffle_buffer",  # removed from the config; old checkpoints and stage.json files carry it
-    "device_augment",  # the same crop/flip, on the device: bitwise the same batches
-)
-
-
-def save_atomic(state: dict, path: Path) -> None:
-    """``torch.save`` through ``atomic_path``; a full disk is the ``OSError`` of the failed write
-    (naming ``path``), not torch's "file write failed" nor its error in closing the archive."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        try:
-            torch.save(state, file)
-        except RuntimeError as err:
-            if isinstance(err.__context__, OSError):
-                raise err.__context__ from None
-            raise
-
-
 # what using a checkpoint's classifier reads from it
 MODEL_KEYS = ("model", "channels", "class_names", "pixel_mean", "pixel_std", "model_state")
 
@@ -62,12 +33,7 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
     """The dict of the checkpoint file ``path``: read as tensors only (a pickle that would run
     anything is refused, nothing in it runs) and refused, naming the path, unless it is an sio
     checkpoint holding a model."""
-    state = load_weights(path, device, what="sio checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        kind = "a dict" if isinstance(state, dict) else f"a {type(state).__name__}"
-        raise ValueError(
-            f"{path}: not an sio checkpoint (format {CHECKPOINT_FORMAT!r}; it holds {kind})"
-        )
+    state = read_resumable(path, format=CHECKPOINT_FORMAT, what="an sio checkpoint", device=device)
     missing = [key for key in MODEL_KEYS if key not in state]
     if missing or not isinstance(state["model_state"], dict):
         what = f"without {', '.join(missing)}" if missing else "whose model_state is no dict"
@@ -120,6 +86,9 @@ class RunInfo:
     alpha: float
     seed: int
     complete: bool
+    # the training recipe: every config field that changes the weights (not alpha or seed),
+    # the backbone and the real set's manifest; {} for a checkpoint that records no config
+    recipe: dict = field(default_factory=dict, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -164,8 +133,18 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"):
         alpha=state["alpha"],
         seed=state["seed"],
         complete=bool(state.get("complete", True)),
+        recipe=recipe(state),
     )
     return model, info
+
+
+def recipe(state: dict) -> dict:
+    """What made a checkpoint's weights besides alpha, seed and the synthetic set: its training
+    config (``RESUMABLE_CHANGES`` left out), backbone and real set; {} if it has no config."""
+    if "config" not in state:
+        return {}
+    definition = _run_definition(state)
+    return {**definition["config"], "model": state["model"], "real": state.get("real_manifest")}
 
 
 def manifest_sha256(manifest) -> str:
@@ -231,27 +210,3 @@ def check_same_run(path: Path, previous: dict, state: dict) -> None:
                 f"{path} was trained on the {what} set {previous.get(what)} (manifest sha256 "
                 f"{before}), not {state.get(what)} (manifest sha256 {now}); use another --out"
             )
-
-
-def rng_state() -> dict:
-    """This process's global RNG states (torch, CUDA, numpy, Python), as tensors and lists."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, python_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": [version, list(internal), python_gauss],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, python_gauss = state["python"]
-    random.setstate((version, tuple(internal), python_gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

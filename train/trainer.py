@@ -22,24 +22,24 @@ per epoch and a final line, and writes TensorBoard event files to ``tb/`` (progr
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from sio.core.config import check_alpha
 from sio.core.files import write_text_atomic
 from sio.core.lock import hold_folder
-from sio.core.seeding import derive_seed
+from sio.core.progress import progress
+from sio.core.resumable import rng_state, set_rng_state, write_log
+from sio.core.resumable import save_checkpoint as _save_atomic
 from sio.core.storage import TransportError
-from sio.shardset import Manifest, ShardError
+from sio.shardset import ShardError
 from sio.train import distributed
 from sio.train.accelerate import Acceleration, synchronize
+from sio.train.batches import batch_plan, batch_spec, loader, open_sources
 from sio.train.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -47,35 +47,27 @@ from sio.train.checkpoint import (
     header,
     load_checkpoint,
     read_checkpoint,
-    rng_state,
-    set_rng_state,
 )
-from sio.train.checkpoint import save_atomic as _save_atomic
 from sio.train.config import TrainConfig
 from sio.train.distributed import World
 from sio.train.loop import EpochTotals, StepContext, epoch_record, train_step
-from sio.train.methods import METHODS, MethodContext, build_method
-from sio.train.mixing import batch_counts, rank_share, steps_per_epoch
-from sio.train.models import build_classifier
-from sio.train.progress import TensorBoardLog, epoch_summary, final_summary
-from sio.train.resident import ResidentBatches, load_resident
-from sio.train.sources import ShardSource, extra_sources, synthetic_source
-from sio.train.stream import Fetcher, MixedBatches, MixSpec, SharedEpoch
+from sio.train.mixing import batch_counts, steps_per_epoch
+from sio.train.objective import Objective, build_objective, optimiser, wrap
+from sio.train.progress import TensorBoardLog, epoch_label, epoch_summary, final_summary
+from sio.train.sources import ShardSource
+from sio.train.stream import SharedEpoch
 from sio.train.validation import ValidationSet
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "load_checkpoint", "train_classifier"]
-
-
-class Objective(nn.Module):
-    """The classifier and its training method, trained together by one optimiser."""
-
-    def __init__(self, model: nn.Module, method: nn.Module):
-        super().__init__()
-        self.model = model
-        self.method = method
-
-    def forward(self, batch: dict):
-        return self.method.loss(self.model, batch)
+__all__ = [  # the trainer's parts that tests and benchmarks use, wherever they live
+    "CHECKPOINT",
+    "CHECKPOINT_FORMAT",
+    "Objective",
+    "batch_plan",
+    "batch_spec",
+    "build_objective",
+    "load_checkpoint",
+    "train_classifier",
+]
 
 
 @dataclass(frozen=True)
@@ -194,7 +186,7 @@ def make_plan(real, synthetic, alpha, seed, config, out: Path, device, world: Wo
         locations=(real, synthetic),
         validation=None if val is None else ValidationSet(val, manifest, config.batch_size),
     )
-    optimizer, schedule = _optimiser(config, model, method)
+    optimizer, schedule = optimiser(config, model, method)
     syn_manifest = sources["synthetic"].manifest if "synthetic" in sources else None
     record = header(manifest, config, alpha, seed, real, synthetic, world.size, syn_manifest)
     return plan, TrainState(model, method, optimizer, schedule, record)
@@ -206,23 +198,23 @@ def run(plan: TrainPlan, state: TrainState, resume: bool | None) -> Path:
     _resume(path, plan, state, resume)
     if state.step >= plan.total_steps:
         if plan.world.main:
-            print(f"{plan.out}: the run is complete ({plan.epochs} epochs); nothing to do")
+            print(f"{plan.out}: complete ({plan.epochs} epochs), nothing to do; checkpoint {path}")
         return path
     _prepare_trace(plan, state.step)
     position = SharedEpoch(*divmod(state.step, plan.steps_per_epoch))
-    loader = _loader(plan, state, position)
+    batches = loader(plan, state.method, position)
     acceleration = Acceleration.of(plan.config)
     model = acceleration.compiled(state.model)  # the same module: checkpoints stay plain
-    objective = _wrap(Objective(model, state.method), plan.world, plan.device)
+    objective = wrap(Objective(model, state.method), plan.world, plan.device)
     context = StepContext(
         plan.world, plan.quota, plan.config.batch_size, plan.trace_file(), plan.device, acceleration
     )
     start = time.perf_counter()
-    board = TensorBoardLog.open(plan.out, state.history) if plan.world.main else None
+    board = TensorBoardLog.open(plan.out, state.history, plan) if plan.world.main else None
     try:
         with acceleration.backends(plan.device):
             while state.step < plan.total_steps:
-                train_epoch(plan, state, objective, loader, position, context, board)
+                train_epoch(plan, state, objective, batches, position, context, board)
     except (ShardError, TransportError) as error:
         _log_error(plan, error)
         raise
@@ -254,15 +246,15 @@ def train_epoch(
     position.set(epoch, first)
     objective.train()
     start = time.perf_counter()
-    progress = tqdm(  # numbered from 1, as the summary line is; a resumed epoch starts part-full
+    bar = progress(  # epochs from 0, as log.jsonl; a resumed epoch starts part-full
         loader,
         total=plan.steps_per_epoch,
         initial=first,
-        desc=f"epoch {epoch + 1}/{plan.epochs}",
+        desc=epoch_label(epoch, plan.epochs),
         unit="batch",
-        leave=False,
+        disable=not plan.world.main,
     )
-    for batch in progress if plan.world.main else loader:
+    for batch in bar:
         train_step(objective, batch, state, context)
         state.step += 1
         if state.step % plan.steps_per_epoch and plan.checkpoint_due(state.step):
@@ -307,8 +299,7 @@ def _save(plan: TrainPlan, state: TrainState) -> None:
             world_size=world.size,
         )
         _save_atomic(state.record, plan.out / CHECKPOINT)
-        lines = "".join(json.dumps(record) + "\n" for record in state.history)
-        write_text_atomic(plan.out / "log.jsonl", lines)
+        write_log(plan.out, state.history)
     distributed.barrier(world)
 
 
@@ -327,185 +318,6 @@ def _prepare_trace(plan: TrainPlan, step: int) -> None:
         lines = path.read_text().splitlines() if path.is_file() else []
         kept = [line for line in lines if line and json.loads(line)["step"] < step]
         write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _shares(total: int, world: World) -> tuple[int, ...]:
-    return tuple(rank_share(total, rank, world.size) for rank in range(world.size))
-
-
-def batch_plan(counts, extras: dict[str, int], batch_size: int, world: World) -> dict:
-    """Samples per batch that each rank takes from each source: ``rank_share`` of the global
-    real and synthetic quota; an extra source sized in whole batches (PixMix: one picture per
-    ID image, OE: 2 x B outliers) follows each rank's ID part, any other is split by share."""
-    plan = {"real": _shares(counts[0], world), "synthetic": _shares(counts[1], world)}
-    local = [r + s for r, s in zip(plan["real"], plan["synthetic"], strict=True)]
-    for name, count in extras.items():
-        whole = count % batch_size == 0
-        plan[name] = (
-            tuple(count // batch_size * n for n in local) if whole else _shares(count, world)
-        )
-    return plan
-
-
-def open_sources(real, synthetic, counts, config, method, alpha: float | None = None):
-    """({source name: ShardSource} of the sources a batch draws from, {extra: count per
-    batch}): the real set, the synthetic set when ``counts`` has synthetic samples, and the
-    method's extra sets, each checked against the real one. ``real`` is a location or an
-    opened ShardSource."""
-    real_source = real if isinstance(real, ShardSource) else ShardSource.open(real)
-    manifest = real_source.manifest
-    sources = {"real": real_source}
-    alpha = counts[0] / (counts[0] + counts[1]) if alpha is None else alpha
-    syn_source = synthetic_source(manifest, synthetic, alpha, counts[1])
-    if syn_source is not None:
-        sources["synthetic"] = syn_source
-    extras = extra_sources(manifest, method.inputs(config), method.sources())
-    sources.update({name: source for name, source, _ in extras})
-    return sources, {name: count for name, _, count in extras}
-
-
-def batch_spec(real, synthetic, counts, seed, config, method, *, world=None) -> MixSpec:
-    """This rank's stream definition: its share of the exact (n_real, n_syn) ``counts``, the
-    recipe's augmentation, and the method's extra shard sets and batch transform."""
-    world = world or World()
-    sources, extras = open_sources(real, synthetic, counts, config, method)
-    shares = batch_plan(counts, extras, config.batch_size, world)
-    steps = config.steps_per_epoch or steps_per_epoch(
-        sources["real"].manifest.num_samples, config.batch_size
-    )
-    return _spec(sources, shares, steps, seed, config, method, world)
-
-
-def check_batch_memory(source: ShardSource, images: int) -> None:
-    """A batch of ``images`` of the manifest's size must fit in a quarter of this machine's
-    memory: a served manifest's ``image_size`` is never an allocation size before this check."""
-    manifest = source.manifest
-    height, width = manifest.image_size
-    need = images * manifest.channels * height * width
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > memory // 4:
-        raise ShardError(
-            f"{source.location}: image_size {height}x{width} x {manifest.channels} channels makes "
-            f"a batch of {images} images {need / 2**30:.1f} GiB, over a quarter of this "
-            f"machine's {memory / 2**30:.1f} GiB (a manifest's size, or batch_size, too large)"
-        )
-
-
-def _spec(sources: dict, shares: dict, steps: int, seed, config, method, world) -> MixSpec:
-    manifest = sources["real"].manifest
-    check_batch_memory(sources["real"], sum(share[world.rank] for share in shares.values()))
-    extras = [name for name in sources if name not in ("real", "synthetic")]
-    return MixSpec(
-        real_urls=sources["real"].urls,
-        synthetic_urls=sources["synthetic"].urls if "synthetic" in sources else (),
-        n_real=shares["real"][world.rank],
-        n_syn=shares["synthetic"][world.rank],
-        channels=manifest.channels,
-        image_size=tuple(manifest.image_size),
-        steps_per_epoch=steps,
-        seed=seed,
-        rank=world.rank,
-        shuffle_window=config.shuffle_window,
-        crop_padding=config.crop_padding,
-        hflip=config.hflip,
-        resized_crop=config.resized_crop,
-        extras=tuple((name, sources[name].urls, shares[name][world.rank]) for name in extras),
-        transform=method.transform(),
-        encodings=tuple((name, source.encoding) for name, source in sources.items()),
-        expected=tuple(pair for source in sources.values() for pair in source.expected),
-        on_error=config.on_error,
-        shares=tuple((name, tuple(shares[name])) for name in shares),
-        hashes=tuple(
-            (url, shard.sha256)
-            for source in sources.values()
-            for url, shard in zip(source.urls, source.manifest.shards, strict=True)
-        ),
-        num_classes=len(manifest.class_names),
-        cache_dir=config.cache_dir,
-        cache_limit=config.cache_limit,
-        read_timeout=config.read_timeout,
-        device_augment=config.device_augment,
-    )
-
-
-def _loader(plan: TrainPlan, state: TrainState, position: SharedEpoch):
-    """The batches: DataLoader workers streaming shards, or resident sets in memory."""
-    config = plan.config
-    spec = _spec(
-        plan.sources,
-        plan.shares,
-        plan.steps_per_epoch,
-        plan.seed,
-        config,
-        state.method,
-        plan.world,
-    )
-    if config.resident:
-        fetcher = Fetcher(config.cache_dir, config.cache_limit, config.read_timeout)
-        sets = {
-            name: load_resident(source, plan.device, fetcher)
-            for name, source in plan.sources.items()
-        }
-        return ResidentBatches(spec, position, sets, {name: plan.shares[name] for name in sets})
-    return DataLoader(
-        MixedBatches(spec, position),
-        batch_size=None,
-        num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
-        pin_memory=str(plan.device).startswith("cuda"),
-    )
-
-
-def _wrap(objective: Objective, world: World, device) -> nn.Module:
-    if world.size == 1:
-        return objective
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [torch.device(device).index] if str(device).startswith("cuda") else None
-    unused = bool(list(objective.method.parameters()))  # e.g. VOS's head before its queues fill
-    return DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=unused)
-
-
-def build_objective(config: TrainConfig, manifest: Manifest, seed: int, steps: int, device):
-    """(classifier with the method's head, method), each initialised from its own derived seed
-    without touching the global RNG state; ``steps`` is the number of steps per epoch."""
-    method_class = METHODS.get(config.method)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "init"))
-        model = build_classifier(
-            config.model,
-            in_channels=manifest.channels,
-            num_classes=len(manifest.class_names),
-            mean=manifest.pixel_mean,
-            std=manifest.pixel_std,
-            head=method_class.head,
-            **method_class.head_options(config),
-        )
-    context = MethodContext(
-        num_classes=len(manifest.class_names),
-        feature_dim=model.backbone.feature_dim,
-        seed=seed,
-        steps_per_epoch=steps,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "method-init"))
-        method = build_method(config, context)
-    return Acceleration.of(config).prepare_model(model.to(device)), method.to(device)
-
-
-def _optimiser(config: TrainConfig, model, method):
-    groups = method.param_groups(model)
-    own = list(method.parameters())
-    if own:
-        groups.append({"params": own})
-    optimizer = torch.optim.SGD(
-        groups,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, method.lr_factor())
 
 
 def _resume(path: Path, plan: TrainPlan, state: TrainState, resume) -> None:

@@ -20,21 +20,28 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from sio.core.config import to_dict
 from sio.core.definition import require_same
-from sio.core.files import atomic_path, stale_temporaries, write_text_atomic
+from sio.core.files import atomic_path, stale_temporaries
+from sio.core.progress import progress, progress_write
+from sio.core.resumable import (
+    LOG,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_log,
+)
 from sio.core.schedules import warmup_cosine
 from sio.core.seeding import torch_generator
-from sio.core.weights import load_weights
-from sio.generate.config import TRAIN_BYTE_NEUTRAL, GeneratorConfig
+from sio.generate.config import GeneratorConfig
 from sio.generate.ddpm.model import (
     GENERATOR_FILE,
     DDPMGenerator,
@@ -42,21 +49,12 @@ from sio.generate.ddpm.model import (
     build_unet,
     read_json_object,
 )
+from sio.generate.stage import training_definition
 from sio.shardset import iter_batches, read_manifest
 
 LABEL_DROPOUT = 0.1
-LOG = "log.jsonl"
 CHECKPOINT = "training.pt"
 CHECKPOINT_FORMAT = 1
-
-
-def training_definition(config: GeneratorConfig) -> dict:
-    """What makes the trained weights' bytes: the model and training settings, less the fields
-    that change none (``TRAIN_BYTE_NEUTRAL``)."""
-    train = to_dict(config.train)
-    for key in TRAIN_BYTE_NEUTRAL:
-        train.pop(key, None)
-    return {"model": to_dict(config.model), "train": train}
 
 
 def _data_definition(images: torch.Tensor, labels: torch.Tensor, class_names) -> dict:
@@ -70,35 +68,177 @@ def _data_definition(images: torch.Tensor, labels: torch.Tensor, class_names) ->
     }
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    """Every draw of the training comes from ``generator`` (a CPU generator, whatever the
-    device, so a checkpoint resumes on another machine); the global one is kept too."""
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+@dataclass(frozen=True)
+class DDPMPlan:
+    """Everything decided before step 0 of a DDPM training."""
+
+    config: GeneratorConfig
+    data: torch.Tensor  # the images scaled to [-1, 1], on the device
+    labels: torch.Tensor
+    class_names: tuple
+    definition: dict  # what makes the weights' bytes: checked on resume
+    scheduler: object  # the noise scheduler
+    folder: Path | None  # log.jsonl and the resumable checkpoint, if given
+    lr_factor: Callable[[int], float]
+
+    @property
+    def train(self):
+        return self.config.train
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def log_due(self, done: int) -> bool:
+        return done % self.train.log_every == 0 or done == self.train.steps
+
+    def checkpoint_due(self, done: int) -> bool:
+        every = self.train.checkpoint_every
+        return (
+            self.folder is not None
+            and bool(every)
+            and done % every == 0
+            and done < self.train.steps
+        )
 
 
-def _set_rng_state(generator: torch.Generator, state: dict) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
+@dataclass
+class DDPMState:
+    """What changes during a DDPM training and is checkpointed."""
+
+    unet: torch.nn.Module
+    ema: torch.nn.Module  # the exponential moving average of ``unet``: the weights saved
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # every draw of the training (a CPU generator, whatever the device)
+    loss_sum: torch.Tensor  # of the steps since the last log line
+    step: int = 0
+    window: int = 0  # steps summed in loss_sum
+    history: list = field(default_factory=list)  # the log's lines
+
+    def checkpoint(self, plan: DDPMPlan) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "definition": plan.definition,
+            "step": self.step,
+            "unet": self.unet.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(generator=self.generator),
+            "history": self.history,
+            "window": self.window,
+            "loss_sum": self.loss_sum.detach().cpu().clone(),
+        }
+
+    def restore(self, checkpoint: dict) -> None:
+        self.unet.load_state_dict(checkpoint["unet"])
+        self.ema.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"], generator=self.generator)
+        self.step, self.history = checkpoint["step"], checkpoint["history"]
+        self.window = checkpoint["window"]
+        self.loss_sum = checkpoint["loss_sum"].to(self.loss_sum.device)
 
 
-def _load_checkpoint(path: Path, definition: dict) -> dict | None:
-    """The checkpoint at ``path`` (None if there is none), refused if made differently."""
-    if not path.is_file():
-        return None
-    state = load_weights(path, what="DDPM training checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a DDPM training checkpoint of format {CHECKPOINT_FORMAT}")
-    require_same(
-        f"{path} is a DDPM training made differently",
-        state["definition"],
-        definition,
-        remedy="delete it to start over, or train into another folder",
+def make_plan(images, labels, class_names, config: GeneratorConfig, device, folder=None):
+    """(DDPMPlan, the DDPMState of step 0) of a training on uint8 NxCxHxW ``images``."""
+    train = config.train
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global generator
+        torch.manual_seed(train.seed)
+        unet = build_unet(
+            config.model,
+            image_size=images.shape[-1],
+            channels=images.shape[1],
+            num_classes=len(class_names),
+        ).to(device)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=train.lr, weight_decay=0.0)
+    generator = torch_generator(train.seed, "ddpm-train")
+    state = DDPMState(unet, ema, optimizer, generator, torch.zeros((), device=device))
+    plan = DDPMPlan(
+        config=config,
+        data=(images.float() / 127.5 - 1).to(device),
+        labels=labels.to(device),
+        class_names=class_names,
+        definition={
+            **training_definition(config),
+            "data": _data_definition(images, labels, class_names),
+        },
+        scheduler=build_scheduler(),
+        folder=Path(folder) if folder is not None else None,
+        # linear warm-up over the first 10% of steps (at most 100), then cosine to zero
+        lr_factor=warmup_cosine(train.steps, max(1, min(100, train.steps // 10))),
     )
-    return state
+    return plan, state
 
 
-def _write_log(folder: Path, history: list[dict]) -> None:
-    write_text_atomic(folder / LOG, "".join(json.dumps(line) + "\n" for line in history))
+def resume(plan: DDPMPlan, state: DDPMState) -> None:
+    """Continue from the folder's checkpoint, if any (refused if made differently), and rebuild
+    its log from the checkpoint's history: lines a killed training logged past it go."""
+    folder = plan.folder
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (CHECKPOINT, LOG):  # what a training killed mid-write left
+        for tmp in stale_temporaries(folder, name):
+            tmp.unlink(missing_ok=True)
+    path = folder / CHECKPOINT
+    if path.is_file():
+        checkpoint = read_checkpoint(
+            path, format=CHECKPOINT_FORMAT, what="a DDPM training checkpoint"
+        )
+        require_same(
+            f"{path} is a DDPM training made differently",
+            checkpoint["definition"],
+            plan.definition,
+            remedy="delete it to start over, or train into another folder",
+        )
+        state.restore(checkpoint)
+        progress_write(f"train ddpm: resuming {path} at step {state.step}")
+    write_log(folder, state.history)
+
+
+def train_step(plan: DDPMPlan, state: DDPMState) -> float:
+    """One optimiser step at ``state.step`` and the EMA's update; returns its learning rate."""
+    train, device = plan.train, plan.data.device
+    generator = state.generator
+    idx = torch.randint(len(plan.data), (train.batch_size,), generator=generator).to(device)
+    x0, y = plan.data[idx], plan.labels[idx]
+    drop = torch.rand(len(y), generator=generator).to(device) < LABEL_DROPOUT
+    y = torch.where(drop, torch.full_like(y, plan.num_classes), y)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    timesteps = plan.scheduler.config.num_train_timesteps
+    t = torch.randint(timesteps, (len(y),), generator=generator).to(device)
+    x_t = plan.scheduler.add_noise(x0, noise, t)
+    loss = F.mse_loss(state.unet(x_t, t, class_labels=y).sample, noise)
+    lr = train.lr * plan.lr_factor(state.step)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    with torch.no_grad():
+        for p_ema, p in zip(state.ema.parameters(), state.unet.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - train.ema_decay)
+    state.loss_sum += loss.detach()
+    state.window += 1
+    state.step += 1
+    return lr
+
+
+def log_line(plan: DDPMPlan, state: DDPMState, lr: float, images_per_s: float) -> dict:
+    """The log's line of the steps since the last one (appended to the history)."""
+    line = {
+        "step": state.step,
+        "loss": state.loss_sum.item() / state.window,
+        "lr": lr,
+        "images_per_s": images_per_s,
+    }
+    state.history.append(line)
+    state.loss_sum.zero_()
+    state.window = 0
+    if plan.folder is not None:
+        write_log(plan.folder, state.history)
+    return line
 
 
 def train_ddpm(
@@ -111,125 +251,45 @@ def train_ddpm(
 ) -> DDPMGenerator:
     """Train on uint8 NxCxHxW ``images`` with class ids ``labels``; returns the EMA generator.
     With a training ``folder``: ``log.jsonl`` and resumable checkpoints there (module doc)."""
-    train = config.train
-    num_classes = len(class_names)
-    generator = torch_generator(train.seed, "ddpm-train")
-    with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global generator
-        torch.manual_seed(train.seed)
-        unet = build_unet(
-            config.model,
-            image_size=images.shape[-1],
-            channels=images.shape[1],
-            num_classes=num_classes,
-        ).to(device)
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    scheduler = build_scheduler()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=train.lr, weight_decay=0.0)
-
-    definition = {
-        **training_definition(config),
-        "data": _data_definition(images, labels, class_names),
-    }
-    folder = Path(folder) if folder is not None else None
-    start, history = 0, []
-    loss_sum = torch.zeros((), device=device)
-    window = 0  # steps summed in loss_sum
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT, LOG):  # what a training killed mid-write left
-            for tmp in stale_temporaries(folder, name):
-                tmp.unlink(missing_ok=True)
-        state = _load_checkpoint(folder / CHECKPOINT, definition)
-        if state is not None:
-            unet.load_state_dict(state["unet"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(generator, state["rng"])
-            start, history, window = state["step"], state["history"], state["window"]
-            loss_sum = state["loss_sum"].to(device)
-            tqdm.write(f"train ddpm: resuming {folder / CHECKPOINT} at step {start}")
-        _write_log(folder, history)  # drops lines a killed training logged past its checkpoint
-
-    data = (images.float() / 127.5 - 1).to(device)
-    labels = labels.to(device)
-    # linear warm-up over the first 10% of steps (at most 100), then cosine to zero
-    lr_factor = warmup_cosine(train.steps, max(1, min(100, train.steps // 10)))
+    plan, state = make_plan(images, labels, class_names, config, device, folder)
+    resume(plan, state)
+    train, start = plan.train, state.step
     began = timer = time.perf_counter()
     timed = 0  # steps since ``timer``
-    bar = tqdm(total=train.steps, initial=start, desc="train ddpm", unit="step", leave=False)
-    for step in range(start, train.steps):
-        idx = torch.randint(len(data), (train.batch_size,), generator=generator).to(device)
-        x0, y = data[idx], labels[idx]
-        drop = torch.rand(len(y), generator=generator).to(device) < LABEL_DROPOUT
-        y = torch.where(drop, torch.full_like(y, num_classes), y)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        t = torch.randint(scheduler.config.num_train_timesteps, (len(y),), generator=generator).to(
-            device
-        )
-        x_t = scheduler.add_noise(x0, noise, t)
-        loss = F.mse_loss(unet(x_t, t, class_labels=y).sample, noise)
-        lr = train.lr * lr_factor(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - train.ema_decay)
-        loss_sum += loss.detach()
-        window += 1
+    bar = progress(total=train.steps, initial=start, desc="train ddpm", unit="step")
+    while state.step < train.steps:
+        lr = train_step(plan, state)
         timed += 1
-        done = step + 1
         bar.update()
-        if done % train.log_every == 0 or done == train.steps:
+        if plan.log_due(state.step):
             now = time.perf_counter()
-            line = {
-                "step": done,
-                "loss": loss_sum.item() / window,
-                "lr": lr,
-                "images_per_s": timed * train.batch_size / max(now - timer, 1e-9),
-            }
-            history.append(line)
+            line = log_line(plan, state, lr, timed * train.batch_size / max(now - timer, 1e-9))
             bar.set_postfix(loss=f"{line['loss']:.4f}")
-            loss_sum.zero_()
-            window, timed, timer = 0, 0, now
-            if folder is not None:
-                _write_log(folder, history)
-        every = train.checkpoint_every
-        if folder is not None and every and done % every == 0 and done < train.steps:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "definition": definition,
-                "step": done,
-                "unet": unet.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(generator),
-                "history": history,
-                "window": window,
-                "loss_sum": loss_sum.detach().cpu().clone(),
-            }
-            with atomic_path(folder / CHECKPOINT) as tmp:
-                torch.save(state, tmp)
+            timed, timer = 0, now
+        if plan.checkpoint_due(state.step):
+            save_checkpoint(state.checkpoint(plan), plan.folder / CHECKPOINT)
     bar.close()
-    seconds = time.perf_counter() - began
-    trained = train.steps - start
-    resumed = f", resumed at step {start}" if start else ""
-    last = f", loss {history[-1]['loss']:.4f}" if history else ""
-    logged = f"; log {folder / LOG}" if folder is not None else ""
-    tqdm.write(
-        f"train ddpm: {train.steps} steps{resumed}{last} in {seconds:.1f} s "
-        f"({trained * train.batch_size / max(seconds, 1e-9):.0f} images/s){logged}"
-    )
+    _report(plan, state.history, start, time.perf_counter() - began)
     return DDPMGenerator(
-        ema,
-        scheduler,
+        state.ema,
+        plan.scheduler,
         class_names=class_names,
         image_size=images.shape[-1],
         channels=images.shape[1],
-        null_class=num_classes,
+        null_class=plan.num_classes,
         sampler=config.sampler,
+    )
+
+
+def _report(plan: DDPMPlan, history: list, start: int, seconds: float) -> None:
+    train = plan.train
+    trained = train.steps - start
+    resumed = f", resumed at step {start}" if start else ""
+    last = f", loss {history[-1]['loss']:.4f}" if history else ""
+    logged = f"; log {plan.folder / LOG}" if plan.folder is not None else ""
+    progress_write(
+        f"train ddpm: {train.steps} steps{resumed}{last} in {seconds:.1f} s "
+        f"({trained * train.batch_size / max(seconds, 1e-9):.0f} images/s){logged}"
     )
 
 
@@ -266,7 +326,7 @@ def train_from_shard_set(
                 remedy="delete it to train again, or choose another folder",
             )
         (folder / CHECKPOINT).unlink(missing_ok=True)
-        tqdm.write(f"train ddpm: {out} is complete, not trained again")
+        progress_write(f"train ddpm: {out} is complete, not trained again")
         return out
     batches = list(iter_batches(real, 4096))
     images = torch.cat([b[0] for b in batches])

@@ -12,18 +12,24 @@ from collections.abc import Callable
 
 
 def lazy_exports(
-    package: str, modules: dict[str, tuple[str, ...]]
+    package: str, modules: dict[str, tuple]
 ) -> tuple[Callable[[str], object], Callable[[], list[str]], list[str]]:
     """``__getattr__``, ``__dir__`` and ``__all__`` for ``package``: ``modules`` maps each
-    module to the public names it defines."""
-    exports = {name: module for module, names in modules.items() for name in names}
+    module to the public names it defines; a ``(public, attribute)`` pair exports the module's
+    ``attribute`` as ``public`` (where ``attribute`` is also a submodule's name, which Python
+    binds on the package once that submodule is imported)."""
+    exports = {}
+    for module, names in modules.items():
+        for name in names:
+            public, attribute = (name, name) if isinstance(name, str) else name
+            exports[public] = (module, attribute)
 
     def getattr_(name: str) -> object:
         try:
-            module = exports[name]
+            module, attribute = exports[name]
         except KeyError:
             raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), attribute)
 
     def dir_() -> list[str]:
         return sorted(exports)

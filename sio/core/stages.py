@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sio.core.definition import differences, require_same
@@ -25,6 +25,19 @@ COMPLETE_FILE = "complete.json"
 
 class StageConflict(RuntimeError):
     """An output folder that holds results for a different config."""
+
+
+@dataclass(frozen=True)
+class StageDefinition:
+    """What a stage says defines its folder, so that the orchestrator mirrors no list of its:
+    ``definition`` (plain JSON data: the resolved config section and the input checksums),
+    ``resumable`` (dotted paths in it whose change the work adapts to, its output unchanged:
+    the stage resumes or keeps its folder) and ``defaults`` (``{section: {field: default}}``:
+    what a ``stage.json`` written before a field existed was made with)."""
+
+    definition: dict
+    resumable: tuple[str, ...] = ()
+    defaults: dict = field(default_factory=dict)
 
 
 def with_defaults(previous: dict, defaults: dict) -> dict:
@@ -122,20 +135,26 @@ def needs_run(folder: Path, definition: dict, force: bool, resumable=(), default
 def run_stage(
     label: str,
     folder: Path,
-    definition: dict,
+    definition: dict | StageDefinition,
     work: Callable[[], object],
     *,
     force: bool,
     timings: dict,
     resumable: tuple[str, ...] = (),
     defaults: dict | None = None,
+    record: dict | None = None,
 ) -> None:
     """Call ``work()`` unless ``folder`` is complete for ``definition``; prints its wall time.
     A change in only the ``resumable`` fields (dotted paths) reruns ``work()`` on the folder as
-    it is, for work that adapts (a generation job resized), instead of refusing the folder.
+    it is, for work that adapts (a generation job resized), instead of refusing the folder. A
+    ``StageDefinition`` (what a stage's API makes) brings its own ``resumable`` and ``defaults``.
     ``defaults`` (the config sections' default values) stands in for fields that a stage
-    recorded by an older sio lacks, so adding a config field does not invalidate old runs."""
+    recorded by an older sio lacks, so adding a config field does not invalidate old runs.
+    ``record`` goes into ``complete.json`` beside the seconds (what the work measured)."""
     folder = Path(folder)
+    if isinstance(definition, StageDefinition):
+        resumable, defaults = definition.resumable, definition.defaults
+        definition = definition.definition
     if not needs_run(folder, definition, force, resumable, defaults):
         timings[label] = 0.0
         print(f"  {label}: done earlier with the same config, skipped", flush=True)
@@ -145,6 +164,6 @@ def run_stage(
     write_json_atomic(folder / STAGE_FILE, definition)
     work()
     seconds = time.perf_counter() - start
-    write_json_atomic(folder / COMPLETE_FILE, {"seconds": seconds})
+    write_json_atomic(folder / COMPLETE_FILE, {**(record or {}), "seconds": seconds})
     timings[label] = seconds
     print(f"  {label}: {seconds:.1f} s", flush=True)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from sio.core.config import ConfigError, check_alpha, load_yaml_dataclass, short, short_text
 from sio.core.config import check as _check
-from sio.evaluate.config import EvaluateConfig
-from sio.generate.config import FidConfig, GenerateConfig, GeneratorConfig
-from sio.shards.config import ShardConfig
-from sio.train.config import TrainConfig
+from sio.core.storage import is_url
+from sio.evaluate import EvaluateConfig
+from sio.generate import AuditConfig, FidConfig, GenerateConfig, GeneratorConfig
+from sio.shards import ShardConfig
+from sio.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     fid: FidConfig = field(default_factory=FidConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self):
@@ -109,12 +111,8 @@ class PipelineConfig:
             )
 
 
-def _is_url(location: str) -> bool:
-    return "://" in location
-
-
 def _check_shard_set(location: str, field_name: str, used_by: str) -> None:
-    if _is_url(location):
+    if is_url(location):
         return  # remote: read (and checked) when the stage opens it
     folder = Path(location)
     shown = short_text(str(folder))
@@ -135,7 +133,7 @@ def check_references(config: PipelineConfig) -> None:
     unknown detector 'mps'; known: ...``); ``load_pipeline`` adds the file."""
     from sio.evaluate import DETECTORS
     from sio.shards import check_shard_config
-    from sio.train import BACKBONES, METHODS
+    from sio.train import BACKBONES, METHODS, method_inputs
 
     for i, name in enumerate(config.evaluate.methods):
         _check(name in DETECTORS, f"evaluate.methods[{i}]", _unknown("detector", name, DETECTORS))
@@ -144,10 +142,8 @@ def check_references(config: PipelineConfig) -> None:
         train.method in METHODS, "train.method", _unknown("training method", train.method, METHODS)
     )
     _check(train.model in BACKBONES, "train.model", _unknown("model", train.model, BACKBONES))
-    if train.method == "pixmix":
-        _check_shard_set(train.pixmix.mixing, "train.pixmix.mixing", "pixmix")
-    if train.method == "oe":
-        _check_shard_set(train.oe.outliers, "train.oe.outliers", "Outlier Exposure")
+    for name, location in method_inputs(train).items():  # OE's outliers, PixMix's pictures
+        _check_shard_set(location, f"train.{train.method}.{name}", f"the {train.method} method")
     check_shard_config(config.shard)
     for i, generator in enumerate(config.generators):
         where = f"sweep.generators[{i - 1}].path" if i else "generator.path"

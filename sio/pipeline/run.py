@@ -20,10 +20,16 @@ from sio.core.config import to_dict
 from sio.core.environment import default_device
 from sio.core.files import sha256_file, write_json_atomic
 from sio.core.lock import hold_folder
-from sio.core.stages import COMPLETE_FILE, STAGE_FILE, run_stage, stage_verdict
-from sio.generate import BYTE_NEUTRAL, agreement_warning, warning_banner
-from sio.generate.config import GeneratorConfig
+from sio.core.stages import (
+    COMPLETE_FILE,
+    STAGE_FILE,
+    StageDefinition,
+    run_stage,
+    stage_verdict,
+)
+from sio.generate import GeneratorConfig, agreement_warning, warning_banner
 from sio.pipeline.config import PipelineConfig
+from sio.pipeline.estimate import Estimate, measured_rates, measurement, run_folders
 from sio.pipeline.study import (
     STUDY_FILE,
     GeneratorFigures,
@@ -33,11 +39,7 @@ from sio.pipeline.study import (
     expand_study,
 )
 from sio.shardset import MANIFEST, read_manifest
-from sio.train import CHECKPOINT, RESUMABLE_CHANGES
-from sio.train.config import TrainConfig
-
-# what a train stage.json written before a field existed was made with: that field's default
-TRAIN_STAGE_DEFAULTS = {"train": to_dict(TrainConfig())}
+from sio.train import CHECKPOINT
 
 
 def shards_fingerprint(shard_set: Path) -> str:
@@ -62,39 +64,44 @@ class PipelineRun:
         self.config, self.out, self.device, self.force = config, out, device, force
         self.timings: dict[str, float] = {}
         self.dry, self.plan, self.remade = dry, [], []
+        self.estimate = Estimate()  # a dry run's time for the stages it would run
+        self.rates = measured_rates(run_folders(out)) if dry else {}
 
-    def stage(self, label, folder: Path, definition, work, resumable=(), defaults=None):
-        """Run (or, dry, judge) a stage; ``definition`` is a dict or a function making it."""
+    def stage(self, label, folder: Path, definition, work, resumable=(), units=lambda: 1):
+        """Run (or, dry, judge) a stage. ``definition``: the ``StageDefinition`` the stage's API
+        makes (it says which fields are ``resumable``), a plain dict (``resumable`` given here),
+        or a function making either (called late: it may raise ``Pending`` in a dry run).
+        ``units()``: the stage's work in its kind's unit (estimate.py), recorded when it
+        completes; a dry run estimates its time from it."""
         if self.dry:
-            return self._judge(label, folder, definition, resumable, defaults)
-        if callable(definition):
-            definition = definition()
-        run_stage(
-            label,
-            folder,
-            definition,
-            work,
-            force=self.force,
-            timings=self.timings,
-            resumable=resumable,
-            defaults=defaults,
-        )
+            return self._judge(label, folder, definition, resumable, units)
+        made = _stage_definition(definition, resumable)
+        record = measurement(label, units())
+        run_stage(label, folder, made, work, force=self.force, timings=self.timings, record=record)
 
-    def _judge(self, label, folder: Path, definition, resumable, defaults) -> None:
+    def _judge(self, label, folder: Path, definition, resumable, units) -> None:
         try:
-            definition = definition() if callable(definition) else definition
+            made = _stage_definition(definition, resumable)
         except Pending as pending:
             path = Path(pending.args[0])
             shown = path.relative_to(self.out) if path.is_relative_to(self.out) else path
             why = f"after the earlier stage that writes {shown}"
             self.plan.append((label, "run", why))
-            self.remade.append(folder)
+            self._will_run(label, folder, units)
             return
-        verdict = stage_verdict(folder, definition, self.force, resumable, defaults)
+        verdict = stage_verdict(folder, made.definition, self.force, made.resumable, made.defaults)
         action = "skip" if verdict.action == "skip" else ("run" if verdict.runs else "refused")
         self.plan.append((label, action, verdict.why))
         if verdict.runs:
-            self.remade.append(folder)
+            self._will_run(label, folder, units)
+
+    def _will_run(self, label, folder: Path, units) -> None:
+        self.remade.append(folder)
+        try:
+            amount = units()
+        except Pending:  # its amount of work depends on a stage not run yet
+            amount = None
+        self.estimate.add(label, amount, self.rates)
 
     def pending(self, path: Path) -> bool:
         """In a dry run: ``path`` is not there yet or an earlier stage would rewrite it."""
@@ -114,14 +121,14 @@ class PipelineRun:
         return self.fingerprint(self.real / MANIFEST)
 
     def shard(self) -> None:
-        from sio.shards import read_benchmark, write_benchmark
+        from sio.shards import read_benchmark, shard_stage, write_benchmark
 
         self.bench_dir = self.out / "benchmark"
         shard_config = self.config.shard
         self.stage(
             "shard",
             self.bench_dir,
-            {"shard": to_dict(shard_config)},
+            shard_stage(shard_config),
             lambda: write_benchmark(shard_config, self.bench_dir),
         )
         if self.pending(self.bench_dir / "benchmark.json"):
@@ -131,22 +138,21 @@ class PipelineRun:
         self.real = self.benchmark.id_splits["train"]
 
     def train(self, name: str, alpha: float, seed: int, synthetic: Path | None) -> Path:
-        from sio.train import method_inputs, train_classifier
+        from sio.train import train_classifier, train_stage
 
         folder = self.out / "train" / name
 
         def definition():
-            made = {
-                "train": to_dict(self.config.train),
-                "alpha": alpha,
-                "seed": seed,
-                "real_manifest_sha256": self.real_sha,
-                "synthetic_shards_sha256": synthetic
-                and self.fingerprint(synthetic, shards_fingerprint),
-            }
-            for key, path in method_inputs(self.config.train).items():  # OE outliers, PixMix
-                made[f"{key}_manifest_sha256"] = sha256_file(Path(path) / MANIFEST)
-            return made
+            synthetic_sha = synthetic and self.fingerprint(synthetic, shards_fingerprint)
+            return train_stage(self.config.train, alpha, seed, self.real_sha, synthetic_sha)
+
+        def images():  # seen in training (the method's epochs aside)
+            from sio.train import steps_per_epoch
+
+            config = self.config.train
+            real = self.fingerprint(self.real / MANIFEST, lambda p: read_manifest(p.parent))
+            steps = config.steps_per_epoch or steps_per_epoch(real.num_samples, config.batch_size)
+            return config.epochs * steps * config.batch_size
 
         self.stage(
             f"train {name}",
@@ -162,26 +168,23 @@ class PipelineRun:
                 device=self.device,
                 val=self.benchmark.id_splits.get("val"),  # val_acc per epoch; no batch changes
             ),
-            # fields that change no batch: the trainer resumes or keeps its checkpoint
-            resumable=tuple(f"train.{field}" for field in RESUMABLE_CHANGES),
-            defaults=TRAIN_STAGE_DEFAULTS,
+            units=images,
         )
         return folder / CHECKPOINT
 
     def generator_weights(self, generator: GeneratorConfig) -> Path:
         """generator.path if set, else a built-in DDPM trained on the real ID training set
         (one training per distinct model and training settings)."""
-        from sio.generate import train_from_shard_set, training_definition
+        from sio.generate import generator_training_stage, train_from_shard_set
 
         if generator.path:
             return Path(generator.path)
 
-        # the model and training settings less those that change no weight (log, checkpoints)
         def definition():
-            return {**training_definition(generator), "real_manifest_sha256": self.real_sha}
+            return generator_training_stage(generator, self.real_sha)
 
         try:
-            before = self._trained_before(definition())
+            before = self._trained_before(definition().definition)
         except Pending:  # a dry run before the benchmark exists
             before = None
         stage_dir = before or self.out / "generator" / generator.key
@@ -192,6 +195,7 @@ class PipelineRun:
             definition,
             # log.jsonl and the resumable training checkpoint beside weights/
             lambda: train_from_shard_set(self.real, generator, weights, self.device, stage_dir),
+            units=lambda: generator.train.steps * generator.train.batch_size,
         )
         return weights
 
@@ -205,64 +209,45 @@ class PipelineRun:
         return None
 
     def generate(self, generator: GeneratorConfig, num: int, judge: Path) -> Path:
-        from sio.generate import generate_shard_set, weights_fingerprint
-        from sio.shardset import read_manifest
-        from sio.train import load_classifier
+        from sio.generate import generate_shard_set, generate_stage, weights_fingerprint
 
         weights = self.generator_weights(generator)
         folder = self.out / "synthetic" / generator.key
         job = dataclasses.replace(self.config.generate, num_images=num)
 
-        def work():
-            classifier, _ = load_classifier(judge, self.device)
+        def work():  # prepare_job checks the judge and generator fit the real set, as the CLI
             manifest = generate_shard_set(
                 weights,
                 folder,
                 job,
                 generator,
-                classifier=classifier,
                 classifier_path=str(judge),
-                class_names=self.benchmark.class_names,
+                classes_from=self.real,
                 device=self.device,
-                image_size=read_manifest(self.real).image_size[0],
             )
             assert manifest is not None, "a single process writes every shard and the manifest"
 
-        settings = to_dict(generator)
-        for key in ("model", "train", "label"):  # the weights fingerprint covers model, train
-            del settings[key]
+        def definition():  # a resized set or other encoder threads: the job resumes
+            weights_sha = self.fingerprint(weights, weights_fingerprint)
+            return generate_stage(job, generator, weights_sha, self.fingerprint(judge))
 
-        def definition():
-            return {
-                "generate": to_dict(job),
-                "generator": settings,
-                "generator_weights_sha256": self.fingerprint(weights, weights_fingerprint),
-                "classifier_sha256": self.fingerprint(judge),
-            }
-
-        # a new largest count resizes the set (its complete shards stay) and the encoder
-        # threads change no byte: the job resumes on the folder as it is (generate/job.py)
-        self.stage(f"generate {generator.key}", folder, definition, work, BYTE_NEUTRAL)
+        self.stage(f"generate {generator.key}", folder, definition, work, units=lambda: num)
         return folder
 
     def quality(self, key: str, synthetic: Path, judge: Path) -> dict:
         """FID (or the labelled classifier-feature distance) of a synthetic set's first
         ``generate.num_images`` images (every generator has at least those: one sample size for
-        all), recorded in its manifest and in ``quality/<generator>/fid.json``."""
-        from sio.generate.fid import fid_extractor, measure_fid, record_quality
+        all), recorded in ``quality/<generator>/fid.json`` (the set's manifest stays as it is)."""
+        from sio.generate import fid_extractor, measure_fid, quality_stage
 
         fid = self.config.fid
         folder = self.out / "quality" / key
         num_synthetic = self.config.generate.num_images  # every generator at one count
 
-        def definition():
-            return {
-                "fid": to_dict(fid),
-                "num_synthetic": num_synthetic,
-                "synthetic_shards_sha256": self.fingerprint(synthetic, shards_fingerprint),
-                "real_manifest_sha256": self.real_sha,
-                "classifier_sha256": None if fid.inception_weights else self.fingerprint(judge),
-            }
+        def definition():  # a resized synthetic set is measured again (same first images)
+            synthetic_sha = self.fingerprint(synthetic, shards_fingerprint)
+            judge_sha = None if fid.inception_weights else self.fingerprint(judge)
+            return quality_stage(fid, num_synthetic, synthetic_sha, self.real_sha, judge_sha)
 
         def work():
             extractor = fid_extractor(fid, judge, self.device)
@@ -274,14 +259,50 @@ class PipelineRun:
                 max_images=fid.max_images,
                 num_synthetic=num_synthetic,
             )
-            record_quality(synthetic, record)
-            write_json_atomic(folder / "fid.json", record)
+            write_json_atomic(folder / "fid.json", record)  # the manifest stays as published
 
-        # a resized synthetic set is measured again (its first images are the same)
-        self.stage(f"fid {key}", folder, definition, work, ("synthetic_shards_sha256",))
+        self.stage(f"fid {key}", folder, definition, work, units=lambda: num_synthetic)
         if self.pending(folder / "fid.json"):
             return None
         return json.loads((folder / "fid.json").read_text())
+
+    def audit(self, key: str, synthetic: Path, judge: Path) -> dict | None:
+        """The per-class audit of a synthetic set by the judge classifier (generate/audit.py),
+        recorded in ``quality/<generator>/audit/audit.json``."""
+        from sio.generate import audit_set
+        from sio.train import load_classifier
+
+        folder = self.out / "quality" / key / "audit"
+        batch_size, max_images = self.config.fid.batch_size, self.config.fid.max_images
+
+        def definition():
+            return {
+                "max_images": max_images,
+                "synthetic_shards_sha256": self.fingerprint(synthetic, shards_fingerprint),
+                "real_manifest_sha256": self.real_sha,
+                "classifier_sha256": self.fingerprint(judge),
+            }
+
+        def work():
+            classifier, info = load_classifier(judge, self.device)
+            pseudo = read_manifest(synthetic).provenance.get("labels", {}).get("mode") == "pseudo"
+            record = audit_set(
+                synthetic,
+                classifier,
+                self.benchmark.class_names,
+                real=self.real,
+                batch_size=batch_size,
+                max_images=max_images,
+                identity={"classifier": str(judge), "classifier_sha256": info.sha256},
+                labelled_by_classifier=pseudo,
+            )
+            write_json_atomic(folder / "audit.json", record)
+
+        # a resized synthetic set is audited again
+        self.stage(f"audit {key}", folder, definition, work, ("synthetic_shards_sha256",))
+        if self.pending(folder / "audit.json"):
+            return None
+        return json.loads((folder / "audit.json").read_text())
 
     def subset(self, key: str, synthetic: Path, num: int) -> Path:
         from sio.shardset import subset_shard_set
@@ -304,22 +325,28 @@ class PipelineRun:
         return folder
 
     def evaluate(self, name: str, checkpoint: Path) -> Path:
-        from sio.evaluate import evaluate_checkpoint
+        from sio.evaluate import evaluate_checkpoint, evaluate_stage
 
         folder = self.out / "evaluate" / name
         self.stage(
             f"evaluate {name}",
             folder,
-            lambda: {
-                "evaluate": to_dict(self.config.evaluate),
-                "checkpoint_sha256": self.fingerprint(checkpoint),
-                "benchmark_sha256": self.fingerprint(self.bench_dir / "benchmark.json"),
-            },
+            lambda: evaluate_stage(
+                self.config.evaluate,
+                self.fingerprint(checkpoint),
+                self.fingerprint(self.bench_dir / "benchmark.json"),
+            ),
             lambda: evaluate_checkpoint(
                 checkpoint, self.bench_dir, folder, self.config.evaluate, device=self.device
             ),
         )
         return folder
+
+
+def _stage_definition(definition, resumable=()) -> StageDefinition:
+    """The ``StageDefinition`` of ``PipelineRun.stage``'s ``definition`` argument."""
+    made = definition() if callable(definition) else definition
+    return made if isinstance(made, StageDefinition) else StageDefinition(made, tuple(resumable))
 
 
 def run_pipeline(
@@ -367,7 +394,7 @@ def _run_stages(config: PipelineConfig, out: Path, force: bool, device: str, dry
         folder = run.evaluate(name, checkpoints[name])
         runs.append(StudyRun(name, generator, count, alpha, seed, str(folder.relative_to(out))))
     if dry:
-        return plan_text(out, run.plan)
+        return plan_text(out, run.plan) + "\n" + run.estimate.text()
     base = Point(config.generator.key, config.generate.num_images, config.sio_alpha)
     StudyRecord(base=base, generators=generators, runs=tuple(runs)).write(out / STUDY_FILE)
     write_json_atomic(out / "pipeline.resolved.json", to_dict(config))
@@ -413,10 +440,19 @@ def _summary(generators: dict[str, GeneratorFigures], table: str, timings: dict)
     return "\n".join([*lines, "", table, "stage times (s): " + stage_times])
 
 
-def generator_warning(key: str, figures: GeneratorFigures, num_classes: int) -> str | None:
+def generator_warning(
+    key: str, figures: GeneratorFigures, num_classes: int, thresholds=None
+) -> str | None:
     """The label-agreement warning of ``sio generate`` (sio.generate.agreement_warning) for a
-    generator of the study: its "+SIO" runs train on noise."""
-    return agreement_warning(key, figures.label_agreement, num_classes)
+    generator of the study: its "+SIO" runs train on noise or off-manifold images."""
+    per_class = figures.label_agreement_per_class
+    return agreement_warning(key, figures.label_agreement, num_classes, per_class, thresholds)
+
+
+def _per_class(audit: dict | None) -> dict:
+    """GeneratorFigures' per-class fields from an audit record (generate/audit.py)."""
+    fields = ("label_agreement_per_class", "confidence_per_class", "fd_classifier_per_class")
+    return {name: (audit or {}).get(name) for name in fields}
 
 
 def _label_agreement(synthetic: Path) -> float | None:
@@ -433,11 +469,14 @@ def _synthetic_sets(run: PipelineRun, study, judge: Path):
         full = run.generate(by_key[key], counts[-1], judge)
         agreement = None if run.pending(full / MANIFEST) else _label_agreement(full)
         distance = run.quality(key, full, judge)
+        audit = run.audit(key, full, judge)
         if distance is not None:  # None: a dry run before the set exists
             figures[key] = GeneratorFigures(
-                str(full.relative_to(run.out)), counts[-1], agreement, distance
+                str(full.relative_to(run.out)), counts[-1], agreement, distance, **_per_class(audit)
             )
-            warning = generator_warning(key, figures[key], len(run.benchmark.class_names))
+            warning = generator_warning(
+                key, figures[key], len(run.benchmark.class_names), run.config.audit
+            )
             if warning:
                 print(warning_banner(warning), flush=True)
         sets[(key, counts[-1])] = full

@@ -57,7 +57,9 @@ class Method(nn.Module, abc.ABC):
 
     @classmethod
     def inputs(cls, config: TrainConfig) -> dict[str, str]:
-        """Extra shard sets the method reads: {source name: folder}."""
+        """Extra shard sets the method reads: {source name: folder or URL}, each name the field
+        of the method's settings section that gives it (``train.oe.outliers``). The one list of
+        them: the trainer opens them, ``sio run`` checks them and records their manifests."""
         return {}
 
     def sources(self) -> dict[str, int]:
