@@ -32,15 +32,16 @@ def main() -> None:
         out = Path(config.output_dir)
         timings = json.loads((out / "timings.json").read_text())
         synthetic = out / "synthetic" / config.generator.key
-        distance = read_manifest(synthetic).provenance["quality"]
+        quality = read_manifest(synthetic).provenance["quality"]  # the job's label agreement
+        distance = json.loads((out / "quality" / config.generator.key / "fid.json").read_text())
         report = json.loads((out / "report.json").read_text())
     result = {
         "pipeline": pipeline,
         "wall_s": wall,
         "stage_s": timings,
         "machine": describe_machine(),
-        "label_agreement": distance["label_agreement"],
-        "fd_classifier": distance.get("fd_classifier", {}).get("value"),
+        "label_agreement": quality["label_agreement"],
+        "fd_classifier": distance["value"] if distance["metric"] == "fd_classifier" else None,
         "generate_images_per_s": config.generate.num_images
         / timings[f"generate {config.generator.key}"],
         "seeds": list(config.seeds),

@@ -12,27 +12,37 @@ Two feature extractors, never confused in the output:
 - ``fd_classifier``: penultimate features of a real-trained sio classifier — a labelled
   stand-in where no Inception weights exist (as on a machine without network), not FID.
 
-Real-set statistics are cached beside the real manifest (``fid-stats/``), keyed by extractor,
-manifest checksum and image count; the result is recorded in the synthetic manifest's
-``provenance.quality``.
+Real-set statistics are cached outside the real set (a published set is never written to), in
+``stats_folder()``: ``$SIO_CACHE_DIR/fid-stats``, else ``~/.cache/sio/fid-stats``, keyed by
+extractor, the real manifest's sha256 and the image count. The result is recorded beside the
+synthetic set (quality.py), never in its manifest.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from sio.core.files import atomic_path, sha256_file, write_json_atomic
+from sio.core.files import atomic_path, sha256_file
+from sio.core.progress import progress
 from sio.core.storage import is_url
 from sio.core.weights import load_weights
+from sio.generate.quality import record_quality  # noqa: F401 - where it was first defined
 from sio.shardset import MANIFEST, iter_batches, read_manifest
 
 STATS_DIR = "fid-stats"
+
+
+def stats_folder() -> Path:
+    """Where real-set statistics are cached: ``$SIO_CACHE_DIR/fid-stats``, else
+    ``~/.cache/sio/fid-stats``."""
+    cache = os.environ.get("SIO_CACHE_DIR")
+    return Path(cache) / STATS_DIR if cache else Path.home() / ".cache" / "sio" / STATS_DIR
 
 
 def frechet_distance(mean1, cov1, mean2, cov2) -> float:
@@ -178,7 +188,7 @@ def set_stats(
     wanted = total if max_images is None else min(total, max_images)
     rows, start = _chosen_rows(total, wanted, spread), 0
     accumulator = StatsAccumulator()
-    with tqdm(total=wanted, desc=f"{extractor.metric} {shard_set}", unit="img") as bar:
+    with progress(total=wanted, desc=f"{extractor.metric} {shard_set}", unit="img") as bar:
         for images, _ in iter_batches(shard_set, batch_size):
             chosen = images[torch.from_numpy(rows[start : start + len(images)])]
             start += len(images)
@@ -192,23 +202,26 @@ def set_stats(
     return accumulator.result()
 
 
-def real_stats(real_set, extractor, *, batch_size: int, max_images: int | None) -> GaussianStats:
-    """``set_stats`` of a real set (evenly spaced images when capped), cached in
-    ``<real_set>/fid-stats/`` when it is a folder that can be written."""
+def real_stats(
+    real_set, extractor, *, batch_size: int, max_images: int | None, cache_dir=None
+) -> GaussianStats:
+    """``set_stats`` of a real set (evenly spaced images when capped), cached in ``cache_dir``
+    (default ``stats_folder()``; never in the set) by the sha256 of its manifest."""
     if is_url(str(real_set)):
         return set_stats(real_set, extractor, batch_size=batch_size, max_images=max_images)
     manifest_sha = sha256_file(Path(real_set) / MANIFEST)
     count = "all" if max_images is None else f"even{max_images}"
-    cache = Path(real_set) / STATS_DIR / f"{extractor.key}-{manifest_sha[:16]}-{count}.npz"
+    folder = Path(cache_dir) if cache_dir is not None else stats_folder()
+    cache = folder / f"{extractor.key}-{manifest_sha}-{count}.npz"
     if cache.is_file():
         return GaussianStats.load(cache)
     stats = set_stats(
         real_set, extractor, batch_size=batch_size, max_images=max_images, spread=True
     )
     try:
-        cache.parent.mkdir(exist_ok=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         stats.save(cache)
-    except OSError as err:  # a read-only dataset: measure again next time
+    except OSError as err:  # a read-only cache: measure again next time
         print(f"{cache}: real statistics not cached ({err})", flush=True)
     return stats
 
@@ -226,20 +239,24 @@ def measure_fid(
     batch_size: int = 200,
     max_images: int | None = None,
     num_synthetic: int | None = None,
+    cache_dir=None,
 ) -> dict:
     """The Fréchet distance of ``synthetic`` to ``real`` under ``extractor``, as a record:
     {"metric", "value", "n_synthetic", "n_real", "real", and the extractor's identity}.
 
     The synthetic set contributes its first ``min(max_images, num_synthetic)`` images (what
     generating that many would give: compare generators at one count, since the distance falls
-    with the sample size); the real set ``max_images`` evenly spaced ones (all if None)."""
+    with the sample size); the real set ``max_images`` evenly spaced ones (all if None), its
+    statistics cached in ``cache_dir`` (``real_stats``)."""
     syn_manifest, real_manifest = read_manifest(synthetic), read_manifest(real)
     if extractor.metric == "fd_classifier" and syn_manifest.image_size != real_manifest.image_size:
         raise ValueError(
             f"{synthetic}: images are {syn_manifest.image_size}, the real set's "
             f"{real_manifest.image_size}; classifier features need one size"
         )
-    real_gauss = real_stats(real, extractor, batch_size=batch_size, max_images=max_images)
+    real_gauss = real_stats(
+        real, extractor, batch_size=batch_size, max_images=max_images, cache_dir=cache_dir
+    )
     syn_gauss = set_stats(
         synthetic, extractor, batch_size=batch_size, max_images=_least(max_images, num_synthetic)
     )
@@ -252,18 +269,6 @@ def measure_fid(
         "real": str(real),
         **extractor.identity,
     }
-
-
-def record_quality(shard_set, record: dict) -> bool:
-    """Store ``record`` as ``provenance.quality[record["metric"]]`` in a local set's manifest;
-    False (nothing written) for a URL."""
-    if is_url(str(shard_set)):
-        return False
-    path = Path(shard_set) / MANIFEST
-    manifest = read_manifest(shard_set).to_json()
-    manifest["provenance"].setdefault("quality", {})[record["metric"]] = record
-    write_json_atomic(path, manifest)
-    return True
 
 
 def fid_extractor(config, classifier: str | Path | None, device="cpu"):

@@ -52,11 +52,20 @@ def fid(
     config_path,
     device,
 ):
-    """Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC's manifest."""
-    import torch
+    """Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC/quality/.
 
-    from sio.generate.fid import fid_extractor, measure_fid, record_quality
+    The manifest is left as it is; the real set's statistics are cached outside it
+    ($SIO_CACHE_DIR/fid-stats, else ~/.cache/sio/fid-stats).
 
+    With --inception (torch-fidelity's InceptionV3 weights) it is FID; otherwise it is the
+    same distance in --classifier's penultimate features, recorded as fd_classifier.
+
+    \b
+    Examples:
+      sio fid data/synthetic --real data/digits/id_train --classifier runs/base0/checkpoint.pt
+      sio fid data/synthetic --real data/cifar10/id_train \\
+          --inception weights-inception-2015-12-05-6726825d.pth --max-images 10000
+    """
     overrides = {
         "inception_weights": inception,
         "inception_sha256": inception_sha256,
@@ -66,6 +75,11 @@ def fid(
     config = dataclasses.replace(
         pipeline_config(config_path).fid, **{k: v for k, v in overrides.items() if v is not None}
     )
+    import torch  # after the config: a mistake in it answers at once
+
+    from sio.generate.fid import fid_extractor, measure_fid
+    from sio.generate.quality import quality_file, record_quality
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = fid_extractor(config, classifier, device)
     record = measure_fid(
@@ -75,5 +89,9 @@ def fid(
     click.echo(
         f"{record['metric']} = {record['value']:.4f} ({record['n_synthetic']} synthetic vs "
         f"{record['n_real']} real images; {record['extractor']})"
-        + ("" if written else "; not recorded: the set is not a local folder")
+        + (
+            f"; recorded in {quality_file(synthetic, record['metric'])}"
+            if written
+            else "; not recorded: the set is not a local folder"
+        )
     )

@@ -4,7 +4,7 @@ Sample q of a synthetic set is meant to be of class ``q mod K``, so every shard 
 set) is balanced. A conditional generator is asked for exactly those classes. An unconditional
 one is labelled by a classifier trained on real data, ``y = argmax f(x)`` with confidence
 ``max softmax f(x)``; with a quota image q is a candidate of class ``q mod K`` (how candidates
-are drawn and assigned, per block, is in job.py).
+are drawn and assigned, per block, is in images.py).
 """
 
 from __future__ import annotations

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from sio.core.files import sha256_file
 from sio.core.registry import Registry
 from sio.generate.biggan import BigGANGenerator
-from sio.generate.config import GenerateConfig, GeneratorConfig
+from sio.generate.config import GeneratorConfig
 from sio.generate.ddpm.model import DDPMGenerator
-from sio.generate.job import Job, run_job
 from sio.generate.stylegan2.generator import StyleGAN2Generator
 
 GENERATORS: Registry = Registry("generator")
@@ -33,6 +31,15 @@ def _load_biggan(path, config: GeneratorConfig, device, image_size):
 def _load_stylegan2(path, config: GeneratorConfig, device, image_size):
     return StyleGAN2Generator.from_pretrained(
         path, device, settings=config.stylegan2, image_size=image_size
+    )
+
+
+@GENERATORS.register("text2image")
+def _load_text2image(path, config: GeneratorConfig, device, image_size):
+    from sio.generate.text2image import Text2ImageGenerator  # transformers: an optional extra
+
+    return Text2ImageGenerator.from_pretrained(
+        path, device, settings=config.text2image, image_size=image_size
     )
 
 
@@ -61,68 +68,3 @@ def weights_fingerprint(folder: str | Path) -> str:
     for path in files:
         digest.update(f"{path.relative_to(folder)}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
-
-
-def generate_shard_set(
-    generator_dir,
-    out,
-    config: GenerateConfig,
-    generator: GeneratorConfig,
-    *,
-    classifier=None,
-    classifier_path=None,
-    classifier_sha256=None,
-    class_names=None,
-    device="cpu",
-    image_size=None,
-    shards=None,
-    rank=0,
-    world_size=1,
-    staging=None,
-):
-    """Load the generator and run the job (see job.py); returns the manifest, or None while
-    shards are still missing."""
-    model = load_generator(generator, generator_dir, device, image_size)
-    model.prepare(precision=config.precision, compile=config.compile)
-    job = build_job(
-        model,
-        config,
-        generator.labels,
-        class_names,
-        Classifier(classifier, classifier_path, classifier_sha256),
-    )
-    return run_job(job, out, shards=shards, rank=rank, world_size=world_size, staging=staging)
-
-
-@dataclass(frozen=True)
-class Classifier:
-    """A real-trained classifier given to a job: the model, its file, its sha256."""
-
-    model: object = None
-    path: str | None = None
-    sha256: str | None = None
-
-
-def build_job(model, config: GenerateConfig, labels, class_names, classifier: Classifier) -> Job:
-    """The job of a loaded generator, with its class names checked."""
-    if not model.conditional and classifier.model is None:
-        raise ValueError(
-            "an unconditional generator needs a classifier for pseudo-labels "
-            "(--classifier CHECKPOINT)"
-        )
-    names = class_names or (model.class_names if model.conditional else None)
-    if names is None:
-        raise ValueError("pseudo-labels need the classifier's class names")
-    if model.conditional and len(names) != model.num_classes:
-        raise ValueError(
-            f"{len(names)} class names for a generator with {model.num_classes} classes"
-        )
-    return Job(
-        model,
-        config,
-        tuple(names),
-        classifier.model,
-        classifier.path,
-        labels,
-        classifier_sha256=classifier.sha256,
-    )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from unittest import mock
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
+from sio.core.files import sha256_file
 from sio.generate.fid import (
     InceptionFeatures,
     StatsAccumulator,
@@ -18,6 +20,7 @@ from sio.generate.fid import (
     measure_fid,
     record_quality,
 )
+from sio.generate.quality import read_quality
 from sio.shardset import ShardSetWriter, read_manifest
 
 
@@ -86,16 +89,29 @@ def constant_set(folder, values):
     return folder
 
 
-def test_tiny_extractor_on_shard_sets_against_a_hand_computed_value(tmp_path):
+def folder_hashes(folder) -> dict:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {
+        str(path.relative_to(folder)): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_tiny_extractor_on_shard_sets_against_a_hand_computed_value(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIO_CACHE_DIR", str(tmp_path / "cache"))
     # synthetic features {0, 2}: mean 1, unbiased variance 2; real {4, 5, 6}: mean 5, variance 1
     synthetic = constant_set(tmp_path / "syn", [0, 2])
     real = constant_set(tmp_path / "real", [4, 5, 6])
+    real_files, published = folder_hashes(real), sha256_file(synthetic / "manifest.json")
     extractor = MeanIntensity()
     record = measure_fid(synthetic, real, extractor, batch_size=2)
     assert record["value"] == pytest.approx(16 + 2 + 1 - 2 * math.sqrt(2), abs=1e-9)
     assert (record["n_synthetic"], record["n_real"], record["metric"]) == (2, 3, "fd_test")
     assert extractor.images_seen == 5
-    cached = list((real / "fid-stats").glob("mean-intensity-*-all.npz"))
+    # cached outside the real set, keyed by its manifest's sha256
+    real_sha = sha256_file(real / "manifest.json")
+    cached = list((tmp_path / "cache" / "fid-stats").glob(f"mean-intensity-{real_sha}-all.npz"))
     assert len(cached) == 1
     again = measure_fid(synthetic, real, extractor, batch_size=2)
     assert again["value"] == record["value"]
@@ -109,7 +125,11 @@ def test_tiny_extractor_on_shard_sets_against_a_hand_computed_value(tmp_path):
     first_two = measure_fid(longer, real, MeanIntensity(), batch_size=2, num_synthetic=2)
     assert first_two["value"] == pytest.approx(record["value"], abs=1e-9)  # the first 2 only
     assert record_quality(synthetic, record)
-    assert read_manifest(synthetic).provenance["quality"]["fd_test"] == record
+    assert read_quality(synthetic)["fd_test"] == {**record, "shards_sha256": ANY}
+    assert "quality" not in read_manifest(synthetic).provenance
+    # the published manifest and the real set are left byte for byte as they were
+    assert sha256_file(synthetic / "manifest.json") == published
+    assert folder_hashes(real) == real_files
 
 
 def inception_weights(path):
@@ -129,8 +149,6 @@ def inception_weights(path):
 
 
 def test_inception_weights_are_checked_then_used(tmp_path):
-    from sio.core.files import sha256_file
-
     weights = inception_weights(tmp_path / "weights-inception.pth")
     with pytest.raises(ValueError, match="does not start with the expected 6726825d"):
         InceptionFeatures(weights, "6726825d0af5")

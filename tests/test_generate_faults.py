@@ -23,7 +23,8 @@ from sio.generate.config import (
     SamplerConfig,
 )
 from sio.generate.ddpm.model import DDPMGenerator
-from sio.generate.job import FolderLock, GenerationError
+from sio.generate.job import GenerationError
+from sio.generate.resume import FolderLock
 from sio.shardset import ShardSetWriter, iter_chunks, read_manifest, verify_shard_set
 from sio.train.models import build_classifier
 from sio.train.trainer import CHECKPOINT_FORMAT
@@ -288,16 +289,20 @@ def test_another_classifier_is_refused_on_resume(tmp_path, cond_dir):
 
 
 def test_a_no_op_rerun_keeps_the_measured_quality(tmp_path, cond_dir):
-    from sio.generate.fid import record_quality
+    from sio.generate.quality import read_quality, record_quality
 
     out = tmp_path / "syn"
     generate_shard_set(cond_dir, out, small_job(), TINY)
+    published = (out / "manifest.json").read_bytes()
     record = {"metric": "fd_classifier", "value": 1.5}
     assert record_quality(out, record)
     again = generate_shard_set(cond_dir, out, small_job(), TINY)
-    assert again["provenance"]["quality"] == {"fd_classifier": record}
+    assert (out / "manifest.json").read_bytes() == published  # never rewritten
+    assert "quality" not in again["provenance"]
+    assert read_quality(out)["fd_classifier"]["value"] == 1.5
     resized = generate_shard_set(cond_dir, out, small_job(num_images=12), TINY)
-    assert "quality" not in resized["provenance"]  # other shards: the old figure is stale
+    assert "quality" not in resized["provenance"]
+    assert read_quality(out) == {}  # other shards: the old figure is stale
 
 
 # --- one writer per folder; what a killed writer left -------------------------------------------
@@ -309,7 +314,8 @@ def test_a_second_writer_is_refused_by_name(tmp_path, cond_dir):
         [
             str(BIN / "python"),
             "-c",
-            "import sys, time; from pathlib import Path; from sio.generate.job import FolderLock;"
+            "import sys, time; from pathlib import Path;"
+            "from sio.generate.resume import FolderLock;"
             f"lock = FolderLock(Path({str(out)!r}), 'other-run'); lock.acquire();"
             "print('held', flush=True); time.sleep(60)",
         ],

@@ -17,7 +17,8 @@ import pytest
 
 from sio.generate import Job, load_generator, run_job
 from sio.generate.config import GenerateConfig, GeneratorConfig, SamplerConfig
-from sio.generate.job import FolderLock, GenerationError, remove_stale
+from sio.generate.job import GenerationError
+from sio.generate.resume import FolderLock, remove_stale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = GeneratorConfig(sampler=SamplerConfig(steps=2))

@@ -1,4 +1,4 @@
-"""benchmarks/gpu.py --small on the CPU: every section measured with finite, positive numbers, the
+"""benchmarks/gpu --small on the CPU: every section measured with finite, positive numbers, the
 JSON rewritten after each measurement (valid at every moment, also after a kill), and the time
 budget honoured. Keeps the GPU script from rotting on machines without a GPU."""
 
@@ -18,7 +18,8 @@ import pytest
 
 from sio.train import batch_counts
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"  # python benchmarks/gpu
+HARNESS = SCRIPT / "harness.py"  # Bench and the sizes, shared by every section
 MEASURED = ("ceiling", "trainer", "loader", "generation", "evaluation", "compile")
 # what --small on a CPU may leave unmeasured, and why
 ALLOWED_NOT_RUN = {("nvidia", "stylegan2_ada"), ("compile", "trainer")}
@@ -161,7 +162,7 @@ def test_budget_turns_the_rest_into_not_run_and_keeps_the_file_whole(tmp_path, m
     """In process, on the script's own Bench: a measurement past the budget is recorded as
     not_run without running; within it, run, recorded and written."""
     monkeypatch.setenv("TQDM_DISABLE", "1")  # the script sets it by default; keep it scoped
-    spec = importlib.util.spec_from_file_location("sio_gpu_benchmark", SCRIPT)
+    spec = importlib.util.spec_from_file_location("sio_gpu_benchmark", HARNESS)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     args = type("Args", (), {"device": "cpu", "small": True, "out": tmp_path / "b.json"})

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.core.files import naming
 from sio.core.storage import is_url, open_destination
 from sio.shardset.format import (
-    _JSON,
     ENCODINGS,
     MANIFEST,
     ShardError,
@@ -26,26 +24,21 @@ from sio.shardset.format import (
     shard_path,
 )
 from sio.shardset.read import Chunk, read_manifest, shard_chunks, shard_urls
-from sio.shardset.records import RECORD_SIZE, encode_record, record_key
-from sio.shardset.tarwrite import TarShard
+from sio.shardset.records import RECORD_SIZE, record_key
+from sio.shardset.write import ShardFileWriter
 
 
 def _png_samples(chunk: Chunk):
+    """(key, PNG bytes, label, provenance) of each image of ``chunk``."""
     for image, label, key, meta in zip(*chunk, strict=True):
         pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        members = {"cls": str(int(label)).encode(), "json": _JSON.encode(meta).encode()}
-        yield key, {**members, "png": encode_png(np.ascontiguousarray(pixels))}
-
-
-def _chunk_samples(chunks):
-    for chunk in chunks:
-        yield from _png_samples(chunk)
+        yield key, encode_png(np.ascontiguousarray(pixels)), int(label), meta
 
 
 def _records(chunks, record_size: int):
-    """Consecutive chunks regrouped into records of ``record_size`` images (the last shorter)."""
+    """Consecutive chunks regrouped into chunks of ``record_size`` images (the last shorter)."""
     pending: list[Chunk] = []
-    held, index = 0, 0
+    held = 0
     for chunk in [*chunks, None]:
         if chunk is not None:
             pending.append(chunk)
@@ -56,28 +49,28 @@ def _records(chunks, record_size: int):
             keys = [k for c in pending for k in c.keys]
             provenance = [p for c in pending for p in c.provenance]
             take = min(record_size, held)
-            yield (
-                record_key(index),
-                encode_record(images[:take], labels[:take], keys[:take], provenance[:take]),
-            )
+            yield Chunk(images[:take], labels[:take], keys[:take], provenance[:take])
             rest = Chunk(images[take:], labels[take:], keys[take:], provenance[take:])
-            pending, held, index = [rest], held - take, index + 1
+            pending, held = [rest], held - take
 
 
 def _convert_shard(url, shard, manifest, encoding, record_size, path: Path) -> ShardInfo:
+    """Shard ``shard`` of ``manifest`` in ``encoding``, written by the contract's shard
+    writer to ``path``."""
     chunks = shard_chunks(url, manifest.encoding, manifest.channels, shard.num_samples, shard)
-    samples = _records(chunks, record_size) if encoding == "records" else _chunk_samples(chunks)
-    with naming(path):  # a full disk names the shard
-        tar = TarShard(path.with_name(path.name + ".tmp"))
-        try:
-            for key, members in samples:
-                tar.add(key, members)
-            size, digest = tar.close()
-            tar.path.replace(path)
-        except BaseException:
-            tar.abort()
-            raise
-    return ShardInfo(shard.name, shard.num_samples, size, digest)
+    writer = ShardFileWriter(path, len(manifest.class_names), manifest.channels)
+    try:
+        if encoding == "records":
+            for index, record in enumerate(_records(chunks, record_size)):
+                writer.write_record(record_key(index), *record)
+        else:
+            for chunk in chunks:
+                for sample in _png_samples(chunk):
+                    writer.write(*sample)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close().shard
 
 
 def convert_shard_set(

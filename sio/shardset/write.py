@@ -6,7 +6,10 @@ system refuses, a full disk say, is an ``OSError`` naming ``<name>.tar``) and re
 pixel histograms that ``manifest_from_stats`` adds up into a shard set's manifest, whatever
 order and process the shards were written in (generation jobs write shards independently).
 ``ShardSetWriter`` writes a whole set sample by sample (sharding real datasets) with the same
-two parts.
+two parts. Both write either encoding: a PNG per sample (``write``), or records of many raw
+images (``write_record``: the one records writer, used by generation, ``sio shards convert``
+and the benchmarks; ``ShardSetWriter(encoding="records")`` packs its samples ``record_size`` at
+a time).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from sio.core.files import naming, write_json_atomic
 from sio.shardset.format import (
+    ENCODINGS,
     MANIFEST,
     STATS_BATCH_BYTES,
     STATS_BATCH_MAX,
@@ -30,6 +34,7 @@ from sio.shardset.format import (
     encode_png,
     shard_name,
 )
+from sio.shardset.records import RECORD_SIZE, encode_record, record_key
 from sio.shardset.tarwrite import TarShard
 
 
@@ -97,15 +102,18 @@ class ShardFileWriter:
         self.class_counts[label] += 1
         self.count += 1
 
-    def write_record(self, key: str, members: dict[str, bytes], labels) -> None:
-        """One batched record (``records.encode_record``'s members) holding ``labels``."""
+    def write_record(self, key: str, images: np.ndarray, labels, keys, provenance) -> None:
+        """One record ``key`` of uint8 NxCxHxW ``images`` with their labels, sample keys and
+        provenance dicts (``records.encode_record``), counted in the shard's statistics."""
         labels = np.asarray(labels, dtype=np.int64)
         if labels.size and not (labels.min() >= 0 and labels.max() < len(self.class_counts)):
             raise ValueError(f"record {key}: labels outside 0..{len(self.class_counts) - 1}")
+        members = encode_record(images, labels, keys, provenance)
         with naming(self.path):
             self._tar.add(_check_key(key), members)
         self.class_counts += np.bincount(labels, minlength=len(self.class_counts))
         self.count += len(labels)
+        self.add_pixels(images)
 
     def add_pixels(self, images: np.ndarray) -> None:
         """Account for a batch of uint8 NxCxHxW images in the shard's pixel statistics."""
@@ -152,9 +160,11 @@ def manifest_from_stats(stats: list[ShardStats], **fields) -> Manifest:
 class ShardSetWriter:
     """Writes one shard set: ``write(key, image, label, meta)`` per sample, then ``close()``.
 
-    ``image`` is uint8 HxW for grey or HxWx3 for RGB. Each shard is written as ``*.tar.tmp`` and
-    renamed when complete; a failure inside ``with`` (or ``abort()``) deletes this writer's
-    shards, and a crash leaves files that the next writer on the same folder removes.
+    ``image`` is uint8 HxW for grey or HxWx3 for RGB. With ``encoding="records"`` the samples of
+    a shard are written ``record_size`` at a time as records ``rec-000000``, ``rec-000001``, ...
+    Each shard is written as ``*.tar.tmp`` and renamed when complete; a failure inside ``with``
+    (or ``abort()``) deletes this writer's shards, and a crash leaves files that the next writer
+    on the same folder removes.
     """
 
     def __init__(
@@ -169,9 +179,15 @@ class ShardSetWriter:
         shard_size,
         provenance=None,
         prefix="shard",
+        encoding="png",
+        record_size=RECORD_SIZE,
     ):
         if kind not in ("real", "synthetic"):
             raise ValueError(f"kind is 'real' or 'synthetic', got {kind!r}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding is one of {sorted(ENCODINGS)}, got {encoding!r}")
+        if record_size < 1:
+            raise ValueError(f"record size must be >= 1, got {record_size}")
         self._pattern = f"{prefix}-%06d.tar"
         shard_name(self._pattern % 0, "the shard prefix's names")
         self.out_dir = Path(out_dir)
@@ -187,7 +203,9 @@ class ShardSetWriter:
             channels=channels,
             class_names=tuple(class_names),
             provenance=provenance or {},
+            encoding=encoding,
         )
+        self._record = Record(record_size) if encoding == "records" else None
         height, width = self.meta["image_size"]
         self._shape = (height, width) if channels == 1 else (height, width, 3)
         self._channels = channels
@@ -203,6 +221,8 @@ class ShardSetWriter:
     def _finish_shard(self) -> None:
         if self._shard is None:
             return
+        if self._record is not None:
+            self._record.flush(self._shard)
         self._add_batch()
         self.stats.append(self._shard.close())
         self._shard = None
@@ -210,11 +230,15 @@ class ShardSetWriter:
     def write(self, key: str, image: np.ndarray, label: int, meta: dict) -> None:
         if image.shape != self._shape:
             raise ValueError(f"sample {key}: image shape {image.shape}, expected {self._shape}")
-        if self._shard is not None and self._shard.count >= self.shard_size:
+        held = len(self._record.images) if self._record is not None else 0
+        if self._shard is not None and self._shard.count + held >= self.shard_size:
             self._finish_shard()
         if self._shard is None:
             name = self._pattern % len(self.stats)
             self._shard = ShardFileWriter(self.out_dir / name, self.num_classes, self._channels)
+        if self._record is not None:  # its pixels are counted as the record is written
+            self._record.add(self._shard, key, image, int(label), meta)
+            return
         self._shard.write(key, encode_png(image), int(label), meta)
         self._batch[self._in_batch] = image
         self._in_batch += 1
@@ -252,6 +276,8 @@ class ShardSetWriter:
         if self._shard is not None:
             self._shard.abort()
             self._shard = None
+        if self._record is not None:
+            self._record.clear()
         for shard in self.shards:
             (self.out_dir / shard.name).unlink(missing_ok=True)
         self.stats = []
@@ -264,3 +290,35 @@ class ShardSetWriter:
             self.close()
         else:
             self.abort()
+
+
+class Record:
+    """The samples of a shard waiting to be written as one record (``ShardSetWriter`` with
+    ``encoding="records"``): written when ``size`` are held and when the shard ends."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.written = 0  # records of the current shard
+        self.clear()
+
+    def clear(self) -> None:
+        self.images, self.labels, self.keys, self.metas = [], [], [], []
+
+    def add(self, shard: ShardFileWriter, key: str, image: np.ndarray, label: int, meta) -> None:
+        """Hold one HxW or HxWxC sample; write the record once it is full."""
+        self.images.append(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))
+        self.labels.append(label)
+        self.keys.append(key)
+        self.metas.append(meta)
+        if len(self.images) == self.size:
+            self.flush(shard, end=False)
+
+    def flush(self, shard: ShardFileWriter, end: bool = True) -> None:
+        """Write what is held as one record; ``end``: the shard ends (its numbering restarts)."""
+        if self.images:
+            images = np.ascontiguousarray(np.stack(self.images))
+            shard.write_record(record_key(self.written), images, self.labels, self.keys, self.metas)
+            self.written += 1
+            self.clear()
+        if end:
+            self.written = 0
