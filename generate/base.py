@@ -77,6 +77,11 @@ class Generator(abc.ABC):
                 raise ValueError(f"network_batch must be >= 1, got {network_batch}")
             self.network_batch = network_batch
 
+    def use_class_names(self, names) -> None:
+        """Draw the target's classes: for a conditional generator with no class names of its
+        own (a text-to-image pipeline prompted with them)."""
+        self.class_names = tuple(str(n) for n in names)
+
     def check_labels(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
         """``labels`` as given (n class ids for a conditional generator, None otherwise), or a
         ValueError saying what is wrong."""

@@ -45,6 +45,10 @@ class DDPMTrainConfig:
 
 # generator.train fields that change no byte of the trained weights
 TRAIN_BYTE_NEUTRAL = ("log_every", "checkpoint_every")
+# generate settings of the writing process alone (no byte of any shard depends on them)
+PROCESS_ONLY = ("encode_threads",)
+# settings of a generation job that change no byte of a shard: a resume may change them
+BYTE_NEUTRAL = ("generate.num_images", *(f"generate.{key}" for key in PROCESS_ONLY))
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,54 @@ class StyleGAN2Settings:
 
 
 @dataclass(frozen=True)
+class ClassPrompt:
+    """The prompt of one class (its benchmark class name), instead of the template's."""
+
+    name: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Text2ImageSettings:
+    """A local diffusers text-to-image pipeline (generate/text2image.py): class ``name`` is
+    drawn from ``prompt`` with ``{name}`` replaced (or its own in ``prompts``), against
+    ``negative_prompt``, with ``steps`` denoising steps at classifier-free ``guidance``, at
+    ``resolution`` pixels (a multiple of 8) and resized to the benchmark's size; ``grey`` makes
+    one-channel images (luma) for a grey benchmark. ``class_names``: the classes to draw
+    (empty: the target benchmark's)."""
+
+    prompt: str = "a photo of a {name}"
+    prompts: tuple[ClassPrompt, ...] = ()
+    negative_prompt: str = ""
+    guidance: float = bounded(0, 100, default=7.5)
+    steps: int = bounded(1, 1000, default=30)
+    resolution: int = bounded(8, 4096, default=512)
+    grey: bool = False
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _check(
+            "{name}" in self.prompt,
+            "prompt",
+            f"{short(self.prompt)}: a template holding {{name}} (the class name)",
+        )
+        _check(self.resolution % 8 == 0, "resolution", "must be a multiple of 8 (the VAE's)")
+        named = [p.name for p in self.prompts]
+        _check(len(set(named)) == len(named), "prompts", "names a class twice")
+        unknown = set(named) - set(self.class_names)
+        _check(
+            not self.class_names or not unknown,
+            "prompts",
+            f"{short(sorted(unknown))}: not among class_names",
+        )
+
+    def prompt_of(self, name: str) -> str:
+        """Class ``name``'s prompt: its own in ``prompts``, else the template's."""
+        own = {p.name: p.prompt for p in self.prompts}
+        return own.get(name, self.prompt.replace("{name}", name))
+
+
+@dataclass(frozen=True)
 class LabelConfig:
     """Pseudo-labels for unconditional generators: ``argmax f(x)`` of a real-trained classifier,
     kept only with confidence >= ``min_confidence``; with ``quota`` every class gets its balanced
@@ -100,7 +152,7 @@ class LabelConfig:
 
     min_confidence: float = 0.0
     quota: bool = True
-    block: int = 1000  # images pseudo-labelled from one candidate stream (see generate/job.py)
+    block: int = 1000  # images pseudo-labelled from one candidate stream (see generate/images.py)
 
     def __post_init__(self):
         _check(0 <= self.min_confidence < 1, "min_confidence", "must be in [0, 1)")
@@ -112,7 +164,7 @@ class GeneratorConfig:
     """``path``: a pretrained generator folder on disk; empty = train the built-in DDPM.
     ``label`` names the generator in a study's folders and plots (default: ``name``)."""
 
-    name: Literal["ddpm", "biggan", "stylegan2-ada"] = "ddpm"
+    name: Literal["ddpm", "biggan", "stylegan2-ada", "text2image"] = "ddpm"
     label: str = ""
     path: str = ""
     model: DDPMModelConfig = field(default_factory=DDPMModelConfig)
@@ -120,6 +172,7 @@ class GeneratorConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     biggan: BigGANSettings = field(default_factory=BigGANSettings)
     stylegan2: StyleGAN2Settings = field(default_factory=StyleGAN2Settings)
+    text2image: Text2ImageSettings = field(default_factory=Text2ImageSettings)
     labels: LabelConfig = field(default_factory=LabelConfig)
 
     def __post_init__(self):
@@ -171,6 +224,21 @@ class GenerateConfig:
         _check(self.batch_size > 0, "batch_size", "must be positive")
         _check(self.shard_size > 0, "shard_size", "must be positive")
         _check(self.encode_threads >= 1, "encode_threads", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """When ``sio generate`` and ``sio run`` warn that SIO is likely to hurt far-OOD detection
+    (sio.generate.agreement): the real-trained classifier's label agreement over the whole
+    synthetic set below ``min_agreement``, or over any one class below ``min_class_agreement``
+    (fractions in [0, 1]; 0 never warns). Thresholds only: no output depends on them."""
+
+    min_agreement: float = bounded(0, 1, default=0.95)
+    min_class_agreement: float = bounded(0, 1, default=0.9)
+
+    def __post_init__(self):
+        for name in ("min_agreement", "min_class_agreement"):
+            _check(0 <= getattr(self, name) <= 1, name, "must be a fraction in [0, 1]")
 
 
 # sha256 of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (torch.hub names files

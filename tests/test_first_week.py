@@ -15,12 +15,13 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-import sio.generate.job as job_module
+import sio.generate.resume as job_module
 from sio.cli import get_cli
 from sio.core.config import ConfigError
 from sio.generate.agreement import MIN_LABEL_AGREEMENT
-from sio.generate.config import GeneratorConfig
+from sio.generate.config import AuditConfig, GeneratorConfig
 from sio.generate.ddpm.model import GENERATOR_FILE
+from sio.generate.quality import read_quality
 from sio.pipeline.config import load_pipeline
 from sio.pipeline.run import PipelineRun, _synthetic_sets
 from sio.shards.build import read_set
@@ -79,7 +80,7 @@ def test_train_steps_sets_the_ddpm_training_and_the_bar_moves_per_network_batch(
     config = tmp_path / "pipeline.yaml"
     config.write_text(TINY_DDPM)
     real, gen = real_set(tmp_path / "real"), tmp_path / "gen" / "ddpm"
-    monkeypatch.setattr(job_module, "tqdm", Bar)
+    monkeypatch.setattr(job_module, "progress", Bar)
     result = invoke(
         "generate", "--config", config, "--generator-dir", gen, "--train-on", real,
         "--train-steps", 3, "--train-batch-size", 4, "--train-log-every", 1,
@@ -157,15 +158,16 @@ def test_low_label_agreement_gives_one_warning_in_generate_and_run(tmp_path, con
     assert agreement["label_agreement"] < MIN_LABEL_AGREEMENT
     (generated,) = warning_lines(result.output)
     assert f"label agreement {100 * agreement['label_agreement']:.1f}%" in generated
-    assert "chance 33.3%, flagged below 50%" in generated
+    assert "chance 33.3%, flagged below 95%" in generated
     # sio run's step over its generators, on the same set (the stages around it stand in)
     run = SimpleNamespace(
         out=tmp_path,
-        config=SimpleNamespace(generators=(GeneratorConfig(),)),
+        config=SimpleNamespace(generators=(GeneratorConfig(),), audit=AuditConfig()),
         benchmark=SimpleNamespace(class_names=("a", "b", "c")),
         generate=lambda generator, num, judge: syn,
         pending=lambda path: False,
         quality=lambda key, full, judge: {"metric": "fd_classifier", "value": 1.0},
+        audit=lambda key, full, judge: read_quality(syn)["audit"],
     )
     study = SimpleNamespace(generators=["ddpm"], counts=lambda key: [6])
     capsys.readouterr()
@@ -206,6 +208,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
         "train generator ddpm",
         "generate ddpm",
         "fid ddpm",
+        "audit ddpm",
         "train ddpm-n96-alpha0.75-seed0",
         "train ddpm-n96-alpha0.75-seed1",
         *(f"evaluate {a}-seed{s}" for a in ("alpha1", "ddpm-n96-alpha0.75") for s in (0, 1)),

@@ -121,7 +121,8 @@ def test_study_shares_stages(study_run):
     assert full["num_samples"] == 96  # sampled once, at the largest count
     subset = json.loads((out / "synthetic" / "g1-n32" / "manifest.json").read_text())
     assert subset["shards"] == full["shards"][:1]
-    assert full["provenance"]["quality"]["fd_classifier"]["value"] > 0
+    assert "fd_classifier" not in full["provenance"]["quality"]  # a published manifest stays
+    assert json.loads((out / "quality" / "g1" / "fid.json").read_text())["value"] > 0
     trained = sorted(p.name for p in (out / "train").iterdir())
     points = ["alpha1", "g1-n96-alpha0.75", "g2-n96-alpha0.75", "g1-n32-alpha0.75"]
     points += ["g1-n64-alpha0.75", "g1-n96-alpha0.5"]
@@ -136,6 +137,7 @@ def test_study_report_plots_and_numbers(study_run):
         "auroc_vs_alpha",
         "auroc_vs_num_synthetic",
         "near_auroc_vs_id_acc",
+        "far_delta_vs_worst_class",  # g1 and g2: each audited, class by class
     ):
         assert f"]({name}.png)" in report
         with Image.open(out / f"{name}.png") as image:
@@ -239,7 +241,7 @@ def test_error_bars_stop_at_100_percent():
     assert _capped([99.5, 80.0], [2.0, 3.0]) == [[2.0, 3.0], [0.5, 3.0]]
 
 
-@pytest.mark.parametrize(("agreement", "warned"), [(0.167, True), (0.49, True), (0.5, False)])
+@pytest.mark.parametrize(("agreement", "warned"), [(0.167, True), (0.949, True), (0.95, False)])
 def test_a_useless_generator_is_flagged_loudly(agreement, warned):
     from sio.pipeline.run import generator_warning
     from sio.pipeline.study import GeneratorFigures, StudyRecord
@@ -258,3 +260,47 @@ def test_a_useless_generator_is_flagged_loudly(agreement, warned):
     )
     if warned:
         assert "chance 16.7%" in warning and f"**{warning}**" in section
+
+
+def test_the_audit_reaches_study_json_and_the_report(study_run):
+    out, _, _ = study_run
+    audit = json.loads((out / "quality" / "g1" / "audit" / "audit.json").read_text())
+    figures = json.loads((out / "study.json").read_text())["generators"]["g1"]
+    assert figures["label_agreement_per_class"] == audit["label_agreement_per_class"]
+    assert figures["fd_classifier_per_class"] == audit["fd_classifier_per_class"]
+    worst = min(audit["label_agreement_per_class"].items(), key=lambda item: item[1])
+    report = (out / "report.md").read_text()
+    assert "### Per-class audit: g1" in report
+    assert f"| {worst[0]} | {100 * worst[1]:.1f}% |" in report
+    points = json.loads((out / "study_results.json").read_text())["points"]
+    base = next(p for p in points if p["generator"] == "g1" and p["alpha"] == 0.75)
+    assert base["worst_class"][0] == worst[0]
+    assert base["worst_class"][1] == pytest.approx(worst[1], abs=1e-4)
+
+
+def test_one_bad_class_is_flagged_in_the_report_with_the_run_thresholds():
+    from sio.generate.config import AuditConfig
+    from sio.pipeline.study import GeneratorFigures, StudyRecord
+    from sio.pipeline.study_report import generators_section
+
+    figures = GeneratorFigures(
+        "synthetic/ddpm",
+        96,
+        0.97,
+        {"metric": "fd_classifier", "value": 3.5},
+        label_agreement_per_class={"0": 1.0, "1": 0.7, "2": 0.95},
+        confidence_per_class={"0": 0.99, "1": 0.6, "2": 0.9},
+        fd_classifier_per_class={"0": 0.1, "1": 5.0, "2": None},
+    )
+    record = StudyRecord(Point("ddpm", 96, 0.8), {"ddpm": figures}, ())
+    section = generators_section(record, 3)
+    assert "| 3.500 (fd_classifier) | 97.0% | '1' 70.0% |" in section
+    assert "**WARNING: generator ddpm: SIO is likely to hurt far-OOD: class '1' agrees 70.0%" in (
+        section
+    )
+    rows = [line for line in section.splitlines() if line.startswith("| 1 |")]
+    assert rows == ["| 1 | 70.0% | 0.600 | 5.000 |"]
+    assert "| 2 | 95.0% | 0.900 | — |" in section  # worst first, a missing distance as —
+    assert section.index("| 1 | 70.0%") < section.index("| 2 | 95.0%") < section.index("| 0 |")
+    relaxed = generators_section(record, 3, AuditConfig(min_class_agreement=0.5))
+    assert "WARNING" not in relaxed

@@ -107,6 +107,18 @@ class GeneratorFigures:
     num_images: int
     label_agreement: float | None  # share of images a real-trained classifier labels as asked
     quality: dict  # {"metric": "fid" | "fd_classifier", "value": ..., ...}
+    # the per-class audit (sio.generate audit.py), class name -> figure; None before it existed
+    label_agreement_per_class: dict[str, float | None] | None = None
+    confidence_per_class: dict[str, float | None] | None = None  # mean softmax of its label
+    fd_classifier_per_class: dict[str, float | None] | None = None  # vs the class's real images
+
+    @property
+    def worst_class(self) -> tuple[str, float] | None:
+        """(class, agreement) of the class the classifier recognises least, or None."""
+        judged = [
+            (k, v) for k, v in (self.label_agreement_per_class or {}).items() if v is not None
+        ]
+        return min(judged, key=lambda item: item[1]) if judged else None
 
 
 @dataclass(frozen=True)
