@@ -53,8 +53,17 @@ def main() -> None:
     (results / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    for name in ["report.md", "study_results.json", *(p.name for p in out.glob("*.png"))]:
+    figures = [p.name for pattern in ("*.png", "*.pdf", "*.svg") for p in out.glob(pattern)]
+    for old in [*docs.glob("*.png"), *docs.glob("*.pdf"), *docs.glob("*.svg")]:
+        old.unlink()  # a figure the current code no longer draws
+    for name in ["study_results.json", *figures]:
         shutil.copyfile(out / name, docs / name)
+    made = (
+        f"_Made by `python benchmarks/study.py {args.study}` (a cold `sio run {args.study}`: "
+        f"{wall / 60:.1f} min wall on {result['machine']['cpus']} CPUs, torch "
+        f"{torch.__version__}); `sio report {out}` rebuilds this report from the run folders._"
+    )
+    (docs / "report.md").write_text(made + "\n\n" + (out / "report.md").read_text())
     print(text)
     print(
         f"\ncold sio run {args.study}: {wall / 60:.1f} min wall, {result['trainings']} "

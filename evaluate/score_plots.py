@@ -1,6 +1,7 @@
 """``sio plot-scores OUT``: per detector, histograms of its ID test scores against its near- and
-far-OOD scores, one PNG each, from the ``scores.npz`` that ``sio evaluate --save-scores``
-writes (keys ``<detector>/id.test`` and ``<detector>/ood.<group>.<name>``).
+far-OOD scores, one PNG each (with its PDF and SVG), from the ``scores.npz`` that
+``sio evaluate --save-scores`` writes (keys ``<detector>/id.test`` and
+``<detector>/ood.<group>.<name>``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sio.core.files import atomic_path
+from sio.core.figures import save_figure
 from sio.evaluate.evaluate import SCORES_FILE
+from sio.evaluate.names import display_name
 
-PLOTS_FOLDER = "score-plots"  # beside scores.npz: <detector>.png
+PLOTS_FOLDER = "score-plots"  # beside scores.npz: <detector>.png, .pdf, .svg
 
 
 def read_scores(out: str | Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
@@ -65,20 +67,17 @@ def plot_detector(method: str, splits: dict[str, np.ndarray], target: Path) -> P
 
     groups = _groups(splits)
     bins = np.histogram_bin_edges(np.concatenate(list(groups.values())), bins=50)
-    figure = Figure(figsize=(6, 3.6), dpi=110)
+    figure = Figure(figsize=(6, 3.6), dpi=110, layout="constrained")
     axes = figure.add_subplot(1, 1, 1)
     for label, values in groups.items():
         axes.hist(values, bins=bins, density=True, histtype="step", linewidth=1.4,
                   label=f"{label}: {len(values)}")  # fmt: skip
-    axes.set_title(f"{method}: score (higher = more in-distribution)", fontsize=10)
+    axes.set_title(f"{display_name(method)}: score (higher = more in-distribution)", fontsize=10)
     axes.set_xlabel("score")
     axes.set_ylabel("density")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png")
-    return target
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return save_figure(figure, target)  # and its PDF and SVG
 
 
 def plot_scores(out: str | Path, folder: str | Path | None = None) -> list[Path]:

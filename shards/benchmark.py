@@ -20,11 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from sio.core.config import to_dict
 from sio.core.definition import require_same
 from sio.core.files import write_json_atomic
+from sio.core.progress import progress
 from sio.shards.config import ShardConfig
 from sio.shardset import MANIFEST, ShardError, ShardSetWriter
 from sio.shardset.read import read_manifest
@@ -150,7 +149,7 @@ def _write_digits(config: ShardConfig, out: Path, splits) -> Benchmark | None:
     all_splits = build_digits(config.digits, config.seed)
     chosen = choose_splits(all_splits, splits)
     total = sum(len(s[3]) for s in chosen)
-    with tqdm(total=total, desc="shard digits", unit="img", leave=False) as bar:
+    with progress(total=total, desc="shard digits", unit="img") as bar:
         for folder, _, _, images, labels, class_names, metas in chosen:
             _write_split(out, folder, images, labels, class_names, metas, config)
             bar.update(len(images))

@@ -99,7 +99,7 @@ def test_activations_file_skips_odin_with_a_note(tiny_run):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "Skipped odin: needs the model and the images: use sio evaluate --run" in result.output
+    assert "skipped (odin: needs the model and the images: use sio evaluate --run)" in result.output
     saved = json.loads((tiny_run / "again" / "results.json").read_text())
     assert saved["skipped"] == {"odin": "needs the model and the images: use sio evaluate --run"}
     assert list(saved["methods"]) == ["mls"]

@@ -289,8 +289,8 @@ def test_openood_csv_equals_results_json(tmp_path):
     args = ["report", str(tmp_path / "base"), str(tmp_path / "sio"), "--format", "openood-csv"]
     result = CliRunner().invoke(get_cli(), [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.output == (out / "openood.csv").read_text()  # printed and written atomically
-    reader = csv.DictReader(io.StringIO(result.output))
+    assert result.stdout == (out / "openood.csv").read_text()  # printed and written atomically
+    reader = csv.DictReader(io.StringIO(result.stdout))
     assert tuple(reader.fieldnames) == OPENOOD_CSV_HEADER
     rows = list(reader)
     # per arm and detector: OpenOOD's index (near sets, nearood, far sets, farood)
@@ -366,8 +366,10 @@ def test_openood_csv_of_two_real_evaluated_runs(tmp_path):
     (tiny / "sio").mkdir()
     torch.save({**state, "alpha": 0.5}, tiny / "sio" / "checkpoint.pt")
     config = EvaluateConfig(methods=("msp", "ebo"))
-    results = {
-        alpha: evaluate_checkpoint(tiny / run, tiny / "bench", tiny / f"eval_{run}", config)
+    for run in ("run", "sio"):
+        evaluate_checkpoint(tiny / run, tiny / "bench", tiny / f"eval_{run}", config)
+    results = {  # the numbers as results.json holds them (rounded to 1e-6, sio.core.numbers)
+        alpha: json.loads((tiny / f"eval_{run}" / "results.json").read_text())
         for alpha, run in (("1", "run"), ("0.5", "sio"))
     }
     out = tiny / "report"

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from sio.core.numbers import rounded
 from sio.evaluate.metrics import METRICS
 from sio.evaluate.report import aggregate, load_run, report
 
@@ -181,7 +182,7 @@ def test_report_text_and_files(tmp_path, run_folders):
     assert "| msp | near: n1 |" in text and "| ebo | far: f1 |" in text
     assert (out / "report.md").read_text() == text
     saved = json.loads((out / "report.json").read_text())
-    assert saved == json.loads(json.dumps(aggregate([load_run(f) for f in run_folders])))
+    assert saved == json.loads(json.dumps(rounded(aggregate([load_run(f) for f in run_folders]))))
     assert saved["1"]["methods"]["msp"]["near"]["mean"]["auroc"]["mean"] == pytest.approx(3.0)
 
 
@@ -240,9 +241,10 @@ def test_csv_and_latex_exports(tmp_path, run_folders):
     assert float(row["mean"]) == stat["mean"] and float(row["std"]) == stat["std"]
     assert row["values"] == "10.0;20.0;60.0" and row["seeds"] == "0;1;2" and row["n"] == "3"
     tex = (out / "report.tex").read_text()
-    assert tex.startswith("\\begin{tabular}{lrrrr}") and "\\end{tabular}" in tex
+    assert tex.startswith("% sio report: needs \\usepackage{booktabs}")
+    assert tex.count("\\begin{tabular}{lrrrr}") == 2 and tex.count("\\end{tabular}") == 2
     s = math.sqrt(14 / 3)
-    assert f"msp & ${3:.2f} \\pm {s:.2f}$ & ${30:.2f} \\pm {10 * s:.2f}$" in tex
+    assert f"MSP & ${3:.2f} \\pm {s:.2f}$ & ${30:.2f} \\pm {10 * s:.2f}$" in tex
 
 
 def test_report_without_out_writes_nothing(tmp_path, run_folders):

@@ -209,14 +209,15 @@ def test_epoch_summary_and_final_line(runs):
     assert len(lines) == 3
     for line, record in zip(lines, log, strict=True):
         assert line == epoch_summary(record, 3)
-        assert line.startswith(f"epoch {record['epoch'] + 1}/3  loss {record['loss']:.3f}  ")
+        assert line.startswith(f"epoch {record['epoch']} [0-2]  loss {record['loss']:.3f}  ")
         accuracy = (
             f"acc {100 * record['train_acc']:.1f}% (real {100 * record['real_acc']:.1f}%, "
             f"synthetic {100 * record['synthetic_acc']:.1f}%)  val {100 * record['val_acc']:.1f}%"
         )
         assert accuracy in line and line.endswith(f"lr {record['lr']:.3g}")
     final = printed.splitlines()[-1]
-    assert final.startswith("done: 3 epochs, ")
+    assert final.startswith("done: 3 epochs [0-2], ")
+    assert printed.count("checkpoint.pt") == 1  # the checkpoint is named once
     assert f"final val acc {100 * log[-1]['val_acc']:.1f}%" in final
     assert final.endswith(f"checkpoint {with_val / 'checkpoint.pt'}")
 
@@ -235,12 +236,12 @@ def test_summary_leaves_out_what_a_run_does_not_have():
         "skipped_missing": 2,
     }
     assert epoch_summary(record, 40) == (
-        "epoch 1/40  loss 1.235  acc 50.0%  12,346 img/s  lr 0.1  skipped 2"
+        "epoch 0 [0-39]  loss 1.235  acc 50.0%  12,346 img/s  lr 0.1  skipped 2"
     )
     history = [{**record, "real_seen": 100, "synthetic_seen": 0, "images_per_s": 50.0}] * 2
     final = final_summary(history, Path("r/checkpoint.pt"), 75.0)
     assert final == (
-        "done: 2 epochs, 4.0s in training steps (1m 15s wall time in this call), final train "
+        "done: 2 epochs [0-1], 4.0s in training steps (1m 15s wall time in this call), final train "
         "acc 50.0% (no --val set), checkpoint r/checkpoint.pt"
     )
 
@@ -327,11 +328,12 @@ def test_plot_draws_a_train_run(runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output == f"plot: {tmp_path / 'curves.png'}\n"
     image = png(tmp_path / "curves.png")
-    # loss, accuracy, learning rate, images/s: 2 x 2 panels of 5.5 x 3.4 in at 110 dpi
-    assert image.size == (1210, 748)
+    # loss, accuracy, learning rate, images/s: 2 x 2 panels of 5.5 x 3.8 in at 200 dpi
+    assert image.size == (2200, 1520)
+    assert (tmp_path / "curves.pdf").is_file() and (tmp_path / "curves.svg").is_file()
     assert len(image.convert("RGB").getcolors(1 << 24)) > 50  # curves, not a blank page
     result = plot(with_val)  # default: log.png beside the log
-    assert result.exit_code == 0 and png(with_val / "log.png").size == (1210, 748)
+    assert result.exit_code == 0 and png(with_val / "log.png").size == (2200, 1520)
 
 
 def test_plot_panels_group_the_fields():
@@ -371,7 +373,7 @@ def test_plot_draws_a_ddpm_log_by_step(tmp_path):
     (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     result = plot(tmp_path / "ddpm", "--out", tmp_path / "ddpm.png")
     assert result.exit_code == 0, result.output
-    assert png(tmp_path / "ddpm.png").size == (1210, 374)  # loss, lr: one row of two
+    assert png(tmp_path / "ddpm.png").size == (2200, 760)  # loss, lr: one row of two
 
 
 @pytest.mark.parametrize(
@@ -415,4 +417,4 @@ def test_plot_draws_a_real_ddpm_training_log(tmp_path):
     assert [line["step"] for line in logged] == [2, 4, 6]
     result = plot(folder)
     assert result.exit_code == 0, result.output
-    assert png(folder / "log.png").size == (1210, 748)  # loss, learning rate, images / s
+    assert png(folder / "log.png").size == (2200, 1520)  # loss, learning rate, images / s

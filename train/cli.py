@@ -16,10 +16,10 @@ from sio.core.cli import (
     field_range,
     pipeline_config,
 )
-from sio.train.checkpoint import CHECKPOINT
 from sio.train.config import TrainConfig
-from sio.train.distributed import torchrun_command
-from sio.train.trainer import train_classifier
+
+# The training stack (torch, the models) is imported inside the command, after the config and
+# the options are checked: `--help` and a config mistake answer at once.
 
 RECIPE_OVERRIDES = ("epochs", "lr", "model", "batch_size")  # sio train options over train.*
 
@@ -143,17 +143,16 @@ def train(
     """
     import dataclasses
 
-    from sio.core.environment import default_device
-
     if nproc > 1:
+        from sio.train.distributed import torchrun_command
+
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise click.UsageError("--nproc inside a torchrun process: drop --nproc")
         options = dict(locals(), config=config_path)
         status = subprocess.call(torchrun_command(nproc, _torchrun_arguments(options)))
         if status:
             raise click.ClickException(f"torchrun exited with status {status}")
-        click.echo(f"checkpoint: {os.path.join(out, CHECKPOINT)}")
-        return
+        return  # rank 0's last line names the checkpoint
     config = pipeline_config(config_path)
     alpha = config.sio_alpha if alpha is None else alpha
     overrides = dict(epochs=epochs, lr=lr, model=model, batch_size=batch_size)
@@ -168,8 +167,11 @@ def train(
                 f"unknown model {model!r}; known: {', '.join(BACKBONES.names())}",
                 param_hint="--model",
             )
+    from sio.core.environment import default_device
+    from sio.train.trainer import train_classifier
+
     try:
-        path = train_classifier(
+        train_classifier(
             real=real,
             synthetic=synthetic,
             alpha=alpha,
@@ -191,4 +193,4 @@ def train(
         if isinstance(error, (ShardError, TransportError)):
             raise UserError(str(error)) from error
         raise
-    click.echo(f"checkpoint: {path}")
+    # the trainer's last line ("done: ..., checkpoint PATH") names the checkpoint, once

@@ -5,7 +5,12 @@ The event files are written from the same records as ``log.jsonl`` and, like it,
 the checkpoint's history when a run starts or resumes (the old ones are removed), so a resumed
 run shows each epoch once. Each numeric field of a record is one scalar at global step
 ``epoch`` (the log's, from 0), under the tag ``TAGS`` gives it (``data/<field>`` otherwise).
-Without the ``tensorboard`` package the event files are skipped quietly.
+The event files also hold the run's hyperparameters (TensorBoard's HPARAMS tab: the train
+config, alpha and seed, against the final accuracies) and a grid of the first real and synthetic
+training images. Without the ``tensorboard`` package the event files are skipped quietly.
+
+Epochs are counted from 0 everywhere: ``log.jsonl``, the console (``epoch 3 [0-14]``: epoch 3
+of epochs 0 to 14), plots and TensorBoard.
 """
 
 from __future__ import annotations
@@ -43,8 +48,13 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def epoch_label(epoch: int, epochs: int) -> str:
+    """``epoch 3 [0-14]``: epoch ``epoch`` (from 0, as log.jsonl) of ``epochs``."""
+    return f"epoch {epoch} [0-{epochs - 1}]"
+
+
 def epoch_summary(record: dict, epochs: int) -> str:
-    """``epoch 3/15  loss 0.412  acc 87.1% (real 88.0%, synthetic 83.5%)  val 91.2%  1,234
+    """``epoch 3 [0-14]  loss 0.412  acc 87.1% (real 88.0%, synthetic 83.5%)  val 91.2%  1,234
     img/s  lr 0.0962``; the parts a run has no data for are left out."""
     accuracy = f"acc {_percent(record['train_acc'])}"
     if record.get("synthetic_acc") is not None:
@@ -54,7 +64,7 @@ def epoch_summary(record: dict, epochs: int) -> str:
             if record.get(f"{part}_acc") is not None
         ]
         accuracy += f" ({', '.join(parts)})"
-    line = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['loss']:.3f}", accuracy]
+    line = [epoch_label(record["epoch"], epochs), f"loss {record['loss']:.3f}", accuracy]
     if record.get("val_acc") is not None:
         line.append(f"val {_percent(record['val_acc'])}")
     line += [f"{record['images_per_s']:,.0f} img/s", f"lr {record['lr']:.3g}"]
@@ -91,7 +101,8 @@ def final_summary(history: list[dict], checkpoint: Path, wall_seconds: float) ->
         else f"final train acc {_percent(last['train_acc'])} (no --val set)"
     )
     return (
-        f"done: {len(history)} epochs, {duration(steps_time)} in training steps "
+        f"done: {len(history)} epochs [0-{len(history) - 1}], "
+        f"{duration(steps_time)} in training steps "
         f"({duration(wall_seconds)} wall time in this call), {accuracy}{shard_loads(history)}, "
         f"checkpoint {checkpoint}"
     )
@@ -107,6 +118,52 @@ def shard_loads(history: list[dict]) -> str:
     return ", shards {:,} read, {:,} decoded, {:,} from the decoded cache".format(*totals)
 
 
+SAMPLES = 32  # images per source in the sample grid
+HPARAM_METRICS = ("train_acc", "val_acc", "loss")
+
+
+def run_hparams(config, alpha: float, seed: int) -> dict:
+    """The train config as flat ``field`` / ``section.field`` values TensorBoard takes (a
+    number, a string or a bool; a list as its text), with ``alpha`` and ``seed``."""
+    import dataclasses
+
+    def flat(value, prefix: str) -> dict:
+        if dataclasses.is_dataclass(value):
+            return {
+                k: v
+                for f in dataclasses.fields(value)
+                for k, v in flat(getattr(value, f.name), f"{prefix}{f.name}.").items()
+            }
+        key = prefix.rstrip(".")
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return {key: "none" if value is None else value}
+        return {key: str(value)}
+
+    return {"alpha": float(alpha), "seed": int(seed), **flat(config, "")}
+
+
+def first_images(source, count: int = SAMPLES):
+    """The first ``count`` images (uint8 NxCxHxW) of a training source's first shard, or None
+    when it cannot be read now (the training reads it and says why)."""
+    import numpy as np
+
+    from sio.shardset import shard_chunks
+
+    manifest = source.manifest
+    images, held = [], 0
+    try:
+        shard = manifest.shards[0]
+        chunks = shard_chunks(source.urls[0], manifest.encoding, manifest.channels, None, shard)
+        for chunk in chunks:
+            images.append(chunk.images[: count - held])
+            held += len(images[-1])
+            if held >= count:
+                break
+        return np.concatenate(images) if images else None
+    except Exception:  # noqa: BLE001 - a picture must never stop a run (nor name its fault)
+        return None
+
+
 class TensorBoardLog:
     """``tb/`` event files of a run, one scalar per numeric log field and epoch."""
 
@@ -114,9 +171,10 @@ class TensorBoardLog:
         self.writer = writer
 
     @classmethod
-    def open(cls, folder: Path, history: list[dict]) -> TensorBoardLog | None:
-        """A writer in ``folder/tb`` holding ``history`` (earlier event files removed), or None
-        when ``tensorboard`` is not installed."""
+    def open(cls, folder: Path, history: list[dict], plan=None) -> TensorBoardLog | None:
+        """A writer in ``folder/tb`` holding ``history`` (earlier event files removed) and, given
+        the run's ``plan``, its hyperparameters and sample grids; None when ``tensorboard`` is
+        not installed."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -130,8 +188,23 @@ class TensorBoardLog:
         log = cls(SummaryWriter(str(events)))
         for record in history:
             log.write(record, flush=False)
+        if plan is not None:
+            log.describe(plan)
         log.writer.flush()
         return log
+
+    def describe(self, plan) -> None:
+        """The run's hyperparameters (HPARAMS tab, against the accuracy scalars) and a grid of
+        the first ``SAMPLES`` images of each training source (IMAGES tab, step 0)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        params = run_hparams(plan.config, plan.alpha, plan.seed)
+        for summary in hparams(params, {tag(m): 0.0 for m in HPARAM_METRICS}):
+            self.writer.file_writer.add_summary(summary)
+        for name, source in plan.sources.items():
+            images = first_images(source)
+            if images is not None:
+                self.writer.add_images(f"samples/{name}", images, 0, dataformats="NCHW")
 
     def write(self, record: dict, flush: bool = True) -> None:
         for key, value in scalars(record).items():

@@ -1,4 +1,4 @@
-"""``sio plot RUN``: the curves of a ``log.jsonl`` as one PNG.
+"""``sio plot RUN``: the curves of a ``log.jsonl`` as one PNG, with its PDF and SVG beside it.
 
 RUN is a ``log.jsonl`` file or a folder holding one: a ``sio train`` run folder (one line per
 epoch) or a DDPM training folder (lines with ``step``, ``loss``, ``lr``: ``sio run`` keeps it in
@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from sio.core.files import atomic_path
+from sio.core.figures import save_figure
 
 LOG = "log.jsonl"
 X_KEYS = ("epoch", "step")
@@ -136,7 +136,7 @@ def plot_log(run: str | Path, out: str | Path | None = None) -> Path:
         raise ValueError(f"{path}: {error}") from None
     columns = 2 if len(groups) > 1 else 1
     rows = math.ceil(len(groups) / columns)
-    figure = Figure(figsize=(5.5 * columns, 3.4 * rows), dpi=110)
+    figure = Figure(figsize=(5.5 * columns, 3.8 * rows), dpi=110, layout="constrained")
     marker = "o" if len(records) < 30 else None
     for index, (title, lines) in enumerate(groups, 1):
         axes = figure.add_subplot(rows, columns, index)
@@ -147,14 +147,18 @@ def plot_log(run: str | Path, out: str | Path | None = None) -> Path:
         axes.set_title(title, fontsize=10)
         axes.set_xlabel(x_key)
         axes.grid(alpha=0.3)
-        if len(lines) > 1 or title != next(iter(lines)):
-            axes.legend(fontsize=8)
-    figure.suptitle(str(path), fontsize=9)
-    figure.tight_layout()
+        if len(lines) > 1 or title != next(iter(lines)):  # below the axes: it hides no line
+            axes.legend(
+                fontsize=8,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.2),
+                ncol=min(3, len(lines)),
+                frameon=False,
+            )
+    figure.suptitle(f"training curves: {path}", fontsize=10)
     target = Path(out) if out is not None else path.with_name("log.png")
     try:
-        with atomic_path(target) as tmp:
-            figure.savefig(tmp, format="png")
+        save_figure(figure, target, tight=False)  # and log.pdf, log.svg; constrained layout
     except (IsADirectoryError, PermissionError, NotADirectoryError) as err:
         raise ValueError(f"{target}: cannot write the plot ({err.strerror})") from err
     return target
