@@ -11,7 +11,9 @@ peer gets the same float32 features and computes its logits itself, in torch). s
 evaluation" is ``evaluate_bank`` on all eleven (fits, scores and metrics: what
 ``sio evaluate --activations`` does after loading the file).
 
-Peers: pytorch-ood from PyPI (``pip install -e .[bench]``); OpenOOD v1.5 is not on PyPI: give a
+Peers: pytorch-ood from PyPI, when importable here (it is not one of sio's dependencies: it lives
+in the peers' environment, ``peers_python``, where benchmarks/evaluate_scale.py runs it on the
+same features in processes of its own); OpenOOD v1.5 is not on PyPI: give a
 checkout with ``--openood DIR`` (``git clone https://github.com/Jingkang50/OpenOOD``; not
 vendored), else it is skipped with a message. GradNorm has no feature-level API in pytorch-ood
 (it backpropagates through the model per sample), so it has no peer there.
@@ -337,6 +339,28 @@ def markdown(table: dict, peers: list[str], sums: dict) -> str:
     return "\n".join(lines)
 
 
+PYTORCH_OOD = "pytorch-ood==0.4.0"
+
+
+def peers_python() -> Path:
+    """The peers' virtual environment's python (made by ``loader.peer_python`` if it is not
+    there yet; never sio's own environment), with pytorch-ood installed in it once from PyPI
+    (``PYTORCH_OOD``)."""
+    import subprocess
+
+    folder = Path(os.environ.get("SIO_BENCH_PEERS") or Path.home() / ".cache/sio-bench/peers")
+    python = folder / "bin" / "python"
+    if not python.is_file():
+        from loader import peer_python  # benchmarks/loader.py (imports sio.train)
+
+        python = peer_python()
+    marker = python.parent.parent / ".sio-bench-evaluate"
+    if not (marker.is_file() and marker.read_text() == PYTORCH_OOD):
+        subprocess.run([python, "-m", "pip", "install", "--quiet", PYTORCH_OOD], check=True)
+        marker.write_text(PYTORCH_OOD)
+    return python
+
+
 def machine() -> dict:
     """describe_machine() plus the libraries this benchmark's numbers depend on."""
     faiss = importlib.util.find_spec("faiss") is not None
@@ -389,7 +413,11 @@ def main() -> None:
     if importlib.util.find_spec("pytorch_ood") is not None:
         peers["pytorch-ood"] = PytorchOod(bank)
     else:
-        print("pytorch-ood is not installed (pip install -e .[bench]): skipped", flush=True)
+        print(
+            "pytorch-ood is not importable here (it lives in the peers' environment: "
+            "benchmarks/evaluate_scale.py times it there): skipped",
+            flush=True,
+        )
     if args.openood:
         from openood_peer import OpenOod  # benchmarks/openood_peer.py
 

@@ -40,6 +40,18 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "sio.evaluate.metrics": ("fpr_at_95_tpr", "mean_metrics", "ood_metrics"),
         "sio.evaluate.notebook": ("NotebookDetector", "detector"),
         "sio.evaluate.score_plots": ("plot_scores",),
-        "sio.evaluate.report": ("aggregate", "report"),
+        "sio.evaluate.report": (
+            "aggregate",
+            "load_run",
+            "mean_std",
+            "mean_std_cell",
+            "report",
+            # `report` and `aggregate` are also submodules' names, which Python binds on the
+            # package once they are imported: the orchestrator imports these names instead
+            ("write_report", "report"),
+            ("aggregate_runs", "aggregate"),
+        ),
+        "sio.evaluate.config": ("EvaluateConfig",),
+        "sio.evaluate.stage": ("evaluate_stage",),
     },
 )

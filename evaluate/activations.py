@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sio.core.definition import differences
 from sio.core.files import atomic_path, sha256_file, write_json_atomic
+from sio.core.progress import progress
 from sio.shards import read_benchmark
 from sio.shardset import MANIFEST, iter_batches, read_manifest
 from sio.train import load_classifier
@@ -233,7 +233,7 @@ def load_activations(path: str | Path) -> ActivationBank:
                 raise ActivationsError(f"{path}: key {key!r} is not ood.near|far.<name>.features")
             ood[parts[1]][parts[2]] = value
         elif key not in known:
-            raise ActivationsError(f"{path}: unknown key {key!r} (the format is in the README)")
+            raise ActivationsError(f"{path}: unknown key {key!r} (format: docs/formats.md)")
     if not ood["near"] and not ood["far"]:
         raise ActivationsError(f"{path}: no ood.near.<name>.features or ood.far.<name>.features")
     try:
@@ -266,12 +266,13 @@ def check_classifier_fits(info, benchmark_dir: str | Path) -> None:
     )
 
 
-def batch_features(model, batches, device, desc: str = "extract"):
+def batch_features(model, batches, device, desc: str = "extract", total: int | None = None):
     """(features, labels) of every (images, labels) batch of ``batches`` (a shard set's batches
-    or any DataLoader): ``model.features(images)`` as float32 rows, the labels as int64."""
+    or any DataLoader): ``model.features(images)`` as float32 rows, the labels as int64;
+    ``total``: the number of batches (else ``len(batches)``), for the bar."""
     feats, labels = [], []
     with torch.no_grad():
-        for images, batch_labels in tqdm(batches, desc=desc, unit="batch", leave=False):
+        for images, batch_labels in progress(batches, desc=desc, total=total, unit="batch"):
             feats.append(model.features(images.to(device)).float().cpu().numpy())
             labels.append(np.asarray(batch_labels, dtype=np.int64).reshape(-1))
     if not feats:
@@ -281,8 +282,9 @@ def batch_features(model, batches, device, desc: str = "extract"):
 
 def _features_of(model, shard_set: Path, batch_size: int, device):
     """(features, labels) of every sample of ``shard_set``: ``model.features(uint8 images)``."""
+    batches = -(-read_manifest(shard_set).num_samples // batch_size)
     return batch_features(
-        model, iter_batches(shard_set, batch_size), device, f"extract {shard_set.name}"
+        model, iter_batches(shard_set, batch_size), device, f"extract {shard_set.name}", batches
     )
 
 

@@ -8,14 +8,9 @@ import click
 
 from sio.core.cli import SEED, config_option, device_option, pipeline_config
 from sio.core.lock import hold_folder
-from sio.evaluate.activations import load_activations
-from sio.evaluate.evaluate import (
-    evaluate_bank,
-    evaluate_checkpoint,
-    markdown_table,
-    summary_line,
-    write_results,
-)
+
+# The evaluation stack (torch, torchvision, scikit-learn) is imported inside the command, after
+# the config and the options are checked: `--help` and a config mistake answer at once.
 
 
 @click.command()
@@ -36,7 +31,7 @@ from sio.evaluate.evaluate import (
     "--activations",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Score an activations .npz instead (format in the README).",
+    help="Score an activations .npz instead (format in docs/formats.md).",
 )
 @click.option(
     "--model",
@@ -105,6 +100,13 @@ from sio.evaluate.evaluate import (
     "others are scored).",
 )
 @click.option(
+    "--parity",
+    type=click.Choice(["off", "openood"]),
+    default=None,
+    help="openood: every detector as OpenOOD v1.5's own code computes it, quirks included "
+    "(default: the config's evaluate.parity, off: sio's documented departures).",
+)
+@click.option(
     "--save-scores",
     is_flag=True,
     help="Also write every detector's per-sample scores to scores.npz in --out "
@@ -133,6 +135,7 @@ def evaluate(
     methods,
     fpr_convention,
     strict,
+    parity,
     save_scores,
     out,
     config_path,
@@ -153,8 +156,6 @@ def evaluate(
       sio evaluate --activations eval/base0/activations.npz --methods msp,ebo \\
           --alpha 1 --seed 0 --out eval/base0-again
     """
-    from sio.core.environment import default_device
-
     config = pipeline_config(config_path).evaluate
     overrides = {}
     if methods:
@@ -163,6 +164,8 @@ def evaluate(
         overrides["fpr_convention"] = fpr_convention
     if strict:
         overrides["strict"] = True
+    if parity:
+        overrides["parity"] = parity
     config = dataclasses.replace(config, **overrides)
     given = [x for x in (run_dir, activations, model_spec) if x is not None]
     if len(given) != 1:
@@ -178,6 +181,9 @@ def evaluate(
         raise click.UsageError("--model needs --weights and --benchmark")
     if run_dir is not None and benchmark is None:
         raise click.UsageError("--run needs --benchmark")
+    from sio.core.environment import default_device
+    from sio.evaluate.evaluate import evaluate_checkpoint, summary_line
+
     with hold_folder(out):  # one job writes --out; a second is refused, naming this one
         if activations is not None:
             results = _evaluate_activations(activations, benchmark, config, out, save_scores)
@@ -206,12 +212,16 @@ def evaluate(
             )
         if alpha is not None:
             _record_run(out, alpha, seed, activations or weights, results.get("benchmark"))
-    click.echo(markdown_table(results))
-    click.echo(f"evaluate: {summary_line(results)}", err=True)
+    from sio.evaluate.summary import closing_line
+
+    click.echo(closing_line(results, out, summary_line(results)))  # the tables: results.md
 
 
 def _evaluate_activations(activations, benchmark, config, out, save_scores: bool) -> dict:
     """``--activations``: every detector on the file; classes named from --benchmark."""
+    from sio.evaluate.activations import load_activations
+    from sio.evaluate.evaluate import evaluate_bank, write_results
+
     class_names = None
     scores = {} if save_scores else None
     if benchmark is not None:

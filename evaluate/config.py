@@ -212,6 +212,11 @@ class EvaluateConfig:
     # Python modules imported when the config is read: the detectors they register
     # (@sio.evaluate.DETECTORS.register("name")) are then nameable in ``methods``
     plugins: tuple[str, ...] = ()
+    # off: sio's detectors, with their documented departures from OpenOOD v1.5 (float64,
+    # no NaN, NNGuide's spread bank, Residual on ID train); openood: every detector computed
+    # as OpenOOD v1.5's own code, quirks included (sio/evaluate/detectors/parity.py; it sets
+    # tempscale's fit and OpenMax's settings to OpenOOD's)
+    parity: Literal["off", "openood"] = "off"
     tempscale: TempScaleSettings = field(default_factory=TempScaleSettings)
     odin: OdinSettings = field(default_factory=OdinSettings)
     react: PercentileSettings = field(default_factory=PercentileSettings)

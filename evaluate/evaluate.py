@@ -41,6 +41,7 @@ import numpy as np
 
 from sio.core.files import atomic_path, write_json_atomic, write_text_atomic
 from sio.core.lock import hold_folder
+from sio.core.numbers import rounded
 from sio.evaluate.activations import (
     ActivationBank,
     benchmark_record,
@@ -185,6 +186,7 @@ def evaluate_bank(
     results = {
         "id_acc": id_accuracy(bank),
         "fpr_convention": fpr_convention,
+        "parity": config.parity,
         "methods": {},
         "skipped": {},
         "detectors": {},
@@ -240,12 +242,14 @@ def evaluate_checkpoint(
     detector runs, score every detector of ``config`` (ODIN with the model and images), write
     results.json, results.md, run.json (alpha and seed from the checkpoint) and, with
     ``save_scores``, scores.npz. Another job writing ``out`` is refused (``FolderBusy``)."""
+    from sio.evaluate.model_build import check_finite_parameters
     from sio.train import checkpoint_file, load_classifier
 
     checkpoint, out = checkpoint_file(checkpoint), Path(out)
     check_methods(config.methods)
     with hold_folder(out):  # one job writes a folder
-        _, info = load_classifier(checkpoint)
+        model, info = load_classifier(checkpoint)
+        check_finite_parameters(model.state_dict(), checkpoint)  # a NaN fc.weight, named
         check_classifier_fits(info, benchmark_dir)  # before any work, also for a cached bank
         bank = extract_activations(
             checkpoint,
@@ -272,6 +276,7 @@ def evaluate_checkpoint(
             "seed": info.seed,
             "checkpoint": str(checkpoint),
             "benchmark": results["benchmark"],
+            "recipe": info.recipe,  # sio report compares the arms' recipes
         }
         write_json_atomic(out / "run.json", run)
     return results
@@ -364,6 +369,6 @@ def write_results(results: dict, out: str | Path, scores: dict | None = None) ->
     if scores is not None:
         with atomic_path(out / SCORES_FILE, suffix=".npz") as tmp:
             np.savez(tmp, **scores)
-    text = json.dumps(results, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(rounded(results), indent=2, sort_keys=True, allow_nan=False) + "\n"
     write_text_atomic(out / "results.json", text)
     write_text_atomic(out / "results.md", markdown_table(results) + "\n")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from sio.core.progress import progress
 from sio.evaluate.detectors.base import InputDetector, check_finite
 from sio.shards import read_benchmark
-from sio.shardset import iter_batches
+from sio.shardset import iter_batches, read_manifest
 from sio.train import load_classifier
 
 
@@ -45,11 +45,11 @@ def score_shard_set(
 ) -> np.ndarray:
     """Scores of every sample of ``shard_set`` in order, or of the sorted sample ``rows`` only."""
     scores, start = [], 0
-    for images, _ in tqdm(
+    for images, _ in progress(
         iter_batches(shard_set, inputs.batch_size),
         desc=f"{detector.name} {shard_set.name}",
+        total=-(-read_manifest(shard_set).num_samples // inputs.batch_size),
         unit="batch",
-        leave=False,
     ):
         batch, first, start = images, start, start + len(images)
         if rows is not None:

@@ -66,7 +66,7 @@ def test_results_shape_and_recorded_settings():
     bank = structured_bank()
     config = EvaluateConfig(knn=KnnSettings(k=3, backend="torch"), vim=VimSettings(dim=5))
     results = evaluate_bank(bank, ["knn", "vim", "react", "msp"], "ood", config=config)
-    assert set(results) == {"id_acc", "fpr_convention", "methods", "skipped", "detectors"}
+    assert set(results) == {"id_acc", "fpr_convention", "methods", "skipped", "detectors", "parity"}
     assert results["fpr_convention"] == "ood" and results["skipped"] == {}
     for groups in results["methods"].values():
         assert set(groups) == {"near", "far"}

@@ -161,7 +161,15 @@ def test_results_json_and_md_carry_the_chosen_setting(tmp_path):
     config = dataclasses.replace(SEARCH, knn=dataclasses.replace(SEARCH.knn, backend="torch"))
     write_results(evaluate_bank(knn_bank(), ["knn", "mls"], config=config), tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved) == {"id_acc", "fpr_convention", "methods", "skipped", "detectors", "search"}
+    assert set(saved) == {
+        "id_acc",
+        "fpr_convention",
+        "methods",
+        "skipped",
+        "detectors",
+        "search",
+        "parity",
+    }
     held_out = saved["search"]["ood_val_samples"]
     assert sum(n for sets in held_out.values() for n in sets.values()) == 10
     assert saved["search"]["ood_val_fraction"] == config.search.ood_val_fraction

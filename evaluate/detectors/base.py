@@ -27,6 +27,7 @@ import torch
 from sio.core.registry import Registry
 from sio.evaluate.activations import ActivationBank, fc_logits
 from sio.evaluate.config import EvaluateConfig
+from sio.evaluate.detectors.parity import parity_arguments
 
 DETECTORS: Registry = Registry("detector", name_attribute="name")
 
@@ -51,11 +52,14 @@ class Searchable:
     @classmethod
     def from_config(cls, config: EvaluateConfig):
         """The detector with the settings of ``config.<name>`` (a settings dataclass whose
-        fields are the constructor's keyword arguments); no such section: the defaults."""
+        fields are the constructor's keyword arguments; no such section: the defaults), and
+        with ``config.parity`` openood, OpenOOD v1.5's quirks (``parity.OPENOOD``)."""
         section = getattr(config, cls.name, None)
-        if section is None or not dataclasses.is_dataclass(section):
-            return cls()
-        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(section)})
+        settings = {}
+        if section is not None and dataclasses.is_dataclass(section):
+            settings = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+        # evaluate.parity: openood sets OpenOOD's quirks over the settings (parity.py)
+        return cls(**{**settings, **parity_arguments(cls.name, config.parity)})
 
     @classmethod
     def search_settings(cls, bank: ActivationBank) -> list[dict]:

@@ -58,7 +58,8 @@ def centred_gram(h: torch.Tensor, origin: np.ndarray) -> np.ndarray:
     100 MB allocation that took longer than the gram on the reference machine). Where u
     dominates a column (its diagonal entry in h^T h over CANCELLATION times the centred one)
     the subtraction would leave float32 rounding as the answer, and where h^T h itself
-    overflows it has no answer: then all of h is centred first."""
+    overflows it has no answer: then h is centred first, a block of rows at a time
+    (``shifted_gram``)."""
     n = len(h)
     uncentred = gram(h).double().numpy()
     sums = h.sum(dim=0).double().numpy()
@@ -66,9 +67,18 @@ def centred_gram(h: torch.Tensor, origin: np.ndarray) -> np.ndarray:
     centred = uncentred - cross - cross.T + n * np.outer(origin, origin)
     cancels = np.diag(uncentred) > CANCELLATION * np.diag(centred)
     if cancels.any() or not np.isfinite(centred).all():
-        shifted = h - torch.from_numpy(origin).to(h.dtype)
-        return gram(shifted).double().numpy()
+        return shifted_gram(h, origin)
     return centred
+
+
+def shifted_gram(h: torch.Tensor, origin: np.ndarray) -> np.ndarray:
+    """(h - u)^T (h - u) in float64 from centred blocks of ``ROWS_PER_BLOCK`` rows (in h's
+    float type, as a centred copy of all of h would be): no N x D copy."""
+    shift = torch.from_numpy(origin).to(h.dtype)
+    out = np.zeros((h.shape[1], h.shape[1]))
+    for rows in row_blocks(len(h), ROWS_PER_BLOCK):
+        out += gram(h[rows] - shift).double().numpy()
+    return out
 
 
 def row_blocks(rows: int, block: int) -> Iterator[slice]:
@@ -243,7 +253,7 @@ class VIM(Detector):
             ) from None
         order = np.argsort(eigenvalues)[::-1]
         self.prepare_products(bank, eigenvectors[:, order[self.dim :]])
-        logits, residuals = self.logits_and_residual(h)
+        top_logits, residuals = self.logits_and_residual(h, top_only=True)
         residual = residuals.mean()
         if not residual > 1e-12 * scale:
             raise detector_error(
@@ -252,7 +262,7 @@ class VIM(Detector):
                 f"the ID train features have no component outside the top {self.dim} principal "
                 "directions (mean residual 0), so alpha is undefined; lower evaluate.vim.dim",
             )
-        self.alpha = float(logits.max(axis=1).mean() / residual)
+        self.alpha = float(top_logits.mean() / residual)
         if not np.isfinite(self.alpha):
             raise detector_error(self.name, "id.train", f"alpha = {self.alpha} is not finite")
 
@@ -286,20 +296,23 @@ class VIM(Detector):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return message
 
-    def logits_and_residual(self, h: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_residual(
+        self, h: torch.Tensor, top_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """z = h W^T + b (float64) and r(h) = ||h R - u R|| from one product h [W^T | R]
         (``linear``), a block of rows at a time (``row_blocks``): float32 for float32 h (z
         widened before the bias is added, as ``fc_logits``; r's norm in float32, as
-        pytorch-ood's), float64 otherwise."""
+        pytorch-ood's), float64 otherwise. ``top_only``: max_k z_k of each row instead of z
+        (the fit's alpha; no N x K array of ID train's logits)."""
         operand, shift = self.operands[h.dtype], self.origin_projection[h.dtype]
         classes = len(self.bias64)
-        logits = np.empty((len(h), classes))
+        logits = np.empty(len(h) if top_only else (len(h), classes))
         norms = np.empty(len(h))
         for rows in row_blocks(len(h), ROWS_PER_BLOCK):
             product = linear(h[rows], operand)
-            logits[rows] = product[:, :classes].numpy()
+            block = product[:, :classes].numpy() + self.bias64
+            logits[rows] = block.max(axis=1) if top_only else block
             norms[rows] = torch.linalg.vector_norm(product[:, classes:] - shift, dim=1).numpy()
-        logits += self.bias64
         return logits, norms
 
     def score_features(self, features):

@@ -19,12 +19,28 @@ QUERY_CHUNK = 1024
 NORM_FLOOR = 1e-12
 
 
-def unit_rows(features: np.ndarray) -> np.ndarray:
+# rows normalised at a time (unit_rows): a few MB, so no N x D temporary beside the output
+UNIT_ROWS = 4096
+
+
+def unit_rows(features: np.ndarray, openood: bool = False) -> np.ndarray:
     """h / max(||h||, 1e-12) in float32: a zero row stays zero (OpenOOD: h/||h|| + 1e-10, so
-    0/0 = NaN)."""
-    features = np.asarray(features, np.float32)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return np.ascontiguousarray(features / np.maximum(norms, NORM_FLOOR))
+    0/0 = NaN); ``openood``: OpenOOD's h / ||h|| + 1e-10 for rows with a norm. A block of
+    rows at a time into the one output (``np.linalg.norm`` squares all its input first)."""
+    out = np.empty(features.shape, np.float32)
+    for start in range(0, len(features), UNIT_ROWS):
+        block = np.asarray(features[start : start + UNIT_ROWS], np.float32)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, np.maximum(norms, NORM_FLOOR), out=out[start : start + len(block)])
+    if openood:
+        out += np.float32(1e-10)
+    return out
+
+
+def unit_blocks(features: np.ndarray, openood: bool = False):
+    """``unit_rows`` of ``features`` a block of rows at a time (for an index that copies)."""
+    for start in range(0, len(features), UNIT_ROWS):
+        yield unit_rows(features[start : start + UNIT_ROWS], openood)
 
 
 def faiss_available() -> bool:
@@ -38,7 +54,8 @@ class TorchSearch:
 
     def __init__(self, reference: np.ndarray):
         self.reference = torch.from_numpy(reference)
-        self.half_sq_norms = 0.5 * (self.reference * self.reference).sum(dim=1)
+        # no N x D square of the reference: its row norms, squared
+        self.half_sq_norms = 0.5 * torch.linalg.vector_norm(self.reference, dim=1).square_()
 
     def kth_sq_distance(self, queries: np.ndarray, k: int) -> np.ndarray:
         out = np.empty(len(queries), np.float64)
@@ -58,11 +75,16 @@ class FaissSearch:
 
     name = "faiss"
 
-    def __init__(self, reference: np.ndarray):
+    def __init__(self, reference):
+        """``reference``: the unit rows, or an iterable of blocks of them."""
         import faiss
 
-        self.index = faiss.IndexFlatL2(reference.shape[1])
-        self.index.add(reference)
+        self.index = None
+        blocks = [reference] if isinstance(reference, np.ndarray) else reference
+        for block in blocks:  # the index holds its own copy: added a block at a time
+            if self.index is None:
+                self.index = faiss.IndexFlatL2(block.shape[1])
+            self.index.add(block)
 
     def kth_sq_distance(self, queries: np.ndarray, k: int) -> np.ndarray:
         distances, _ = self.index.search(queries, k)
@@ -82,15 +104,22 @@ class KNN(Detector):
     Deliberate difference: a zero feature vector stays zero (distance 1 to every unit vector)
     instead of OpenOOD's NaN (its h / ||h|| + 1e-10 divides 0 by 0). Rows with NaN or inf are
     refused, naming the row (faiss would silently return FLT_MAX for them).
+    ``KNN(openood_normalizer=True)`` (``evaluate.parity: openood``) adds OpenOOD's 1e-10 to
+    every normalised entry.
     """
 
     # OpenOOD v1.5 configs/postprocessors/knn.yml, postprocessor_sweep.K_list
     search_grid = {"k": (50, 100, 200, 500, 1000)}
 
-    def __init__(self, k: int = KnnSettings.k, backend: str = KnnSettings.backend):
+    def __init__(
+        self,
+        k: int = KnnSettings.k,
+        backend: str = KnnSettings.backend,
+        openood_normalizer: bool = False,
+    ):
         if backend not in ("auto", "faiss", "torch"):
             raise ValueError(f"knn backend is auto, faiss or torch, got {backend!r}")
-        self.k, self.backend = k, backend
+        self.k, self.backend, self.openood_normalizer = k, backend, openood_normalizer
 
     @classmethod
     def search_settings(cls, bank):
@@ -109,7 +138,10 @@ class KNN(Detector):
             raise detector_error(
                 self.name, "id.train", "backend faiss asked for, but faiss is not installed"
             )
-        self.search = (FaissSearch if use_faiss else TorchSearch)(unit_rows(train))
+        if use_faiss:
+            self.search = FaissSearch(unit_blocks(train, self.openood_normalizer))
+        else:
+            self.search = TorchSearch(unit_rows(train, self.openood_normalizer))
 
     def score_features(self, features):
         bad = ~np.isfinite(features).all(axis=1)
@@ -118,7 +150,8 @@ class KNN(Detector):
                 self.name, "its input", f"row {int(np.argmax(bad))} has NaN or inf features"
             )
         try:
-            return -self.search.kth_sq_distance(unit_rows(features), self.k)
+            queries = unit_rows(features, self.openood_normalizer)
+            return -self.search.kth_sq_distance(queries, self.k)
         except ValueError as err:
             raise detector_error(self.name, "its input", str(err)) from None
 

@@ -25,16 +25,33 @@ def max_softmax(logits: np.ndarray) -> np.ndarray:
     return (z - z.amax(dim=1, keepdim=True)).exp_().sum(dim=1).reciprocal_().numpy()
 
 
+def float32_probs(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> torch.Tensor:
+    """softmax(h W^T + b) all in float32, as OpenOOD v1.5's ``nn.Linear`` then ``torch.softmax``
+    (``evaluate.parity: openood``)."""
+    h = torch.from_numpy(np.ascontiguousarray(features, np.float32))
+    w = torch.from_numpy(np.ascontiguousarray(weight, np.float32))
+    b = torch.from_numpy(np.ascontiguousarray(bias, np.float32))
+    return torch.softmax(torch.nn.functional.linear(h, w, b), dim=1)
+
+
 @DETECTORS.register("msp")
 class MSP(Detector):
     """Maximum softmax probability, max_k softmax(z)_k (Hendrycks & Gimpel, ICLR 2017).
 
     Deliberate difference: the softmax is float64; OpenOOD's float32 softmax rounds every
     margin above ~17 to exactly 1.0 (many confident ID samples tie there), which moves AUROC
-    slightly; float64 keeps them apart up to a margin of ~37.
+    slightly; float64 keeps them apart up to a margin of ~37. ``MSP(float32=True)``
+    (``evaluate.parity: openood``) is OpenOOD's: float32 logits, ``torch.softmax``, max.
     """
 
+    def __init__(self, float32: bool = False):
+        self.float32 = float32
+
     def score_features(self, features):
+        if self.float32:
+            return (
+                float32_probs(self.fc_weight, self.fc_bias, features).amax(dim=1).double().numpy()
+            )
         return max_softmax(self.logits(features))
 
 
@@ -225,7 +242,9 @@ class GEN(Detector):
     p_k^gamma (1 - p_k)^gamma (all C when m >= C); gamma = 0.1, m = 100
     (``gen: {gamma: 0.1, m: 100}``; OpenOOD's ``M``). Deliberate difference: float64, with
     1 - p of the top class as the sum of the others (``complements``); OpenOOD's float32
-    1 - p is 0 for every margin above ~17, where its score ties.
+    1 - p is 0 for every margin above ~17, where its score ties. ``GEN(float32=True)``
+    (``evaluate.parity: openood``) is OpenOOD's: float32 softmax, its m largest, 1 - p in
+    float32.
     """
 
     # OpenOOD v1.5 configs/postprocessors/gen.yml: gamma_list, M_list
@@ -234,10 +253,16 @@ class GEN(Detector):
         "m": (10, 50, 100, 200, 500, 1000),
     }
 
-    def __init__(self, gamma: float = GenSettings.gamma, m: int = GenSettings.m):
-        self.gamma, self.m = gamma, m
+    def __init__(
+        self, gamma: float = GenSettings.gamma, m: int = GenSettings.m, float32: bool = False
+    ):
+        self.gamma, self.m, self.float32 = gamma, m, float32
 
     def score_features(self, features):
+        if self.float32:
+            probs = float32_probs(self.fc_weight, self.fc_bias, features)
+            top = torch.sort(probs, dim=1).values[:, -self.m :]
+            return -(top**self.gamma * (1 - top) ** self.gamma).sum(dim=1).double().numpy()
         probs = torch.softmax(as_rows(self.logits(features)), dim=1)
         complement = complements(probs)
         if self.m < probs.shape[1]:

@@ -61,8 +61,9 @@ class NNGuide(Detector):
     Deliberate difference: the bank is floor(alpha N) rows spread evenly over ID train (a file
     sorted by class still gives every class its share); OpenOOD v1.5 takes whole loader batches
     from the start of the file until more than floor(alpha N) rows are held
-    (``NNGuide(loader_batch=B)`` gives that bank). A zero feature vector stays zero (OpenOOD:
-    NaN). k larger than the bank is an error (faiss would pad with -FLT_MAX).
+    (``NNGuide(loader_batch=B)`` gives that bank; ``evaluate.parity: openood``: B = 256). A
+    zero feature vector stays zero (OpenOOD: NaN). k larger than the bank is an error (faiss
+    would pad with -FLT_MAX).
     """
 
     def __init__(

@@ -9,7 +9,13 @@ from scipy.optimize import brentq
 from scipy.special import logsumexp
 
 from sio.evaluate.config import OpenMaxSettings
-from sio.evaluate.detectors.base import DETECTORS, Detector, detector_error, split_rows
+from sio.evaluate.detectors.base import (
+    BLOCK_VALUES,
+    DETECTORS,
+    Detector,
+    detector_error,
+    split_rows,
+)
 
 # libMR shifts the tail so that its smallest value sits at ``translate_amount`` before fitting:
 # 1 in libMR's Python ``MR()`` (libmr.pyx), which OpenOOD uses; 10000 is only the C++ default.
@@ -79,7 +85,8 @@ class OpenMax(Detector):
     -P(unknown) = -softmax([z', z_unknown])_unknown, computed stably (OpenOOD exponentiates
     float32 logits directly and overflows to inf / inf = NaN above ~88). The Weibull is the
     exact maximum-likelihood fit (libMR's Newton iteration stops at its tolerance; its w_scores
-    agree to ~1e-6, tests/data/libmr_w_score.json).
+    agree to ~1e-6, tests/data/libmr_w_score.json). The fit takes the train logits a block of
+    rows at a time, twice (the means, then each row's distance to its class's mean).
     """
 
     def __init__(
@@ -90,27 +97,55 @@ class OpenMax(Detector):
         self.tail_size, self.alpha_rank = tail_size, alpha_rank
 
     def fit_bank(self, bank):
-        logits = self.logits(split_rows(self.name, bank, "train"))
+        train = split_rows(self.name, bank, "train")
         labels = bank.id_labels["train"]
-        correct = logits.argmax(axis=1) == labels
-        self.means, self.tails = [], []
-        for k in range(bank.fc_weight.shape[0]):
-            members = logits[correct & (labels == k)]
-            if len(members) < 2:
-                raise detector_error(
-                    self.name,
-                    "id.train",
-                    f"class {k} has {len(members)} correctly classified ID train samples; a "
-                    "mean activation vector and a Weibull tail need at least 2",
-                )
-            mean = members.mean(axis=0)
+        classes = bank.fc_weight.shape[0]
+        correct, self.means = self.class_means(train, labels, classes)
+        distances = self.distances_to_means(train, labels, correct)
+        self.tails = []
+        for k in range(classes):
             try:
-                tail = TailModel.fit(np.linalg.norm(members - mean, axis=1), self.tail_size)
+                tail = TailModel.fit(distances[correct & (labels == k)], self.tail_size)
             except ValueError as err:
                 raise detector_error(self.name, "id.train", f"class {k}: {err}") from None
-            self.means.append(mean)
             self.tails.append(tail)
-        self.means = np.stack(self.means)
+
+    def logit_blocks(self, features: np.ndarray):
+        """(rows, float64 logits of those rows), a block of rows at a time: the fit never holds
+        the N x K logits of all of ID train."""
+        step = max(1, BLOCK_VALUES // max(1, len(self.fc_bias)))
+        for start in range(0, len(features), step):
+            rows = slice(start, min(start + step, len(features)))
+            yield rows, self.logits(features[rows])
+
+    def class_means(self, train, labels, classes):
+        """(correctly classified mask, K x K mean logit vectors of those rows per class); a
+        class with fewer than 2 is an error."""
+        correct = np.zeros(len(train), bool)
+        sums, counts = np.zeros((classes, classes)), np.zeros(classes, np.int64)
+        for rows, logits in self.logit_blocks(train):
+            hits = logits.argmax(axis=1) == labels[rows]
+            correct[rows] = hits
+            np.add.at(sums, labels[rows][hits], logits[hits])
+            counts += np.bincount(labels[rows][hits], minlength=classes)
+        if (counts < 2).any():
+            k = int(np.argmax(counts < 2))
+            raise detector_error(
+                self.name,
+                "id.train",
+                f"class {k} has {counts[k]} correctly classified ID train samples; a "
+                "mean activation vector and a Weibull tail need at least 2",
+            )
+        return correct, sums / counts[:, None]
+
+    def distances_to_means(self, train, labels, correct) -> np.ndarray:
+        """||z_i - MAV_{y_i}|| of every correctly classified row (0 for the others)."""
+        out = np.zeros(len(train))
+        for rows, logits in self.logit_blocks(train):
+            hits = correct[rows]
+            gap = logits[hits] - self.means[labels[rows][hits]]
+            out[np.flatnonzero(hits) + rows.start] = np.linalg.norm(gap, axis=1)
+        return out
 
     def rank_weights(self, logits: np.ndarray) -> np.ndarray:
         """(a + 1 - i) / a for the i-th largest logit, i = 1..a; 0 for the other classes."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 
 import numpy as np
+import torch
 
 from sio.evaluate.config import AshSettings, ScaleSettings, VraSettings
 from sio.evaluate.detectors.base import DETECTORS, Detector, detector_error, energy, split_rows
@@ -22,11 +23,6 @@ PERCENTILES = (65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)
 def kept_count(width: int, percentile: float) -> int:
     """k = D - round(D p / 100) entries kept (round half to even, as ``np.round``)."""
     return width - int(np.round(width * percentile / 100.0))
-
-
-def top_indices(h: np.ndarray, k: int) -> np.ndarray:
-    """The column indices of the k largest entries of each row (ties: any k of them)."""
-    return np.argpartition(h, h.shape[1] - k, axis=1)[:, h.shape[1] - k :]
 
 
 class Shaping(Detector):
@@ -89,12 +85,12 @@ class ASH(TopShaping):
         self.percentile = percentile
 
     def shape(self, h):
-        total = h.sum(axis=1, dtype=np.float64)
-        shaped = np.zeros_like(h)
-        np.put_along_axis(
-            shaped, top_indices(h, self.kept), (total / self.kept)[:, None].astype(h.dtype), axis=1
-        )
-        return shaped
+        # torch's topk: about 4x numpy's argpartition per row of a few hundred entries
+        t = torch.from_numpy(np.ascontiguousarray(h))
+        fill = (t.sum(dim=1, dtype=torch.float64) / self.kept).to(t.dtype)
+        where = torch.topk(t, self.kept, dim=1, sorted=False).indices
+        shaped = torch.zeros_like(t).scatter_(1, where, fill[:, None].expand(-1, self.kept))
+        return shaped.numpy()
 
 
 @DETECTORS.register("scale")
@@ -114,9 +110,9 @@ class SCALE(TopShaping):
         self.percentile = percentile
 
     def shape(self, h):
-        width = h.shape[1]
-        top = np.partition(h, width - self.kept, axis=1)[:, width - self.kept :]
-        top_sum = top.sum(axis=1, dtype=np.float64)
+        t = torch.from_numpy(np.ascontiguousarray(h))
+        top = torch.topk(t, self.kept, dim=1, sorted=False).values
+        top_sum = top.sum(dim=1, dtype=torch.float64).numpy()
         ratio = np.zeros(len(h))
         np.divide(h.sum(axis=1, dtype=np.float64), top_sum, out=ratio, where=top_sum != 0)
         return h * np.exp(ratio)[:, None].astype(h.dtype)

@@ -19,11 +19,14 @@ from sio.evaluate.detectors.features import symmetric_eigh, vim_dim
 OPENOOD_DIM = 512
 
 
-def residual_dim(configured: int | None, width: int) -> int:
-    """The configured dim, else OpenOOD's 512 where D > 512, else VIM's rule (``vim_dim``)."""
+def residual_dim(configured: int | None, width: int, rule: str = "sio") -> int:
+    """The configured dim, else OpenOOD's 512 where D > 512 (rule ``openood``: always), else
+    VIM's rule (``vim_dim``)."""
     if configured is not None:
         return configured
-    return OPENOOD_DIM if width > OPENOOD_DIM else vim_dim(None, width)
+    if rule == "openood" or width > OPENOOD_DIM:
+        return OPENOOD_DIM
+    return vim_dim(None, width)
 
 
 @DETECTORS.register("residual")
@@ -36,17 +39,23 @@ class Residual(Detector):
     Deliberate differences from OpenOOD v1.5: the principal space is fitted on ID train, as
     the paper (OpenOOD fits on ID val; ``Residual(split="val")`` does); dim defaults to 512
     only where D > 512 (OpenOOD's 512 leaves a 512-wide ResNet-18 no residual, every score 0),
-    else VIM's rule; dim >= D is an error.
+    else VIM's rule; dim >= D is an error (OpenOOD: an empty residual, every score 0).
+    ``evaluate.parity: openood`` gives OpenOOD's: ``split="val"``, ``dim_rule="openood"``
+    (dim 512 unless configured).
     """
 
-    def __init__(self, dim: int | None = ResidualSettings.dim, split: str = "train"):
+    def __init__(
+        self, dim: int | None = ResidualSettings.dim, split: str = "train", dim_rule: str = "sio"
+    ):
         if split not in ("train", "val"):
             raise ValueError(f"residual split is train or val, got {split!r}")
-        self.configured_dim, self.split = dim, split
+        if dim_rule not in ("sio", "openood"):
+            raise ValueError(f"residual dim_rule is sio or openood, got {dim_rule!r}")
+        self.configured_dim, self.split, self.dim_rule = dim, split, dim_rule
 
     def fit_bank(self, bank):
         width = bank.fc_weight.shape[1]
-        self.dim = residual_dim(self.configured_dim, width)
+        self.dim = residual_dim(self.configured_dim, width, self.dim_rule)
         if not 1 <= self.dim < width:
             raise detector_error(
                 self.name,
