@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import click
 
 from sio.core.cli import config_option, device_option, field_range, pipeline_config
-from sio.generate.agreement import agreement_warning, warning_banner
 from sio.generate.config import GENERATOR_KINDS, DDPMTrainConfig, GenerateConfig
 from sio.shardset.format import MAX_SIDE
 
@@ -49,6 +48,13 @@ def _device(requested: str | None, local_rank: int) -> str:
 def job_options(function):
     """The options that define a generation job (shared by generate and serve)."""
     options = [
+        click.option(
+            "--generator-dir",
+            default=None,
+            type=click.Path(),
+            help="Folder (or, for stylegan2-ada, weights file) of the generator (default: the "
+            "config's generator.path).",
+        ),
         click.option(
             "--generator",
             "name",
@@ -109,10 +115,10 @@ def job_options(function):
 
 
 @dataclasses.dataclass(frozen=True)
-class JobOptions:
+class CommandOptions:
     """What ``job_options`` parsed, plus the generator's location and the output's name."""
 
-    generator_dir: str | None
+    generator_dir: str | None = None
     name: str | None = None
     num: int | None = None
     shard_size: int | None = None
@@ -130,13 +136,13 @@ class JobOptions:
     what: str = "the synthetic set"
 
     def job(self, world_size: int = 1, local_rank: int = 0) -> Job:
-        """Load the generator (training the built-in DDPM first if asked) and the classifier,
-        check that they fit the target set, and return the job. The config is parsed before
-        the generators (and diffusers) are imported: a mistake in it answers at once."""
+        """The config's settings with the options over them (training the built-in DDPM first
+        if asked), then ``prepare_job``: the classifier and generator loaded and checked against
+        the target set as ``sio run`` does. The config is parsed before the generators (and
+        diffusers) are imported: a mistake in it answers at once."""
         config = pipeline_config(self.config_path)
         from sio.generate.ddpm.train import train_from_shard_set
-        from sio.generate.registry import Classifier, build_job, load_generator
-        from sio.train import load_classifier
+        from sio.generate.prepare import JobOptions, prepare_job
 
         device = _device(self.device, local_rank)
         generator_dir = self.generator_dir or config.generator.path
@@ -172,29 +178,18 @@ class JobOptions:
         settings = dataclasses.replace(
             config.generate, **{k: v for k, v in overrides.items() if v is not None}
         )
-        target = _target(self.classes_from, self.image_size)
-        judge, info = None, None
-        if self.classifier:
-            judge, info = load_classifier(self.classifier, device)
-        size = target.image_size or (info.image_size[0] if info and info.image_size else None)
-        if generator.name == "biggan" and size is None:
-            raise click.UsageError(
-                "a biggan generator writes images of the target benchmark's size: give "
-                "--classes-from REAL_SET, --image-size or a --classifier that records its size"
-            )
-        model = load_generator(generator, generator_dir, device, size)
-        model.prepare(precision=settings.precision, compile=settings.compile)
-        names = target.class_names or (info.class_names if info else None)
-        if info is not None:
-            side = (model.image_size, model.image_size)
-            info.check_fits(self.what, side, names or info.class_names)
-        if target.channels is not None and target.channels != model.channels:
-            raise click.UsageError(
-                f"{self.classes_from} holds {target.channels}-channel images, the generator "
-                f"makes {model.channels}"
-            )
-        judge_info = Classifier(judge, self.classifier, info.sha256 if info else None)
-        return build_job(model, settings, generator.labels, names, judge_info)
+        options = JobOptions(
+            generator,
+            generator_dir,
+            settings,
+            classifier=self.classifier,
+            classes_from=self.classes_from,
+            image_size=self.image_size,
+            device=device,
+            what=self.what,
+            size_from_target=True,
+        )
+        return prepare_job(options)
 
 
 # sio generate options over generator.train (named as sio train's, with the prefix --train-)
@@ -232,12 +227,6 @@ def _train_overrides(options: dict, train_on: str | None) -> dict:
 
 @click.command()
 @click.option(
-    "--generator-dir",
-    default=None,
-    type=click.Path(),
-    help="Folder of the generator (default: the config's generator.path).",
-)
-@click.option(
     "--train-on",
     type=click.Path(file_okay=False),
     default=None,
@@ -255,7 +244,7 @@ def _train_overrides(options: dict, train_on: str | None) -> dict:
 )
 @train_options
 @job_options
-def generate(generator_dir, train_on, out, shard_range, staging, **options):
+def generate(train_on, out, shard_range, staging, **options):
     """Write labelled synthetic images from a generator as a shard set, resumably.
 
     With --train-on, a missing --generator-dir is first trained there (the built-in DDPM);
@@ -269,11 +258,11 @@ def generate(generator_dir, train_on, out, shard_range, staging, **options):
     """
     rank, world_size, local_rank = _distributed()
     train = _train_overrides(options, train_on)
-    request = JobOptions(
-        generator_dir, train_on=train_on, train=train, what=f"the synthetic set {out}", **options
+    request = CommandOptions(
+        train_on=train_on, train=train, what=f"the synthetic set {out}", **options
     )
     job = request.job(world_size, local_rank)
-    from sio.generate.job import run_job
+    from sio.generate.resume import run_job
 
     manifest = run_job(
         job,
@@ -283,20 +272,15 @@ def generate(generator_dir, train_on, out, shard_range, staging, **options):
         world_size=world_size,
         staging=staging,
     )
-    if manifest is not None:
-        quality = manifest["provenance"].get("quality") or {}
-        agreement = quality.get("label_agreement")
-        text = f", label agreement {100 * agreement:.1f}%" if agreement is not None else ""
-        click.echo(
-            f"{out}: {manifest['num_samples']} images in {len(manifest['shards'])} shards{text}"
-        )
-        warning = agreement_warning(job.generator.name, agreement, len(job.class_names))
-        if warning:
-            click.echo(warning_banner(warning))
+    if manifest is not None and rank == 0:  # the per-class audit (audit.py), its one warning
+        from sio.generate.audit import generated_report
+
+        config = pipeline_config(options["config_path"])
+        click.echo(generated_report(job, out, manifest, options["classes_from"], config))
 
 
 @click.command()
-@click.argument("generator_spec", required=False)
+@click.argument("generator_spec", required=False, metavar="[GENERATOR_SPEC]")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -332,12 +316,21 @@ def generate(generator_dir, train_on, out, shard_range, staging, **options):
 def serve(generator_spec, port, host, queue_size, cache, client_timeout, verbose, **options):
     """Serve a generator's synthetic shard set over HTTP, each shard made on request.
 
-    GENERATOR_SPEC is the generator's folder (or file; default: the config's generator.path).
-    Each shard is byte-identical to what `sio generate` writes for it; `sio train --synthetic
-    http://HOST:PORT` streams from the service."""
+    --generator-dir names the generator's folder (or file; default: the config's
+    generator.path), as for `sio generate`; the old positional GENERATOR_SPEC still works. Each
+    shard is byte-identical to what `sio generate` writes for it; `sio train --synthetic
+    http://HOST:PORT` streams from the service.
+
+    \b
+    Examples:
+      sio serve --generator-dir runs/ddpm --port 8000 --num-images 1000000
+      sio train --real data/digits/id_train --synthetic http://127.0.0.1:8000 \\
+          --alpha 0.8 --out runs/sio-served
+    """
+    options["generator_dir"] = _generator_dir(generator_spec, options["generator_dir"])
+    job = CommandOptions(what="the served set", **options).job()  # config first
     from sio.generate.serve import GenerationServer, ShardService, serve_until_signalled
 
-    job = JobOptions(generator_spec, what="the served set", **options).job()
     service = ShardService(job, queue_size=queue_size, cache=cache)
     server = GenerationServer(service, host, port, verbose=verbose, client_timeout_s=client_timeout)
     click.echo(
@@ -352,26 +345,15 @@ def serve(generator_spec, port, host, queue_size, cache, client_timeout, verbose
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """What the synthetic set must match: the real set's class names, image size, channels."""
-
-    class_names: tuple[str, ...] | None = None
-    image_size: int | None = None
-    channels: int | None = None
-
-
-def _target(classes_from: str | None, image_size: int | None) -> Target:
-    if classes_from is None:
-        return Target(image_size=image_size)
-    from sio.shardset import read_manifest
-
-    manifest = read_manifest(classes_from)
-    height, width = manifest.image_size
-    if height != width:
-        raise click.UsageError(f"{classes_from}: {height}x{width} images; generators make squares")
-    if image_size is not None and image_size != height:
-        raise click.UsageError(
-            f"--image-size {image_size}, but {classes_from} holds {height}x{width} images"
-        )
-    return Target(tuple(manifest.class_names), height, manifest.channels)
+def _generator_dir(positional: str | None, option: str | None) -> str | None:
+    """``sio serve``'s generator: ``--generator-dir``, or the old positional spelling (one line
+    says what replaced it)."""
+    if positional is None:
+        return option
+    if option is not None:
+        raise click.UsageError("give the generator once: --generator-dir PATH")
+    click.echo(
+        f"GENERATOR_SPEC is now --generator-dir: sio serve --generator-dir {positional} ...",
+        err=True,
+    )
+    return positional

@@ -65,12 +65,12 @@ def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_pat
       sio shard mnist5k --out data/mnist5k --order shuffled
       sio shard cifar10 --data-root ~/datasets --out data/cifar10 --splits id,far
     """
+    config = pipeline_config(config_path).shard  # a config mistake answers before the imports
     from sio.shards.build import check_shard_config
     from sio.shards.spec import benchmark_file
 
     if benchmark != "digits":
         benchmark_file(benchmark)  # an unknown name fails here, before any work
-    config = pipeline_config(config_path).shard
     overrides = {
         "benchmark": benchmark,
         "seed": seed,
@@ -90,6 +90,8 @@ def shard(benchmark, out, data_root, splits, seed, order, shard_size, config_pat
     for role, sets in (("id", result.id_splits), ("near", result.near), ("far", result.far)):
         for name, path in sets.items():
             click.echo(f"{role:5} {name:10} {path}")
+    counts = f"{len(result.id_splits)} ID, {len(result.near)} near-OOD, {len(result.far)} far-OOD"
+    click.echo(f"shard: benchmark {result.name} in {out} ({counts} shard sets)")
 
 
 @click.group()
@@ -109,7 +111,13 @@ def shards():
 @click.argument("folder")
 def verify(folder):
     """Check every shard of FOLDER (a folder or an s3:// or http(s):// prefix) against its
-    manifest (count, size, sha256)."""
+    manifest (count, size, sha256).
+
+    \b
+    Examples:
+      sio shards verify data/digits/id_train
+      sio shards verify http://127.0.0.1:8000      # a served or mirrored set
+    """
     from sio.shardset.verify import verify_shard_set
 
     count = verify_shard_set(folder)
@@ -134,7 +142,13 @@ def verify(folder):
 )
 def convert(source, destination, encoding, record_size):
     """Write shard set SOURCE (folder or URL) in another encoding to DESTINATION (folder or
-    s3://), shard for shard and sample for sample."""
+    s3://), shard for shard and sample for sample.
+
+    \b
+    Examples:
+      sio shards convert data/synthetic data/synthetic-rec --encoding records
+      sio shards convert data/synthetic-rec data/synthetic-png --encoding png
+    """
     from sio.shardset.convert import convert_shard_set
 
     manifest = convert_shard_set(source, destination, encoding, record_size=record_size)
@@ -150,7 +164,12 @@ def convert(source, destination, encoding, record_size):
 @click.option("--num", type=COUNT, required=True, help="Samples to keep: a shard boundary.")
 def subset(source, destination, num):
     """Write the first NUM samples of local shard set SOURCE (whole shards, linked, not
-    re-encoded) to DESTINATION as a shard set of its own."""
+    re-encoded) to DESTINATION as a shard set of its own.
+
+    \b
+    Examples:
+      sio shards subset data/synthetic data/synthetic-3000 --num 3000
+    """
     from sio.shardset.subset import subset_shard_set
 
     manifest = subset_shard_set(source, num, destination)
@@ -171,7 +190,13 @@ def subset(source, destination, num):
     "--scale", type=click.IntRange(0, 64), default=0, help="Enlargement (0: images to ~64 pixels)."
 )
 def show(source, out, per_class, scale):
-    """Write a grid of SOURCE's first images of each class (one row per class) to --out."""
+    """Write a grid of SOURCE's first images of each class (one row per class) to --out.
+
+    \b
+    Examples:
+      sio shards show data/digits/id_train --out grid.png
+      sio shards show data/synthetic --out synthetic.png --per-class 16 --scale 4
+    """
     from sio.shards.show import write_grid
 
     click.echo(f"{write_grid(source, out, per_class, scale)}: {per_class} images per class")

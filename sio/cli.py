@@ -41,7 +41,7 @@ STAGE_COMMANDS = {
     "fid": (
         "sio.generate.fid_cli",
         "fid",
-        "Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC's manifest.",
+        "Fréchet distance of shard set SYNTHETIC to --real; recorded in SYNTHETIC/quality/.",
     ),
     "stylegan2-export": (
         "sio.generate.stylegan2.export",
@@ -65,12 +65,24 @@ STAGE_COMMANDS = {
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
 
 
-def is_user_error(err: BaseException) -> bool:
-    from sio.core.lock import FolderBusy
-    from sio.core.stages import StageConflict
-    from sio.shardset.format import ShardError
+# The other "bad input" errors, by the module that defines each: an error of a module that was
+# never imported cannot have been raised, so checking one imports nothing (no torch for --help).
+MODULE_ERRORS = (
+    ("sio.core.lock", "FolderBusy"),
+    ("sio.core.stages", "StageConflict"),
+    ("sio.shardset.format", "ShardError"),
+)
 
-    return isinstance(err, (*USER_ERRORS, ShardError, StageConflict, FolderBusy))
+
+def is_user_error(err: BaseException) -> bool:
+    import sys
+
+    loaded = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in MODULE_ERRORS
+        if module in sys.modules
+    )
+    return isinstance(err, (*USER_ERRORS, *loaded))
 
 
 def user_message(err: BaseException) -> str | None:
@@ -110,6 +122,8 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # --help, a usage error, Ctrl-C: click's own answer
         except Exception as err:
             message = user_message(err)
             if message is None:
@@ -144,9 +158,31 @@ def pipeline_config(path: str | None) -> PipelineConfig:
 @click.option(
     "--debug", is_flag=True, help="Print the full traceback of an error shown as one line."
 )
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="No progress bars (sets SIO_PROGRESS=0, which child processes inherit); the summary "
+    "lines stay. Bars piped to a file are a line every SIO_PROGRESS_INTERVAL seconds (30).",
+)
 @click.pass_context
-def cli(ctx, debug):
-    """sio: synthetic in-distribution data for out-of-distribution detection."""
+def cli(ctx, debug, quiet):
+    """sio: synthetic in-distribution data for out-of-distribution detection.
+
+    Every command's --help has examples; the documentation is README.md and docs/.
+
+    \b
+    Examples:
+      sio run                             # every stage of ./pipeline.yaml (digits)
+      sio run --dry-run study.yaml        # the plan, running nothing
+      sio shard digits --out data/digits
+      sio --debug train --real data/digits/id_train --alpha 1 --out runs/base0
+    """
+    if quiet:
+        import os
+
+        from sio.core.progress import ENV_SWITCH
+
+        os.environ[ENV_SWITCH] = "0"
     ctx.obj = CliDefaults(load=pipeline_config)
 
 
@@ -176,9 +212,9 @@ def run(pipeline, force, dry_run, device):
       sio run study.yaml && sio report runs/study
       sio run --dry-run study.yaml        # what would run, what is skipped, and why
     """
+    config = load_pipeline(pipeline)  # checked before the stages (and torch) are imported
     from sio.pipeline.run import run_pipeline
 
-    config = load_pipeline(pipeline)
     click.echo(run_pipeline(config, force=force, device=device, dry_run=dry_run))
 
 
@@ -199,12 +235,18 @@ def run(pipeline, force, dry_run, device):
     help="What to print: the markdown report, or OpenOOD's result CSV (its leaderboard's "
     "Near/Far-OOD AUROC and ID accuracy; one row per arm, detector and OOD set).",
 )
-def report(runs, out, fmt):
+@click.option(
+    "--allow-mixed",
+    is_flag=True,
+    help="Report runs trained with different recipes (epochs, lr, model, ... recorded in each "
+    "checkpoint) instead of refusing them; each difference is marked in the report.",
+)
+def report(runs, out, fmt, allow_mixed):
     """Aggregate evaluated RUNS over seeds: baseline (alpha = 1) vs +SIO, mean ± std. Given one
     `sio run` output folder (it holds study.json), write its report.md with the study's plots.
 
     Each run folder holds results.json and run.json (alpha, seed), as `sio evaluate` writes
-    them; Δ (+SIO − baseline) is paired by seed. --out also writes report.json, report.csv,
+    them; Δ (+SIO − baseline) is paired by seed. --out writes report.md, report.json, report.csv,
     report.tex and openood.csv (--format openood-csv prints that instead of the markdown).
 
     \b
@@ -223,10 +265,12 @@ def report(runs, out, fmt):
             text = (Path(runs[0]) / "openood.csv").read_text()
         click.echo(text, nl=fmt == "markdown")
         return
-    # the module, not the package: once imported, sio.evaluate.report names the submodule
-    from sio.evaluate.report import report as write_report
+    from sio.evaluate import write_report
 
-    click.echo(write_report(list(runs), out, fmt), nl=fmt == "markdown")
+    click.echo(write_report(list(runs), out, fmt, allow_mixed), nl=fmt == "markdown")
+    if out is not None:  # on stderr: stdout holds the report (or the CSV) alone
+        written = "report.md, report.json, report.csv, report.tex, openood.csv"
+        click.echo(f"report: {len(runs)} runs; wrote {written} to {out}", err=True)
 
 
 @cli.command()

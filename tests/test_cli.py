@@ -50,6 +50,8 @@ def test_train_loads_the_training_stack_only():
         "cli = get_cli()\n"
         "cli.get_command(click.Context(cli), 'train')"
     )
+    assert not loaded  # the command itself: its config is checked before torch is imported
+    loaded = imported_after("import sio.train.trainer")  # what `sio train` then runs
     assert "torch" in loaded and not loaded & {"sklearn", "diffusers", "matplotlib"}
 
 

@@ -13,13 +13,8 @@ from pathlib import Path
 import click
 
 from sio.core.files import atomic_path, sha256_file, write_json_atomic
-from sio.generate.stylegan2.load import (
-    EXPORT_FORMAT,
-    EXPORT_META,
-    EXPORT_WEIGHTS,
-    build_network,
-    read_pickle,
-)
+
+# sio.generate.stylegan2.load (torch) is imported on use: `--help` answers at once
 
 LICENSE_NOTE = (
     "Weights from NVlabs/stylegan2-ada-pytorch are NVIDIA's, under the NVIDIA Source Code "
@@ -30,6 +25,14 @@ LICENSE_NOTE = (
 def export_safetensors(pkl: str | Path, out_dir: str | Path, network: str = "G_ema") -> Path:
     """Read ``network`` from the pickle (no code run), check it builds, write the export."""
     from safetensors.torch import save_file
+
+    from sio.generate.stylegan2.load import (
+        EXPORT_FORMAT,
+        EXPORT_META,
+        EXPORT_WEIGHTS,
+        build_network,
+        read_pickle,
+    )
 
     pkl, out_dir = Path(pkl), Path(out_dir)
     spec, state = read_pickle(pkl, network)
@@ -53,6 +56,14 @@ def export_safetensors(pkl: str | Path, out_dir: str | Path, network: str = "G_e
 @click.option("--network", default="G_ema", show_default=True, help="Which network to export.")
 def stylegan2_export(pkl, out_dir, network):
     """Export a stylegan2-ada-pytorch PKL's generator to OUT_DIR as safetensors (read safely:
-    none of the pickle's code runs); point generator.path at OUT_DIR afterwards."""
+    none of the pickle's code runs); point generator.path at OUT_DIR afterwards.
+
+    \b
+    Examples:
+      sio stylegan2-export cifar10.pkl weights/stylegan2-cifar10
+      sio stylegan2-export network.pkl weights/sg2-g --network G
+    """
+    from sio.generate.stylegan2.load import EXPORT_META, EXPORT_WEIGHTS
+
     export_safetensors(pkl, out_dir, network)
     click.echo(f"{out_dir}: {EXPORT_WEIGHTS} + {EXPORT_META}")

@@ -4,59 +4,42 @@
 Stages meet only here and in run folders; this package imports the foundation alone.
 """
 
-from sio.shardset.convert import convert_shard_set
-from sio.shardset.dataset import ShardDataset, ShardStream
-from sio.shardset.format import (
-    ENCODINGS,
-    MANIFEST,
-    Manifest,
-    ShardError,
-    ShardInfo,
-    encode_png,
-)
-from sio.shardset.read import (
-    decode_sample,
-    iter_batches,
-    iter_chunks,
-    iter_samples,
-    read_manifest,
-    shard_chunks,
-    shard_urls,
-)
-from sio.shardset.records import decode_record
-from sio.shardset.shard import Check, Rows, ShardRef, decode_shard
-from sio.shardset.subset import subset_shard_set
-from sio.shardset.tario import check_shard_bytes
-from sio.shardset.verify import verify_shard_set
-from sio.shardset.write import ShardFileWriter, ShardSetWriter, ShardStats, manifest_from_stats
+from sio.core.lazy import lazy_exports
 
-__all__ = [
-    "ENCODINGS",
-    "MANIFEST",
-    "Check",
-    "Manifest",
-    "ShardDataset",
-    "ShardError",
-    "ShardStream",
-    "ShardFileWriter",
-    "ShardInfo",
-    "ShardRef",
-    "Rows",
-    "ShardStats",
-    "ShardSetWriter",
-    "check_shard_bytes",
-    "convert_shard_set",
-    "decode_record",
-    "decode_sample",
-    "decode_shard",
-    "encode_png",
-    "iter_batches",
-    "iter_chunks",
-    "iter_samples",
-    "manifest_from_stats",
-    "read_manifest",
-    "shard_chunks",
-    "shard_urls",
-    "subset_shard_set",
-    "verify_shard_set",
-]
+# each module and the public names it defines, imported on first use (``sio --help`` and a
+# command's config check must not wait for torch, which the readers import)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "sio.shardset.convert": ("convert_shard_set",),
+        "sio.shardset.dataset": ("ShardDataset", "ShardStream"),
+        "sio.shardset.format": (
+            "ENCODINGS",
+            "MANIFEST",
+            "Manifest",
+            "ShardError",
+            "ShardInfo",
+            "encode_png",
+        ),
+        "sio.shardset.read": (
+            "decode_sample",
+            "iter_batches",
+            "iter_chunks",
+            "iter_samples",
+            "read_manifest",
+            "shard_chunks",
+            "shard_urls",
+        ),
+        "sio.shardset.records": ("decode_record",),
+        "sio.shardset.shard": ("Check", "Rows", "ShardRef", "decode_shard"),
+        "sio.shardset.subset": ("subset_shard_set",),
+        "sio.shardset.tario": ("check_shard_bytes",),
+        "sio.shardset.verify": ("verify_shard_set",),
+        "sio.shardset.write": (
+            "ShardFileWriter",
+            "ShardSetWriter",
+            "ShardStats",
+            "manifest_from_stats",
+        ),
+    },
+)
