@@ -61,6 +61,22 @@ def test_a_bar_off_a_terminal_keeps_quiet_between_intervals(monkeypatch):
     assert line.startswith("epoch 0 [0-9]: 1000/1000 batch (100%) [")
 
 
+def test_a_postfix_off_a_terminal_waits_for_the_next_line(monkeypatch):
+    """A bar updated by hand with a postfix each step (the DDPM trainer's loss) still prints
+    one line per interval, the postfix in it, not one line per set_postfix."""
+    monkeypatch.setenv("SIO_PROGRESS_INTERVAL", "3600")
+    monkeypatch.delenv("SIO_PROGRESS", raising=False)
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    bar = progress(total=200, desc="train ddpm", unit="step")
+    for step in range(200):
+        bar.update(1)
+        bar.set_postfix(loss=f"{1 / (step + 1):.4f}")
+    bar.close()
+    (line,) = stderr.getvalue().splitlines()
+    assert line.startswith("train ddpm: 200/200 step (100%)") and "loss=0.0050" in line
+
+
 @pytest.mark.parametrize("switch", [("SIO_PROGRESS", "0"), ("TQDM_DISABLE", "1")])
 def test_progress_switched_off_prints_nothing(monkeypatch, switch):
     monkeypatch.setenv("SIO_PROGRESS_INTERVAL", "0")

@@ -65,6 +65,9 @@ class LineBar(tqdm):
         self.fp.flush()
         return False  # close() writes no '\r' after a line
 
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)  # shown in the next line
+
     def clear(self, nolock=False):  # a line, once written, stays
         pass
 
