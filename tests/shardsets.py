@@ -28,3 +28,22 @@ def two_class_set(folder):
             image = rng.integers(0, 60, (8, 8)) + 150 * (i % 2)
             writer.write(f"real-{i:04d}", image.astype(np.uint8), i % 2, {"i": i})
     return folder
+
+
+def flat_set(folder, names, channels, size=8, step=30, count=6):
+    """``count`` flat real images (image i all ``step * i``) of ``names`` in turn, shards of 4."""
+    import numpy as np
+
+    shape = (size, size) if channels == 1 else (size, size, 3)
+    with ShardSetWriter(
+        folder,
+        kind="real",
+        name="real",
+        image_size=(size, size),
+        channels=channels,
+        class_names=tuple(names),
+        shard_size=4,
+    ) as writer:
+        for i in range(count):
+            writer.write(f"r{i}", np.full(shape, step * i, np.uint8), i % len(names), {})
+    return folder

@@ -18,6 +18,8 @@ from sio.evaluate.detectors import fit_detector
 from sio.evaluate.detectors.knn import FaissSearch
 from sio.evaluate.evaluate import write_results
 
+from .failures import one_line_failure
+
 ACTIVATION_DETECTORS = [m for m in ALL_DETECTORS if m != "odin"]
 
 
@@ -64,18 +66,6 @@ def save(path, bank: ActivationBank, **changes):
 def no_pipeline_yaml(tmp_path, monkeypatch):
     """Run the commands where no ./pipeline.yaml is picked up."""
     monkeypatch.chdir(tmp_path)
-
-
-def one_line_failure(result, *fragments):
-    """A non-zero exit with one ``Error:`` line holding every fragment, and no traceback."""
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.mark.parametrize("seed", range(3))

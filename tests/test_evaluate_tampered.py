@@ -17,6 +17,7 @@ from sio.shards import write_benchmark
 from sio.shards.config import DigitsConfig, ShardConfig
 from sio.shardset import read_manifest
 
+from .failures import one_line_failure
 from .tiny_run import write_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,18 +36,6 @@ def tiny(tmp_path_factory):
 
 def run_cli(args):
     return CliRunner().invoke(get_cli(), args)
-
-
-def one_line_failure(result, *fragments) -> str:
-    """A non-zero exit with one ``Error:`` line holding every fragment, and no traceback."""
-    assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def no_images_read(monkeypatch):

@@ -25,9 +25,11 @@ from sio.generate.config import (
 from sio.generate.ddpm.model import DDPMGenerator
 from sio.generate.job import GenerationError
 from sio.generate.resume import FolderLock
-from sio.shardset import ShardSetWriter, iter_chunks, read_manifest, verify_shard_set
+from sio.shardset import iter_chunks, read_manifest, verify_shard_set
 from sio.train.models import build_classifier
 from sio.train.trainer import CHECKPOINT_FORMAT
+
+from .shardsets import flat_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BIN = Path(sys.executable).parent
@@ -148,22 +150,6 @@ def test_broken_biggan_files_are_named(tmp_path, name, mangle, message):
 # --- the CLI: sizes and classes from the real set, classifiers that fit -------------------------
 
 
-def real_set(folder, size=8, names=("cat", "dog", "eel"), channels=3) -> Path:
-    shape = (size, size, 3) if channels == 3 else (size, size)
-    with ShardSetWriter(
-        folder,
-        kind="real",
-        name="real",
-        image_size=(size, size),
-        channels=channels,
-        class_names=names,
-        shard_size=4,
-    ) as writer:
-        for i in range(6):
-            writer.write(f"r{i}", np.full(shape, 20 * i, np.uint8), i % len(names), {})
-    return folder
-
-
 def checkpoint(path: Path, image_size, names=("cat", "dog", "eel")) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -207,7 +193,7 @@ def biggan_dir(tmp_path):
 
 
 def test_biggan_takes_its_size_and_classes_from_the_real_set(tmp_path, biggan_dir):
-    real = real_set(tmp_path / "real", size=8)
+    real = flat_set(tmp_path / "real", ("cat", "dog", "eel"), 3, step=20)
     config = ["--config", str(tmp_path / "pipeline.yaml")]
     base = [*config, "--generator-dir", str(biggan_dir)]
     result = sio_generate(*base, "--out", str(tmp_path / "none"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -16,29 +15,14 @@ from click.testing import CliRunner
 from sio.cli import get_cli
 from sio.generate import generate_shard_set
 from sio.generate.config import GenerateConfig, GeneratorConfig, SamplerConfig
-from sio.shardset import ShardSetWriter
 from sio.train.models import build_classifier
 from sio.train.trainer import CHECKPOINT_FORMAT
+
+from .shardsets import flat_set
 
 TINY = GeneratorConfig(sampler=SamplerConfig(steps=2))
 JOB = GenerateConfig(num_images=6, batch_size=3, shard_size=3, network_batch=3, seed=1)
 NAMES = ("a", "b", "c")  # the classes of conftest's cond_dir generator (8x8 grey)
-
-
-def real_set(folder: Path, size=8, channels=1, names=NAMES) -> Path:
-    shape = (size, size) if channels == 1 else (size, size, 3)
-    with ShardSetWriter(
-        folder,
-        kind="real",
-        name="real",
-        image_size=(size, size),
-        channels=channels,
-        class_names=names,
-        shard_size=4,
-    ) as writer:
-        for i in range(6):
-            writer.write(f"r{i}", np.full(shape, 30 * i, np.uint8), i % len(names), {})
-    return folder
 
 
 def judge(path: Path, size=8, names=NAMES) -> Path:
@@ -75,7 +59,7 @@ MISFITS = {  # (judge size, judge classes, real set channels) -> the line both p
 @pytest.mark.parametrize("case", MISFITS)
 def test_generate_serve_and_run_refuse_the_same_misfit(tmp_path, cond_dir, case):
     (size, names, channels), message = MISFITS[case]
-    real = real_set(tmp_path / "real", channels=channels)
+    real = flat_set(tmp_path / "real", NAMES, channels)
     checkpoint = judge(tmp_path / "judge" / "checkpoint.pt", size, names)
     out = tmp_path / "syn"
     # sio run's call (sio/pipeline/run.py: PipelineRun.generate)
@@ -96,7 +80,7 @@ def test_generate_serve_and_run_refuse_the_same_misfit(tmp_path, cond_dir, case)
 
 
 def test_a_fitting_judge_and_real_set_generate_alike_on_both_paths(tmp_path, cond_dir):
-    real = real_set(tmp_path / "real")
+    real = flat_set(tmp_path / "real", NAMES, 1)
     checkpoint = judge(tmp_path / "judge" / "checkpoint.pt")
     api = generate_shard_set(
         cond_dir, tmp_path / "api", JOB, TINY, classifier_path=str(checkpoint), classes_from=real
@@ -116,7 +100,7 @@ def test_a_fitting_judge_and_real_set_generate_alike_on_both_paths(tmp_path, con
 def test_serve_takes_the_generator_as_generate_does(tmp_path, cond_dir):
     """--generator-dir in both commands; serve's old positional spelling still works and says
     (in one line) what replaced it; both at once is a usage error."""
-    rgb = real_set(tmp_path / "rgb", channels=3)  # a misfit: stops serve before it listens
+    rgb = flat_set(tmp_path / "rgb", NAMES, 3)  # a misfit: stops serve before it listens
     cli = get_cli()
     base = ["serve", "--port", "0", "--device", "cpu", "--classes-from", str(rgb)]
     new = CliRunner().invoke(cli, [*base, "--generator-dir", str(cond_dir)])
