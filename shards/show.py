@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sio.core.config import short_text
 from sio.core.files import atomic_path
 from sio.shardset import iter_samples, read_manifest
 
@@ -65,6 +66,7 @@ def audit_order(shard_set: str | Path) -> tuple[list[int], list[str]]:
     name when the set's audit is of its current shards, else class order and the names."""
     manifest = read_manifest(shard_set)
     names = [str(name) for name in manifest.class_names]
+    labels = [short_text(name) for name in names]  # a row label of bounded width
     path = Path(shard_set) / AUDIT_FILE
     try:
         record = json.loads(path.read_text()) if path.is_file() else {}
@@ -72,11 +74,16 @@ def audit_order(shard_set: str | Path) -> tuple[list[int], list[str]]:
         record = {}
     agreement = record.get("label_agreement_per_class") if isinstance(record, dict) else None
     if not isinstance(agreement, dict) or record.get("shards_sha256") != manifest.content_sha256:
-        return list(range(len(names))), names
-    known = {k: v for k, v in agreement.items() if isinstance(v, (int, float))}
+        return list(range(len(names))), labels
+    known = {
+        k: float(v)
+        for k, v in agreement.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1  # no NaN
+    }
     order = sorted(range(len(names)), key=lambda k: known.get(names[k], 2.0))
     shown = [
-        f"{names[k]} {100 * known[names[k]]:.0f}%" if names[k] in known else names[k] for k in order
+        f"{labels[k]} {100 * known[names[k]]:.0f}%" if names[k] in known else labels[k]
+        for k in order
     ]
     return order, shown
 

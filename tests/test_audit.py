@@ -316,3 +316,28 @@ def test_shards_show_puts_the_worst_class_first(world, tmp_path):
     stale = {**json.loads(audit_file.read_text()), "shards_sha256": "0" * 64}
     audit_file.write_text(json.dumps(stale))
     assert audit_order(syn) == ([0, 1, 2], list(CLASSES))
+
+
+def test_a_hostile_audit_file_and_class_name_give_bounded_rows(tmp_path):
+    """``sio shards show`` on a set someone else wrote: a NaN or out-of-range agreement is not
+    a figure, and a 100,000-character class name is a row label of bounded width."""
+    from sio.shards.show import audit_order
+    from sio.shardset import ShardSetWriter, read_manifest
+
+    names = ("a", "b", "x" * 100_000)
+    folder = tmp_path / "set"
+    with ShardSetWriter(
+        folder, kind="synthetic", name="s", image_size=(4, 4), channels=1,
+        class_names=names, shard_size=3,
+    ) as writer:  # fmt: skip
+        for i in range(3):
+            writer.write(f"s{i}", np.full((4, 4), i, np.uint8), i, {})
+    audit = {
+        "shards_sha256": read_manifest(folder).content_sha256,
+        "label_agreement_per_class": {"a": float("nan"), "b": 0.5, names[2]: 7.0},
+    }
+    (folder / "quality").mkdir()
+    (folder / "quality" / "audit.json").write_text(json.dumps(audit))
+    order, rows = audit_order(folder)
+    assert order == [1, 0, 2] and rows[0] == "b 50%" and rows[1] == "a"
+    assert len(rows[2]) <= 100 and rows[2].startswith("xxx")
