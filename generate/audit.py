@@ -122,6 +122,7 @@ def audit_set(
         }
         if judged
         else None,
+        **_filtered_agreement(synthetic),
         "confidence_per_class": {
             n: _fraction(syn.confidence[k], syn.count[k]) for k, n in enumerate(names)
         },
@@ -131,6 +132,32 @@ def audit_set(
         **(identity or {}),
     }
     return _finite(record)
+
+
+def _filtered_agreement(synthetic) -> dict:
+    """For a set written under ``labels.filter: agree`` (every image kept agrees by design):
+    the agreement of the candidates its generator drew, overall and per class, which is what
+    predicts the harm (writing.py records it in the manifest)."""
+    from sio.shardset import read_manifest
+
+    quality = read_manifest(synthetic).provenance.get("quality")
+    if not isinstance(quality, dict) or quality.get("filter") != "agree":
+        return {}
+    overall = quality.get("label_agreement")
+    per_class = quality.get("candidate_agreement_per_class")
+    if not _is_fraction(overall) or not isinstance(per_class, dict):
+        return {}  # not as sio writes it: the kept images' own figures stand
+    if not all(v is None or _is_fraction(v) for v in per_class.values()):
+        return {}
+    return {
+        "labels": "filtered: agreement of the candidates drawn",
+        "label_agreement": overall,
+        "label_agreement_per_class": per_class,
+    }
+
+
+def _is_fraction(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _finite(value):

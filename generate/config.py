@@ -148,11 +148,15 @@ class Text2ImageSettings:
 class LabelConfig:
     """Pseudo-labels for unconditional generators: ``argmax f(x)`` of a real-trained classifier,
     kept only with confidence >= ``min_confidence``; with ``quota`` every class gets its balanced
-    share of each shard (sampling goes on until it is filled)."""
+    share of each shard (sampling goes on until it is filled). For conditional generators,
+    ``filter: agree`` keeps an image only when the classifier labels it as its conditioning
+    class with confidence >= ``min_confidence``, drawing candidates until it does (see
+    generate/images.py); ``none`` keeps every image as sampled."""
 
     min_confidence: float = 0.0
     quota: bool = True
     block: int = 1000  # images pseudo-labelled from one candidate stream (see generate/images.py)
+    filter: Literal["none", "agree"] = "none"
 
     def __post_init__(self):
         _check(0 <= self.min_confidence < 1, "min_confidence", "must be in [0, 1)")

@@ -6,7 +6,10 @@ seed ``derive_seed(seed, "image", q)`` (see base.py for why the network runs in 
 ``network_batch``). An unconditional one is pseudo-labelled per block of ``labels.block``
 images: block b's candidates are sampled from the seeds ``derive_seed(seed, "candidate", b, j)``,
 j = 0, 1, ..., labelled by the classifier, and image q (slot s of its block) is, with a quota,
-the ``s div K``-th candidate of its class ``q mod K``, without one the s-th candidate kept. So
+the ``s div K``-th candidate of its class ``q mod K``, without one the s-th candidate kept. With
+``labels.filter: agree`` a conditional generator's image q is the first of its own candidates
+j = 0, 1, ... (seed ``filtered_seed(seed, q, j)``; candidate 0 is the unfiltered image q) that
+the classifier labels as class ``q mod K`` with confidence >= ``labels.min_confidence``. So
 the same images come out whatever the batch size, shard size or rank count, a shard (or any
 slice) can be regenerated alone, and ``sio serve`` gives the bytes ``sio generate`` writes.
 """
@@ -21,7 +24,7 @@ from sio.core.seeding import derive_seed
 from sio.generate.job import GenerationError, Job
 from sio.generate.labels import balanced_labels
 
-MAX_CANDIDATES_PER_IMAGE = 50  # pseudo-labelling gives up after 50 candidates per image
+MAX_CANDIDATES_PER_IMAGE = 50  # pseudo-labels and the agree filter give up after 50 per image
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -32,14 +35,25 @@ def candidate_seed(seed: int, block: int, candidate: int) -> int:
     return derive_seed(seed, "candidate", block, candidate)
 
 
+def filtered_seed(seed: int, index: int, candidate: int) -> int:
+    """Candidate ``candidate`` of image ``index`` under ``labels.filter: agree``; the first is
+    the image's unfiltered seed."""
+    if candidate == 0:
+        return image_seed(seed, index)
+    return derive_seed(seed, "image", index, candidate)
+
+
 @dataclass
 class Batch:
-    """Consecutive images of a shard, with their labels and provenance."""
+    """Consecutive images of a shard, with their labels and provenance; ``agree``: how many the
+    classifier labels as their class; under a filter, ``drawn``: the candidates sampled per class
+    (``agree`` then counts the candidates kept)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     metas: list[dict]
     agree: int = 0
+    drawn: torch.Tensor | None = None
 
 
 def _sample_calls(job: Job, labels: torch.Tensor, seeds: list[int], step=None) -> torch.Tensor:
@@ -72,6 +86,58 @@ def conditional_batches(job: Job, samples: range, step=None):
                 meta["classifier_prob"] = round(float(probs[k, labels[k]]), 6)
             agree = int((probs.argmax(1) == labels).sum())
         yield Batch(images, labels, metas, agree)
+
+
+def filtered_batches(job: Job, samples: range, step=None):
+    """The images of ``samples`` the classifier agrees with, in batches of ``batch_size`` (see
+    the module docstring); ``step(rows)`` as images are kept."""
+    size, num_classes = job.config.batch_size, job.generator.num_classes
+    for start in range(samples.start, samples.stop, size):
+        indices = range(start, min(start + size, samples.stop))
+        labels = balanced_labels(indices.start, len(indices), num_classes)
+        kept, drawn = _first_agreeing(job, indices, labels, step)
+        images = torch.stack([image for image, _ in kept])
+        yield Batch(images, labels, [meta for _, meta in kept], len(kept), drawn)
+
+
+def _first_agreeing(job: Job, indices: range, labels: torch.Tensor, step=None):
+    """([(image, meta)] of ``indices``, candidates drawn per class): every image's candidates
+    drawn in rounds, all images still open sampled together, until each is kept or
+    ``MAX_CANDIDATES_PER_IMAGE`` were refused (a GenerationError naming the image's class)."""
+    seed, threshold = job.config.seed, job.labels.min_confidence
+    kept: list = [None] * len(indices)
+    drawn = torch.zeros(job.generator.num_classes, dtype=torch.int64)
+    open_rows, candidate = list(range(len(indices))), 0
+    while open_rows:
+        if candidate == MAX_CANDIDATES_PER_IMAGE:
+            first = open_rows[0]
+            raise GenerationError(_none_agreed(job, indices[first], int(labels[first])))
+        wanted = labels[open_rows]
+        seeds = [filtered_seed(seed, indices[row], candidate) for row in open_rows]
+        images = _sample_calls(job, wanted, seeds)
+        probs = job.classify(images)
+        own = probs.gather(1, wanted[:, None])[:, 0]
+        agrees = ((probs.argmax(1) == wanted) & (own >= threshold)).tolist()
+        drawn += torch.bincount(wanted, minlength=len(drawn))
+        for r, row in enumerate(open_rows):
+            if agrees[r]:
+                meta = {"seed": seeds[r], "index": indices[row], "candidate": candidate}
+                kept[row] = (images[r], {**meta, "classifier_prob": round(float(own[r]), 6)})
+        open_rows = [row for r, row in enumerate(open_rows) if not agrees[r]]
+        if step is not None:
+            step(len(agrees) - len(open_rows))
+        candidate += 1
+    return kept, drawn
+
+
+def _none_agreed(job: Job, index: int, label: int) -> str:
+    name = job.class_names[label]
+    needs = f" with confidence >= {job.labels.min_confidence}" if job.labels.min_confidence else ""
+    return (
+        f"image {index} (class '{name}'): the classifier labelled none of its "
+        f"{MAX_CANDIDATES_PER_IMAGE} candidates '{name}'{needs}; the generator rarely makes "
+        "this class: train it longer, lower labels.min_confidence, or set labels.filter: none"
+    )
 
 
 def pseudo_batches(job: Job, samples: range, step=None):
@@ -157,5 +223,9 @@ def _give_up(job: Job, images: range, left: list, tried: int) -> str:
 def image_batches(job: Job, samples: range, step=None):
     """The images of ``samples`` in order: sampled for their labels (a conditional generator)
     or pseudo-labelled (an unconditional one); ``step(rows)`` as the images come."""
-    batches = conditional_batches if job.generator.conditional else pseudo_batches
-    yield from batches(job, samples, step)
+    if job.filtered:
+        yield from filtered_batches(job, samples, step)
+    elif job.generator.conditional:
+        yield from conditional_batches(job, samples, step)
+    else:
+        yield from pseudo_batches(job, samples, step)

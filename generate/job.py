@@ -70,8 +70,17 @@ class Job:
 
     def _label_mode(self) -> dict:
         if self.generator.conditional:
-            return {"mode": "conditional"}
-        return {"mode": "pseudo", **to_dict(self.labels)}
+            if not self.filtered:
+                return {"mode": "conditional"}
+            threshold = self.labels.min_confidence
+            return {"mode": "conditional", "filter": "agree", "min_confidence": threshold}
+        pseudo = {k: v for k, v in to_dict(self.labels).items() if k != "filter"}
+        return {"mode": "pseudo", **pseudo}
+
+    @property
+    def filtered(self) -> bool:
+        """Conditional images kept only where the classifier agrees (``labels.filter``)."""
+        return self.generator.conditional and self.labels.filter == "agree"
 
     def prepare(self) -> None:
         """Fix the generator's rows per network call (every image a function of its index)."""

@@ -115,6 +115,7 @@ def build_job(model, config: GenerateConfig, labels, class_names, judge: JudgeCl
             "an unconditional generator needs a classifier for pseudo-labels "
             "(--classifier CHECKPOINT)"
         )
+    _check_filter(model, labels, judge)
     names = class_names or (model.class_names if model.conditional else None)
     if names is None:
         raise GenerationError("pseudo-labels need the classifier's class names")
@@ -133,6 +134,22 @@ def build_job(model, config: GenerateConfig, labels, class_names, judge: JudgeCl
         labels,
         classifier_sha256=judge.sha256,
     )
+
+
+def _check_filter(model, labels, judge: JudgeClassifier) -> None:
+    """``labels.filter`` and ``min_confidence`` where they apply (config.py's LabelConfig)."""
+    if labels.filter == "agree" and not model.conditional:
+        raise GenerationError(
+            "labels.filter: agree is for class-conditional generators; an unconditional one's "
+            "pseudo-labels are the classifier's by design (use labels.min_confidence)"
+        )
+    if labels.filter == "agree" and judge.model is None:
+        raise GenerationError("labels.filter: agree needs a classifier (--classifier CHECKPOINT)")
+    if model.conditional and labels.filter == "none" and labels.min_confidence > 0:
+        raise GenerationError(
+            "labels.min_confidence applies to a conditional generator only with "
+            "labels.filter: agree"
+        )
 
 
 def generate_shard_set(

@@ -301,6 +301,24 @@ def _publish(job: Job, dest) -> dict:
     return manifest if manifest is not None else _write_manifest(job, dest)
 
 
+def _filter_figures(job: Job, records: list, stats: list) -> dict:
+    """Under ``labels.filter: agree``: the candidates drawn, and per class the share the
+    classifier agreed with (what the generator itself does; every image kept agrees)."""
+    if not job.filtered:
+        return {}
+    drawn = [sum(r["drawn_per_class"][k] for r in records) for k in range(len(job.class_names))]
+    kept = [sum(s.class_counts[k] for s in stats) for k in range(len(job.class_names))]
+    per_class = {
+        str(name): kept[k] / drawn[k] if drawn[k] else None
+        for k, name in enumerate(job.class_names)
+    }
+    return {
+        "filter": "agree",
+        "candidates_drawn": sum(drawn),
+        "candidate_agreement_per_class": per_class,
+    }
+
+
 def _write_manifest(job: Job, dest) -> dict:
     """The job's manifest from its shards' progress records, with the label agreement the job
     measured (``provenance.quality``)."""
@@ -312,6 +330,7 @@ def _write_manifest(job: Job, dest) -> dict:
         provenance["quality"] = {
             "label_agreement": sum(r["agree"] for r in records) / judged,
             "classifier": job.classifier_path,
+            **_filter_figures(job, records, stats),
         }
     size = job.generator.image_size
     manifest = manifest_from_stats(

@@ -55,8 +55,10 @@ def generate_stage(
         "generator_weights_sha256": generator_weights_sha256,
         "classifier_sha256": classifier_sha256,
     }
-    # a folder made before generator.text2image existed was made with its defaults
-    defaults = {"generator": {"text2image": to_dict(Text2ImageSettings())}}
+    # a folder made before generator.text2image or labels.filter existed was made with defaults
+    defaults = {
+        "generator": {"text2image": to_dict(Text2ImageSettings()), "labels": {"filter": "none"}}
+    }
     return StageDefinition(definition, resumable=BYTE_NEUTRAL, defaults=defaults)
 
 

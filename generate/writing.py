@@ -69,11 +69,13 @@ def write_shard(job: Job, index: int, path: Path, workers: Workers, progress=Non
     writer = ShardFileWriter(path, len(job.class_names), job.generator.channels)
     write = _write_record if job.config.encoding == "records" else _write_png_batch
     pending: list[Future] = []
-    agree = 0
+    agree, drawn = 0, None
     step = progress.update if progress is not None else None  # per network call (per batch)
     try:
         for batch in image_batches(job, job.shard_samples(index), step):
             agree += batch.agree
+            if batch.drawn is not None:
+                drawn = batch.drawn if drawn is None else drawn + batch.drawn
             if len(pending) >= 2:  # at most two batches waiting for the writer
                 workers.wait(pending.pop(0))
             pending.append(
@@ -90,6 +92,9 @@ def write_shard(job: Job, index: int, path: Path, workers: Workers, progress=Non
         writer.abort()
         raise
     stats = writer.close()
+    if drawn is not None:  # filtered: judged are the candidates drawn, kept or not
+        record = {"stats": stats.to_json(), "agree": agree, "judged": int(drawn.sum())}
+        return {**record, "drawn_per_class": drawn.tolist()}
     # label agreement judges conditioning labels; pseudo-labels agree with the classifier by design
     judged = (
         stats.shard.num_samples if job.classifier is not None and job.generator.conditional else 0
