@@ -15,6 +15,11 @@ from sio.evaluate.detectors.base import (
 )
 
 
+def row_norms(h: np.ndarray) -> np.ndarray:
+    """||h_i|| of every row, without np.linalg.norm's temporaries (half its time)."""
+    return np.sqrt(np.einsum("ij,ij->i", h, h))
+
+
 class TrainMean(Detector):
     """A detector that keeps mu = the float64 mean of the ID train features."""
 
@@ -61,8 +66,9 @@ class FDBD(TrainMean):
         for rows, h, logits, predicted in self.blocks(features):
             top = logits[np.arange(len(logits)), predicted][:, None]
             boundary = (np.abs(top - logits) * self.inverse_gaps[predicted]).sum(axis=1)
-            origin = self.mean if self.distance_as_normalizer else 0.0
-            out[rows] = boundary / np.linalg.norm(h - origin, axis=1)
+            if self.distance_as_normalizer:
+                h -= self.mean  # the block's own float64 copy
+            out[rows] = boundary / row_norms(h)
         return out
 
     def info(self):
@@ -89,10 +95,10 @@ class NCI(TrainMean):
     def score_features(self, features):
         out = np.empty(len(features))
         for rows, h, _, predicted in self.blocks(features):
-            centred = h - self.mean
-            alignment = (centred * self.weight[predicted]).sum(axis=1)
-            out[rows] = alignment / np.linalg.norm(centred, axis=1)
-            out[rows] += self.alpha * np.abs(h).sum(axis=1)
+            l1 = np.abs(h).sum(axis=1)
+            h -= self.mean  # the block's own float64 copy, now centred
+            alignment = np.einsum("ij,ij->i", h, self.weight[predicted])
+            out[rows] = alignment / row_norms(h) + self.alpha * l1
         return out
 
     def info(self):
