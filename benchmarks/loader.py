@@ -86,7 +86,7 @@ from sio.train.config import TrainConfig
 from sio.train.loop import StepContext, Steps, train_epoch
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.ring import SlotRing
-from sio.train.sources import ShardSource
+from sio.train.sources import LocatedSet
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 from sio.train.trainer import Objective, batch_spec, build_objective
 
@@ -132,13 +132,13 @@ def make_sets(root: Path, num_real: int, size: int, channels: int) -> dict:
 def resident_of(sets: dict) -> dict:
     """The records sets of ``make_sets`` held in memory (resident mode), by source name."""
     return {
-        name: load_resident(ShardSource.open(folder), "cpu")
+        name: load_resident(LocatedSet.open(folder), "cpu")
         for name, folder in zip(("real", "synthetic"), sets["records"], strict=True)
     }
 
 
 def spec_for(real: Path, synthetic: Path, steps: int, **changes) -> MixSpec:
-    real_source, syn_source = ShardSource.open(real), ShardSource.open(synthetic)
+    real_source, syn_source = LocatedSet.open(real), LocatedSet.open(synthetic)
     changes.setdefault("cache_dir", str(real.parent / "cache"))  # never the user's cache
     return MixSpec(
         real_urls=real_source.urls,
@@ -199,7 +199,7 @@ def alpha_pairs(root: Path, pairs: int) -> dict:
     config = TrainConfig(batch_size=BATCH, num_workers=1, steps_per_epoch=EPOCH_STEPS)
     results = {}
     for encoding, (real, synthetic) in sets.items():
-        manifest = ShardSource.open(real).manifest
+        manifest = LocatedSet.open(real).manifest
         model, method = build_objective(config, manifest, 0, EPOCH_STEPS, "cpu")
         objective = Objective(model, method)
         optimizer = torch.optim.SGD(objective.parameters(), lr=0.01, momentum=0.9)
@@ -235,7 +235,7 @@ def coverage(root: Path) -> dict:
     png = write_set(root / "coverage-png", images, "real")
     records = root / "coverage-records"
     convert_shard_set(png, records, "records")
-    source = ShardSource.open(records)
+    source = LocatedSet.open(records)
     steps = math.ceil(COVERAGE_REAL / BATCH)
     results = {}
     for ranks in (1, 2, 4):
@@ -322,7 +322,7 @@ def cache_bytes(root: Path) -> dict:
         client.create_bucket(Bucket="bench")
         for path in sorted(local.iterdir()):
             client.upload_file(str(path), "bench", f"real/{path.name}")
-        source = ShardSource.open("s3://bench/real")
+        source = LocatedSet.open("s3://bench/real")
         steps = math.ceil(10_000 / BATCH)
         spec = MixSpec(
             real_urls=source.urls,
@@ -380,7 +380,7 @@ def decoded_cache_round(sets: dict, root: Path, number: int) -> dict:
     decoded cache (the first pass reads, checks, decodes and publishes each shard once per node,
     the later one maps the rows) and without the decoded cache (every process reads, checks
     and decodes each shard for itself)."""
-    steps = math.ceil(len(ShardSource.open(sets["png"][0]).urls) * 1000 / N_REAL)
+    steps = math.ceil(len(LocatedSet.open(sets["png"][0]).urls) * 1000 / N_REAL)
     out = {}
     for encoding in ("png", "records"):
         for workers in (0, 1, 2):

@@ -44,11 +44,11 @@ sys.path[:0] = [checkout, checkout + "/benchmarks"]
 import torch
 import loader
 from sio.train.resident import load_resident
-from sio.train.sources import ShardSource
+from sio.train.sources import LocatedSet
 with tempfile.TemporaryDirectory() as scratch:
     sets = loader.make_sets(Path(scratch), num_real, 32, 3)
     resident = {
-        name: load_resident(ShardSource.open(folder), "cpu")
+        name: load_resident(LocatedSet.open(folder), "cpu")
         for name, folder in zip(("real", "synthetic"), sets["records"])
     }
     torch.set_num_threads(1)

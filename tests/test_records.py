@@ -29,7 +29,7 @@ from sio.shardset.tario import tar_members, tar_samples
 from sio.train import load_checkpoint, train_classifier
 from sio.train.config import TrainConfig
 from sio.train.resident import ResidentBatches, load_resident
-from sio.train.sources import ShardSource
+from sio.train.sources import LocatedSet
 from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 
 SYN_BASE = 128  # synthetic image j is the constant 128 + j, real image i the constant i
@@ -200,7 +200,7 @@ def constant_sets(tmp_path_factory):
 
 
 def spec_for(sets, encoding, n_real=6, n_syn=2, steps=7, **changes):
-    real, synthetic = (ShardSource.open(sets[k, encoding]) for k in ("real", "synthetic"))
+    real, synthetic = (LocatedSet.open(sets[k, encoding]) for k in ("real", "synthetic"))
     spec = MixSpec(
         real_urls=real.urls,
         synthetic_urls=synthetic.urls,
@@ -251,7 +251,7 @@ def resident_batches(sets, encoding, rank=0, counts=None, epoch=0, steps=7):
     spec = spec_for(
         sets, encoding, counts["real"][rank], counts["synthetic"][rank], steps, rank=rank
     )
-    data = {k: load_resident(ShardSource.open(sets[k, encoding]), "cpu") for k in counts}
+    data = {k: load_resident(LocatedSet.open(sets[k, encoding]), "cpu") for k in counts}
     return list(ResidentBatches(spec, SharedEpoch(epoch), data, counts))
 
 
@@ -296,7 +296,7 @@ def test_resident_set_too_big_is_refused(constant_sets, monkeypatch):
 
     monkeypatch.setattr(resident, "_available_bytes", lambda device: (1000, 0.8, "memory"))
     with pytest.raises(ValueError, match="do not fit.*resident: false"):
-        load_resident(ShardSource.open(constant_sets["real", "png"]), "cpu")
+        load_resident(LocatedSet.open(constant_sets["real", "png"]), "cpu")
 
 
 def test_resident_training_end_to_end_with_a_set_epoch_length(constant_sets, tmp_path):

@@ -195,12 +195,12 @@ def test_services_differing_only_in_encoding_threads_serve_one_set(cond_dir, ser
     ],
 )
 def test_a_service_of_another_set_is_refused_by_name(cond_dir, services, changes, field):
-    from sio.train.sources import ShardSource
+    from sio.train.sources import LocatedSet
 
     one, _ = services
     other = service(cond_dir, **changes)
     try:
-        for reader in (read_manifest, ShardSource.open):
+        for reader in (read_manifest, LocatedSet.open):
             with pytest.raises(ShardError) as err:
                 reader([one.url, other.url])
             message = str(err.value)

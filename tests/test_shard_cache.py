@@ -307,9 +307,9 @@ def test_resident_sets_load_through_the_decoded_cache(sets, tmp_path, monkeypatc
 
     from sio.train.cache import Fetcher
     from sio.train.resident import load_resident
-    from sio.train.sources import ShardSource
+    from sio.train.sources import LocatedSet
 
-    source = ShardSource.open(Path(sets["real-png"][0]).parent)
+    source = LocatedSet.open(Path(sets["real-png"][0]).parent)
     decoded_here = load_resident(source, "cpu")  # no fetcher: decoded in this process
     cache = str(tmp_path / "cache")
     first = load_resident(source, "cpu", Fetcher(cache, None, 60.0))

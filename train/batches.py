@@ -12,7 +12,7 @@ from sio.shardset import ShardError
 from sio.train.distributed import World
 from sio.train.mixing import rank_share, steps_per_epoch
 from sio.train.resident import ResidentBatches, load_resident
-from sio.train.sources import ShardSource, extra_sources, synthetic_source
+from sio.train.sources import LocatedSet, open_extras, open_synthetic
 from sio.train.stream import Fetcher, MixedBatches, MixSpec, SharedEpoch
 
 
@@ -35,18 +35,18 @@ def batch_plan(counts, extras: dict[str, int], batch_size: int, world: World) ->
 
 
 def open_sources(real, synthetic, counts, config, method, alpha: float | None = None):
-    """({source name: ShardSource} of the sources a batch draws from, {extra: count per
+    """({source name: LocatedSet} of the sources a batch draws from, {extra: count per
     batch}): the real set, the synthetic set when ``counts`` has synthetic samples, and the
     method's extra sets, each checked against the real one. ``real`` is a location or an
-    opened ShardSource."""
-    real_source = real if isinstance(real, ShardSource) else ShardSource.open(real)
+    opened LocatedSet."""
+    real_source = real if isinstance(real, LocatedSet) else LocatedSet.open(real)
     manifest = real_source.manifest
     sources = {"real": real_source}
     alpha = counts[0] / (counts[0] + counts[1]) if alpha is None else alpha
-    syn_source = synthetic_source(manifest, synthetic, alpha, counts[1])
+    syn_source = open_synthetic(manifest, synthetic, alpha, counts[1])
     if syn_source is not None:
         sources["synthetic"] = syn_source
-    extras = extra_sources(manifest, method.inputs(config), method.sources())
+    extras = open_extras(manifest, method.inputs(config), method.sources())
     sources.update({name: source for name, source, _ in extras})
     return sources, {name: count for name, _, count in extras}
 
@@ -63,7 +63,7 @@ def batch_spec(real, synthetic, counts, seed, config, method, *, world=None) -> 
     return _spec(sources, shares, steps, seed, config, method, world)
 
 
-def check_batch_memory(source: ShardSource, images: int) -> None:
+def check_batch_memory(source: LocatedSet, images: int) -> None:
     """A batch of ``images`` of the manifest's size must fit in a quarter of this machine's
     memory: a served manifest's ``image_size`` is never an allocation size before this check."""
     manifest = source.manifest

@@ -22,7 +22,7 @@ from sio.train.cache import Fetcher, cache_folder
 from sio.train.compose import assemble
 from sio.train.passes import PassOrders, slice_start
 from sio.train.rowcache import ShardLoader
-from sio.train.sources import ShardSource
+from sio.train.sources import LocatedSet
 from sio.train.spec import MixSpec, resolve_streams
 from sio.train.stream import SharedEpoch
 
@@ -57,7 +57,7 @@ def check_fits(nbytes: int, device, what: str) -> None:
         )
 
 
-def load_resident(source: ShardSource, device, fetcher: Fetcher | None = None) -> ResidentSet:
+def load_resident(source: LocatedSet, device, fetcher: Fetcher | None = None) -> ResidentSet:
     """Every image, label and key of a shard set (either encoding, any location), read once,
     each shard checked against the manifest's sha256, labels and image shape. Given the run's
     ``fetcher`` (the trainer's), shards come through the node's decoded cache under its

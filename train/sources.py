@@ -9,8 +9,8 @@ from sio.shardset import Manifest, read_manifest, shard_urls
 
 
 @dataclass(frozen=True)
-class ShardSource:
-    """A shard set as the streams read it: its manifest, shard URLs and encoding. The location
+class LocatedSet:
+    """A shard set where the streams read it: its manifest, shard URLs and encoding. The location
     may be several mirrors (``URL1,URL2`` or a list: services serving one set); each shard URL
     then names them all, its own mirror (shard i: mirror i mod n) first."""
 
@@ -19,7 +19,7 @@ class ShardSource:
     urls: tuple[str, ...]
 
     @classmethod
-    def open(cls, location) -> ShardSource:
+    def open(cls, location) -> LocatedSet:
         location = as_location(location)
         manifest = read_manifest(location)
         return cls(location, manifest, tuple(shard_urls(location, manifest)))
@@ -50,7 +50,7 @@ def check_compatible(real: Manifest, other: Manifest, what: str, *, same_classes
             )
 
 
-def synthetic_source(real: Manifest, synthetic, alpha: float, n_syn: int) -> ShardSource | None:
+def open_synthetic(real: Manifest, synthetic, alpha: float, n_syn: int) -> LocatedSet | None:
     if not n_syn:
         return None
     if synthetic is None:
@@ -58,17 +58,17 @@ def synthetic_source(real: Manifest, synthetic, alpha: float, n_syn: int) -> Sha
             f"alpha = {alpha} puts {n_syn} synthetic samples in every batch, "
             "but no synthetic shard set was given"
         )
-    source = ShardSource.open(synthetic)
+    source = LocatedSet.open(synthetic)
     check_compatible(real, source.manifest, "synthetic", same_classes=True)
     return source
 
 
-def extra_sources(real: Manifest, inputs: dict[str, str], counts: dict[str, int]):
+def open_extras(real: Manifest, inputs: dict[str, str], counts: dict[str, int]):
     """(name, source, samples per batch) for each extra shard set of a method (OE's outliers,
     PixMix's mixing pictures): same channels and image size as the real set, any classes."""
     extras = []
     for name, count in counts.items():
-        source = ShardSource.open(inputs[name])
+        source = LocatedSet.open(inputs[name])
         check_compatible(real, source.manifest, name, same_classes=False)
         extras.append((name, source, count))
     return tuple(extras)

@@ -54,7 +54,7 @@ from sio.train.loop import EpochTotals, StepContext, epoch_record, train_step
 from sio.train.mixing import batch_counts, steps_per_epoch
 from sio.train.objective import Objective, build_objective, optimiser, wrap
 from sio.train.progress import TensorBoardLog, epoch_label, epoch_summary, final_summary
-from sio.train.sources import ShardSource
+from sio.train.sources import LocatedSet
 from sio.train.stream import SharedEpoch
 from sio.train.validation import ValidationSet
 
@@ -80,7 +80,7 @@ class TrainPlan:
     out: Path
     device: str
     world: World
-    sources: dict  # source name -> ShardSource (real, synthetic when used, the method's extras)
+    sources: dict  # source name -> LocatedSet (real, synthetic when used, the method's extras)
     counts: tuple[int, int]  # the global batch's (real, synthetic) samples
     shares: dict  # source name -> samples per batch of each rank
     steps_per_epoch: int
@@ -164,7 +164,7 @@ def train_classifier(
 def make_plan(real, synthetic, alpha, seed, config, out: Path, device, world: World, val=None):
     """(TrainPlan, the TrainState of step 0) of a run."""
     out.mkdir(parents=True, exist_ok=True)
-    real_source = ShardSource.open(real)
+    real_source = LocatedSet.open(real)
     manifest = real_source.manifest
     counts = batch_counts(config.batch_size, alpha)
     steps = config.steps_per_epoch or steps_per_epoch(manifest.num_samples, config.batch_size)

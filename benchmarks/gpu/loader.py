@@ -15,13 +15,13 @@ from sio.train.gpu import draw_crop_flip, pad_images, step_generator, take_crop_
 def loader(bench: Bench, sets: Sets, path: str, batch: int) -> dict:
     from sio.train import batch_counts
     from sio.train.resident import ResidentBatches, load_resident
-    from sio.train.sources import ShardSource
+    from sio.train.sources import LocatedSet
     from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
 
     n_real, n_syn = batch_counts(batch, ALPHA)
     warmup, calls = bench.size["loader_steps"][path]
     real, synthetic = sets.get("png" if path == "png" else "records")
-    sources = {"real": ShardSource.open(real), "synthetic": ShardSource.open(synthetic)}
+    sources = {"real": LocatedSet.open(real), "synthetic": LocatedSet.open(synthetic)}
     spec = MixSpec(
         real_urls=sources["real"].urls,
         synthetic_urls=sources["synthetic"].urls,
