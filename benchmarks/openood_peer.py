@@ -15,9 +15,9 @@ throughout; on a CPU-only machine those calls are made no-ops in this process, a
 peers' environment: built from its sdist, see BENCHMARKS.md). The class count is registered in
 OpenOOD's ``info.num_classes_dict`` under the key ``sio``.
 
-As a script (``python openood_peer.py --openood DIR --bank BANK.npz --methods a,b --settings
-JSON --out SCORES.npz``, in the peers' environment): every method's scores (OpenOOD's conf,
-higher = ID) of ID test and of every OOD set, keyed as sio's ``scores.npz``.
+As a script (``python openood_peer.py --openood DIR --bank BANK.npz --detectors a,b
+--settings JSON --out SCORES.npz``, in the peers' environment): every detector's scores
+(OpenOOD's conf, higher = ID) of ID test and of every OOD set, keyed as sio's ``scores.npz``.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="OpenOOD v1.5's scores on an activations file")
     parser.add_argument("--openood", required=True, help="an OpenOOD v1.5 checkout")
     parser.add_argument("--bank", required=True, help="an activations .npz (sio's format)")
-    parser.add_argument("--methods", required=True, help="comma-separated sio names")
+    parser.add_argument("--detectors", required=True, help="comma-separated sio names")
     parser.add_argument("--settings", default="{}", help="JSON {method: {OpenOOD arg: value}}")
     parser.add_argument("--batch", type=int, default=256, help="rows per loader batch")
     parser.add_argument("--out", required=True, help="the scores .npz to write")
@@ -284,7 +284,7 @@ def main() -> None:
     peer = OpenOod(bank, Path(args.openood), batch=args.batch)
     settings = json.loads(args.settings)
     arrays, seconds = {}, {}
-    for method in args.methods.split(","):
+    for method in args.detectors.split(","):
         run = peer.scores(method, settings.get(method))
         if run is None:
             continue

@@ -78,14 +78,14 @@ def group_means(per_set: dict[str, float]) -> dict[str, float]:
     return {group: float(np.mean(values)) for group, values in groups.items()}
 
 
-def run_openood(root: str, bank_file: Path, methods: list[str], settings: dict, out: Path):
-    """OpenOOD's scores of ``methods``, from openood_peer.py in the peers' environment."""
+def run_openood(root: str, bank_file: Path, detectors: list[str], settings: dict, out: Path):
+    """OpenOOD's scores of ``detectors``, from openood_peer.py in the peers' environment."""
     from evaluate import peers_python  # benchmarks/evaluate.py
 
     command = [
         str(peers_python()),
         str(HERE / "openood_peer.py"),
-        *("--openood", root, "--bank", str(bank_file), "--methods", ",".join(methods)),
+        *("--openood", root, "--bank", str(bank_file), "--detectors", ",".join(detectors)),
         *("--settings", json.dumps(settings), "--batch", "256", "--out", str(out)),
     ]
     subprocess.run(command, check=True)
@@ -138,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     from evaluate import machine, make_bank  # benchmarks/evaluate.py
 
-    methods = args.detectors.split(",") if args.detectors else activation_detectors()
+    detectors = args.detectors.split(",") if args.detectors else activation_detectors()
     load_before, started = os.getloadavg(), time.time()
     bank = load_activations(args.activations) if args.activations else make_bank(args.scale)
     config = EvaluateConfig(parity="openood", residual=ResidualSettings(dim=args.residual_dim))
@@ -147,9 +147,9 @@ def main() -> None:
         bank_file = Path(folder) / "bank.npz"
         np.savez(bank_file, **bank.to_npz_dict())
         settings = {"residual": {"dim": args.residual_dim}}
-        openood = run_openood(args.openood, bank_file, methods, settings, Path(folder) / "o.npz")
+        openood = run_openood(args.openood, bank_file, detectors, settings, Path(folder) / "o.npz")
     rows = {}
-    for method in methods:
+    for method in detectors:
         sio = sio_scores(method, bank, config)
         try:
             default = sio_scores(method, bank, default_config)

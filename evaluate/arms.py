@@ -28,11 +28,16 @@ def load_run(folder: str | Path) -> dict:
                 "--activations or --model, add --alpha A --seed S"
             )
     run = json.loads((folder / "run.json").read_text())
-    return {
-        **run,
-        "folder": str(folder),
-        "results": json.loads((folder / "results.json").read_text()),
-    }
+    return {**run, "folder": str(folder), "results": read_results(folder / "results.json")}
+
+
+def read_results(path: str | Path) -> dict:
+    """A results.json as ``sio evaluate`` writes it now: one written before issue 29, whose
+    per-detector metrics are under ``methods``, is read with them under ``metrics``."""
+    results = json.loads(Path(path).read_text())
+    if isinstance(results, dict) and "methods" in results and "metrics" not in results:
+        results["metrics"] = results.pop("methods")
+    return results
 
 
 def benchmark_of(run: dict):
@@ -69,14 +74,14 @@ def drop_skipped_detectors(runs: list[dict]) -> list[str]:
     without being skipped there stays (and the layout check names it)."""
     notes, dropped = [], set()
     for run in runs:
-        for method, reason in run["results"].get("skipped", {}).items():
-            scored = any(method in other["results"]["methods"] for other in runs)
-            if scored and method not in dropped:
-                dropped.add(method)
-                notes.append(f"- left out {method}: skipped in {run['folder']} ({reason})")
+        for detector, reason in run["results"].get("skipped", {}).items():
+            scored = any(detector in other["results"]["metrics"] for other in runs)
+            if scored and detector not in dropped:
+                dropped.add(detector)
+                notes.append(f"- left out {detector}: skipped in {run['folder']} ({reason})")
     for run in runs:
-        methods = run["results"]["methods"]
-        run["results"]["methods"] = {m: v for m, v in methods.items() if m not in dropped}
+        metrics = run["results"]["metrics"]
+        run["results"]["metrics"] = {d: v for d, v in metrics.items() if d not in dropped}
     return notes
 
 
@@ -123,15 +128,16 @@ def check_same_recipe(runs: list[dict], allow_mixed: bool = False) -> list[str]:
     return notes
 
 
-def paper_order(methods) -> list[str]:
+def paper_order(detectors) -> list[str]:
     """SIO's Table 1 order (openmax, msp, tempscale, ...), then any other detector by name."""
     rank = {name: i for i, name in enumerate(ALL_DETECTORS)}
-    return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
+    return sorted(detectors, key=lambda d: (rank.get(d, len(rank)), d))
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """{alpha: {"seeds": [...], "id_acc": {mean, std, n}, "methods": {m: {group: {"mean": {metric:
-    {mean, std, n}}, "datasets": {name: {metric: {...}}}}}}}}, keyed by alpha as text."""
+    """{alpha: {"seeds": [...], "id_acc": {mean, std, n}, "metrics": {detector: {group: {"mean":
+    {metric: {mean, std, n}}, "datasets": {name: {metric: {...}}}}}}}}, keyed by alpha as text
+    (``metrics`` as in results.json)."""
     drop_skipped_detectors(runs)  # a detector some run skipped cannot be averaged
     by_alpha: dict[float, list[dict]] = defaultdict(list)
     for run in runs:
@@ -144,25 +150,29 @@ def aggregate(runs: list[dict]) -> dict:
             raise ValueError(f"alpha {alpha}: seed listed twice in {seeds}")
         values: dict[tuple, list[float]] = defaultdict(list)
         for run in group_runs:
-            for method, groups in run["results"]["methods"].items():
+            for detector, groups in run["results"]["metrics"].items():
                 for group, entry in groups.items():
                     for metric, value in entry["mean"].items():
-                        values[(method, group, "mean", metric)].append(value)
+                        values[(detector, group, "mean", metric)].append(value)
                     for name, metrics in entry["datasets"].items():
                         for metric, value in metrics.items():
-                            values[(method, group, name, metric)].append(value)
-        methods: dict = {}
-        for (method, group, name, metric), vals in values.items():
+                            values[(detector, group, name, metric)].append(value)
+        by_detector: dict = {}
+        for (detector, group, name, metric), vals in values.items():
             if len(vals) != len(group_runs):
-                raise ValueError(f"alpha {alpha}: {method}/{group}/{name} is missing in some runs")
-            node = methods.setdefault(method, {}).setdefault(group, {"mean": {}, "datasets": {}})
+                raise ValueError(
+                    f"alpha {alpha}: {detector}/{group}/{name} is missing in some runs"
+                )
+            node = by_detector.setdefault(detector, {}).setdefault(
+                group, {"mean": {}, "datasets": {}}
+            )
             target = node["mean"] if name == "mean" else node["datasets"].setdefault(name, {})
             target[metric] = mean_std(vals)
         arms[f"{alpha:g}"] = {
             "alpha": alpha,
             "seeds": seeds,
             "id_acc": mean_std([r["results"]["id_acc"] for r in group_runs]),
-            "methods": methods,
+            "metrics": by_detector,
         }
     return arms
 
@@ -171,8 +181,8 @@ def check_same_layout(arms: dict) -> None:
     """Every arm must have the same detectors and OOD sets, or the tables would not line up."""
     layouts = {
         alpha: sorted(
-            (method, group, name)
-            for method, groups in arm["methods"].items()
+            (detector, group, name)
+            for detector, groups in arm["metrics"].items()
             for group, entry in groups.items()
             for name in entry["datasets"]
         )

@@ -80,10 +80,11 @@ from sio.core.lock import hold_folder
     help="With --activations or --model: the classifier's seed, recorded in run.json.",
 )
 @click.option(
-    "--methods",
+    "--detectors",
     default=None,
-    help="Comma-separated detectors, e.g. msp,ebo,knn (default: the config's evaluate.methods).",
+    help="Comma-separated detectors, e.g. msp,ebo,knn (default: the config's evaluate.detectors).",
 )
+@click.option("--methods", "old_detectors", default=None, hidden=True)  # --detectors' old name
 @click.option(
     "--fpr-convention",
     type=click.Choice(["id", "ood"]),
@@ -132,7 +133,8 @@ def evaluate(
     channels,
     alpha,
     seed,
-    methods,
+    detectors,
+    old_detectors,
     fpr_convention,
     strict,
     parity,
@@ -153,13 +155,14 @@ def evaluate(
     \b
     Examples:
       sio evaluate --run runs/base0 --benchmark data/digits --out eval/base0
-      sio evaluate --activations eval/base0/activations.npz --methods msp,ebo \\
+      sio evaluate --activations eval/base0/activations.npz --detectors msp,ebo \\
           --alpha 1 --seed 0 --out eval/base0-again
     """
+    detectors = _detectors_option(detectors, old_detectors)
     config = pipeline_config(config_path).evaluate
     overrides = {}
-    if methods:
-        overrides["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if detectors:
+        overrides["detectors"] = tuple(d.strip() for d in detectors.split(",") if d.strip())
     if fpr_convention:
         overrides["fpr_convention"] = fpr_convention
     if strict:
@@ -217,6 +220,18 @@ def evaluate(
     click.echo(closing_line(results, out, summary_line(results)))  # the tables: results.md
 
 
+def _detectors_option(detectors: str | None, old_detectors: str | None) -> str | None:
+    """``--detectors``, or ``--methods`` (its name before issue 29, read as it with a note)."""
+    if old_detectors is None:
+        return detectors
+    if detectors is not None:
+        raise click.UsageError("--methods is the old name of --detectors; give only --detectors")
+    click.echo(
+        "note: --methods is now --detectors (read as it; rename it in your command)", err=True
+    )
+    return old_detectors
+
+
 def _evaluate_activations(activations, benchmark, config, out, save_scores: bool) -> dict:
     """``--activations``: every detector on the file; classes named from --benchmark."""
     from sio.evaluate.activations import load_activations
@@ -230,7 +245,7 @@ def _evaluate_activations(activations, benchmark, config, out, save_scores: bool
         class_names = read_benchmark(benchmark).class_names
     results = evaluate_bank(
         load_activations(activations),
-        config.methods,
+        config.detectors,
         config.fpr_convention,
         config=config,
         class_names=class_names,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from sio.core.config import bounded, short, short_text
 from sio.core.config import check as _check
@@ -201,7 +201,9 @@ ALL_DETECTORS = (
 class EvaluateConfig:
     """Post-hoc detectors (names in sio.evaluate.DETECTORS; defaults as OpenOOD v1.5), metrics."""
 
-    methods: tuple[str, ...] = ALL_DETECTORS
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"methods": "detectors"}  # before issue 29
+
+    detectors: tuple[str, ...] = ALL_DETECTORS
     # id: ID positive (the literature, SIO, OpenOOD v1.5 as tagged); ood: OOD positive
     # (OpenOOD's main branch since Aug 2023 and its current leaderboard)
     fpr_convention: Literal["id", "ood"] = "id"
@@ -210,7 +212,7 @@ class EvaluateConfig:
     # results.json's ``skipped`` and scores the others; true stops with an error naming it
     strict: bool = False
     # Python modules imported when the config is read: the detectors they register
-    # (@sio.evaluate.DETECTORS.register("name")) are then nameable in ``methods``
+    # (@sio.evaluate.DETECTORS.register("name")) are then nameable in ``detectors``
     plugins: tuple[str, ...] = ()
     # off: sio's detectors, with their documented departures from OpenOOD v1.5 (float64,
     # no NaN, NNGuide's spread bank, Residual on ID train); openood: every detector computed
@@ -238,8 +240,8 @@ class EvaluateConfig:
     search: SearchSettings = field(default_factory=SearchSettings)
 
     def __post_init__(self):
-        _check(len(self.methods) >= 1, "methods", "needs at least one detector")
-        _check(len(set(self.methods)) == len(self.methods), "methods", "must be distinct")
+        _check(len(self.detectors) >= 1, "detectors", "needs at least one detector")
+        _check(len(set(self.detectors)) == len(self.detectors), "detectors", "must be distinct")
         _check(self.batch_size > 0, "batch_size", "must be positive")
         for i, module in enumerate(self.plugins):
             try:

@@ -4,7 +4,7 @@
 
     {"id_acc": 95.1, "fpr_convention": "id",
      "benchmark": {"name": "cifar10", "sha256": "..."},  # its benchmark.json, when known
-     "methods": {"msp": {"near": {"datasets": {"cifar100": {"fpr95": .., "auroc": ..,
+     "metrics": {"msp": {"near": {"datasets": {"cifar100": {"fpr95": .., "auroc": ..,
                                                             "aupr_in": .., "aupr_out": ..}},
                                   "mean": {...the same four...}},
                          "far": {...}}},
@@ -19,14 +19,15 @@ August 2023, which its current leaderboard uses). ``skipped`` lists detectors th
 run on what was given (ODIN without the model) and, with their reason (classes by name), those
 that could not be fitted or gave a NaN or inf score: the others are scored and written all the
 same, unless ``evaluate.strict`` (``--strict``) makes that an error naming the detector;
-``detectors`` records settings and fitted values. ``scores.npz`` (``--save-scores``) holds each
-scored detector's per-sample scores, keyed ``<detector>/id.test`` and
-``<detector>/ood.<group>.<name>`` as the activations file names its sets. With
-``evaluate.search`` on, every test metric leaves out the OOD val rows, and a searched
-detector's entry also holds ``"search": {"grid", "candidates": [{..setting.., "val_auroc"}],
-"chosen", "id_val_samples", "ood_val_samples"}`` (see search.py), and a
-top-level ``"search": {"ood_val_fraction", "seed", "ood_val_samples": {group: {set: n}}}``
-says what was held out.
+``metrics`` holds each scored detector's metrics (``methods`` before issue 29: ``read_results``
+in arms.py reads such a file as if it said ``metrics``); ``detectors`` records settings and
+fitted values. ``scores.npz`` (``--save-scores``) holds each scored detector's per-sample
+scores, keyed ``<detector>/id.test`` and ``<detector>/ood.<group>.<name>`` as the activations
+file names its sets. With ``evaluate.search`` on, every test metric leaves out the OOD val
+rows, and a searched detector's entry also holds ``"search": {"grid", "candidates":
+[{..setting.., "val_auroc"}], "chosen", "id_val_samples", "ood_val_samples"}`` (see
+search.py), and a top-level ``"search": {"ood_val_fraction", "seed", "ood_val_samples":
+{group: {set: n}}}`` says what was held out.
 """
 
 from __future__ import annotations
@@ -64,15 +65,15 @@ def id_accuracy(bank: ActivationBank) -> float:
     return 100 * float(np.mean(predictions == bank.id_labels["test"]))
 
 
-def check_methods(methods) -> list[str]:
+def check_detectors(detectors) -> list[str]:
     """The names, checked before any work: each known (the error lists them) and listed once."""
-    methods = list(methods)
-    for method in methods:
-        DETECTORS.get(method)
-    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    detectors = list(detectors)
+    for detector in detectors:
+        DETECTORS.get(detector)
+    repeated = sorted({d for d in detectors if detectors.count(d) > 1})
     if repeated:
         raise ValueError(f"detectors listed twice: {', '.join(repeated)}")
-    return methods
+    return detectors
 
 
 def activation_scores(detector, bank: ActivationBank):
@@ -89,16 +90,16 @@ def activation_scores(detector, bank: ActivationBank):
 
 
 def image_scores(
-    method: str, bank: ActivationBank, config: EvaluateConfig, inputs: ModelInputs, split
+    name: str, bank: ActivationBank, config: EvaluateConfig, inputs: ModelInputs, split
 ):
     """(detector, search entry or None, ID test scores, OOD scores) for a detector that needs
     the model: its grid searched on the ID val and OOD val images when ``split`` is given."""
-    cls, model = DETECTORS.get(method), load_model(inputs)
+    cls, model = DETECTORS.get(name), load_model(inputs)
     settings = cls.search_settings(bank) if split is not None else []
     search = None
     if settings:
         detector, search = grid_search(
-            method,
+            name,
             settings,
             config,
             cls.from_config,
@@ -137,33 +138,33 @@ def named_classes(message: str, class_names: Sequence[str] | None) -> str:
     return re.sub(r"\bclass(?:es)? \d+(?: and \d+)*\b", names, message)
 
 
-def score_method(method, bank, test_bank, config, inputs, split, fpr_convention):
+def score_detector(name, bank, test_bank, config, inputs, split, fpr_convention):
     """(results.json metrics entry, ``detectors`` entry, per-sample scores) of one detector; a
     fit that fails, a NaN or inf score or fitted value raises ``DetectorError`` naming it."""
     try:
-        if needs_images(method):
+        if needs_images(name):
             detector, search, id_scores, ood_scores = image_scores(
-                method, bank, config, inputs, split
+                name, bank, config, inputs, split
             )
         else:
-            detector, search = search_activation_detector(method, bank, config, split)
+            detector, search = search_activation_detector(name, bank, config, split)
             id_scores, ood_scores = activation_scores(detector, test_bank)
     except np.linalg.LinAlgError as err:  # a singular or non-converging fit
-        raise detector_error(method, "its fit", str(err)) from None
+        raise detector_error(name, "its fit", str(err)) from None
     info = detector.info()
-    bad = non_finite(info, f"detectors.{method}")
+    bad = non_finite(info, f"detectors.{name}")
     if bad is not None:
-        raise detector_error(method, "its fit", f"{bad} is not a finite number")
+        raise detector_error(name, "its fit", f"{bad} is not a finite number")
     return (
         metrics_entry(id_scores, ood_scores, fpr_convention),
         info if search is None else {**info, "search": search},
-        score_arrays(method, id_scores, ood_scores),
+        score_arrays(name, id_scores, ood_scores),
     )
 
 
 def evaluate_bank(
     bank: ActivationBank,
-    methods,
+    detectors,
     fpr_convention: str = "id",
     *,
     config: EvaluateConfig | None = None,
@@ -171,8 +172,8 @@ def evaluate_bank(
     class_names: Sequence[str] | None = None,
     scores: dict | None = None,
 ) -> dict:
-    """Every detector in ``methods`` on ``bank``; detectors that need images use ``inputs`` (the
-    checkpoint and benchmark) and are skipped, with the reason recorded, without it. A detector
+    """Every detector in ``detectors`` on ``bank``; detectors that need images use ``inputs``
+    (the checkpoint and benchmark) and are skipped, with the reason recorded, without it. A detector
     that cannot be fitted or gives a NaN or inf score is recorded under ``skipped`` with its
     reason (classes named by ``class_names``) and the others are scored; with
     ``config.strict`` it is raised instead (``DetectorError``, naming the detector). With
@@ -187,7 +188,7 @@ def evaluate_bank(
         "id_acc": id_accuracy(bank),
         "fpr_convention": fpr_convention,
         "parity": config.parity,
-        "methods": {},
+        "metrics": {},
         "skipped": {},
         "detectors": {},
     }
@@ -200,32 +201,32 @@ def evaluate_bank(
                 for group, sets in split.val.items()
             },
         }
-    for method in check_methods(methods):
-        if needs_images(method) and inputs is None:
-            results["skipped"][method] = NEEDS_MODEL
+    for name in check_detectors(detectors):
+        if needs_images(name) and inputs is None:
+            results["skipped"][name] = NEEDS_MODEL
             continue
         try:
-            entry, info, arrays = score_method(
-                method, bank, test_bank, config, inputs, split, fpr_convention
+            entry, info, arrays = score_detector(
+                name, bank, test_bank, config, inputs, split, fpr_convention
             )
         except DetectorError as err:
             reason = named_classes(str(err), class_names)
             if config.strict:
                 raise DetectorError(reason) from None
-            results["skipped"][method] = reason
+            results["skipped"][name] = reason
             continue
-        results["methods"][method], results["detectors"][method] = entry, info
+        results["metrics"][name], results["detectors"][name] = entry, info
         if scores is not None:
             scores.update(arrays)
     return results
 
 
-def score_arrays(method: str, id_scores, ood_scores: dict) -> dict[str, np.ndarray]:
+def score_arrays(detector: str, id_scores, ood_scores: dict) -> dict[str, np.ndarray]:
     """One detector's per-sample scores as ``scores.npz`` keys them."""
-    arrays = {f"{method}/id.test": np.asarray(id_scores, np.float64)}
+    arrays = {f"{detector}/id.test": np.asarray(id_scores, np.float64)}
     for group, sets in ood_scores.items():
         for name, values in sets.items():
-            arrays[f"{method}/ood.{group}.{name}"] = np.asarray(values, np.float64)
+            arrays[f"{detector}/ood.{group}.{name}"] = np.asarray(values, np.float64)
     return arrays
 
 
@@ -246,7 +247,7 @@ def evaluate_checkpoint(
     from sio.train import checkpoint_file, load_classifier
 
     checkpoint, out = checkpoint_file(checkpoint), Path(out)
-    check_methods(config.methods)
+    check_detectors(config.detectors)
     with hold_folder(out):  # one job writes a folder
         model, info = load_classifier(checkpoint)
         check_finite_parameters(model.state_dict(), checkpoint)  # a NaN fc.weight, named
@@ -262,7 +263,7 @@ def evaluate_checkpoint(
         scores = {} if save_scores else None
         results = evaluate_bank(
             bank,
-            config.methods,
+            config.detectors,
             config.fpr_convention,
             config=config,
             inputs=inputs,
@@ -307,12 +308,12 @@ def _search_line(search: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    """OpenOOD's layout: one table per method, rows near sets, nearood, far sets, farood."""
+    """OpenOOD's layout: one table per detector, rows near sets, nearood, far sets, farood."""
     header = "| dataset | FPR@95 | AUROC | AUPR_IN | AUPR_OUT | ACC |\n|---|---|---|---|---|---|"
     lines = [f"FPR@95 convention: {results['fpr_convention']}-positive. Values in percent.", ""]
-    for method, groups in results["methods"].items():
-        lines += [f"### {method}", ""]
-        info = results.get("detectors", {}).get(method)
+    for detector, groups in results["metrics"].items():
+        lines += [f"### {detector}", ""]
+        info = results.get("detectors", {}).get(detector)
         if info:
             lines += [f"Settings: {_settings(info)}.", ""]
         if info and "search" in info:
@@ -324,14 +325,14 @@ def markdown_table(results: dict) -> str:
                 cells = " | ".join(f"{values[m]:.2f}" for m in METRICS)
                 lines.append(f"| {name} | {cells} | {results['id_acc']:.2f} |")
         lines.append("")
-    for method, reason in results.get("skipped", {}).items():
-        lines.append(f"Skipped {method}: {reason}.")
+    for detector, reason in results.get("skipped", {}).items():
+        lines.append(f"Skipped {detector}: {reason}.")
     return "\n".join(lines)
 
 
 def summary_line(results: dict) -> str:
     """One line: how many detectors were scored and which were skipped, with why."""
-    scored, skipped = results["methods"], results.get("skipped", {})
+    scored, skipped = results["metrics"], results.get("skipped", {})
     line = f"{len(scored)} detector{'s' * (len(scored) != 1)} scored"
     if skipped:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())

@@ -48,7 +48,7 @@ from sio.shards import read_benchmark
 
 
 class Evaluator:
-    """Score ``model`` on a benchmark with ``detectors`` (default: all of ``config.methods``).
+    """Score ``model`` on a benchmark with ``detectors`` (default: all of ``config.detectors``).
 
     ``model`` is any ``nn.Module``, wrapped in a ``ModelAdapter`` with ``fc_name``, ``layer``
     and the normalisation (``mean``/``std`` if given, else ``normalize``: "train", the
@@ -80,7 +80,7 @@ class Evaluator:
 
         config = config or EvaluateConfig()
         if detectors is not None:
-            config = dataclasses.replace(config, methods=tuple(detectors))
+            config = dataclasses.replace(config, detectors=tuple(detectors))
         self.config = config
         self.benchmark_dir = Path(benchmark)
         self.benchmark = read_benchmark(self.benchmark_dir)
@@ -121,9 +121,9 @@ class Evaluator:
         """Every detector's results; written to ``out`` when given (which another job writing
         it refuses: ``FolderBusy``), with the activations first (``activations``) and, with
         ``save_scores``, every detector's per-sample scores (scores.npz)."""
-        from sio.evaluate.evaluate import check_methods, evaluate_bank, write_results
+        from sio.evaluate.evaluate import check_detectors, evaluate_bank, write_results
 
-        check_methods(self.config.methods)
+        check_detectors(self.config.detectors)
         with nullcontext() if out is None else hold_folder(out):  # one job writes a folder
             inputs = ModelInputs(
                 None, self.benchmark_dir, self.config.batch_size, self.device, model=self.model
@@ -131,7 +131,7 @@ class Evaluator:
             scores = {} if save_scores else None
             results = evaluate_bank(
                 self.activations(out),
-                self.config.methods,
+                self.config.detectors,
                 self.config.fpr_convention,
                 config=self.config,
                 inputs=inputs,

@@ -96,7 +96,7 @@ def _report(run_folders: list[str | Path], allow_mixed: bool) -> tuple[str, dict
     benchmark = {benchmark_of(r) for r in runs}.pop()
     convention = conventions.pop()
     arm_sizes = ", ".join(f"{arm_label(a)} n = {len(arm['seeds'])}" for a, arm in arms.items())
-    detectors = len(next(iter(arms.values()))["methods"])
+    detectors = len(next(iter(arms.values()))["metrics"])
     text = "\n".join(
         [
             "# sio report: baseline vs +SIO" + (" (mixed recipes)" if mixed else ""),

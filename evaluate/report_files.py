@@ -29,11 +29,11 @@ def report_csv(arms: dict) -> str:
             return [*head, *where, metric, stat["mean"], stat["std"], values, seeds]
 
         writer.writerow(row(["", "id", ""], "id_acc", arm["id_acc"]))
-        for method in paper_order(arm["methods"]):
-            for group, entry in arm["methods"][method].items():
+        for detector in paper_order(arm["metrics"]):
+            for group, entry in arm["metrics"][detector].items():
                 for name, metrics in [("mean", entry["mean"]), *entry["datasets"].items()]:
                     for metric, stat in metrics.items():
-                        writer.writerow(row([method, group, name], metric, stat))
+                        writer.writerow(row([detector, group, name], metric, stat))
     return buffer.getvalue()
 
 
@@ -72,12 +72,12 @@ def report_openood_csv(arms: dict, benchmark: str, convention: str) -> str:
     writer.writerow(OPENOOD_CSV_HEADER)
     for alpha, arm in arms.items():
         head = [benchmark, arm_label(alpha), alpha, len(arm["seeds"])]
-        for method in paper_order(arm["methods"]):
-            for name, metrics in _openood_rows(arm["methods"][method]):
+        for detector in paper_order(arm["metrics"]):
+            for name, metrics in _openood_rows(arm["metrics"][detector]):
                 stats = [metrics[m] for m in ("fpr95", "auroc", "aupr_in", "aupr_out")]
                 stats.append(arm["id_acc"])
                 means, stds = [s["mean"] for s in stats], [s["std"] for s in stats]
-                writer.writerow([*head, method, name, *means, *stds, convention])
+                writer.writerow([*head, detector, name, *means, *stds, convention])
     return buffer.getvalue()
 
 
@@ -112,7 +112,7 @@ def latex_table(arms: dict, metric: str) -> str:
     """One metric's table (``report_latex``), with its caption as a comment."""
     labels, rows = summary_rows(arms, metric)
     average, best = average_and_best(rows, metric)
-    winners = [method for method, _ in best]
+    winners = [detector for detector, _ in best]
     header = " & ".join(_tex_text(f"{g} {label}") for g in ("near", "far") for label in labels)
     lines = [
         f"% {LATEX_METRICS[metric]}",
@@ -121,9 +121,9 @@ def latex_table(arms: dict, metric: str) -> str:
         f"Detector & {header} \\\\",
         r"\midrule",
     ]
-    for method, row in rows.items():
-        cells = [_tex_cell(s, bold=method == w) for s, w in zip(row, winners, strict=True)]
-        lines.append(f"{_tex_text(display_name(method))} & " + " & ".join(cells) + r" \\")
+    for detector, row in rows.items():
+        cells = [_tex_cell(s, bold=detector == w) for s, w in zip(row, winners, strict=True)]
+        lines.append(f"{_tex_text(display_name(detector))} & " + " & ".join(cells) + r" \\")
     best_cells = [f"{_tex_cell(stat)} ({_tex_text(display_name(m))})" for m, stat in best]
     lines += [
         r"\midrule",

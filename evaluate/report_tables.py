@@ -54,9 +54,9 @@ def summary_rows(arms: dict, metric: str) -> tuple[list[str], dict[str, list[dic
     """Column labels and, per detector, the per-arm stats of near then far ``metric``."""
     labels = [f"{arm_label(a)} (n = {len(arms[a]['seeds'])})" for a in arms]
     rows = {}
-    for method in paper_order(next(iter(arms.values()))["methods"]):
-        rows[method] = [
-            arms[a]["methods"][method][group]["mean"][metric]
+    for detector in paper_order(next(iter(arms.values()))["metrics"]):
+        rows[detector] = [
+            arms[a]["metrics"][detector][group]["mean"][metric]
             for group in ("near", "far")
             for a in arms
         ]
@@ -102,10 +102,10 @@ def summary_table(arms: dict, metric: str = "auroc") -> str:
                 cells.append(delta_cell(delta))
         return cells
 
-    for method, row in rows.items():
-        lines.append(f"| {method} | " + " | ".join([*map(cell, row), *deltas(row)]) + " |")
+    for detector, row in rows.items():
+        lines.append(f"| {detector} | " + " | ".join([*map(cell, row), *deltas(row)]) + " |")
     average, winners = average_and_best(rows, metric)
-    best = [f"{cell(stat)} ({method})" for method, stat in winners]
+    best = [f"{cell(stat)} ({detector})" for detector, stat in winners]
     lines.append("| Average | " + " | ".join([*map(cell, average), *deltas(average)]) + " |")
     lines.append("| Best | " + " | ".join(best) + " |" + " — |" * (len(columns) - len(best)))
     return "\n".join(lines)
@@ -128,15 +128,15 @@ def dataset_table(arms: dict) -> str:
         "|---|---" + "|---" * len(columns) + "|",
     ]
     first = next(iter(arms.values()))
-    for method in paper_order(first["methods"]):
-        groups = first["methods"][method]
+    for detector in paper_order(first["metrics"]):
+        groups = first["metrics"][detector]
         for group in sorted(groups, key=lambda g: g != "near"):  # near sets first
             for name in groups[group]["datasets"]:
                 stats = [
-                    arms[a]["methods"][method][group]["datasets"][name][metric]
+                    arms[a]["metrics"][detector][group]["datasets"][name][metric]
                     for metric in ("auroc", "fpr95")
                     for a in arms
                 ]
                 cells = " | ".join(cell(s) for s in stats)
-                lines.append(f"| {method} | {group}: {name} | {cells} |")
+                lines.append(f"| {detector} | {group}: {name} | {cells} |")
     return "\n".join(lines)

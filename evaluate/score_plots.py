@@ -33,15 +33,15 @@ def read_scores(out: str | Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]
         raise ValueError(f"{path}: not a readable .npz file ({err})") from None
     by_detector: dict[str, dict[str, np.ndarray]] = {}
     for key, values in arrays.items():
-        method, _, split = key.partition("/")
+        detector, _, split = key.partition("/")
         if not split or not (split == "id.test" or split.startswith("ood.")):
             raise ValueError(f"{path}: key {key!r} is not <detector>/id.test or /ood.<group>.<set>")
         if values.ndim != 1 or not np.isfinite(values).all():
             raise ValueError(f"{path}: {key} is not a vector of finite scores")
-        by_detector.setdefault(method, {})[split] = values
-    for method, splits in by_detector.items():
+        by_detector.setdefault(detector, {})[split] = values
+    for detector, splits in by_detector.items():
         if "id.test" not in splits:
-            raise ValueError(f"{path}: {method} has OOD scores but no {method}/id.test")
+            raise ValueError(f"{path}: {detector} has OOD scores but no {detector}/id.test")
     if not by_detector:
         raise ValueError(f"{path}: holds no scores")
     return path, by_detector
@@ -58,7 +58,7 @@ def _groups(splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return groups
 
 
-def plot_detector(method: str, splits: dict[str, np.ndarray], target: Path) -> Path:
+def plot_detector(detector: str, splits: dict[str, np.ndarray], target: Path) -> Path:
     """One PNG: the detector's score histograms (densities, shared bins), ID against OOD."""
     import matplotlib
 
@@ -72,7 +72,7 @@ def plot_detector(method: str, splits: dict[str, np.ndarray], target: Path) -> P
     for label, values in groups.items():
         axes.hist(values, bins=bins, density=True, histtype="step", linewidth=1.4,
                   label=f"{label}: {len(values)}")  # fmt: skip
-    axes.set_title(f"{display_name(method)}: score (higher = more in-distribution)", fontsize=10)
+    axes.set_title(f"{display_name(detector)}: score (higher = more in-distribution)", fontsize=10)
     axes.set_xlabel("score")
     axes.set_ylabel("density")
     axes.grid(alpha=0.3)
@@ -87,8 +87,8 @@ def plot_scores(out: str | Path, folder: str | Path | None = None) -> list[Path]
     folder = Path(folder) if folder is not None else path.parent / PLOTS_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     return [
-        plot_detector(method, splits, folder / f"{method}.png")
-        for method, splits in by_detector.items()
+        plot_detector(detector, splits, folder / f"{detector}.png")
+        for detector, splits in by_detector.items()
     ]
 
 

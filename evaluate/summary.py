@@ -12,8 +12,8 @@ def best_detector(results: dict, group: str) -> tuple[str, float] | None:
     """(detector, mean AUROC) of the detector with the highest mean AUROC over ``group``'s
     sets, or None when no detector scored that group."""
     scored = [
-        (method, groups[group]["mean"]["auroc"])
-        for method, groups in results["methods"].items()
+        (detector, groups[group]["mean"]["auroc"])
+        for detector, groups in results["metrics"].items()
         if group in groups
     ]
     return max(scored, key=lambda item: item[1]) if scored else None

@@ -49,7 +49,7 @@ sio_alpha: 0.5
 shard: {seed: 7, digits: {far_ood_images_per_set: 10}}
 generator: {sampler: {steps: 5, guidance: 2}}
 train: {batch_size: 64, lr: 0.05, hflip: true}
-evaluate: {methods: [msp], fpr_convention: ood}
+evaluate: {detectors: [msp], fpr_convention: ood}
 """
     cfg = load_pipeline(write(tmp_path, text))
     assert cfg.output_dir == "runs/x"
@@ -63,7 +63,7 @@ evaluate: {methods: [msp], fpr_convention: ood}
     assert cfg.generator.sampler.guidance == 2.0
     assert isinstance(cfg.generator.sampler.guidance, float)
     assert (cfg.train.batch_size, cfg.train.lr, cfg.train.hflip) == (64, 0.05, True)
-    assert cfg.evaluate.methods == ("msp",)
+    assert cfg.evaluate.detectors == ("msp",)
     assert cfg.evaluate.fpr_convention == "ood"
 
 
@@ -215,7 +215,7 @@ def test_to_dict_round_trips_defaults():
 def test_to_dict_round_trips_non_defaults(tmp_path):
     text = (
         "seeds: [5, 9]\nsio_alpha: 0.3\ntrain: {epochs: 2, lr: 5e-4}\n"
-        "evaluate: {methods: [ebo], fpr_convention: ood}\n"
+        "evaluate: {detectors: [ebo], fpr_convention: ood}\n"
         "generator: {model: {block_out_channels: [8, 16, 32]}}\n"
     )
     cfg = load_pipeline(write(tmp_path, text))
@@ -230,7 +230,7 @@ def test_to_dict_round_trips_non_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("evaluate: {methods: [msp, mps]}", r"evaluate\.methods\[1\]: unknown detector 'mps'"),
+        ("evaluate: {detectors: [msp, mps]}", r"evaluate\.detectors\[1\]: unknown detector 'mps'"),
         ("train: {model: resnet19}", r"train\.model: unknown model 'resnet19'; known: .*small"),
         ("shard: {benchmark: cifar11}", r"shard\.benchmark: unknown benchmark 'cifar11'"),
         ("shard: {benchmark: mine.yaml}", r"shard\.benchmark: mine\.yaml: benchmark file not"),
@@ -295,10 +295,10 @@ def test_a_typo_fails_before_any_stage_runs(tmp_path):
     from sio.cli import get_cli
 
     out = tmp_path / "out"
-    path = write(tmp_path, f"output_dir: {out}\nevaluate: {{methods: [msp, energy]}}\n")
+    path = write(tmp_path, f"output_dir: {out}\nevaluate: {{detectors: [msp, energy]}}\n")
     result = CliRunner().invoke(get_cli(), ["run", str(path)])
     assert result.exit_code == 1
-    assert f"{path}: evaluate.methods[1]: unknown detector 'energy'" in result.output
+    assert f"{path}: evaluate.detectors[1]: unknown detector 'energy'" in result.output
     assert not out.exists()  # nothing was sharded, trained or generated
 
 

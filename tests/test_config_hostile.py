@@ -178,7 +178,7 @@ def test_values_built_to_explode_when_printed_are_shortened():
         sections = [
             {"output_dir": value}, {"seeds": value}, {"seeds": [value]}, {"sio_alpha": value},
             {"train": {"batch_size": value}}, {"train": {"preset": value}}, {"shard": value},
-            {"evaluate": {"methods": [value]}}, {"train": {value[0][0][0][0][0][0][0][0][0] and
+            {"evaluate": {"detectors": [value]}}, {"train": {value[0][0][0][0][0][0][0][0][0] and
             "x" * 10**6: 1}}, {"output_dir": {"k" * 10**6: value}}, {"train": {"lr": 10**5000}},
         ]
         for data in sections:

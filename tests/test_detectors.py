@@ -86,8 +86,8 @@ def gaussian_bank(seed=0):
 def test_higher_score_means_more_in_distribution(name):
     results = evaluate_bank(gaussian_bank(), [name])
     for group in ("near", "far"):
-        assert results["methods"][name][group]["mean"]["auroc"] > 99
-        assert results["methods"][name][group]["mean"]["fpr95"] < 5
+        assert results["metrics"][name][group]["mean"]["auroc"] > 99
+        assert results["metrics"][name][group]["mean"]["fpr95"] < 5
 
 
 def test_energy_is_stable_for_large_logits():
@@ -142,12 +142,12 @@ def test_evaluate_bank_structure_and_values():
     results = evaluate_bank(bank, ["msp", "ebo"], "ood")
     assert results["id_acc"] == pytest.approx(80.0)
     assert results["fpr_convention"] == "ood"
-    assert list(results["methods"]) == ["msp", "ebo"]
+    assert list(results["metrics"]) == ["msp", "ebo"]
     for method in ("msp", "ebo"):
         detector = fit_detector(method, bank)
         id_scores = detector.score(bank, test)
         for group, sets in (("near", near), ("far", far)):
-            entry = results["methods"][method][group]
+            entry = results["metrics"][method][group]
             assert set(entry) == {"datasets", "mean"}
             assert set(entry["datasets"]) == set(sets)
             for name, feats in sets.items():
@@ -165,7 +165,7 @@ def test_evaluate_bank_structure_and_values():
     farood = [line for line in lines if line.startswith("| farood |")]
     assert len(nearood) == 2 and len(farood) == 2  # one per method
     # the msp nearood row carries the mean values and the ID accuracy, two decimals
-    mean = results["methods"]["msp"]["near"]["mean"]
+    mean = results["metrics"]["msp"]["near"]["mean"]
     cells = [f"{mean[m]:.2f}" for m in METRICS] + ["80.00"]
     assert nearood[0] == "| nearood | " + " | ".join(cells) + " |"
 
@@ -173,5 +173,5 @@ def test_evaluate_bank_structure_and_values():
 def test_evaluate_bank_skips_empty_group():
     bank = make_bank(ROWS, [0, 0, 0, 1], {"near": {"x": ROWS[:2]}, "far": {}})
     results = evaluate_bank(bank, ["mls"])
-    assert set(results["methods"]["mls"]) == {"near"}
+    assert set(results["metrics"]["mls"]) == {"near"}
     assert "farood" not in markdown_table(results)

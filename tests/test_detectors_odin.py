@@ -69,13 +69,13 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_evaluate_checkpoint_runs_odin_with_the_model(tiny_run):
-    config = EvaluateConfig(methods=("odin", "msp", "vim"), batch_size=64)
+    config = EvaluateConfig(detectors=("odin", "msp", "vim"), batch_size=64)
     out = tiny_run / "eval"
     results = evaluate_checkpoint(tiny_run / "run", tiny_run / "bench", out, config)
-    assert list(results["methods"]) == ["odin", "msp", "vim"]
+    assert list(results["metrics"]) == ["odin", "msp", "vim"]
     assert results["skipped"] == {}
     assert results["detectors"]["odin"] == {"temperature": 1000.0, "epsilon": 0.0014}
-    assert set(results["methods"]["odin"]) == {"near", "far"}
+    assert set(results["metrics"]["odin"]) == {"near", "far"}
     assert results["detectors"]["vim"]["dim"] == 64  # small_cnn: D = 128 -> D / 2
     assert json.loads((out / "run.json").read_text())["seed"] == 7
     assert (out / "activations.npz").is_file()
@@ -92,7 +92,7 @@ def test_activations_file_skips_odin_with_a_note(tiny_run):
             "evaluate",
             "--activations",
             str(out / "activations.npz"),
-            "--methods",
+            "--detectors",
             "odin,mls",
             "--out",
             str(tiny_run / "again"),
@@ -102,4 +102,4 @@ def test_activations_file_skips_odin_with_a_note(tiny_run):
     assert "skipped (odin: needs the model and the images: use sio evaluate --run)" in result.output
     saved = json.loads((tiny_run / "again" / "results.json").read_text())
     assert saved["skipped"] == {"odin": "needs the model and the images: use sio evaluate --run"}
-    assert list(saved["methods"]) == ["mls"]
+    assert list(saved["metrics"]) == ["mls"]

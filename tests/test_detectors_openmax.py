@@ -158,4 +158,4 @@ def test_openmax_separates_id_from_far_points():
         bank.fc_weight, bank.fc_bias, bank.id_features, bank.id_labels, {"far": {"blob": ood}}
     )
     results = evaluate_bank(bank, ["openmax"])
-    assert results["methods"]["openmax"]["far"]["mean"]["auroc"] > 95
+    assert results["metrics"]["openmax"]["far"]["mean"]["auroc"] > 95

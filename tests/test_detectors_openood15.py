@@ -357,7 +357,7 @@ CLEARLY_OOD = {"residual": ("off",)}
 @pytest.mark.parametrize("name", OPENOOD15)
 def test_a_clearly_ood_cluster_ranks_below_id(name):
     bank = separated_bank()
-    results = evaluate_bank(bank, [name], config=SEPARATED)["methods"][name]["far"]["datasets"]
+    results = evaluate_bank(bank, [name], config=SEPARATED)["metrics"][name]["far"]["datasets"]
     detector = fit_detector(name, bank, SEPARATED)
     id_scores = detector.score(bank.id_features["test"])
     for ood in CLEARLY_OOD.get(name, ("off", "faint")):
@@ -477,7 +477,7 @@ DEFAULTS = {
 
 def test_registered_under_openood_keys_with_openood_defaults_and_grids():
     assert set(OPENOOD15) <= set(DETECTORS.names())
-    assert EvaluateConfig().methods == ALL_DETECTORS  # the paper's twelve, unchanged
+    assert EvaluateConfig().detectors == ALL_DETECTORS  # the paper's twelve, unchanged
     assert not set(OPENOOD15) & set(ALL_DETECTORS)
     config = EvaluateConfig()
     for name in OPENOOD15:
@@ -493,16 +493,16 @@ def test_the_config_and_evaluate_accept_every_name(tmp_path):
     path = tmp_path / "pipeline.yaml"
     names = ", ".join(OPENOOD15)
     settings = "gen: {m: 5}, vra: {percentile_low: 5}"
-    path.write_text(f"evaluate: {{methods: [{names}], {settings}}}\n")
+    path.write_text(f"evaluate: {{detectors: [{names}], {settings}}}\n")
     config = load_pipeline(path).evaluate
-    assert config.methods == OPENOOD15 and config.gen.m == 5 and config.vra.percentile_low == 5
+    assert config.detectors == OPENOOD15 and config.gen.m == 5 and config.vra.percentile_low == 5
     path.write_text("evaluate: {vra: {percentile_low: 95}}\n")
     with pytest.raises(ConfigError, match="percentile_high"):
         load_pipeline(path)
     bank = separated_bank()
     config = dataclasses.replace(config, nnguide=SEPARATED.nnguide)
     results = evaluate_bank(bank, list(OPENOOD15), config=config)
-    assert list(results["methods"]) == list(OPENOOD15) and not results["skipped"]
+    assert list(results["metrics"]) == list(OPENOOD15) and not results["skipped"]
     assert results["detectors"]["gen"]["m"] == 5
 
 

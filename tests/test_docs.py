@@ -54,7 +54,7 @@ generator:
   sampler: {steps: 1}
 generate: {num_images: 1000, batch_size: 250, shard_size: 500}
 train: {epochs: 1, batch_size: 64, num_workers: 0}
-evaluate: {methods: [msp, ebo, knn], knn: {k: 5}}
+evaluate: {detectors: [msp, ebo, knn], knn: {k: 5}}
 """
 
 

@@ -77,7 +77,7 @@ def test_every_detector_gives_finite_results_on_random_banks(tmp_path, seed):
     json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in results.json"))
     for method in ACTIVATION_DETECTORS:
         for group in ("near", "far"):
-            assert all(math.isfinite(v) for v in results["methods"][method][group]["mean"].values())
+            assert all(math.isfinite(v) for v in results["metrics"][method][group]["mean"].values())
 
 
 @pytest.mark.parametrize(
@@ -189,8 +189,8 @@ def test_an_ill_conditioned_fc_warns_naming_vim_and_stays_finite(tmp_path):
 
 def test_results_with_nan_are_never_written(tmp_path):
     results = evaluate_bank(random_bank(6), ["msp"])
-    results["methods"]["msp"]["near"]["mean"]["auroc"] = float("nan")
-    with pytest.raises(ValueError, match=r"results\.methods\.msp\.near\.mean\.auroc is not"):
+    results["metrics"]["msp"]["near"]["mean"]["auroc"] = float("nan")
+    with pytest.raises(ValueError, match=r"results\.metrics\.msp\.near\.mean\.auroc is not"):
         write_results(results, tmp_path)
     assert not (tmp_path / "results.json").exists()
 
@@ -220,7 +220,7 @@ def test_a_checkpoint_for_another_image_size_or_class_list_is_refused(tiny):
     wrong = rewrite_checkpoint(tiny, "wrong_size", image_size=[size[0] * 2, size[1] * 2])
     out = tiny / "eval_wrong"
     args = ["evaluate", "--run", str(wrong), "--benchmark", str(tiny / "bench"), "--out"]
-    result = run_cli([*args, str(out), "--methods", "msp"])
+    result = run_cli([*args, str(out), "--detectors", "msp"])
     one_line_failure(result, f"trained on {size[0] * 2}x{size[1] * 2} images", "holds")
     assert not (out / "activations.npz").exists()
     renamed = rewrite_checkpoint(tiny, "wrong_classes", class_names=["zero", "one"])
@@ -237,7 +237,7 @@ def test_results_and_run_record_the_benchmark_and_report_refuses_a_mix(tiny, tmp
     from sio.evaluate import evaluate_checkpoint
     from sio.evaluate.config import EvaluateConfig
 
-    config = EvaluateConfig(methods=("msp",))
+    config = EvaluateConfig(detectors=("msp",))
     first = tmp_path / "a"
     results = evaluate_checkpoint(tiny / "run", tiny / "bench", first, config)
     record = {"name": "digits", "sha256": sha256_file(tiny / "bench" / "benchmark.json")}

@@ -63,7 +63,7 @@ def test_evaluator_scores_a_foreign_model_with_every_kind_of_detector(tiny, tmp_
         std=std,
     )
     results = evaluator.evaluate(tmp_path / "out")
-    assert set(results["methods"]) == {"msp", "knn", "vim", "odin"}
+    assert set(results["metrics"]) == {"msp", "knn", "vim", "odin"}
     assert json.loads((tmp_path / "out" / "results.json").read_text())["benchmark"]["name"]
     # the features are the head's input, computed here by hand from the images
     benchmark = read_benchmark(tiny / "bench")
@@ -76,7 +76,7 @@ def test_evaluator_scores_a_foreign_model_with_every_kind_of_detector(tiny, tmp_
     # the activation detectors give what evaluate_bank gives on that bank
     again = evaluate_bank(bank, ["msp", "knn", "vim"])
     for method in ("msp", "knn", "vim"):
-        assert results["methods"][method] == again["methods"][method]
+        assert results["metrics"][method] == again["metrics"][method]
     # a forward hook on a named layer gives the same features
     hooked = ModelAdapter(model, fc_name="head", layer="trunk", mean=mean, std=std)
     with torch.no_grad():
@@ -186,12 +186,12 @@ def test_sio_evaluate_model_cli(tiny, tmp_path):
         get_cli(),
         [
             "evaluate", "--model", "sio:small_cnn", "--weights", str(tmp_path / "w.pt"),
-            "--benchmark", str(tiny / "bench"), "--out", str(out), "--methods", "msp,ebo,odin",
+            "--benchmark", str(tiny / "bench"), "--out", str(out), "--detectors", "msp,ebo,odin",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"msp", "ebo", "odin"}
+    assert set(results["metrics"]) == {"msp", "ebo", "odin"}
     result = CliRunner().invoke(
         get_cli(),
         ["evaluate", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.pt"),
@@ -268,7 +268,7 @@ def check_plugin_detector(tmp_path):
     )
     np.savez(tmp_path / "act.npz", **bank.to_npz_dict())
     (tmp_path / "pipeline.yaml").write_text(
-        "evaluate:\n  plugins: [plugin_detectors_for_test]\n  methods: [norm_for_test, msp]\n"
+        "evaluate:\n  plugins: [plugin_detectors_for_test]\n  detectors: [norm_for_test, msp]\n"
     )
     result = CliRunner().invoke(
         get_cli(),
@@ -283,7 +283,7 @@ def check_plugin_detector(tmp_path):
         -(feats["test"].astype(np.float64) ** 2).sum(1), -(far.astype(float) ** 2).sum(1)
     ]
     expected = 100 * roc_auc_score(np.r_[np.ones(12), np.zeros(7)], scores)
-    assert results["methods"]["norm_for_test"]["far"]["mean"]["auroc"] == pytest.approx(expected)
+    assert results["metrics"]["norm_for_test"]["far"]["mean"]["auroc"] == pytest.approx(expected)
     bad = tmp_path / "bad.yaml"
     bad.write_text("evaluate:\n  plugins: [no_such_module_for_test]\n")
     result = CliRunner().invoke(

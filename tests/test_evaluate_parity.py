@@ -172,7 +172,7 @@ def test_sio_evaluate_parity_records_the_setting_and_uses_openoods_fits(tmp_path
     results = {}
     for parity in ("off", "openood"):
         out = tmp_path / parity
-        args = ["evaluate", "--activations", str(path), "--methods", "tempscale,msp"]
+        args = ["evaluate", "--activations", str(path), "--detectors", "tempscale,msp"]
         result = CliRunner().invoke(get_cli(), [*args, "--parity", parity, "--out", str(out)])
         assert result.exit_code == 0, result.output
         results[parity] = json.loads((out / "results.json").read_text())

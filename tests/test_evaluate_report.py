@@ -12,7 +12,7 @@ def metrics(auroc: float) -> dict:
 
 
 def write_run(folder, seed, near_auroc: dict):
-    methods = {
+    per_detector = {
         method: {
             "near": {"datasets": {"n": metrics(value)}, "mean": metrics(value)},
             "far": {"datasets": {"f": metrics(value)}, "mean": metrics(value)},
@@ -20,7 +20,7 @@ def write_run(folder, seed, near_auroc: dict):
         for method, value in near_auroc.items()
     }
     folder.mkdir()
-    results = {"id_acc": 90.0, "fpr_convention": "id", "methods": methods, "skipped": {}}
+    results = {"id_acc": 90.0, "fpr_convention": "id", "metrics": per_detector, "skipped": {}}
     (folder / "results.json").write_text(json.dumps(results, sort_keys=True))
     (folder / "run.json").write_text(json.dumps({"alpha": 1.0, "seed": seed}))
     return folder

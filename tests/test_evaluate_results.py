@@ -45,7 +45,7 @@ def test_registry_holds_the_twelve_paper_detectors():
     assert {*ALL_DETECTORS, "godin"} <= set(DETECTORS.names())
     assert [m for m in ALL_DETECTORS if needs_images(m)] == ["odin"]
     assert needs_images("godin")
-    assert EvaluateConfig().methods == ALL_DETECTORS
+    assert EvaluateConfig().detectors == ALL_DETECTORS
     for name in ALL_DETECTORS:
         doc = DETECTORS.get(name).__doc__
         assert "(" in doc and "20" in doc, f"{name}: docstring should cite the paper and year"
@@ -55,10 +55,10 @@ def test_every_activation_detector_separates_structured_ood():
     bank = structured_bank()
     results = evaluate_bank(bank, ALL_DETECTORS, config=EvaluateConfig(knn=KnnSettings(k=5)))
     assert results["skipped"] == {"odin": "needs the model and the images: use sio evaluate --run"}
-    assert list(results["methods"]) == ACTIVATION_DETECTORS
+    assert list(results["metrics"]) == ACTIVATION_DETECTORS
     assert results["id_acc"] == pytest.approx(100.0)
     for method in ACTIVATION_DETECTORS:
-        far = results["methods"][method]["far"]["mean"]["auroc"]
+        far = results["metrics"][method]["far"]["mean"]["auroc"]
         assert far > 90, f"{method}: far AUROC {far:.1f}"
 
 
@@ -66,9 +66,9 @@ def test_results_shape_and_recorded_settings():
     bank = structured_bank()
     config = EvaluateConfig(knn=KnnSettings(k=3, backend="torch"), vim=VimSettings(dim=5))
     results = evaluate_bank(bank, ["knn", "vim", "react", "msp"], "ood", config=config)
-    assert set(results) == {"id_acc", "fpr_convention", "methods", "skipped", "detectors", "parity"}
+    assert set(results) == {"id_acc", "fpr_convention", "metrics", "skipped", "detectors", "parity"}
     assert results["fpr_convention"] == "ood" and results["skipped"] == {}
-    for groups in results["methods"].values():
+    for groups in results["metrics"].values():
         assert set(groups) == {"near", "far"}
         for entry in groups.values():
             assert set(entry) == {"datasets", "mean"}
@@ -89,7 +89,7 @@ def test_vim_dim_error_names_detector_dataset_and_cause():
         evaluate_bank(bank, ["msp", "vim"], config=config)
     # not strict (the default): vim is skipped with that reason, msp is scored
     results = evaluate_bank(bank, ["msp", "vim"], config=dataclasses.replace(config, strict=False))
-    assert list(results["methods"]) == ["msp"]
+    assert list(results["metrics"]) == ["msp"]
     assert "vim on id.train: dim 16 must be in [1, D)" in results["skipped"]["vim"]
 
 
@@ -100,7 +100,7 @@ def test_method_names_are_checked_before_any_work(monkeypatch):
     with pytest.raises(ValueError, match="unknown detector 'nope'"):
         evaluate_bank(bank, ["knn", "nope"])
     with pytest.raises(ValueError, match="must be distinct"):
-        dataclasses.replace(EvaluateConfig(), methods=("msp", "msp"))
+        dataclasses.replace(EvaluateConfig(), detectors=("msp", "msp"))
 
 
 def test_zero_feature_vectors_score_finitely_everywhere():
@@ -115,4 +115,4 @@ def test_zero_feature_vectors_score_finitely_everywhere():
         ood={"far": {"dead": np.concatenate([zeros, bank.ood["far"]["noise"]])}},
     )
     results = evaluate_bank(bank, ACTIVATION_DETECTORS, config=EvaluateConfig(knn=KnnSettings(k=5)))
-    assert list(results["methods"]) == ACTIVATION_DETECTORS
+    assert list(results["metrics"]) == ACTIVATION_DETECTORS

@@ -49,7 +49,7 @@ def evaluate(tiny, out, *extra):
 def evaluated(tiny):
     """`sio evaluate --model ... --save-scores` with OpenMax among the detectors."""
     out = tiny / "eval"
-    result = evaluate(tiny, out, "--methods", "msp,ebo,knn,openmax", "--save-scores")
+    result = evaluate(tiny, out, "--detectors", "msp,ebo,knn,openmax", "--save-scores")
     return out, result
 
 
@@ -64,12 +64,12 @@ def test_an_unfittable_detector_is_skipped_by_class_name_and_the_others_written(
     out, result = evaluated
     assert result.exit_code == 0, result.output
     results = no_nan((out / "results.json").read_text())
-    assert set(results["methods"]) == {"msp", "ebo", "knn"}
+    assert set(results["metrics"]) == {"msp", "ebo", "knn"}
     assert set(results["detectors"]) == {"msp", "ebo", "knn"}
     reason = results["skipped"]["openmax"]
     assert re.search(r"openmax on id\.train: class '1' has 0 correctly classified", reason)
     for method in ("msp", "ebo", "knn"):
-        assert 0 <= results["methods"][method]["far"]["mean"]["auroc"] <= 100
+        assert 0 <= results["metrics"][method]["far"]["mean"]["auroc"] <= 100
     assert f"Skipped openmax: {reason}." in (out / "results.md").read_text()
     summary = [line for line in result.output.splitlines() if line.startswith("evaluate: ID acc")]
     assert (
@@ -89,7 +89,7 @@ def test_strict_exits_non_zero_naming_the_detector_and_reuses_the_activations(
         raise AssertionError("the activations were extracted again")
 
     monkeypatch.setattr("sio.evaluate.models.model_activations", no_extraction)
-    result = evaluate(tiny, out, "--methods", "msp,openmax", "--strict")
+    result = evaluate(tiny, out, "--detectors", "msp,openmax", "--strict")
     assert result.exit_code != 0
     named = [line for line in result.output.splitlines() if "openmax" in line]
     assert len(named) == 1 and named[0].startswith("Error: detector openmax on id.train: class '1'")
@@ -98,7 +98,7 @@ def test_strict_exits_non_zero_naming_the_detector_and_reuses_the_activations(
     # evaluate.strict: true in the config is the same switch
     config = tiny / "strict.yaml"
     config.write_text("evaluate:\n  strict: true\n")
-    result = evaluate(tiny, out, "--methods", "openmax", "--config", str(config))
+    result = evaluate(tiny, out, "--detectors", "openmax", "--config", str(config))
     assert result.exit_code != 0 and "detector openmax on id.train" in result.output
 
 
@@ -108,7 +108,7 @@ def test_in_python_a_strict_failure_keeps_the_extracted_activations(tiny, monkey
 
     model = build_classifier("small_cnn", in_channels=1, num_classes=2, mean=[0.0], std=[1.0])
     model.load_state_dict(torch.load(tiny / "w.pt"))
-    config = EvaluateConfig(methods=("msp", "openmax"), strict=True)
+    config = EvaluateConfig(detectors=("msp", "openmax"), strict=True)
     evaluator = Evaluator(model, benchmark=tiny / "bench", config=config)
     assert evaluator.model.mean is None  # sio's classifiers normalise themselves
     with pytest.raises(DetectorError, match=r"^detector openmax on id\.train: class '1' has 0"):
@@ -141,14 +141,14 @@ def test_a_detector_scoring_nan_is_skipped_and_no_nan_is_written(
 ):
     out, _ = evaluated
     args = ["evaluate", "--activations", str(out / "activations.npz"),
-            "--benchmark", str(tiny / "bench"), "--methods", f"{nan_detector},mls",
+            "--benchmark", str(tiny / "bench"), "--detectors", f"{nan_detector},mls",
             "--out", str(tmp_path / "o"), "--save-scores"]  # fmt: skip
     result = CliRunner().invoke(get_cli(), args)
     assert result.exit_code == 0, result.output
     text = (tmp_path / "o" / "results.json").read_text()
     results = no_nan(text)
     assert "NaN" not in text and "Infinity" not in text
-    assert list(results["methods"]) == ["mls"]
+    assert list(results["metrics"]) == ["mls"]
     assert re.search(
         r"nan_for_test gave \d+ non-finite scores on id\.test", results["skipped"][nan_detector]
     )
@@ -176,7 +176,7 @@ def test_saved_scores_hold_every_sample_and_give_the_results_auroc(tiny, evaluat
             assert values.dtype == np.float64 and np.isfinite(values).all()
             assert len(values) == read_manifest(folder).num_samples
         id_scores = scores[f"{method}/id.test"]
-        for group, entry in results["methods"][method].items():
+        for group, entry in results["metrics"][method].items():
             for name, metrics in entry["datasets"].items():
                 ood = scores[f"{method}/ood.{group}.{name}"]
                 labels = np.r_[np.ones(len(id_scores)), np.zeros(len(ood))]
@@ -291,7 +291,7 @@ def test_report_leaves_out_a_detector_some_run_skipped_and_says_why(tmp_path):
         write_results(results, folder)
         (folder / "run.json").write_text(json.dumps({"alpha": 1.0, "seed": seed}))
         folders.append(folder)
-    assert "openmax" in json.loads((folders[0] / "results.json").read_text())["methods"]
+    assert "openmax" in json.loads((folders[0] / "results.json").read_text())["metrics"]
     skipped = json.loads((folders[1] / "results.json").read_text())["skipped"]["openmax"]
     assert "class 'b' has 0 correctly classified" in skipped
     text = report(folders)
@@ -324,18 +324,18 @@ def test_a_grey_benchmark_on_an_rgb_stem_is_repeated_said_in_one_line_and_as_eva
     out = tiny / "eval-resnet"
     args = ["evaluate", "--model", "torchvision:resnet18", "--weights", str(tiny / "resnet2.pt"),
             "--benchmark", str(tiny / "bench"), "--out", str(out),
-            "--methods", "msp,ebo,odin"]  # fmt: skip
+            "--detectors", "msp,ebo,odin"]  # fmt: skip
     result = CliRunner().invoke(get_cli(), args)
     assert result.exit_code == 0, result.output
     note = "evaluate: benchmark digits is grey: its channel is repeated 3 times for model "
     notes = [line for line in result.output.splitlines() if "grey" in line]
     assert notes == [note + "torchvision:resnet18's layer conv1"]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"msp", "ebo", "odin"} and not results["skipped"]
+    assert set(results["metrics"]) == {"msp", "ebo", "odin"} and not results["skipped"]
     # Evaluator: the same checks and the same default normalisation (ID train statistics)
     evaluator = Evaluator(resnet, benchmark=tiny / "bench", detectors=["msp", "ebo", "odin"])
     assert capsys.readouterr().err.splitlines() == [note + "ResNet's layer conv1"]
-    assert rounded(evaluator.evaluate()["methods"]) == results["methods"]  # as written
+    assert rounded(evaluator.evaluate()["metrics"]) == results["metrics"]  # as written
 
 
 def test_a_model_that_does_not_fit_the_benchmark_is_one_line_naming_model_layer_benchmark(

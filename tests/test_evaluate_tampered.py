@@ -66,7 +66,7 @@ def test_a_nan_in_the_checkpoints_fc_weight_is_named_before_any_image(
     out = tmp_path / "out"
     args = ["evaluate", "--run", str(run), "--benchmark", str(tiny / "bench"), "--out", str(out)]
     one_line_failure(
-        run_cli([*args, "--methods", "msp"]), str(run / "checkpoint.pt"), "parameter fc.weight"
+        run_cli([*args, "--detectors", "msp"]), str(run / "checkpoint.pt"), "parameter fc.weight"
     )
     assert not (out / "results.json").exists() and not (out / "activations.npz").exists()
 
@@ -107,8 +107,8 @@ def test_a_shard_replaced_by_another_of_equal_count_is_named(tiny, tmp_path):
     shutil.copyfile(tmp_path / "other" / "id_test" / shard.name, shard)
     out = tmp_path / "out"
     args = ["evaluate", "--run", str(tiny / "run"), "--benchmark", str(bench), "--out", str(out)]
-    one_line_failure(run_cli([*args, "--methods", "msp"]), str(shard), "sha256")
+    one_line_failure(run_cli([*args, "--detectors", "msp"]), str(shard), "sha256")
     assert not (out / "results.json").exists() and not (out / "activations.npz").exists()
     # the untouched copy of the same benchmark evaluates (the failure is the shard's)
     clean = ["evaluate", "--run", str(tiny / "run"), "--benchmark", str(tiny / "bench")]
-    assert run_cli([*clean, "--out", str(tmp_path / "ok"), "--methods", "msp"]).exit_code == 0
+    assert run_cli([*clean, "--out", str(tmp_path / "ok"), "--detectors", "msp"]).exit_code == 0

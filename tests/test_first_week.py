@@ -184,7 +184,7 @@ TINY_RUN = {
     "generator": {"model": {"block_out_channels": [8, 16]}, "train": {"steps": 20}},
     "generate": {"num_images": 96, "batch_size": 48, "shard_size": 32},
     "train": {"epochs": 2, "batch_size": 64},
-    "evaluate": {"methods": ["msp"]},
+    "evaluate": {"detectors": ["msp"]},
 }
 
 

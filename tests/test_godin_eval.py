@@ -39,7 +39,7 @@ def train(bench, method):
 @pytest.mark.slow
 def test_godin_score_through_evaluate(bench):
     run = train(bench, "godin")
-    config = EvaluateConfig(methods=("godin", "ebo"), batch_size=64)
+    config = EvaluateConfig(detectors=("godin", "ebo"), batch_size=64)
     results = evaluate_checkpoint(run, bench / "bench", bench / "eval", config)
     model, state = load_checkpoint(run)
     assert state["head"] == "godin"
@@ -52,7 +52,7 @@ def test_godin_score_through_evaluate(bench):
     id_scores, near = scores(benchmark.id_splits["test"]), scores(benchmark.near["digits"])
     labels = np.r_[np.ones(len(id_scores)), np.zeros(len(near))]
     expected = 100 * roc_auc_score(labels, np.r_[id_scores, near])
-    near_auroc = results["methods"]["godin"]["near"]["datasets"]["digits"]["auroc"]
+    near_auroc = results["metrics"]["godin"]["near"]["datasets"]["digits"]["auroc"]
     assert near_auroc == pytest.approx(expected, abs=1e-9)
 
 
@@ -64,5 +64,5 @@ def test_godin_detector_refuses_a_plain_classifier(bench):
             run,
             bench / "bench",
             bench / "eval-ce",
-            EvaluateConfig(methods=("godin",), batch_size=64, strict=True),
+            EvaluateConfig(detectors=("godin",), batch_size=64, strict=True),
         )

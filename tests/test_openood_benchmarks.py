@@ -263,12 +263,14 @@ def write_evaluated_run(folder, alpha: float, seed: int, offset: float) -> dict:
         mean = {m: float(np.mean([s[m] for s in sets.values()])) for m in metrics(0)}
         return {"datasets": sets, "mean": mean}
 
-    methods = {method: {"near": group(near), "far": group(far)} for method in ("msp", "knn", "ebo")}
+    per_detector = {
+        method: {"near": group(near), "far": group(far)} for method in ("msp", "knn", "ebo")
+    }
     benchmark = {"name": "openood-cifar10", "sha256": "ab" * 32}
     results = {
         "id_acc": 94.5 + offset / 10,
         "fpr_convention": "ood",
-        "methods": methods,
+        "metrics": per_detector,
         "skipped": {},
         "benchmark": benchmark,
     }
@@ -303,7 +305,7 @@ def test_openood_csv_equals_results_json(tmp_path):
         assert row["benchmark"] == "openood-cifar10" and row["runs"] == "1"
         assert row["training"] == ("baseline" if row["alpha"] == "1" else "+SIO α=0.5")
         group = "near" if row["dataset"] in ("cifar100", "tin", "nearood") else "far"
-        entry = results["methods"][row["postprocessor"]][group]
+        entry = results["metrics"][row["postprocessor"]][group]
         expected = (
             entry["mean"] if row["dataset"].endswith("ood") else entry["datasets"][row["dataset"]]
         )
@@ -316,8 +318,8 @@ def test_openood_csv_equals_results_json(tmp_path):
     msp = {
         r["dataset"]: r for r in rows if r["training"] == "baseline" and r["postprocessor"] == "msp"
     }
-    assert float(msp["nearood"]["AUROC"]) == runs["1"]["methods"]["msp"]["near"]["mean"]["auroc"]
-    assert float(msp["farood"]["AUROC"]) == runs["1"]["methods"]["msp"]["far"]["mean"]["auroc"]
+    assert float(msp["nearood"]["AUROC"]) == runs["1"]["metrics"]["msp"]["near"]["mean"]["auroc"]
+    assert float(msp["farood"]["AUROC"]) == runs["1"]["metrics"]["msp"]["far"]["mean"]["auroc"]
     assert float(msp["farood"]["ACC"]) == 94.5
 
 
@@ -329,7 +331,7 @@ def test_openood_csv_averages_seeds_like_openood(tmp_path):
         csv.DictReader(io.StringIO(report([tmp_path / "s0", tmp_path / "s1"], fmt="openood-csv")))
     )
     near = next(r for r in rows if r["postprocessor"] == "knn" and r["dataset"] == "nearood")
-    values = [run["methods"]["knn"]["near"]["mean"]["auroc"] for run in (a, b)]
+    values = [run["metrics"]["knn"]["near"]["mean"]["auroc"] for run in (a, b)]
     assert float(near["AUROC"]) == pytest.approx(np.mean(values), abs=1e-12)
     assert float(near["AUROC std"]) == pytest.approx(np.std(values), abs=1e-12)
     assert near["runs"] == "2"
@@ -365,7 +367,7 @@ def test_openood_csv_of_two_real_evaluated_runs(tmp_path):
     state = torch.load(tiny / "run" / "checkpoint.pt", weights_only=False)
     (tiny / "sio").mkdir()
     torch.save({**state, "alpha": 0.5}, tiny / "sio" / "checkpoint.pt")
-    config = EvaluateConfig(methods=("msp", "ebo"))
+    config = EvaluateConfig(detectors=("msp", "ebo"))
     for run in ("run", "sio"):
         evaluate_checkpoint(tiny / run, tiny / "bench", tiny / f"eval_{run}", config)
     results = {  # the numbers as results.json holds them (rounded to 1e-6, sio.core.numbers)
@@ -378,10 +380,10 @@ def test_openood_csv_of_two_real_evaluated_runs(tmp_path):
     assert len(rows) == 2 * 2 * (1 + 1 + 3 + 1)  # arms x detectors x (near, nearood, 3 far, farood)
     for row in rows:
         found = results[row["alpha"]]
-        group = "near" if row["dataset"] in found["methods"]["msp"]["near"]["datasets"] else "far"
+        group = "near" if row["dataset"] in found["metrics"]["msp"]["near"]["datasets"] else "far"
         if row["dataset"] in ("nearood", "farood"):
             group = row["dataset"].removesuffix("ood")
-        entry = found["methods"][row["postprocessor"]][group]
+        entry = found["metrics"][row["postprocessor"]][group]
         expected = entry["datasets"].get(row["dataset"], entry["mean"])
         assert float(row["AUROC"]) == expected["auroc"] and float(row["ACC"]) == found["id_acc"]
         assert float(row["FPR@95"]) == expected["fpr95"]

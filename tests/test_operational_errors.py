@@ -131,7 +131,7 @@ def test_a_full_disk_while_evaluating_is_one_line_and_leaves_no_results(
 
     monkeypatch.setattr(Path, "write_text", write_text)
     out = tmp_path / "eval"
-    result = sio("evaluate", "--activations", activations, "--methods", "msp", "--out", out)
+    result = sio("evaluate", "--activations", activations, "--detectors", "msp", "--out", out)
     assert result.exit_code == 1
     assert one_error(result.output) == f"Error: {out}/results.json: no space left on device"
     assert not (out / "results.json").exists() and not stale_temporaries(out)
@@ -412,7 +412,7 @@ def test_a_path_the_file_system_cannot_make_is_one_line(
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     out = tmp_path / ("x" * 300 if kind == "long" else kind) / "sub"
-    result = sio("evaluate", "--activations", activations, "--methods", "msp", "--out", out)
+    result = sio("evaluate", "--activations", activations, "--detectors", "msp", "--out", out)
     assert result.exit_code == 1
     line = one_error(result.output)
     assert line.startswith(f"Error: {tmp_path}/") and line.endswith(f": {cause}"), line

@@ -25,7 +25,7 @@ TINY = {
     },
     "generate": {"num_images": 96, "batch_size": 48, "shard_size": 32},
     "train": {"epochs": 2, "batch_size": 64, "num_workers": 2},
-    "evaluate": {"methods": ["msp", "ebo"]},
+    "evaluate": {"detectors": ["msp", "ebo"]},
 }
 
 
@@ -51,14 +51,14 @@ def test_run_writes_every_stage_and_a_report(finished_run):
     assert set(report) == {"1", "0.75"}
     for arm in report.values():
         assert arm["seeds"] == [0, 1]
-        assert set(arm["methods"]) == {"msp", "ebo"}
+        assert set(arm["metrics"]) == {"msp", "ebo"}
     # The printed table is the measured one: its cells come from the evaluated runs.
     results = [
         json.loads((out / "evaluate" / f"ddpm-n96-alpha0.75-seed{s}" / "results.json").read_text())
         for s in (0, 1)
     ]
-    far = [r["methods"]["msp"]["far"]["mean"]["auroc"] for r in results]
-    mean = report["0.75"]["methods"]["msp"]["far"]["mean"]["auroc"]["mean"]
+    far = [r["metrics"]["msp"]["far"]["mean"]["auroc"] for r in results]
+    mean = report["0.75"]["metrics"]["msp"]["far"]["mean"]["auroc"]["mean"]
     assert mean == pytest.approx(sum(far) / 2)
     assert f"{mean:.2f}" in text
     manifest = json.loads((out / "synthetic" / "ddpm" / "manifest.json").read_text())
@@ -204,7 +204,7 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
             "evaluate",
             "--activations",
             str(tmp_path / "eval" / "activations.npz"),
-            "--methods",
+            "--detectors",
             "msp",
             "--alpha",
             "0.5",
@@ -217,8 +217,8 @@ def test_cli_stage_commands_chain(finished_run, tmp_path):
         ],
     )
     assert again.exit_code == 0, again.output
-    first = json.loads((tmp_path / "eval" / "results.json").read_text())["methods"]["msp"]
-    second = json.loads((tmp_path / "eval2" / "results.json").read_text())["methods"]["msp"]
+    first = json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]["msp"]
+    second = json.loads((tmp_path / "eval2" / "results.json").read_text())["metrics"]["msp"]
     assert first == second
     # an activations file's result is reportable: --alpha and --seed went into run.json
     assert json.loads((tmp_path / "eval2" / "run.json").read_text())["seed"] == 3

@@ -89,7 +89,7 @@ def test_progress_switched_off_prints_nothing(monkeypatch, switch):
 
 def evaluate(tiny_run, out, *options):
     arguments = [*options, "evaluate", "--run", str(tiny_run / "run")]
-    arguments += ["--benchmark", str(tiny_run / "bench"), "--methods", "msp,odin,knn"]
+    arguments += ["--benchmark", str(tiny_run / "bench"), "--detectors", "msp,odin,knn"]
     return CliRunner().invoke(get_cli(), [*arguments, "--out", str(out)])
 
 
@@ -106,7 +106,7 @@ def test_evaluate_piped_shows_totals_in_lines_and_ends_with_one_summary_line(tin
     assert all(int(m.group(2)) <= int(m.group(3)) for m in bars)
     results = json.loads((tiny_run / "eval" / "results.json").read_text())
     (line,) = result.stdout.splitlines()  # no results.md dumped
-    near = max(results["methods"].items(), key=lambda item: item[1]["near"]["mean"]["auroc"])
+    near = max(results["metrics"].items(), key=lambda item: item[1]["near"]["mean"]["auroc"])
     assert line.startswith(f"evaluate: ID acc {results['id_acc']:.1f}%; best near-OOD AUROC ")
     display = {"msp": "MSP", "odin": "ODIN", "knn": "KNN"}[near[0]]
     assert f"{near[1]['near']['mean']['auroc']:.2f} ({display})" in line

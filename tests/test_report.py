@@ -24,17 +24,17 @@ def metric_values(base: float) -> dict:
 
 
 def results_for(alpha: float, i: int) -> dict:
-    """evaluate_bank's shape: two methods (ebo's AUROC is msp's + 5), near and far groups."""
+    """evaluate_bank's shape: two detectors (ebo's AUROC is msp's + 5), near and far groups."""
     near = NEAR_AUROC[alpha][i]
-    methods = {}
+    per_detector = {}
     for method, offset in (("msp", 0.0), ("ebo", 5.0)):
         near_sets = {"n1": metric_values(near + offset), "n2": metric_values(near + offset)}
         far_sets = {"f1": metric_values(2 * near + offset)}
-        methods[method] = {
+        per_detector[method] = {
             "near": {"datasets": near_sets, "mean": metric_values(near + offset)},
             "far": {"datasets": far_sets, "mean": metric_values(2 * near + offset)},
         }
-    return {"id_acc": ID_ACC[alpha][i], "fpr_convention": "id", "methods": methods}
+    return {"id_acc": ID_ACC[alpha][i], "fpr_convention": "id", "metrics": per_detector}
 
 
 def write_run(folder, alpha, seed, results):
@@ -57,13 +57,13 @@ def run_folders(tmp_path):
 def test_mean_and_std_over_all_seeds(run_folders):
     arms = aggregate([load_run(f) for f in run_folders])
     assert list(arms) == ["1", "0.8"]  # baseline first
-    base = arms["1"]["methods"]["msp"]["near"]["mean"]["auroc"]
+    base = arms["1"]["metrics"]["msp"]["near"]["mean"]["auroc"]
     assert base["mean"] == pytest.approx(3.0)
     assert base["std"] == pytest.approx(math.sqrt(14 / 3))
     assert base["n"] == 3
     # SIO's reference code averages (m0 + 2 * m1) / 3 = (1 + 4) / 3 = 5/3: not that.
     assert base["mean"] != pytest.approx(5 / 3)
-    sio = arms["0.8"]["methods"]["msp"]["near"]["mean"]["auroc"]
+    sio = arms["0.8"]["metrics"]["msp"]["near"]["mean"]["auroc"]
     assert sio["mean"] == pytest.approx(30.0)
     assert sio["std"] == pytest.approx(10 * math.sqrt(14 / 3))
     assert arms["1"]["seeds"] == [0, 1, 2] and arms["0.8"]["seeds"] == [0, 1, 2]
@@ -79,7 +79,7 @@ def test_every_metric_and_dataset_aggregated(run_folders):
     arms = aggregate([load_run(f) for f in run_folders])
     for alpha_key, alpha in (("1", 1.0), ("0.8", 0.8)):
         for method, offset in (("msp", 0.0), ("ebo", 5.0)):
-            node = arms[alpha_key]["methods"][method]
+            node = arms[alpha_key]["metrics"][method]
             assert set(node) == {"near", "far"}
             assert set(node["near"]["datasets"]) == {"n1", "n2"}
             assert set(node["far"]["datasets"]) == {"f1"}
@@ -114,7 +114,7 @@ def test_same_seed_in_two_arms_is_fine(tmp_path):
 
 def test_run_missing_a_dataset_raises(tmp_path):
     partial = results_for(1.0, 1)
-    del partial["methods"]["msp"]["near"]["datasets"]["n2"]
+    del partial["metrics"]["msp"]["near"]["datasets"]["n2"]
     runs = [
         load_run(write_run(tmp_path / "a", 1.0, 0, results_for(1.0, 0))),
         load_run(write_run(tmp_path / "b", 1.0, 1, partial)),
@@ -183,7 +183,7 @@ def test_report_text_and_files(tmp_path, run_folders):
     assert (out / "report.md").read_text() == text
     saved = json.loads((out / "report.json").read_text())
     assert saved == json.loads(json.dumps(rounded(aggregate([load_run(f) for f in run_folders]))))
-    assert saved["1"]["methods"]["msp"]["near"]["mean"]["auroc"]["mean"] == pytest.approx(3.0)
+    assert saved["1"]["metrics"]["msp"]["near"]["mean"]["auroc"]["mean"] == pytest.approx(3.0)
 
 
 def test_delta_is_paired_by_seed_with_a_t_interval():
@@ -237,7 +237,7 @@ def test_csv_and_latex_exports(tmp_path, run_folders):
         if (r["alpha"], r["detector"], r["group"], r["set"], r["metric"])
         == ("0.8", "msp", "near", "n1", "auroc")
     )
-    stat = arms["0.8"]["methods"]["msp"]["near"]["datasets"]["n1"]["auroc"]
+    stat = arms["0.8"]["metrics"]["msp"]["near"]["datasets"]["n1"]["auroc"]
     assert float(row["mean"]) == stat["mean"] and float(row["std"]) == stat["std"]
     assert row["values"] == "10.0;20.0;60.0" and row["seeds"] == "0;1;2" and row["n"] == "3"
     tex = (out / "report.tex").read_text()
@@ -259,7 +259,7 @@ def test_mixed_fpr_conventions_are_refused(tmp_path):
     for seed, convention in enumerate(["id", "ood"]):
         folder = tmp_path / f"run{seed}"
         folder.mkdir()
-        results = {"id_acc": 90.0, "fpr_convention": convention, "methods": {}}
+        results = {"id_acc": 90.0, "fpr_convention": convention, "metrics": {}}
         (folder / "results.json").write_text(json.dumps(results))
         (folder / "run.json").write_text(json.dumps({"alpha": 1.0, "seed": seed}))
         folders.append(folder)
@@ -271,7 +271,7 @@ def test_arms_with_different_detectors_are_named(tmp_path):
     folders = [write_run(tmp_path / f"b{i}", 1.0, i, results_for(1.0, i)) for i in range(3)]
     for i in range(3):
         results = results_for(0.8, i)
-        del results["methods"]["ebo"]
+        del results["metrics"]["ebo"]
         folders.append(write_run(tmp_path / f"s{i}", 0.8, i, results))
     with pytest.raises(ValueError, match=r"alpha=1 and alpha=0\.8 differ.*ebo"):
         report(folders)

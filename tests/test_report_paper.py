@@ -98,7 +98,7 @@ def two_recipes(tmp_path_factory):
             config=config, out=out,
         )  # fmt: skip
         evaluate_checkpoint(
-            out, root / "bench", root / f"eval{seed}", EvaluateConfig(methods=("msp",))
+            out, root / "bench", root / f"eval{seed}", EvaluateConfig(detectors=("msp",))
         )
         folders.append(root / f"eval{seed}")
     return root, folders

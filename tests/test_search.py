@@ -95,7 +95,7 @@ def test_search_test_metrics_use_exactly_the_remaining_samples():
         for name, feats in sets.items():
             test_scores = msp.score(bank, feats[split.test[group][name]])
             expected = ood_metrics(id_scores, test_scores)
-            assert results["methods"]["msp"][group]["datasets"][name] == expected
+            assert results["metrics"]["msp"][group]["datasets"][name] == expected
     # the held-out rows do not reach a test metric: rewriting them changes nothing
     poisoned = {
         group: {name: feats.copy() for name, feats in sets.items()}
@@ -105,7 +105,7 @@ def test_search_test_metrics_use_exactly_the_remaining_samples():
         for name, feats in sets.items():
             feats[split.val[group][name]] = 50 * np.eye(8, dtype=np.float32)[0]
     again = evaluate_bank(dataclasses.replace(bank, ood=poisoned), ["msp"], config=SEARCH)
-    assert again["methods"]["msp"] == results["methods"]["msp"]
+    assert again["metrics"]["msp"] == results["metrics"]["msp"]
     assert "search" not in results["detectors"]["msp"]  # no grid: settings kept
     assert results["detectors"]["react"]["search"]["ood_val_samples"] == 6 + 5 + 4
 
@@ -122,7 +122,7 @@ def test_search_picks_the_k_that_separates_by_construction():
     assert search["chosen"] == {"k": 100}
     assert results["detectors"]["knn"]["k"] == 100
     assert (search["id_val_samples"], search["ood_val_samples"]) == (30, 10)
-    assert results["methods"]["knn"]["near"]["datasets"]["e1"]["auroc"] == 100.0
+    assert results["metrics"]["knn"]["near"]["datasets"]["e1"]["auroc"] == 100.0
 
 
 def test_ties_pick_the_first_setting():
@@ -164,7 +164,7 @@ def test_results_json_and_md_carry_the_chosen_setting(tmp_path):
     assert set(saved) == {
         "id_acc",
         "fpr_convention",
-        "methods",
+        "metrics",
         "skipped",
         "detectors",
         "search",
@@ -234,7 +234,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.usefixtures("one_thread")  # a tiny CNN: more threads only contend
 def test_odin_grid_is_searched_on_the_images_with_the_model(tiny_run):
-    config = dataclasses.replace(SEARCH, methods=("odin", "msp"), batch_size=100)
+    config = dataclasses.replace(SEARCH, detectors=("odin", "msp"), batch_size=100)
     results = evaluate_checkpoint(tiny_run / "run", tiny_run / "bench", tiny_run / "eval", config)
     search = results["detectors"]["odin"]["search"]
     settings = ODIN.search_settings(None)
@@ -271,5 +271,5 @@ def test_odin_grid_is_searched_on_the_images_with_the_model(tiny_run):
     near_name, near_path = next(iter(benchmark.near.items()))
     near_test = scores(odin, near_path, split.test["near"][near_name])
     expected = ood_metrics(id_test, near_test)
-    got = results["methods"]["odin"]["near"]["datasets"][near_name]
+    got = results["metrics"]["odin"]["near"]["datasets"][near_name]
     assert got == pytest.approx(expected)

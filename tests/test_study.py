@@ -149,7 +149,7 @@ def test_study_report_plots_and_numbers(study_run):
         results = json.loads(
             (out / "evaluate" / f"g1-n96-alpha0.5-seed{seed}" / "results.json").read_text()
         )
-        per_seed.append(np.mean([m["near"]["mean"]["auroc"] for m in results["methods"].values()]))
+        per_seed.append(np.mean([m["near"]["mean"]["auroc"] for m in results["metrics"].values()]))
     assert point["near"]["mean"] == pytest.approx(np.mean(per_seed))
     assert point["near"]["std"] == pytest.approx(np.std(per_seed))
     assert f"{point['near']['mean']:.2f} ± {point['near']['std']:.2f}" in text

@@ -325,7 +325,7 @@ TINY_STUDY = {
     "generator": {"label": "weak", "model": {"block_out_channels": [8, 16]}, "train": {"steps": 5}},
     "generate": {"num_images": 96, "batch_size": 48, "shard_size": 32},
     "train": {"epochs": 1, "batch_size": 64},
-    "evaluate": {"methods": ["msp"]},
+    "evaluate": {"detectors": ["msp"]},
 }
 
 

@@ -63,15 +63,15 @@ def evaluation(bench: Bench, root: Path) -> dict:
     build_s = time.perf_counter() - start
     config = EvaluateConfig()
     detectors, skipped = {}, {}
-    for method in ALL_DETECTORS:
+    for name in ALL_DETECTORS:
         begin = time.perf_counter()
-        results = evaluate_bank(bank, [method], config=config)
+        results = evaluate_bank(bank, [name], config=config)
         seconds = time.perf_counter() - begin
-        if method in results["skipped"]:
-            skipped[method] = results["skipped"][method]
+        if name in results["skipped"]:
+            skipped[name] = results["skipped"][name]
             continue
-        metrics = results["methods"][method]
-        detectors[method] = {
+        metrics = results["metrics"][name]
+        detectors[name] = {
             "seconds": seconds,
             "near_auroc": metrics["near"]["mean"]["auroc"],
             "far_auroc": metrics["far"]["mean"]["auroc"],

@@ -9,7 +9,7 @@
 Registering a class (``@DETECTORS.register("name")``) sets its ``name``; its settings come from
 the ``evaluate.<name>`` section of the config, whose fields are its constructor's arguments
 (``from_config``, one for all). A detector registered in Python (a module named in
-``evaluate.plugins``) is nameable in ``evaluate.methods``.
+``evaluate.plugins``) is nameable in ``evaluate.detectors``.
 
 Scores are higher for more in-distribution and must be finite: a detector that cannot give
 finite scores raises ``DetectorError`` naming the detector, the dataset and the cause.

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import math
 import reprlib
+import sys
 import types
 import typing
 from pathlib import Path
@@ -134,12 +135,14 @@ def parse_dataclass(cls: type, data: Any, path: str):
     """Build ``cls`` from a mapping, rejecting unknown keys and numbers outside a field's
     ``bounds`` metadata (``bounded``; an int field without it: ``INT_BOUNDS``); errors carry
     ``path``. A key that ``cls.REMOVED_KEYS`` (a ClassVar mapping) names is refused with what
-    replaced it."""
+    replaced it; one that ``cls.RENAMED_KEYS`` ({old: new}) names is read as its new name, with
+    a one-line note on stderr."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}expected a mapping of keys to values, got {short(data)}")
+    data = _renamed(data, getattr(cls, "RENAMED_KEYS", {}), path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     removed = getattr(cls, "REMOVED_KEYS", {})  # {key: what replaced it}
@@ -165,6 +168,27 @@ def parse_dataclass(cls: type, data: Any, path: str):
         return cls(**kwargs)
     except ConfigError as err:
         raise ConfigError(f"{path}.{err}") from None
+
+
+def _renamed(data: dict, renamed: dict[str, str], path: str) -> dict:
+    """``data`` with each old key of ``renamed`` ({old: new}) given the new name, saying so on
+    stderr in one line; an old key given beside its new name is refused, naming both."""
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        old_path, new_path = f"{path}.{old}".lstrip("."), f"{path}.{new}".lstrip(".")
+        if new in data:
+            raise ConfigError(
+                f"{path}.{old}: the old name of {new_path}, which is given too; "
+                f"give only {new_path}"
+            )
+        print(
+            f"note: {old_path} is now {new_path} (read as it; rename it in your config)",
+            file=sys.stderr,
+            flush=True,
+        )
+        data = {new if key == old else key: value for key, value in data.items()}
+    return data
 
 
 MAX_YAML_NODES = 100_000  # nodes of a YAML file with every alias expanded where it is used

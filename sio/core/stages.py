@@ -33,11 +33,20 @@ class StageDefinition:
     ``definition`` (plain JSON data: the resolved config section and the input checksums),
     ``resumable`` (dotted paths in it whose change the work adapts to, its output unchanged:
     the stage resumes or keeps its folder) and ``defaults`` (``{section: {field: default}}``:
-    what a ``stage.json`` written before a field existed was made with)."""
+    what a ``stage.json`` written before a field existed was made with; ``FormerKey(old)`` for
+    a field renamed since, which such a file holds under its old name)."""
 
     definition: dict
     resumable: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FormerKey:
+    """A ``defaults`` entry for a renamed field: a ``stage.json`` written before the rename
+    holds the field's value under ``name``."""
+
+    name: str
 
 
 def with_defaults(previous: dict, defaults: dict) -> dict:
@@ -52,8 +61,13 @@ def with_defaults(previous: dict, defaults: dict) -> dict:
 
 
 def _fill(recorded: dict, defaults: dict) -> dict:
-    """``recorded`` with the keys it lacks from ``defaults``, nested mappings filled alike."""
-    filled = {**defaults, **recorded}
+    """``recorded`` with the keys it lacks from ``defaults``, nested mappings filled alike; a
+    field it holds under its ``FormerKey`` name takes its new name."""
+    recorded = dict(recorded)
+    for key, value in defaults.items():
+        if isinstance(value, FormerKey) and key not in recorded and value.name in recorded:
+            recorded[key] = recorded.pop(value.name)
+    filled = {k: v for k, v in defaults.items() if not isinstance(v, FormerKey)} | recorded
     for key, value in defaults.items():
         if isinstance(value, dict) and isinstance(recorded.get(key), dict):
             filled[key] = _fill(recorded[key], value)

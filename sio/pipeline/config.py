@@ -129,14 +129,15 @@ def check_references(config: PipelineConfig) -> None:
     """Every name and path of ``config``, checked before any stage runs, against the stages'
     registries (imported here, not when the file is parsed for a field or two): detectors,
     training methods, models, benchmarks and their dataset paths, generator folders, FID
-    weights and the shard sets of OE and PixMix. Errors name the field (``evaluate.methods[2]:
+    weights and the shard sets of OE and PixMix. Errors name the field (``evaluate.detectors[2]:
     unknown detector 'mps'; known: ...``); ``load_pipeline`` adds the file."""
     from sio.evaluate import DETECTORS
     from sio.shards import check_shard_config
     from sio.train import BACKBONES, METHODS, method_inputs
 
-    for i, name in enumerate(config.evaluate.methods):
-        _check(name in DETECTORS, f"evaluate.methods[{i}]", _unknown("detector", name, DETECTORS))
+    for i, name in enumerate(config.evaluate.detectors):
+        where = f"evaluate.detectors[{i}]"
+        _check(name in DETECTORS, where, _unknown("detector", name, DETECTORS))
     train = config.train
     _check(
         train.method in METHODS, "train.method", _unknown("training method", train.method, METHODS)

@@ -39,8 +39,8 @@ def point_stats(runs: list[StudyRun], root: Path) -> dict:
     (arm,) = aggregate_runs([load_run(root / r.evaluate) for r in runs]).values()
     stats = {"id_acc": arm["id_acc"], "seeds": arm["seeds"]}
     for group in ("near", "far"):
-        per_method = [m[group]["mean"]["auroc"]["values"] for m in arm["methods"].values()]
-        stats[group] = mean_std(np.mean(per_method, axis=0))
+        per_detector = [d[group]["mean"]["auroc"]["values"] for d in arm["metrics"].values()]
+        stats[group] = mean_std(np.mean(per_detector, axis=0))
     return stats
 
 
