@@ -199,6 +199,7 @@ TRAIN_OVERRIDES = {
     "lr": click.FloatRange(min=0, min_open=True),
     "ema_decay": click.FloatRange(0, 1, max_open=True),
     "seed": field_range(DDPMTrainConfig, "seed"),
+    "min_snr_gamma": click.FloatRange(min=0),
     "log_every": field_range(DDPMTrainConfig, "log_every"),
     "checkpoint_every": field_range(DDPMTrainConfig, "checkpoint_every"),
 }

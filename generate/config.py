@@ -32,6 +32,9 @@ class DDPMTrainConfig:
     lr: float = 2e-3
     ema_decay: float = 0.995
     seed: int = 0
+    # Min-SNR-gamma loss weighting (Hang et al., ICCV 2023): each sample's noise MSE weighted by
+    # min(SNR(t), gamma) / SNR(t), so the easy low-noise steps stop dominating; 0: plain MSE
+    min_snr_gamma: float = bounded(0, 1e6, default=0.0)
     log_every: int = bounded(1, 2**31 - 1, default=50)
     checkpoint_every: int = bounded(0, 2**31 - 1, default=500)
 
@@ -39,12 +42,16 @@ class DDPMTrainConfig:
         _check(self.steps > 0, "steps", "must be positive")
         _check(self.batch_size > 0, "batch_size", "must be positive")
         _check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        _check(self.min_snr_gamma >= 0, "min_snr_gamma", "must be >= 0 (0: plain MSE)")
         _check(self.log_every > 0, "log_every", "must be positive")
         _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: never)")
 
 
 # generator.train fields that change no byte of the trained weights
 TRAIN_BYTE_NEUTRAL = ("log_every", "checkpoint_every")
+# generator.train fields added since weights were first recorded, with the default they were
+# trained with: left out of a training's definition while at it
+TRAIN_ADDED = {"min_snr_gamma": 0.0}
 # generate settings of the writing process alone (no byte of any shard depends on them)
 PROCESS_ONLY = ("encode_threads",)
 # settings of a generation job that change no byte of a shard: a resume may change them

@@ -9,6 +9,7 @@ from sio.core.config import to_dict
 from sio.core.stages import StageDefinition
 from sio.generate.config import (
     BYTE_NEUTRAL,
+    TRAIN_ADDED,
     TRAIN_BYTE_NEUTRAL,
     FidConfig,
     GenerateConfig,
@@ -23,6 +24,9 @@ def training_definition(config: GeneratorConfig) -> dict:
     train = to_dict(config.train)
     for key in TRAIN_BYTE_NEUTRAL:
         train.pop(key, None)
+    for key, default in TRAIN_ADDED.items():  # weights trained before it existed had its default
+        if train[key] == default:
+            del train[key]
     return {"model": to_dict(config.model), "train": train}
 
 

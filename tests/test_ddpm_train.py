@@ -229,3 +229,39 @@ def test_single_process_generate_output(tmp_path):
     steps = [line["step"] for line in log_lines(gen.parent / "ddpm.training")]
     assert steps == [3, 6]
     assert f"{tmp_path / 'syn'}: 4 images in 1 shards" in done.stdout
+
+
+def test_min_snr_weights_each_sample_by_its_timestep(tmp_path, monkeypatch):
+    """gamma > 0 weights sample i's noise MSE by min(SNR(t_i), gamma) / SNR(t_i), computed here
+    in float64 from the scheduler's alpha_bar; gamma = 0 is the plain MSE of the weights
+    trained before the field existed (same definition, same bytes)."""
+    from sio.generate.ddpm import train as ddpm_train
+    from sio.generate.stage import training_definition
+
+    real = real_set(tmp_path / "real")
+    images, labels = (torch.cat(parts) for parts in zip(*iter_batches(real, 100), strict=True))
+    names = read_manifest(real).class_names
+    weighted = dataclasses.replace(CONFIG, train=dataclasses.replace(TRAIN, min_snr_gamma=5.0))
+    plan, state = ddpm_train.make_plan(images, labels, names, weighted, "cpu")
+    t = torch.tensor([0, 10, 100, 400, 999])
+    alpha_bar = plan.scheduler.alphas_cumprod.double()[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr
+    got = ddpm_train._min_snr_weights(plan, t, 5.0).double()
+    assert torch.allclose(got, expected, rtol=1e-6)
+    assert got[0] < 0.01 and got[-1] == 1.0  # the near-clean step counts least; noisy ones fully
+
+    seen = []
+    real_weights = ddpm_train._min_snr_weights
+    monkeypatch.setattr(
+        ddpm_train, "_min_snr_weights", lambda *a: seen.append(a[1]) or real_weights(*a)
+    )
+    trained = {
+        g: train_ddpm(images, labels, names, c, "cpu") for g, c in ((5, weighted), (0, CONFIG))
+    }
+    assert len(seen) == TRAIN.steps  # every step of the gamma = 5 training, none of the other's
+    state_5, state_0 = (trained[g].unet.state_dict() for g in (5, 0))
+    assert any(not torch.equal(state_5[k], state_0[k]) for k in state_0)
+
+    assert "min_snr_gamma" not in training_definition(CONFIG)["train"]
+    assert training_definition(weighted)["train"]["min_snr_gamma"] == 5.0

@@ -1,9 +1,11 @@
 """Training the built-in conditional DDPM on a real shard set (images held in memory).
 
 Loss: MSE between the noise and the UNet's prediction at a uniformly drawn timestep (Ho et al.
-2020), with labels dropped to the null class with probability ``label_dropout`` so that the same
-network also predicts unconditionally (classifier-free guidance). The weights saved are an
-exponential moving average of the trained ones.
+2020), each sample weighted by min(SNR, gamma) / SNR with ``train.min_snr_gamma`` (Hang et al.
+2023: faster convergence; 0 = unweighted), with labels dropped to the null class with
+probability ``label_dropout`` so that the same network also predicts unconditionally
+(classifier-free guidance). The weights saved are an exponential moving average of the trained
+ones.
 
 Given a training ``folder``, the training writes ``log.jsonl`` there (a flat JSON line every
 ``train.log_every`` steps and at the end: ``step``, ``loss`` = the mean over those steps, ``lr``,
@@ -209,7 +211,13 @@ def train_step(plan: DDPMPlan, state: DDPMState) -> float:
     timesteps = plan.scheduler.config.num_train_timesteps
     t = torch.randint(timesteps, (len(y),), generator=generator).to(device)
     x_t = plan.scheduler.add_noise(x0, noise, t)
-    loss = F.mse_loss(state.unet(x_t, t, class_labels=y).sample, noise)
+    prediction = state.unet(x_t, t, class_labels=y).sample
+    if train.min_snr_gamma:
+        loss = (
+            _min_snr_weights(plan, t, train.min_snr_gamma) * _sample_mse(prediction, noise)
+        ).mean()
+    else:
+        loss = F.mse_loss(prediction, noise)
     lr = train.lr * plan.lr_factor(state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
@@ -223,6 +231,18 @@ def train_step(plan: DDPMPlan, state: DDPMState) -> float:
     state.window += 1
     state.step += 1
     return lr
+
+
+def _sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (prediction - target).pow(2).flatten(1).mean(1)
+
+
+def _min_snr_weights(plan: DDPMPlan, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR(t), gamma) / SNR(t) per sample, SNR = alpha_bar / (1 - alpha_bar) (Hang et al.
+    2023, for a noise-predicting network)."""
+    alpha_bar = plan.scheduler.alphas_cumprod.to(t.device)[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
 
 
 def log_line(plan: DDPMPlan, state: DDPMState, lr: float, images_per_s: float) -> dict:
