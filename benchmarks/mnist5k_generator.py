@@ -17,6 +17,11 @@ gives the variant: ``model`` (DDPMModelConfig fields), ``train`` (DDPMTrainConfi
 ``constant``: the warm-up, then the base rate, to read one curve over many step counts).
 One JSON line per judged step goes to WORK/NAME.jsonl and the EMA weights to
 WORK/NAME-ema-STEP.pt. Run two variants at once with THREADS 1 each on a 2-core machine.
+
+    python benchmarks/mnist5k_generator.py weights WEIGHTS JUDGE THREADS 'JSON'
+
+judges trained weights (a DDPM folder, e.g. ``sio run``'s generator/ddpm/weights) under each
+sampler of JSON ({name: SamplerConfig fields}) the same way, one JSON line per sampler.
 """
 
 from __future__ import annotations
@@ -65,9 +70,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
 
 
 def judged(plan, state, samplers: dict, classifier, names) -> dict:
-    """Per sampler: overall and per-class agreement of PER_CLASS images per class."""
-    labels = torch.arange(len(names)).repeat_interleave(PER_CLASS)
-    seeds = list(range(len(labels)))
+    """Per sampler: the agreement of the training's EMA weights (``agreement``)."""
     out = {}
     for key, settings in samplers.items():
         generator = DDPMGenerator(
@@ -79,20 +82,37 @@ def judged(plan, state, samplers: dict, classifier, names) -> dict:
             null_class=len(names),
             sampler=SamplerConfig(**settings),
         )
-        images = torch.cat(
-            [generator.sample_seeds(labels[i : i + 150], seeds[i : i + 150])
-             for i in range(0, len(labels), 150)]
-        )  # fmt: skip
-        _, probs = judge_batch(classifier, images)
-        hits = (probs.argmax(1) == labels).float().view(len(names), PER_CLASS).mean(1)
-        out[key] = {
-            "overall": hits.mean().item(),
-            "per_class": [round(v, 3) for v in hits.tolist()],
-        }
+        out[key] = agreement(generator, classifier, len(names))
     return out
 
 
+def agreement(generator, classifier, num_classes: int) -> dict:
+    """Overall and per-class agreement of PER_CLASS images per class, image i seeded by i."""
+    labels = torch.arange(num_classes).repeat_interleave(PER_CLASS)
+    seeds = list(range(len(labels)))
+    images = torch.cat(
+        [generator.sample_seeds(labels[i : i + 150], seeds[i : i + 150])
+         for i in range(0, len(labels), 150)]
+    )  # fmt: skip
+    _, probs = judge_batch(classifier, images)
+    hits = (probs.argmax(1) == labels).float().view(num_classes, PER_CLASS).mean(1)
+    return {"overall": hits.mean().item(), "per_class": [round(v, 3) for v in hits.tolist()]}
+
+
+def judge_weights(weights: Path, judge: Path, samplers: dict) -> None:
+    """``weights`` (a trained DDPM folder) judged under each sampler: one JSON line each."""
+    classifier, _ = load_classifier(judge)
+    for key, settings in samplers.items():
+        generator = DDPMGenerator.from_pretrained(weights, sampler=SamplerConfig(**settings))
+        line = {"weights": str(weights), "sampler": key, "settings": settings}
+        print(json.dumps({**line, **agreement(generator, classifier, generator.num_classes)}))
+
+
 def main() -> None:
+    if sys.argv[1] == "weights":  # weights WEIGHTS JUDGE THREADS 'JSON samplers'
+        torch.set_num_threads(int(sys.argv[4]))
+        judge_weights(Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5]))
+        return
     work, name, threads, spec = (
         Path(sys.argv[1]),
         sys.argv[2],
