@@ -84,7 +84,9 @@ from sio.core.lock import hold_folder
     default=None,
     help="Comma-separated detectors, e.g. msp,ebo,knn (default: the config's evaluate.detectors).",
 )
-@click.option("--methods", "old_detectors", default=None, hidden=True)  # --detectors' old name
+@click.option(
+    "--methods", "old_detectors", default=None, hidden=True, help="The old name of --detectors."
+)
 @click.option(
     "--fpr-convention",
     type=click.Choice(["id", "ood"]),
