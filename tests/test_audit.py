@@ -87,16 +87,21 @@ def train_classifier(real_images: torch.Tensor, labels: torch.Tensor, path):
     return path
 
 
+def real_and_judge(root) -> tuple:
+    """(a real set of the brightness classes, the checkpoint of a classifier trained on it)."""
+    from sio.shardset import iter_batches
+
+    real = write_set(root / "real", "real", per_class=40, seed=0)
+    ((images, labels),) = list(iter_batches(real, 1000))
+    return real, train_classifier(images, labels, root / "judge" / "checkpoint.pt")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A real set, a classifier trained on it, a good synthetic set and one whose class 'dark'
     is noise."""
-    from sio.shardset import iter_batches
-
     root = tmp_path_factory.mktemp("audit")
-    real = write_set(root / "real", "real", per_class=40, seed=0)
-    ((images, labels),) = list(iter_batches(real, 1000))
-    judge = train_classifier(images, labels, root / "judge" / "checkpoint.pt")
+    real, judge = real_and_judge(root)
     good = write_set(root / "good", "synthetic", per_class=30, seed=1)
     bad = write_set(root / "bad", "synthetic", per_class=30, seed=2, noise_class=NOISE_CLASS)
     return SimpleNamespace(root=root, real=real, judge=judge, good=good, bad=bad)
@@ -209,14 +214,20 @@ def warning_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("WARNING: generator")]
 
 
-@pytest.fixture()
-def brightness_generator(tmp_path, monkeypatch):
-    folder = tmp_path / "brightness"
+def install_generator(folder, monkeypatch, kind=None):
+    """``folder`` with stand-in weights, from which the ``ddpm`` loader gives a ``kind``
+    (default BrightnessGenerator) for the rest of the test."""
+    kind = kind or BrightnessGenerator
     folder.mkdir()
     (folder / "weights.pt").write_bytes(b"stand-in weights")
-    loader = lambda path, config, device, size: BrightnessGenerator(folder / "weights.pt")  # noqa: E731
+    loader = lambda path, config, device, size: kind(folder / "weights.pt")  # noqa: E731
     monkeypatch.setitem(GENERATORS._entries, "ddpm", loader)
     return folder
+
+
+@pytest.fixture()
+def brightness_generator(tmp_path, monkeypatch):
+    return install_generator(tmp_path / "brightness", monkeypatch)
 
 
 def generate(world, tmp_path, generator_dir, audit_section=None):

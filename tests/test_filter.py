@@ -16,11 +16,10 @@ import yaml
 from sio.generate import generate_shard_set
 from sio.generate.config import GenerateConfig, GeneratorConfig, LabelConfig
 from sio.generate.quality import read_quality
-from sio.generate.registry import GENERATORS
 from sio.shardset import iter_samples, read_manifest
 from sio.train import load_classifier
 
-from .test_audit import BrightnessGenerator, invoke, train_classifier, write_set
+from .test_audit import BrightnessGenerator, install_generator, invoke, real_and_judge
 
 NOISY = 0  # class 'dark': a seeded share of its images look like class 'light'
 LIGHT = 2
@@ -48,23 +47,14 @@ class HalfNoiseGenerator(BrightnessGenerator):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from sio.shardset import iter_batches
-
     root = tmp_path_factory.mktemp("filter")
-    real = write_set(root / "real", "real", per_class=40, seed=0)
-    ((images, labels),) = list(iter_batches(real, 1000))
-    judge = train_classifier(images, labels, root / "judge" / "checkpoint.pt")
+    real, judge = real_and_judge(root)
     return SimpleNamespace(root=root, real=real, judge=judge)
 
 
 @pytest.fixture()
 def generator_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "half-noise"
-    folder.mkdir()
-    (folder / "weights.pt").write_bytes(b"stand-in weights")
-    loader = lambda path, config, device, size: HalfNoiseGenerator(folder / "weights.pt")  # noqa: E731
-    monkeypatch.setitem(GENERATORS._entries, "ddpm", loader)
-    return folder
+    return install_generator(tmp_path / "half-noise", monkeypatch, HalfNoiseGenerator)
 
 
 def generate_cli(world, tmp_path, generator_dir, name, labels, *extra):
