@@ -50,8 +50,9 @@
    the machine and the load average.
 
 7. Transfer (``python benchmarks/loader.py transfer [rounds] [num_real]``): what the main
-   process receives through 1 and 2 DataLoader workers, batches sent through the worker's ring
-   of shared slots (today's), each in a new shared segment (``Packed``, before the ring) or
+   process receives through 1 and 2 DataLoader workers, a worker's batches sent several steps
+   an item through its ring of shared slots (today's, ``items``), one step an item through the
+   ring (``OneStep``, before), each in a new shared segment (``Packed``, before the ring) or
    tensor by tensor (``Unpacked``, before that), alternating.
 
 Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
@@ -75,7 +76,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from sio.core.environment import describe_machine
 from sio.shards.samplefiles import natural_images
@@ -87,7 +87,7 @@ from sio.train.loop import StepContext, Steps, train_epoch
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.ring import SlotRing
 from sio.train.sources import LocatedSet
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, StreamLoader
 from sio.train.trainer import Objective, batch_spec, build_objective
 
 BATCH, N_REAL, N_SYN = 128, 102, 26  # alpha = 0.8
@@ -209,9 +209,7 @@ def alpha_pairs(root: Path, pairs: int) -> dict:
             counts = batch_counts(BATCH, alpha)
             spec = batch_spec(real, synthetic, counts, 0, config, method)
             epoch = SharedEpoch(0)
-            loader = DataLoader(
-                MixedBatches(spec, epoch), batch_size=None, num_workers=1, persistent_workers=True
-            )
+            loader = StreamLoader(MixedBatches(spec, epoch), num_workers=1)
             loaders[alpha] = (loader, epoch, StepContext(quota=(spec.n_real, spec.n_syn)))
         rates = {1.0: [], 0.8: []}
         for number in range(pairs + 1):  # the first pair warms up
@@ -258,9 +256,7 @@ def coverage(root: Path) -> dict:
                     shares=(("real", shares), ("synthetic", (0,) * ranks)),
                     cache_dir=str(root / "coverage-cache"),
                 )
-                loader = DataLoader(
-                    MixedBatches(spec, SharedEpoch(0)), batch_size=None, num_workers=workers
-                )
+                loader = StreamLoader(MixedBatches(spec, SharedEpoch(0)), num_workers=workers)
                 for batch in loader:
                     seen.update(batch["ids"]["real"])
             results[f"{ranks} x {workers}"] = len(seen) / COVERAGE_REAL
@@ -336,9 +332,7 @@ def cache_bytes(root: Path) -> dict:
             cache_dir=str(root / "s3-cache"),
         )
         epoch = SharedEpoch(0)
-        loader = DataLoader(
-            MixedBatches(spec, epoch), batch_size=None, num_workers=2, persistent_workers=True
-        )
+        loader = StreamLoader(MixedBatches(spec, epoch), num_workers=2)
         fetched = []
         for number in range(3):
             epoch.set(number)
@@ -358,9 +352,7 @@ def epoch_rates(spec: MixSpec, workers: int, epochs: int = 2) -> list[tuple[floa
     """Per epoch: (wall images/s of the whole epoch through a DataLoader of ``workers``
     persistent workers, 0: in this process; the shard counters summed over its batches)."""
     epoch = SharedEpoch(0)
-    batches = MixedBatches(spec, epoch)
-    if workers:
-        batches = DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=True)
+    batches = StreamLoader(MixedBatches(spec, epoch), num_workers=workers)
     out = []
     for number in range(epochs):
         epoch.set(number)
@@ -552,8 +544,7 @@ def sio_loader(path: str, workers: int, sets: dict, resident_sets: dict, cache: 
     if path == "resident":
         counts = {"real": (N_REAL,), "synthetic": (N_SYN,)}
         return ResidentBatches(spec, SharedEpoch(0), resident_sets, counts)
-    batches = MixedBatches(spec, SharedEpoch(0))
-    return DataLoader(batches, batch_size=None, num_workers=workers) if workers else batches
+    return StreamLoader(MixedBatches(spec, SharedEpoch(0)), num_workers=workers)
 
 
 SIO_PATHS = ("png", "records", "resident")
@@ -696,18 +687,26 @@ def report_peers(results: list[dict], num_real: int, versions, prepared, load) -
 
 class _AsIs:
     @staticmethod
-    def pack(batch: dict) -> dict:
-        return batch
+    def pack(batches: list[dict]) -> list[dict]:
+        return batches
 
 
-class Unpacked(MixedBatches):
+class OneStep(MixedBatches):
+    """MixedBatches as a worker sent them before items of several steps: one batch an item,
+    through the worker's ring."""
+
+    def steps_per_item(self, num_steps: int, num_workers: int) -> int:
+        return 1
+
+
+class Unpacked(OneStep):
     """MixedBatches as a worker sent them before issue 25: each tensor shared on its own."""
 
     def ring(self):
         return _AsIs()
 
 
-class Packed(MixedBatches):
+class Packed(OneStep):
     """MixedBatches as a worker sent them before the ring: each batch's tensors in one new
     shared segment, its descriptor passed with every batch (a fresh ring per batch)."""
 
@@ -724,9 +723,7 @@ def children_cpu() -> float:
 def transfer_measure(kind, spec: MixSpec, workers: int) -> dict:
     """images/s the main process receives, and CPU microseconds per batch of the main process
     (all its threads) and of the workers (their whole lives, shut down and reaped here)."""
-    batches = kind(spec, SharedEpoch(0))
-    if workers:
-        batches = DataLoader(batches, batch_size=None, num_workers=workers)
+    batches = StreamLoader(kind(spec, SharedEpoch(0)), num_workers=workers)
     before = children_cpu()
     wall, cpu, images = timed(batches, 10)
     del batches
@@ -739,7 +736,7 @@ def transfer_measure(kind, spec: MixSpec, workers: int) -> dict:
     }
 
 
-TRANSFER_KINDS = {"ring": MixedBatches, "packed": Packed, "unpacked": Unpacked}
+TRANSFER_KINDS = {"items": MixedBatches, "ring": OneStep, "packed": Packed, "unpacked": Unpacked}
 
 
 def transfer_only(rounds: int, num_real: int, steps: int = 300) -> None:
@@ -812,16 +809,24 @@ def report_transfer(measured: dict, num_real: int, steps: int, rounds: int, load
     lines.append("")
     for encoding in ("records", "png"):
         for workers in (1, 2):
-            ring = measured[f"{encoding}, ring, {workers} workers"]
-            for name in ("packed", "unpacked"):
+            items = measured[f"{encoding}, items, {workers} workers"]
+            for name in ("ring", "packed", "unpacked"):
                 other = measured[f"{encoding}, {name}, {workers} workers"]
-                ratio = statistics.median(
-                    a["main_cpu_us"] / b["main_cpu_us"] for a, b in zip(ring, other, strict=True)
-                )
-                lines.append(
-                    f"{encoding}, {workers} workers: main process CPU per batch, ring / {name}: "
-                    f"{ratio:.2f} (median of rounds)"
-                )
+                for field in ("main_cpu_us", "worker_cpu_us"):
+                    ratio = statistics.median(
+                        a[field] / b[field] for a, b in zip(items, other, strict=True)
+                    )
+                    lines.append(
+                        f"{encoding}, {workers} workers: {field}, items / {name}: "
+                        f"{ratio:.2f} (median of rounds)"
+                    )
+        for name in TRANSFER_KINDS:
+            one, two = (
+                [m["images_per_s"] for m in measured[f"{encoding}, {name}, {w} workers"]]
+                for w in (1, 2)
+            )
+            ratio = statistics.median(b / a for a, b in zip(one, two, strict=True))
+            lines.append(f"{encoding}, {name}: 2 / 1 workers, images/s received: {ratio:.2f}")
     print("\n".join(lines))
     save_section("transfer", {"measured": measured, "load_average": load, "steps": steps})
 

@@ -68,6 +68,7 @@ import torch
 from torch.utils.data import DataLoader
 import loader
 from sio.train.resident import ResidentBatches
+from sio.train import stream
 from sio.train.stream import MixedBatches, SharedEpoch
 STEPS, WARMUP = 300, 12
 PATHS = [("resident", 0), ("records", 0), ("png", 0), ("records", 1), ("records", 2),
@@ -92,7 +93,9 @@ with tempfile.TemporaryDirectory() as scratch:
             batches = ResidentBatches(spec, SharedEpoch(0), resident, counts)
         else:
             batches = MixedBatches(spec, SharedEpoch(0))
-            if workers:
+            if workers and hasattr(stream, "StreamLoader"):  # items of several steps
+                batches = stream.StreamLoader(batches, num_workers=workers)
+            elif workers:
                 batches = DataLoader(batches, batch_size=None, num_workers=workers)
         wall, cpu, images = loader.timed(batches, WARMUP)
         return images / wall, images / cpu

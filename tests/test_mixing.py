@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from sio.train.mixing import batch_counts, rank_share, steps_per_epoch, worker_steps
+from sio.train.mixing import batch_counts, rank_share, steps_per_epoch, worker_groups
 
 ALPHAS = ["0", "0.05", "0.1", "0.25", "0.29", "0.3", "1/3", "0.5", "0.57", "0.7", "0.8"]
 ALPHAS += ["0.9", "0.95", "0.99", "2/3", "1"]
@@ -91,31 +91,32 @@ def test_rank_share_invalid(rank, world):
         rank_share(10, rank, world)
 
 
-def test_worker_steps_partition_and_round_robin():
+def test_worker_groups_partition_and_round_robin():
+    """Over step counts 0..39 (primes, fewer steps than workers), 1..8 workers and items of 1..7
+    steps: every step is produced once, items hold consecutive steps, and a DataLoader taking
+    one item from each worker in turn (worker 0 first, a worker that is done skipped) yields the
+    steps in order."""
     for steps in range(0, 40):
         for workers in range(1, 9):
-            parts = [list(worker_steps(steps, w, workers)) for w in range(workers)]
-            flat = [s for part in parts for s in part]
-            assert sorted(flat) == list(range(steps))
-            assert len(flat) == len(set(flat))
-            # a DataLoader takes one batch from each worker in turn, worker 0 first
-            iters = [iter(p) for p in parts]
-            merged = []
-            while len(merged) < steps:
-                for it in iters:
-                    step = next(it, None)
-                    if step is not None:
-                        merged.append(step)
-            assert merged == list(range(steps)), (steps, workers)
+            for group in range(1, 8):
+                parts = [worker_groups(steps, w, workers, group) for w in range(workers)]
+                items = [item for part in parts for item in part]
+                assert all(len(item) <= group and item.step == 1 for item in items)
+                assert sorted(s for item in items for s in item) == list(range(steps))
+                iters = [iter(p) for p in parts]
+                merged = []
+                while len(merged) < steps:
+                    for it in iters:
+                        merged.extend(next(it, range(0)))
+                assert merged == list(range(steps)), (steps, workers, group)
 
 
-def test_worker_steps_without_workers():
-    assert list(worker_steps(5, 0, 0)) == [0, 1, 2, 3, 4]
-    assert list(worker_steps(5, 0, 1)) == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError):
-        worker_steps(5, 2, 2)
-    with pytest.raises(ValueError):
-        worker_steps(5, -1, 2)
+def test_worker_groups_without_workers():
+    assert [list(g) for g in worker_groups(5, 0, 0)] == [[0], [1], [2], [3], [4]]
+    assert [list(g) for g in worker_groups(5, 0, 1, 2)] == [[0, 1], [2, 3], [4]]
+    for worker, workers, group in ((2, 2, 1), (-1, 2, 1), (0, 2, 0)):
+        with pytest.raises(ValueError):
+            worker_groups(5, worker, workers, group)
 
 
 def test_steps_per_epoch():

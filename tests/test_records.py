@@ -30,7 +30,7 @@ from sio.train import load_checkpoint, train_classifier
 from sio.train.config import TrainConfig
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import LocatedSet
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, StreamLoader
 
 SYN_BASE = 128  # synthetic image j is the constant 128 + j, real image i the constant i
 
@@ -229,10 +229,7 @@ def values_of(batch):
 
 def test_records_stream_is_exact_through_workers(constant_sets):
     spec = spec_for(constant_sets, "records")
-    loader = torch.utils.data.DataLoader(
-        MixedBatches(spec, SharedEpoch(0)), batch_size=None, num_workers=2
-    )
-    batches = list(loader)
+    batches = list(StreamLoader(MixedBatches(spec, SharedEpoch(0)), num_workers=2))
     assert [b["step"] for b in batches] == list(range(7))
     seen = set()
     for batch in batches:

@@ -29,10 +29,17 @@ class Numbered(IterableDataset):
         info = get_worker_info()
         slots = SlotRing()
         for number in range(info.id, BATCHES, info.num_workers):
-            packed = slots.pack(batch_of(number))
-            packed.rest.append(("slots", len(slots.slots)))
-            packed.order.append("slots")
+            packed = slots.pack([batch_of(number)])
+            ((_, rest, order),) = packed.parts
+            rest.append(("slots", len(slots.slots)))
+            order.append("slots")
             yield packed
+
+
+def received(**options):
+    """The batches a DataLoader of ``Numbered`` delivers (each item a list of one batch)."""
+    for item in DataLoader(Numbered(), batch_size=None, **options):
+        yield from item
 
 
 def same(got: dict, number: int) -> bool:
@@ -48,7 +55,7 @@ def same(got: dict, number: int) -> bool:
 def test_held_batches_stay_intact_and_slots_grow_only_while_held():
     """Keeping every batch: each stays bitwise what was sent (a held slot is never reused), so
     the ring grows to one slot per batch."""
-    kept = list(DataLoader(Numbered(), batch_size=None, num_workers=2))
+    kept = list(received(num_workers=2))
     assert [b["step"] for b in kept] == list(range(BATCHES))
     assert all(same(batch, number) for number, batch in enumerate(kept))
     assert max(b["slots"] for b in kept) == BATCHES // 2
@@ -58,7 +65,7 @@ def test_a_dropped_batch_frees_its_slot_for_the_next():
     """Dropping each batch before the next: a worker needs no more slots than the batches in
     flight (the DataLoader's prefetch of 2, the one held, the one being written)."""
     slots, steps = [], []
-    for batch in DataLoader(Numbered(), batch_size=None, num_workers=2, prefetch_factor=2):
+    for batch in received(num_workers=2, prefetch_factor=2):
         assert same(batch, batch["step"])
         slots.append(batch["slots"])
         steps.append(batch["step"])
@@ -70,7 +77,7 @@ def test_the_main_process_maps_a_slot_once():
     """After a slot's first use only its number crosses the queue: the main process's map of
     the worker's slots holds as many entries as the worker has slots."""
     ring._MAPPED.clear()
-    for batch in DataLoader(Numbered(), batch_size=None, num_workers=1, prefetch_factor=2):
+    for batch in received(num_workers=1, prefetch_factor=2):
         last = batch["slots"]
     (mapped,) = ring._MAPPED.values()
     assert len(mapped) == last <= 4

@@ -367,28 +367,38 @@ def test_a_composed_batch_is_its_parts_augmented_then_composed(
             assert torch.equal(stream.batch(step)["images"], expected), (seed, step)
 
 
-def test_a_batch_sent_through_a_slot_arrives_as_the_same_dict():
-    """A worker sends its batch through a slot of its ring (its tensors in one shared slot);
-    what arrives is the same dict: keys in order, each tensor of its dtype, shape, strides and
-    bytes, the rest as it was (a non-contiguous tensor travels on its own)."""
-    batch = {
-        "labels": torch.arange(7),
-        "is_synthetic": torch.tensor([True, False] * 3 + [True]),
-        "step": 3,
-        "ids": {"real": ["a", "b"], "synthetic": ["c"]},
-        "images": torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8),
+def batch_of_kinds(step: int) -> dict:
+    """A batch with every kind of value a worker sends (sizes vary with ``step``)."""
+    count = 7 + step % 3
+    return {
+        "labels": torch.arange(count) + step,
+        "is_synthetic": torch.arange(count) % 2 == 0,
+        "step": step,
+        "ids": {"real": ["a", "b"], "synthetic": [f"c{step}"]},
+        "images": torch.randint(0, 256, (count, 3, 5, 5), dtype=torch.uint8),
         "empty": torch.zeros(0, 3, dtype=torch.float16),
-        "mix": torch.rand(3, dtype=torch.float64),
+        "mix": torch.rand(step + 1, dtype=torch.float64),
         "transposed": torch.ones(2, 3).t(),
         "faults": [],
     }
-    back = pickle.loads(pickle.dumps(SlotRing().pack(batch)))
-    assert list(back) == list(batch)
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            got = back[key]
-            assert (got.dtype, got.shape) == (value.dtype, value.shape), key
-            assert got.stride() == value.stride(), key
-            assert torch.equal(got, value), key
-        else:
-            assert back[key] == value, key
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_batches_sent_through_a_slot_arrive_as_the_same_dicts(steps):
+    """A worker sends an item of one or several steps' batches through a slot of its ring
+    (their tensors in one shared slot); what arrives is the same dicts in order: keys in order,
+    each tensor of its dtype, shape, strides and bytes, the rest as it was (a non-contiguous
+    tensor travels on its own)."""
+    sent = [batch_of_kinds(step) for step in range(steps)]
+    arrived = pickle.loads(pickle.dumps(SlotRing().pack(sent)))
+    assert len(arrived) == steps
+    for batch, back in zip(sent, arrived, strict=True):
+        assert list(back) == list(batch)
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                got = back[key]
+                assert (got.dtype, got.shape) == (value.dtype, value.shape), key
+                assert got.stride() == value.stride(), key
+                assert torch.equal(got, value), key
+            else:
+                assert back[key] == value, key

@@ -19,7 +19,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "batch_counts",
             "rank_share",
             "steps_per_epoch",
-            "worker_steps",
+            "worker_groups",
         ),
         "sio.train.models": ("BACKBONES", "HEADS", "Classifier", "build_classifier"),
         "sio.train.checkpoint": (

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 
-from torch.utils.data import DataLoader
-
 from sio.shardset import ShardError
 from sio.train.distributed import World
 from sio.train.mixing import rank_share, steps_per_epoch
 from sio.train.resident import ResidentBatches, load_resident
 from sio.train.sources import LocatedSet, open_extras, open_synthetic
-from sio.train.stream import Fetcher, MixedBatches, MixSpec, SharedEpoch
+from sio.train.stream import Fetcher, MixedBatches, MixSpec, SharedEpoch, StreamLoader
 
 
 def _shares(total: int, world: World) -> tuple[int, ...]:
@@ -135,10 +133,5 @@ def loader(plan, method, position: SharedEpoch):
             for name, source in plan.sources.items()
         }
         return ResidentBatches(spec, position, sets, {name: plan.shares[name] for name in sets})
-    return DataLoader(
-        MixedBatches(spec, position),
-        batch_size=None,
-        num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
-        pin_memory=str(plan.device).startswith("cuda"),
-    )
+    pin_memory = str(plan.device).startswith("cuda")
+    return StreamLoader(MixedBatches(spec, position), config.num_workers, pin_memory)

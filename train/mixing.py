@@ -5,7 +5,7 @@ sources by probability: ``n_real = int(B * alpha)`` and ``n_syn = B - n_real`` (
 B = 128, alpha = 0.8). Under data parallelism the *global* quota is split over ranks, so the
 global batch keeps exactly that composition. An epoch is ``ceil(N_real / B)`` steps (SIO's epoch,
 the same as real-only training), and the steps of an epoch are dealt to DataLoader workers in
-turn, so the order of batches never depends on worker timing.
+turn, a few consecutive steps an item, so the order of batches never depends on worker timing.
 """
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ def steps_per_epoch(num_real: int, batch_size: int) -> int:
     return math.ceil(num_real / batch_size)
 
 
-def worker_steps(num_steps: int, worker: int, num_workers: int) -> range:
-    """The steps of an epoch that worker ``worker`` produces; a DataLoader's round-robin over
-    workers then yields them in order 0, 1, 2, ..."""
+def worker_groups(num_steps: int, worker: int, num_workers: int, group: int = 1) -> list[range]:
+    """The steps of an epoch that worker ``worker`` produces, in items of ``group`` consecutive
+    steps (the last one shorter): items are dealt to workers in turn, so a DataLoader's
+    round-robin over workers yields steps 0, 1, 2, ... in order."""
     if not 0 <= worker < max(1, num_workers):
         raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
-    return range(worker, num_steps, max(1, num_workers))
+    if group < 1:
+        raise ValueError(f"group must be >= 1, got {group}")
+    starts = range(worker * group, num_steps, max(1, num_workers) * group)
+    return [range(start, min(start + group, num_steps)) for start in starts]

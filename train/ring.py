@@ -4,18 +4,20 @@ Sent as it is, each tensor of a batch is moved into a new shared-memory segment 
 descriptor handed over through the worker's descriptor-passing thread: the main process opens a
 connection (with multiprocessing's handshake) and maps a segment per tensor and batch, which on
 a small machine costs it more than the worker spends making the batch. Here a worker owns a few
-shared slots (``SlotRing``) and writes each batch's top-level contiguous CPU tensors into a free
-one (the one copy sharing made anyway). The main process is sent a slot's segment once, the
-first time the slot is used, and keeps it mapped; after that only (worker, slot, layout) and
-the batch's small values cross the DataLoader's queue. Unpickled, a ``SlotBatch`` is the same
-dict again (keys in order, each tensor a view of the slot of its dtype and shape, bitwise
-equal).
+shared slots (``SlotRing``) and writes an item's top-level contiguous CPU tensors into a free
+one (the one copy sharing made anyway); an item is one batch or several consecutive steps'
+batches (stream.py groups small batches, so the per-item costs of the DataLoader are paid once
+for them). The main process is sent a slot's segment once, the first time the slot is used,
+and keeps it mapped; after that only (worker, slot, layout) and the batches' small values cross
+the DataLoader's queue. Unpickled, a ``SlotBatch`` is the list of the same dicts again (keys in
+order, each tensor a view of the slot of its dtype and shape, bitwise equal).
 
 A slot is busy from the worker's write until the main process drops the last view of that
-batch (a finalizer marks it free in the slot's header); a worker that finds no free slot makes
-a new one, so a consumer that keeps every batch costs what it did before (a segment per batch)
-and nothing ever waits on the consumer. A slot whose batch never arrived (the DataLoader dropped
-what was in flight when an epoch was abandoned) stays busy and is not used again.
+item's batches (a finalizer marks it free in the slot's header); a worker that finds no free
+slot makes a new one, so a consumer that keeps every batch costs what it did before (a segment
+per item) and nothing ever waits on the consumer. A slot whose item never arrived (the
+DataLoader dropped what was in flight when an epoch was abandoned) stays busy and is not used
+again.
 """
 
 from __future__ import annotations
@@ -67,38 +69,44 @@ class SlotRing:
         self.states[-1].value = BUSY
         return len(self.slots) - 1
 
-    def pack(self, batch: dict) -> SlotBatch:
-        """``batch`` with its tensors written into a slot, ready for the DataLoader's queue."""
-        layout, total = [], 0
-        for key, value in batch.items():
-            if _packable(value):
-                start = -(-total // ALIGN) * ALIGN
-                layout.append((key, start, value.dtype, tuple(value.shape)))
-                total = start + value.nbytes
+    def pack(self, batches: list[dict]) -> SlotBatch:
+        """``batches`` (a worker's item: one or several steps' batches) with their tensors
+        written into one slot, ready for the DataLoader's queue."""
+        parts, total = [], 0
+        for batch in batches:
+            layout = []
+            for key, value in batch.items():
+                if _packable(value):
+                    start = -(-total // ALIGN) * ALIGN
+                    layout.append((key, start, value.dtype, tuple(value.shape)))
+                    total = start + value.nbytes
+            packed = {key for key, *_ in layout}
+            rest = [(key, value) for key, value in batch.items() if key not in packed]
+            parts.append((layout, rest, list(batch)))
         index = self._slot(total)
         buffer = torch.empty(0, dtype=torch.uint8).set_(self.slots[index])
-        for key, start, dtype, shape in layout:
-            value = batch[key]
-            at = HEADER + start
-            buffer[at : at + value.nbytes].view(dtype).view(shape).copy_(value)
-        packed = {key for key, *_ in layout}
-        rest = [(key, value) for key, value in batch.items() if key not in packed]
+        for batch, (layout, _, _) in zip(batches, parts, strict=True):
+            for key, start, dtype, shape in layout:
+                value = batch[key]
+                at = HEADER + start
+                buffer[at : at + value.nbytes].view(dtype).view(shape).copy_(value)
         # the slot as a tensor over it: shared by descriptor through the DataLoader's queue
         segment = None if index in self.sent else buffer
         self.sent.add(index)
-        return SlotBatch(self.token, index, segment, total, layout, rest, list(batch))
+        return SlotBatch(self.token, index, segment, total, parts)
 
 
 class SlotBatch:
-    """A batch on its way to the main process: which slot holds its tensors, where."""
+    """A worker's batches on their way to the main process: which slot holds their tensors,
+    and where (``parts``: per batch, its tensors' (key, offset, dtype, shape), its other
+    values and its keys' order)."""
 
-    def __init__(self, token, index, segment, total, layout, rest, order):
+    def __init__(self, token, index, segment, total, parts):
         self.token, self.index, self.segment = token, index, segment
-        self.total, self.layout, self.rest, self.order = total, layout, rest, order
+        self.total, self.parts = total, parts
 
     def __reduce__(self):
-        fields = (self.token, self.index, self.segment, self.total)
-        return _arrived, (*fields, self.layout, self.rest, self.order)
+        return _arrived, (self.token, self.index, self.segment, self.total, self.parts)
 
 
 # the main process's mapped slots: worker token -> slot index -> (storage, its state word)
@@ -135,15 +143,18 @@ def _free(storage: torch.UntypedStorage, state: ctypes.c_int32) -> None:
     state.value = FREE
 
 
-def _arrived(token, index, segment, total, layout, rest, order) -> dict:
-    """The batch a ``SlotBatch`` was made of, its tensors views of the slot; the slot is freed
-    once the last of them is gone."""
+def _arrived(token, index, segment, total, parts) -> list[dict]:
+    """The batches a ``SlotBatch`` was made of, their tensors views of the slot; the slot is
+    freed once the last of them is gone."""
     slot, state = _mapped(token, index, segment)
     view = (ctypes.c_uint8 * max(total, 1)).from_address(slot.data_ptr() + HEADER)
     weakref.finalize(view, _free, slot, state)  # holds the slot until the views are gone
     # the tensors' storage is one over ``view`` (which it keeps alive), each at its offset
     storage = torch.frombuffer(view, dtype=torch.uint8).untyped_storage()
-    items = dict(rest)
-    for key, start, dtype, shape in layout:
-        items[key] = torch.empty(0, dtype=dtype).set_(storage, start // dtype.itemsize, shape)
-    return {key: items[key] for key in order}
+    batches = []
+    for layout, rest, order in parts:
+        items = dict(rest)
+        for key, start, dtype, shape in layout:
+            items[key] = torch.empty(0, dtype=dtype).set_(storage, start // dtype.itemsize, shape)
+        batches.append({key: items[key] for key in order})
+    return batches
