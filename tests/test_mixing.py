@@ -93,9 +93,10 @@ def test_rank_share_invalid(rank, world):
 
 def test_worker_groups_partition_and_round_robin():
     """Over step counts 0..39 (primes, fewer steps than workers), 1..8 workers and items of 1..7
-    steps: every step is produced once, items hold consecutive steps, and a DataLoader taking
-    one item from each worker in turn (worker 0 first, a worker that is done skipped) yields the
-    steps in order."""
+        steps: every step is produced once, items hold consecutive steps, each worker's first item
+    one step (the first batches arrive at once), and a DataLoader taking
+        one item from each worker in turn (worker 0 first, a worker that is done skipped) yields the
+        steps in order."""
     for steps in range(0, 40):
         for workers in range(1, 9):
             for group in range(1, 8):
@@ -103,6 +104,7 @@ def test_worker_groups_partition_and_round_robin():
                 items = [item for part in parts for item in part]
                 assert all(len(item) <= group and item.step == 1 for item in items)
                 assert sorted(s for item in items for s in item) == list(range(steps))
+                assert all(len(part[0]) == 1 for part in parts if part)
                 iters = [iter(p) for p in parts]
                 merged = []
                 while len(merged) < steps:
@@ -113,7 +115,10 @@ def test_worker_groups_partition_and_round_robin():
 
 def test_worker_groups_without_workers():
     assert [list(g) for g in worker_groups(5, 0, 0)] == [[0], [1], [2], [3], [4]]
-    assert [list(g) for g in worker_groups(5, 0, 1, 2)] == [[0, 1], [2, 3], [4]]
+    # up 1, 2, 4, then down to at most half of what is left
+    want = [[0], [1, 2], [3, 4, 5, 6], [7, 8], [9], [10], [11]]
+    assert [list(g) for g in worker_groups(12, 0, 1, 4)] == want
+    assert [list(g) for g in worker_groups(4, 1, 2, 4)] == [[1], [3]]
     for worker, workers, group in ((2, 2, 1), (-1, 2, 1), (0, 2, 0)):
         with pytest.raises(ValueError):
             worker_groups(5, worker, workers, group)

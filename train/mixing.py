@@ -42,12 +42,21 @@ def steps_per_epoch(num_real: int, batch_size: int) -> int:
 
 
 def worker_groups(num_steps: int, worker: int, num_workers: int, group: int = 1) -> list[range]:
-    """The steps of an epoch that worker ``worker`` produces, in items of ``group`` consecutive
-    steps (the last one shorter): items are dealt to workers in turn, so a DataLoader's
+    """The steps of an epoch that worker ``worker`` produces, in items of consecutive steps:
+    the epoch is cut into items of 1, 2, 4, ... steps, up to ``group`` (the sizes doubling
+    after each round of workers, so the first batches arrive as soon as one step is made) and
+    down again near the end (at most a ``2 * num_workers``-th of the steps left, so the workers
+    finish together), and the items are dealt to workers in turn, so a DataLoader's
     round-robin over workers yields steps 0, 1, 2, ... in order."""
     if not 0 <= worker < max(1, num_workers):
         raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
     if group < 1:
         raise ValueError(f"group must be >= 1, got {group}")
-    starts = range(worker * group, num_steps, max(1, num_workers) * group)
-    return [range(start, min(start + group, num_steps)) for start in starts]
+    workers, items, start, index = max(1, num_workers), [], 0, 0
+    while start < num_steps:
+        tail = (num_steps - start) // (2 * workers)
+        size = max(1, min(group, 2 ** (index // workers), tail))
+        if index % workers == worker:
+            items.append(range(start, min(start + size, num_steps)))
+        start, index = start + size, index + 1
+    return items
