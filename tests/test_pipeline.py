@@ -310,9 +310,12 @@ def test_dry_run_time_is_the_measured_time_of_the_same_stages(finished_run):
 
 
 def test_dry_run_time_is_unknown_without_a_rate_measured_on_this_machine(tmp_path):
-    """Nothing measured here: "unknown". A rate measured on another host does not count; one
-    measured here beside this run folder estimates the stages of its kind, the others unknown."""
+    """Nothing measured here: "unknown". A rate measured on another host does not count, nor a
+    generation's rate in images (a sampler's steps are its work); one in network passes measured
+    here beside this run folder estimates the stages of its kind, the others unknown."""
     import socket
+
+    from sio.pipeline.estimate import network_passes
 
     path = write_pipeline(tmp_path)
 
@@ -326,7 +329,13 @@ def test_dry_run_time_is_unknown_without_a_rate_measured_on_this_machine(tmp_pat
     record = {"kind": "generate", "units": 960, "seconds": 10.0, "host": "another-host"}
     (other / "synthetic" / "ddpm" / "complete.json").write_text(json.dumps(record))
     assert last_line().startswith("time: unknown")
-    record["host"] = socket.gethostname()  # 96 images/s, and this run generates 96 images
+    record["host"] = socket.gethostname()  # in images, as before generation counted passes
+    (other / "synthetic" / "ddpm" / "complete.json").write_text(json.dumps(record))
+    assert last_line().startswith("time: unknown")
+    # 96 images/s at this run's sampler, and this run generates 96 images
+    passes = network_passes(load_pipeline(path).generators[0])
+    assert passes > 1  # a diffusion sampler: its steps, not its images, are the work
+    record.update(units=960 * passes, unit="network passes")
     (other / "synthetic" / "ddpm" / "complete.json").write_text(json.dumps(record))
     line = last_line()
     assert line.startswith("time: about 1 s for 1 of the stages to run"), line

@@ -1,11 +1,12 @@
 """A rough time for ``sio run --dry-run``, from the rates this machine measured earlier.
 
 Every stage ``sio run`` completes records, in its ``complete.json``, its wall time, its kind
-(``train``, ``generate``, ...), the work it did in that kind's unit (images for the trainings,
-generation and FID; one for the other stages) and the host. A dry run divides each stage it
-would run by the rate of its kind measured on this host in this run folder and the run folders
-beside it; a stage whose kind was never measured here, or whose amount of work is not known yet
-(a training before the benchmark exists), is counted as unknown, never guessed.
+(``train``, ``generate``, ...), the work it did in that kind's unit (images for the trainings and
+FID; network passes for generation, so a sampler of 50 steps counts 50 times one of 1; one for
+the other stages) and the host. A dry run divides each stage it would run by the rate of its
+kind measured on this host in this run folder and the run folders beside it; a stage whose kind
+was never measured here, or whose amount of work is not known yet (a training before the
+benchmark exists), is counted as unknown, never guessed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from pathlib import Path
 
 from sio.core.stages import COMPLETE_FILE
 
-UNITS = {"train": "images", "train generator": "images", "generate": "images", "fid": "images"}
+UNITS = {
+    "train": "images",
+    "train generator": "images",
+    "generate": "network passes",
+    "fid": "images",
+}
+# a record without its unit was written when every kind counted images (before 2026-12-07)
+FORMER_UNIT = "images"
 RUN_RECORD = "pipeline.resolved.json"  # what marks a folder as a run folder of sio run
 
 
@@ -29,7 +37,27 @@ def stage_kind(label: str) -> str:
 
 def measurement(label: str, units: float | None) -> dict:
     """What a completed stage adds to its ``complete.json`` for later estimates."""
-    return {"kind": stage_kind(label), "units": units, "host": socket.gethostname()}
+    kind = stage_kind(label)
+    unit = UNITS.get(kind, "stage")
+    return {"kind": kind, "units": units, "unit": unit, "host": socket.gethostname()}
+
+
+def network_passes(generator) -> int:
+    """Network passes per image of a generator config (``GeneratorConfig``): a diffusion
+    sampler's steps, twice with classifier-free guidance; 1 for a GAN."""
+    if generator.name == "ddpm":
+        steps, guided = generator.sampler.steps, generator.sampler.guidance != 1.0
+    elif generator.name == "text2image":
+        steps, guided = generator.text2image.steps, generator.text2image.guidance > 1.0
+    else:
+        return 1
+    return steps * (2 if guided else 1)
+
+
+def _counted(record: dict) -> bool:
+    """A record of this host in its kind's unit today (an old one in images is not a pass)."""
+    unit = UNITS.get(record.get("kind"), "stage")
+    return record.get("unit", FORMER_UNIT if record.get("kind") in UNITS else "stage") == unit
 
 
 def run_folders(out: Path) -> list[Path]:
@@ -49,6 +77,8 @@ def measured_rates(folders: list[Path], host: str | None = None) -> dict[str, fl
             for path in folder.glob(f"{depth}/{COMPLETE_FILE}"):
                 record = _record(path)
                 if record.get("host") != host or not _positive(record, "units", "seconds"):
+                    continue
+                if not _counted(record):
                     continue
                 kind = record["kind"]
                 units[kind] = units.get(kind, 0.0) + record["units"]

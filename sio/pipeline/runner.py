@@ -18,7 +18,13 @@ from sio.core.stages import (
 )
 from sio.generate import GeneratorConfig
 from sio.pipeline.config import PipelineConfig
-from sio.pipeline.estimate import Estimate, measured_rates, measurement, run_folders
+from sio.pipeline.estimate import (
+    Estimate,
+    measured_rates,
+    measurement,
+    network_passes,
+    run_folders,
+)
 from sio.shardset import MANIFEST, read_manifest
 from sio.train import CHECKPOINT
 
@@ -212,7 +218,10 @@ class PipelineRun:
             weights_sha = self.fingerprint(weights, weights_fingerprint)
             return generate_stage(job, generator, weights_sha, self.fingerprint(judge))
 
-        self.stage(f"generate {generator.key}", folder, definition, work, units=lambda: num)
+        passes = network_passes(generator)
+        self.stage(
+            f"generate {generator.key}", folder, definition, work, units=lambda: num * passes
+        )
         return folder
 
     def quality(self, key: str, synthetic: Path, judge: Path) -> dict:
