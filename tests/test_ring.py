@@ -81,3 +81,40 @@ def test_the_main_process_maps_a_slot_once():
         last = batch["slots"]
     (mapped,) = ring._MAPPED.values()
     assert len(mapped) == last <= 4
+
+
+class Grouped(IterableDataset):
+    """``BATCHES`` batches in items of ``SIZE`` consecutive ones, one slot an item."""
+
+    SIZE = 4
+
+    def __iter__(self):
+        info = get_worker_info()
+        slots = SlotRing()
+        items = range(info.id, BATCHES // self.SIZE, info.num_workers)
+        for item in items:
+            numbers = range(item * self.SIZE, (item + 1) * self.SIZE)
+            yield slots.pack([{**batch_of(n), "slots": len(slots.slots)} for n in numbers])
+
+
+def test_one_kept_batch_of_an_item_keeps_its_slot_and_stays_intact():
+    """Keeping one batch of each item and dropping the others: every kept batch stays bitwise
+    what was sent (its item's slot is not reused while any of its batches lives), so each
+    worker's ring grows by one slot per item."""
+    kept = []
+    for item in DataLoader(Grouped(), batch_size=None, num_workers=2):
+        assert [b["step"] for b in item] == list(range(item[0]["step"], item[0]["step"] + 4))
+        kept.append(item[2])
+        del item
+    assert [b["step"] for b in kept] == list(range(2, BATCHES, Grouped.SIZE))
+    assert all(same(batch, batch["step"]) for batch in kept)
+    assert max(b["slots"] for b in kept) == BATCHES // Grouped.SIZE // 2 - 1
+
+
+def test_an_item_dropped_whole_frees_its_slot():
+    slots = []
+    for item in DataLoader(Grouped(), batch_size=None, num_workers=2, prefetch_factor=2):
+        assert all(same(batch, batch["step"]) for batch in item)
+        slots.append(max(b["slots"] for b in item))
+        del item
+    assert max(slots) <= 3, slots

@@ -55,7 +55,7 @@ def worker_groups(num_steps: int, worker: int, num_workers: int, group: int = 1)
     workers, items, start, index = max(1, num_workers), [], 0, 0
     while start < num_steps:
         tail = (num_steps - start) // (2 * workers)
-        size = max(1, min(group, 2 ** (index // workers), tail))
+        size = max(1, min(group, 1 << min(index // workers, group.bit_length()), tail))
         if index % workers == worker:
             items.append(range(start, min(start + size, num_steps)))
         start, index = start + size, index + 1

@@ -24,13 +24,14 @@ and its resolved streams: spec.py.
 A corrupt sample, record or shard raises a ShardError naming the URL and member, or with
 ``on_error="skip"`` is replaced by the next readable sample of the same pass and counted: each
 batch carries ``faults`` (kind, key) pairs, which the loop dedupes into the epoch's counts. A
-transport outage is never skipped. In a DataLoader worker an error travels as a batch
-``{"error": message, "traceback": ...}``, so the user sees the message without the worker's
-traceback. Each batch also carries ``ids``: the key of every real and synthetic sample (a
-record's images: their keys in its meta.json), for the trace, and ``keys``, those of its images
-in batch order. A worker sends a batch through its ring of shared slots (ring.py): its tensors
-written into a slot the main process has mapped since the slot's first use, so only a slot
-number and the small values cross the DataLoader's queue.
+transport outage is never skipped. In a DataLoader worker an error travels as the last entry
+of an item, ``{"error": message, "traceback": ...}`` after the item's earlier batches, so the
+user sees the message without the worker's traceback, where one process would stop. Each batch
+also carries ``ids``: the key of every real and synthetic sample (a record's images: their keys
+in its meta.json), for the trace, and ``keys``, those of its images in batch order. A worker
+sends an item (one or a few steps' batches) through its ring of shared slots (ring.py): their
+tensors written into a slot the main process has mapped since the slot's first use, so only a
+slot number and the small values cross the DataLoader's queue.
 
 A training method may add sources (OE's outliers, PixMix's pictures: ``extras``, consumed the
 same way, outside the real/synthetic composition) and a batch ``transform`` (CutMix, PixMix,
@@ -97,7 +98,9 @@ class MixedBatches(IterableDataset):
     ``images`` (uint8, or float in [0, 1] after a PixMix transform), ``labels``,
     ``is_synthetic``, the global ``step``, ``ids``, ``faults``, ``fetched`` (bytes),
     ``shard_reads``, ``shard_decodes`` and ``shard_cached`` (rowcache.Counts), one entry per extra
-    stream and what the transform adds. Use with ``DataLoader(batch_size=None)``."""
+    stream and what the transform adds. In a DataLoader worker each item is a list of a few
+    consecutive steps' batches: use ``StreamLoader`` (or ``checked`` over a
+    ``DataLoader(batch_size=None)``), which gives one batch per step."""
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch):
         super().__init__()
@@ -146,11 +149,13 @@ class MixedBatches(IterableDataset):
         """Consecutive steps a DataLoader worker sends as one item: batches up to ``ITEM_BYTES``
         of images together (the DataLoader's per-item work, ~0.5 ms of a worker's and ~0.3 ms
         of the main process's, is then paid once for them), while every worker still gets
-        an item of the epoch; 1 for batches of large images."""
+        an item of the epoch; 1 for batches of large images. A batch transform may leave float
+        images (PixMix): with one, a pixel counts 4 bytes."""
         spec = self.spec
         height, width = spec.image_size
         samples = spec.n_real + spec.n_syn + sum(count for _, _, count in spec.extras)
-        batch_bytes = max(1, samples) * spec.channels * height * width
+        pixel = 1 if spec.transform is None else 4
+        batch_bytes = max(1, samples) * spec.channels * height * width * pixel
         by_size = min(MAX_STEPS_PER_ITEM, ITEM_BYTES // batch_bytes)
         return max(1, min(by_size, num_steps // max(1, num_workers)))
 
@@ -170,7 +175,7 @@ class MixedBatches(IterableDataset):
             try:
                 for step in steps:
                     batches.append(self.batch(start + step))
-            except (ShardError, TransportError) as error:
+            except (ShardError, TransportError) as error:  # any other: the DataLoader's own way
                 kind = "transport" if isinstance(error, TransportError) else "shard"
                 error_batch = {"error": str(error), "kind": kind}
                 yield [*batches, {**error_batch, "traceback": traceback.format_exc()}]
