@@ -117,4 +117,4 @@ def test_an_item_dropped_whole_frees_its_slot():
         assert all(same(batch, batch["step"]) for batch in item)
         slots.append(max(b["slots"] for b in item))
         del item
-    assert max(slots) <= 3, slots
+    assert max(slots) <= 4, slots  # in flight: the prefetch of 2, the one held, one reordered
