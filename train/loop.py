@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from sio.train.accelerate import Acceleration
 from sio.train.distributed import World, all_max, all_sum, gather
-from sio.train.stream import SKIP_KINDS, raise_worker_error, skip_counts
+from sio.train.stream import SKIP_KINDS, skip_counts
 
 # the shard counters of a batch (rowcache.Counts): summed over steps, workers and ranks
 SHARD_COUNTS = ("shard_reads", "shard_decodes", "shard_cached")
@@ -168,8 +168,6 @@ def composition(batch: dict, context: StepContext) -> tuple[int, int]:
 def train_step(objective, batch: dict, state, context: StepContext) -> None:
     """One optimiser step of ``objective`` (classifier + method, DDP-wrapped under torchrun);
     ``state`` has the ``optimizer``, ``schedule`` and epoch ``totals`` (Steps, TrainState)."""
-    if "error" in batch:
-        raise_worker_error(batch)
     counts = composition(batch, context)
     world = context.world
     if context.trace is not None:

@@ -163,12 +163,11 @@ class MixedBatches(IterableDataset):
         spec = self.spec
         info = get_worker_info()
         epoch, first = self.epoch.get(), self.epoch.first_step
-        start = epoch * spec.steps_per_epoch + first
+        start, num_steps = epoch * spec.steps_per_epoch + first, spec.steps_per_epoch - first
         if info is None:
-            for step in range(spec.steps_per_epoch - first):
+            for step in range(num_steps):
                 yield self.batch(start + step)
             return
-        num_steps = spec.steps_per_epoch - first
         group = self.steps_per_item(num_steps, info.num_workers)
         for steps in worker_groups(num_steps, info.id, info.num_workers, group):
             batches = []
@@ -177,8 +176,8 @@ class MixedBatches(IterableDataset):
                     batches.append(self.batch(start + step))
             except (ShardError, TransportError) as error:  # any other: the DataLoader's own way
                 kind = "transport" if isinstance(error, TransportError) else "shard"
-                error_batch = {"error": str(error), "kind": kind}
-                yield [*batches, {**error_batch, "traceback": traceback.format_exc()}]
+                trace = traceback.format_exc()
+                yield [*batches, {"error": str(error), "kind": kind, "traceback": trace}]
                 return
             yield self.ring().pack(batches)
 
@@ -189,7 +188,6 @@ class StreamLoader:
     of several steps are unpacked and an error a worker sent is raised (``checked``)."""
 
     def __init__(self, batches: MixedBatches, num_workers: int = 0, pin_memory: bool = False):
-        self.batches = batches
         self.loader = batches
         if num_workers:
             self.loader = DataLoader(

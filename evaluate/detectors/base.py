@@ -201,8 +201,9 @@ def class_means(name: str, features: np.ndarray, labels: np.ndarray, classes: in
     for rows, block in float64_blocks(features):
         # each row added to its class's sum in row order (``index_add_``: 14x numpy's
         # sort + ``reduceat`` at 1,000 classes, whose segments are then a row or two)
-        keep = labels[rows] >= 0
-        index = torch.from_numpy(labels[rows][keep].astype(np.int64, copy=False))
+        block_labels = labels[rows]
+        keep = block_labels >= 0
+        index = torch.from_numpy(block_labels[keep].astype(np.int64, copy=False))
         sums.index_add_(0, index, torch.from_numpy(block[keep]))
     sums = sums.numpy()
     counts = np.bincount(labels[labels >= 0], minlength=classes)

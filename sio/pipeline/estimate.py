@@ -56,6 +56,8 @@ def network_passes(generator) -> int:
 
 def _counted(record: dict) -> bool:
     """A record of this host in its kind's unit today (an old one in images is not a pass)."""
+    if not isinstance(record.get("kind"), str):
+        return False
     unit = UNITS.get(record.get("kind"), "stage")
     return record.get("unit", FORMER_UNIT if record.get("kind") in UNITS else "stage") == unit
 
