@@ -38,6 +38,47 @@ def test_temperature_minimises_the_nll_by_hand():
     assert fit_temperature(z, np.array([0, 0, 0, 1])) == pytest.approx(2 / LN3, rel=1e-5)
 
 
+def nll_in_s(logits, labels, s):
+    """The mean NLL of softmax(s z), float64 (scipy's logsumexp)."""
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, np.float64) * s
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(z)), labels]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_temperature_is_the_nll_minimum_to_float64_rounding(seed):
+    # random val sets of odd sizes, some wrong and some confident: 1 / T is where the NLL's
+    # derivative changes sign (a bounded scalar search on the float64 NLL agrees to 1e-7, and
+    # one part in 1e6 either side of 1 / T costs more NLL)
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(seed)
+    classes, n = int(rng.integers(2, 40)), int(rng.integers(7, 400))
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(0, 1, (n, classes)) + rng.uniform(1, 9) * np.eye(classes)[labels]
+    logits[rng.random(n) < 0.2] = rng.normal(0, rng.uniform(1, 6), (1, classes))
+    labels[0] = (logits[0].argmax() + 1) % classes  # at least one wrong
+    s = 1 / fit_temperature(logits, labels)
+    best = minimize_scalar(
+        lambda t: nll_in_s(logits, labels, t),
+        bounds=(1e-6, 1e3),
+        method="bounded",
+        options={"xatol": 1e-12},
+    )
+    assert s == pytest.approx(best.x, rel=1e-7)
+    at = nll_in_s(logits, labels, s)
+    assert at <= nll_in_s(logits, labels, s * (1 + 1e-6))
+    assert at <= nll_in_s(logits, labels, s * (1 - 1e-6))
+
+
+def test_temperature_of_logits_no_better_than_the_mean_class_is_refused():
+    # the true class's logit below the mean logit on average: the NLL falls as T -> inf
+    bank = bank_with([[0, 2], [0, 3], [1, 0]], [0, 0, 0])
+    with pytest.raises(DetectorError, match=r"tempscale on id\.val: .*no finite T"):
+        fit_detector("tempscale", bank)
+
+
 def test_tempscale_scores_log_max_softmax_at_fitted_t():
     bank = bank_with([[2, 0]] * 4, [0, 0, 0, 1])
     detector = fit_detector("tempscale", bank)

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from sio.evaluate import ActivationBank
-from sio.evaluate.detectors import features, fit_detector
+from sio.evaluate.detectors import base, features, fit_detector
 from sio.evaluate.detectors.features import DICE, VIM, ReAct
 from sio.evaluate.detectors.logits import TEMPLATE_FLOOR
 
@@ -176,6 +176,30 @@ def test_float32_features_match_the_reference_to_float32_rounding(name, seed):
     expected = REFERENCES[name](bank, queries, detector)
     assert scores.dtype == np.float64
     np.testing.assert_allclose(scores, expected, rtol=2e-5, atol=2e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_scores_are_taken_a_block_of_rows_at_a_time(name, seed, monkeypatch):
+    # score() hands score_features BLOCK_VALUES // K rows at a time (here 1 to 3 rows and a
+    # short last block): no N x K array for all N rows, and each row keeps its own score
+    bank, queries = random_bank(seed, np.float64)
+    detector = fit_detector(name, bank)
+    monkeypatch.setattr(base, "BLOCK_VALUES", 7)
+    blocks, score_features = [], detector.score_features
+
+    def spy(rows):
+        blocks.append(len(rows))
+        return score_features(rows)
+
+    monkeypatch.setattr(detector, "score_features", spy)
+    scores = detector.score(queries)
+    step = max(1, 7 // len(bank.fc_bias))
+    assert blocks == [step] * (len(queries) // step) + (
+        [len(queries) % step] if len(queries) % step else []
+    )
+    expected = REFERENCES[name](bank, queries, detector)
+    np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("seed", SEEDS)

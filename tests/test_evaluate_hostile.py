@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sio.cli import get_cli
 from sio.evaluate import ActivationBank, ActivationsError, DetectorError, evaluate_bank
 from sio.evaluate.config import ALL_DETECTORS
-from sio.evaluate.detectors import fit_detector
+from sio.evaluate.detectors import base, fit_detector
 from sio.evaluate.detectors.knn import FaissSearch
 from sio.evaluate.evaluate import write_results
 
@@ -158,13 +158,16 @@ def test_one_nan_in_id_train_no_longer_reaches_dice_or_vim():
         )
 
 
-def test_faiss_knn_refuses_non_finite_rows_instead_of_flt_max():
+def test_faiss_knn_refuses_non_finite_rows_instead_of_flt_max(monkeypatch):
     bank = random_bank(4)
     knn = fit_detector("knn", bank)
     assert knn.info()["backend"] == "faiss"
     queries = bank.ood["near"]["n"].copy()
-    queries[2, 0] = np.nan
-    with pytest.raises(DetectorError, match=r"knn on its input: row 2 has NaN or inf"):
+    queries[5, 0] = np.nan
+    # the row is named by its place among all queries, even where other detectors score a
+    # row at a time
+    monkeypatch.setattr(base, "BLOCK_VALUES", 1)
+    with pytest.raises(DetectorError, match=r"knn on its input: row 5 has NaN or inf"):
         knn.score(queries)
     # and the search itself: faiss answers NaN with FLT_MAX distances; those are refused too
     search = FaissSearch(np.eye(3, dtype=np.float32))

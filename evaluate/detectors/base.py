@@ -31,6 +31,9 @@ from sio.evaluate.detectors.parity import parity_arguments
 
 DETECTORS: Registry = Registry("detector", name_attribute="name")
 
+# float64 values per block: 8 MB, a few thousand rows of a few hundred features
+BLOCK_VALUES = 2**20
+
 
 def grid_settings(grid: dict[str, tuple]) -> list[dict]:
     """The cartesian product of ``grid`` in OpenOOD v1.5's order (``recursive_generator``: the
@@ -99,7 +102,22 @@ class Detector(Searchable, abc.ABC):
             features = legacy[0]
         if not hasattr(self, "fc_weight"):
             raise detector_error(self.name, "its input", "score() needs fit(bank) first")
-        return self.score_features(np.asarray(features))
+        features = np.asarray(features)
+        step = self.score_rows()
+        if step is None or len(features) <= step:
+            return self.score_features(features)
+        out = np.empty(len(features))
+        for start in range(0, len(features), step):
+            out[start : start + step] = self.score_features(features[start : start + step])
+        return out
+
+    def score_rows(self) -> int | None:
+        """Rows scored at a time (None: all at once): those whose float64 logits fill a block
+        of ``BLOCK_VALUES``, so no N x K array is held for all N rows (1,048 rows at K =
+        1,000; a CIFAR-sized set is one block) and a block's logits are reduced while they
+        are still in the cores' caches. Each row's score is its own; only the float32
+        product's rounding may differ in the last bit from a product over all rows."""
+        return max(1, BLOCK_VALUES // max(1, len(self.fc_bias)))
 
     @abc.abstractmethod
     def score_features(self, features: np.ndarray) -> np.ndarray: ...
@@ -170,9 +188,6 @@ def split_rows(name: str, bank: ActivationBank, split: str) -> np.ndarray:
 
 
 # --- streaming statistics (fits that widen rows to float64 a block at a time) ---------------
-
-# float64 values per block: 8 MB, a few thousand rows of a few hundred features
-BLOCK_VALUES = 2**20
 
 
 def float64_blocks(features: np.ndarray):

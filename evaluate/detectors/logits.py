@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
@@ -95,25 +96,52 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, start: float = 1.5) -> float:
-    """T minimising the NLL of softmax(z / T) on ``labels``: L-BFGS with a strong-Wolfe line
-    search on log T (so T stays positive), run to convergence."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """T minimising the NLL of softmax(z / T) on ``labels``, to the last bits of 1 / T.
+
+    In s = 1 / T the NLL, mean_i [logsumexp(s z_i) - s z_iy], is convex: its derivative is
+    g(s) = mean_i (E_p[z_i] - z_iy) with p = softmax(s z_i), its second the mean variance
+    of z_i under p. So the minimum is g's one root, found by Newton's method kept inside a
+    bracket by bisection (each step one pass over the logits). g(0) >= 0 (no better than
+    uniform) has no finite minimiser: T = inf; every sample classified correctly has none
+    either (g < 0 for every s): T = 0 (``TempScale`` handles that case first).
+    """
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.int64)
-    log_t = torch.tensor(float(np.log(start)), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [log_t], lr=1.0, max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-10
-    )
+    top = z.amax(dim=1, keepdim=True)
+    if z.mean(dim=1).mean() >= z.gather(1, y[:, None]).mean():
+        return math.inf
+    # with z' = z - max z (so exp(s z') <= 1), g(s) = mean_i E_p[z'_i] - mean_i (z_iy - max z_i)
+    shifted = z - top
+    offset = float((z.gather(1, y[:, None]) - top).mean())
+    weights, moments = torch.empty_like(shifted), torch.empty_like(shifted)
 
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
+    def slope_and_curvature(s: float) -> tuple[float, float]:
+        torch.mul(shifted, s, out=weights).exp_()
+        total = weights.sum(dim=1)
+        first = torch.mul(weights, shifted, out=moments).sum(dim=1).div_(total)
+        second = moments.mul_(shifted).sum(dim=1).div_(total)
+        # E[z'^2] - E[z']^2: cancellation there only slows a step (the bracket keeps it)
+        return float(first.mean()) - offset, float((second - first.square()).mean())
 
-    with one_thread():
-        optimizer.step(closure)
-    return float(log_t.detach().exp())
+    low, high = 0.0, 1.0
+    while (fit := slope_and_curvature(high))[0] < 0:
+        low, high = high, 2 * high
+        if high > 2.0**64:
+            return 0.0
+    s = high
+    for _ in range(200):
+        slope, curvature = fit
+        if slope == 0:
+            break
+        low, high = (s, high) if slope < 0 else (low, s)
+        step = s - slope / curvature if curvature > 0 else math.nan
+        following = step if low < step < high else (low + high) / 2
+        if abs(following - s) <= 4 * np.finfo(np.float64).eps * s:
+            s = following
+            break
+        s, fit = following, slope_and_curvature(following)
+    return 1.0 / s
 
 
 def fit_temperature_openood(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -142,9 +170,9 @@ class TempScale(Detector):
     T fitted on ID val logits by NLL, score max_k softmax(z / T)_k, returned as its log.
 
     ``fit: nll`` (the default, a deliberate difference): the NLL minimised to convergence
-    (L-BFGS with a strong-Wolfe line search on log T). ``fit: openood``: OpenOOD v1.5's T
-    exactly (``fit_temperature_openood``: 50 L-BFGS iterations at lr 0.01 from T = 1.5, which
-    usually stop short of the minimum). With ``nll``,
+    (``fit_temperature``: Newton's method on 1 / T, in which the NLL is convex).
+    ``fit: openood``: OpenOOD v1.5's T exactly (``fit_temperature_openood``: 50 L-BFGS
+    iterations at lr 0.01 from T = 1.5, which usually stop short of the minimum). With ``nll``,
     when every ID val sample is classified correctly the NLL falls without bound as T -> 0 (no
     minimiser); T is then 1 (the MSP ranking) and results.json says so. The log of the max
     softmax (see ``log_max_softmax``) ranks exactly as the max softmax does.
@@ -167,6 +195,13 @@ class TempScale(Detector):
             return
         else:
             self.temperature = fit_temperature(logits, labels)
+        if self.temperature == math.inf and self.fit_rule == "nll":
+            raise detector_error(
+                self.name,
+                "id.val",
+                "the val logits of the true classes are on average no higher than the mean "
+                "logit: the NLL falls as T -> inf (no finite T)",
+            )
         if not np.isfinite(self.temperature) or self.temperature <= 0:
             raise detector_error(
                 self.name,
@@ -196,6 +231,7 @@ class KLMatching(Detector):
     sum_i p_i (log p_i - log d_ki) with d_ki floored at the smallest normal float64, so a zero
     entry (one-hot templates, underflow) costs about 708 per unit of mass instead of OpenOOD's
     inf (scipy's ``entropy``), which would make the score -inf and the metrics undefined.
+    The nearest template is found by a float32 product and its KL taken in float64.
     """
 
     def fit_bank(self, bank):
@@ -211,15 +247,19 @@ class KLMatching(Detector):
                 self.templates[k] = probs[members].mean(axis=0)
             else:
                 self.empty_classes.append(k)
-        self.log_templates = np.log(np.maximum(self.templates, TEMPLATE_FLOOR))
+        self.log_templates = torch.from_numpy(np.log(np.maximum(self.templates, TEMPLATE_FLOOR)))
+        self.log_templates32 = self.log_templates.float()
 
     def score_features(self, features):
         log_p = torch.log_softmax(as_rows(self.logits(features)), dim=1)
         p = log_p.exp()
-        # KL(p || d_k) for every template at once: sum p log p - p @ log(d_k)
-        templates = torch.from_numpy(np.ascontiguousarray(self.log_templates, np.float64))
-        kl = (p * log_p).sum(dim=1, keepdim=True) - p @ templates.T
-        return kl.amin(dim=1).neg_().numpy()
+        # KL(p || d_k) = sum p log p - p . log d_k: the nearest template is the largest
+        # p . log d_k, found for every template at once in float32 (half a float64 product's
+        # time), and its KL is then taken in float64. Two templates within float32 rounding
+        # of each other may swap; their KLs then differ by no more than that rounding.
+        nearest = (p.float() @ self.log_templates32.T).argmax(dim=1)
+        cross = (p * self.log_templates[nearest]).sum(dim=1)
+        return cross.sub_((p * log_p).sum(dim=1)).numpy()
 
     def info(self):
         return {"classes_without_val_predictions": self.empty_classes}
