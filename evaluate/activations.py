@@ -80,9 +80,10 @@ def fc_logits(weight: np.ndarray, bias: np.ndarray, features: np.ndarray) -> np.
 
 
 def widened(product: torch.Tensor, bias: np.ndarray) -> np.ndarray:
-    """The logits from a fresh product h W^T: widened to float64, then b added in place (a
-    float64 product itself becomes the logits); in torch, a third of numpy's astype + add."""
-    return product.double().add_(torch.tensor(np.asarray(bias), dtype=torch.float64)).numpy()
+    """The logits from a product h W^T: each entry widened to float64 and b added, in one
+    pass (torch's type promotion; the same values as widening first); in torch, a third of
+    numpy's astype + add."""
+    return torch.add(product, torch.tensor(np.asarray(bias), dtype=torch.float64)).numpy()
 
 
 def _first_bad_row(array: np.ndarray) -> int | None:
