@@ -308,7 +308,9 @@ class GEN(Detector):
         if self.m < probs.shape[1]:
             probs, where = probs.topk(self.m, dim=1, sorted=False)
             complement = complement.gather(1, where)
-        entropy = (probs.pow(self.gamma) * complement.pow(self.gamma)).sum(dim=1)
+        # p^gamma (1 - p)^gamma as (p (1 - p))^gamma: one power instead of two (the product
+        # cannot underflow where neither factor does: 1 - p >= 1/2 wherever p <= 1/2)
+        entropy = probs.mul_(complement).pow_(self.gamma).sum(dim=1)
         return entropy.neg_().numpy()
 
     def info(self):
