@@ -79,6 +79,38 @@ def test_temperature_of_logits_no_better_than_the_mean_class_is_refused():
         fit_detector("tempscale", bank)
 
 
+@pytest.mark.parametrize("scale", [1e-20, 1e-6, 1.0, 1e6, 1e100])
+def test_temperature_scales_with_the_logits(scale):
+    # NLL(z / T) depends on z / T alone: logits times c give T times c, at any scale
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, 300)
+    logits = rng.normal(0, 1, (300, 5)) + 2 * np.eye(5)[labels]
+    assert fit_temperature(logits * scale, labels) == pytest.approx(
+        scale * fit_temperature(logits, labels), rel=1e-9
+    )
+
+
+def test_tempscale_with_every_label_at_a_tied_maximum_uses_t_1_and_says_so():
+    # the label is at its row's maximum everywhere, once in a tie not first in the row
+    # (argmax would call that row wrong): the NLL only falls as T -> 0, no minimiser
+    bank = bank_with([[0, 0], [2, 0], [0, 3]], [1, 0, 1])
+    detector = fit_detector("tempscale", bank)
+    assert detector.temperature == 1.0 and "no minimum" in detector.info()["note"]
+
+
+def test_tempscale_refuses_val_logits_that_overflow():
+    # finite float32 features whose float32 product overflows: named, never a silent T
+    features = np.array([[3e38, 3e38], [0.0, 1.0]], np.float32)
+    weight = np.array([[1.0, 1.0], [0.0, 1.0]], np.float32)
+    labels = np.array([0, 1])
+    split = {"train": features, "val": features, "test": features}
+    bank = ActivationBank(
+        weight, np.zeros(2, np.float32), split, dict.fromkeys(split, labels), {"near": {}}
+    )
+    with pytest.raises(DetectorError, match=r"tempscale on id\.val: its logits hold inf"):
+        fit_detector("tempscale", bank)
+
+
 def test_tempscale_scores_log_max_softmax_at_fitted_t():
     bank = bank_with([[2, 0]] * 4, [0, 0, 0, 1])
     detector = fit_detector("tempscale", bank)
@@ -172,6 +204,20 @@ def test_klm_templates_and_scores_by_hand():
     # 1/4 ln(1/3) + 3/4 ln 3 = ln3 / 2, and KL(p || e_1) is ~ 1/4 * 708: the min is ln3 / 2.
     scores = detector.score(bank, np.array([[LN3, 0.0], [0.0, LN3]]))
     np.testing.assert_allclose(scores, [0.0, -LN3 / 2], atol=1e-12)
+
+
+def test_klm_takes_the_nearer_of_two_templates_a_float32_product_cannot_tell_apart():
+    # the float32 search sees templates 0 and 1 as equally near (row 0 given row 1's float32
+    # logs); in float64, template 1 is p itself (KL 0) and template 0 is ~2.7e-6 away: the
+    # score is the float64 minimum whichever of the two the search ranks first
+    detector = fit_detector("klm", klm_bank())
+    p = softmax(np.array([[LN3, 0.0]]), axis=1)[0]  # [3/4, 1/4]
+    templates = np.array([p + [1e-3, -1e-3], p, [0.5, 0.5]])
+    detector.log_templates = torch.from_numpy(np.log(templates))
+    detector.log_templates32 = detector.log_templates.float()[[1, 1, 2]]
+    kl_0 = float(np.sum(p * (np.log(p) - np.log(templates[0]))))
+    assert kl_0 > 1e-6
+    assert detector.score(np.array([[LN3, 0.0]]))[0] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_klm_one_hot_template_is_finite_where_openood_gives_inf():

@@ -102,18 +102,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     In s = 1 / T the NLL, mean_i [logsumexp(s z_i) - s z_iy], is convex: its derivative is
     g(s) = mean_i (E_p[z_i] - z_iy) with p = softmax(s z_i), its second the mean variance
     of z_i under p. So the minimum is g's one root, found by Newton's method kept inside a
-    bracket by bisection (each step one pass over the logits). g(0) >= 0 (no better than
-    uniform) has no finite minimiser: T = inf; every sample classified correctly has none
-    either (g < 0 for every s): T = 0 (``TempScale`` handles that case first).
+    bracket by bisection (each step one pass over the logits), in units of the logits' spread
+    (so any scale of logits takes the same steps). g(0) >= 0 (no better than uniform) has no
+    finite minimiser: T = inf; nor has every label at its row's maximum (g < 0 for every s),
+    which ``TempScale`` handles first: T = 0 if it is not. Finite logits only.
     """
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.int64)
     top = z.amax(dim=1, keepdim=True)
     if z.mean(dim=1).mean() >= z.gather(1, y[:, None]).mean():
         return math.inf
-    # with z' = z - max z (so exp(s z') <= 1), g(s) = mean_i E_p[z'_i] - mean_i (z_iy - max z_i)
+    # z' = (z - max z) / spread, in [-1, 0] (exp(s z') <= 1); g(s) = mean E_p[z'] - offset
     shifted = z - top
-    offset = float((z.gather(1, y[:, None]) - top).mean())
+    spread = float(-shifted.min())
+    shifted /= spread
+    offset = float((z.gather(1, y[:, None]) - top).mean()) / spread
     weights, moments = torch.empty_like(shifted), torch.empty_like(shifted)
 
     def slope_and_curvature(s: float) -> tuple[float, float]:
@@ -141,7 +144,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             s = following
             break
         s, fit = following, slope_and_curvature(following)
-    return 1.0 / s
+    return spread / s
 
 
 def fit_temperature_openood(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -187,10 +190,12 @@ class TempScale(Detector):
         logits = self.logits(split_rows(self.name, bank, "val"))
         labels = bank.id_labels["val"]
         self.note = None
+        if not np.isfinite(logits).all():
+            raise detector_error(self.name, "id.val", "its logits hold inf or NaN (overflow)")
         if self.fit_rule == "openood":
             self.temperature = fit_temperature_openood(logits, labels)
-        elif np.array_equal(logits.argmax(axis=1), labels):
-            self.temperature = 1.0
+        elif (logits[np.arange(len(labels)), labels] == logits.max(axis=1)).all():
+            self.temperature = 1.0  # every label at its row's maximum (ties included)
             self.note = "every ID val sample is classified correctly: the NLL has no minimum"
             return
         else:
@@ -231,7 +236,7 @@ class KLMatching(Detector):
     sum_i p_i (log p_i - log d_ki) with d_ki floored at the smallest normal float64, so a zero
     entry (one-hot templates, underflow) costs about 708 per unit of mass instead of OpenOOD's
     inf (scipy's ``entropy``), which would make the score -inf and the metrics undefined.
-    The nearest template is found by a float32 product and its KL taken in float64.
+    The two nearest templates are found by a float32 product, and their KLs taken in float64.
     """
 
     def fit_bank(self, bank):
@@ -253,12 +258,14 @@ class KLMatching(Detector):
     def score_features(self, features):
         log_p = torch.log_softmax(as_rows(self.logits(features)), dim=1)
         p = log_p.exp()
-        # KL(p || d_k) = sum p log p - p . log d_k: the nearest template is the largest
-        # p . log d_k, found for every template at once in float32 (half a float64 product's
-        # time), and its KL is then taken in float64. Two templates within float32 rounding
-        # of each other may swap; their KLs then differ by no more than that rounding.
-        nearest = (p.float() @ self.log_templates32.T).argmax(dim=1)
-        cross = (p * self.log_templates[nearest]).sum(dim=1)
+        # KL(p || d_k) = sum p log p - p . log d_k: the nearest templates are those of the
+        # largest p . log d_k, the two largest found for every template at once in float32
+        # (half a float64 product's time), and the nearer of those two taken in float64. The
+        # score can differ from the all-float64 minimum only where three templates' KLs lie
+        # within the float32 product's rounding (~1e-7 of sum p |log d|) of each other.
+        near = min(2, len(self.log_templates))
+        nearest = (p.float() @ self.log_templates32.T).topk(near, dim=1).indices
+        cross = (p[:, None, :] * self.log_templates[nearest]).sum(dim=2).amax(dim=1)
         return cross.sub_((p * log_p).sum(dim=1)).numpy()
 
     def info(self):

@@ -136,6 +136,11 @@ class Relation(Detector):
             probs[rows] = torch.softmax(torch.from_numpy(self.logits(features[rows])), dim=1)
         return probs
 
+    def score_rows(self):
+        """All rows at once: the queries are taken ``QUERY_CHUNK`` at a time, each chunk
+        against all of ID train (blocks of another size would add passes over it)."""
+        return None
+
     def score_features(self, features):
         h = float_rows(features).to(self.train.dtype)
         probs = self.softmax(features, self.train.dtype)
