@@ -109,14 +109,14 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.int64)
-    top = z.amax(dim=1, keepdim=True)
-    if z.mean(dim=1).mean() >= z.gather(1, y[:, None]).mean():
+    top, true = z.amax(dim=1, keepdim=True), z.gather(1, y[:, None])
+    if z.mean(dim=1).mean() >= true.mean():
         return math.inf
     # z' = (z - max z) / spread, in [-1, 0] (exp(s z') <= 1); g(s) = mean E_p[z'] - offset
     shifted = z - top
     spread = float(-shifted.min())
     shifted /= spread
-    offset = float((z.gather(1, y[:, None]) - top).mean()) / spread
+    offset = float((true - top).mean()) / spread
     weights, moments = torch.empty_like(shifted), torch.empty_like(shifted)
 
     def slope_and_curvature(s: float) -> tuple[float, float]:

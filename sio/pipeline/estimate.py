@@ -38,8 +38,12 @@ def stage_kind(label: str) -> str:
 def measurement(label: str, units: float | None) -> dict:
     """What a completed stage adds to its ``complete.json`` for later estimates."""
     kind = stage_kind(label)
-    unit = UNITS.get(kind, "stage")
-    return {"kind": kind, "units": units, "unit": unit, "host": socket.gethostname()}
+    return {"kind": kind, "units": units, "unit": unit_of(kind), "host": socket.gethostname()}
+
+
+def unit_of(kind: str) -> str:
+    """What a stage of ``kind`` counts its work in (one per stage where it counts nothing)."""
+    return UNITS.get(kind, "stage")
 
 
 def network_passes(generator) -> int:
@@ -56,10 +60,10 @@ def network_passes(generator) -> int:
 
 def _counted(record: dict) -> bool:
     """A record of this host in its kind's unit today (an old one in images is not a pass)."""
-    if not isinstance(record.get("kind"), str):
+    kind = record.get("kind")
+    if not isinstance(kind, str):
         return False
-    unit = UNITS.get(record.get("kind"), "stage")
-    return record.get("unit", FORMER_UNIT if record.get("kind") in UNITS else "stage") == unit
+    return record.get("unit", FORMER_UNIT if kind in UNITS else "stage") == unit_of(kind)
 
 
 def run_folders(out: Path) -> list[Path]:
