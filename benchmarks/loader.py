@@ -851,6 +851,119 @@ def report_transfer(measured: dict, num_real: int, steps: int, rounds: int, load
     save_section("transfer", {"measured": measured, "load_average": load, "steps": steps})
 
 
+def process_cpu_ms(pid: int) -> float:
+    """CPU milliseconds a process has run, all its threads (the scheduler's nanosecond count)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return total / 1e6
+
+
+def scaling_epoch(loader: StreamLoader, epoch: SharedEpoch, number: int) -> dict:
+    """One whole epoch through ``loader``'s persistent workers: wall ms, images, and the CPU
+    ms of this process and of the workers in it."""
+    epoch.set(number)
+    batches = iter(loader)
+    workers = [worker.pid for worker in loader.loader._iterator._workers]
+    main, work = process_cpu_ms(os.getpid()), sum(process_cpu_ms(p) for p in workers)
+    start, images = time.perf_counter(), 0
+    for batch in batches:
+        images += len(batch["labels"])
+    wall = 1e3 * (time.perf_counter() - start)
+    return {
+        "wall_ms": wall,
+        "images": images,
+        "main_cpu_ms": process_cpu_ms(os.getpid()) - main,
+        "workers_cpu_ms": sum(process_cpu_ms(p) for p in workers) - work,
+    }
+
+
+def scaling_only(pairs: int, num_real: int) -> None:
+    """``python benchmarks/loader.py scaling [pairs] [num_real]``: 2 workers against 1, in
+    adjacent epochs. One persistent DataLoader of 1 worker and one of 2 over the same sets
+    (decoded cache warm: two epochs each first), then ``pairs`` pairs of whole epochs, one of
+    each loader, the order swapped every pair; per pair the ratio of the 2-worker epoch's
+    images/s to the 1-worker epoch's. Load on a shared machine comes and goes over seconds,
+    so the two epochs of a pair (~0.3 s together) meet the same load, where separate runs of
+    a minute each do not; the CPU time of the main process and of the workers per epoch shows
+    how full the cores were."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        sets = make_sets(root, num_real, 32, 3)
+        steps = math.ceil(len(LocatedSet.open(sets["png"][0]).urls) * 1000 / N_REAL)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        measured, load = {}, [os.getloadavg()]
+        for encoding in ("records", "png"):
+            spec = spec_for(*sets[encoding], steps, cache_dir=str(root / f"cache-{encoding}"))
+            epochs = {w: SharedEpoch(0) for w in (1, 2)}
+            loaders = {w: StreamLoader(MixedBatches(spec, epochs[w]), w) for w in (1, 2)}
+            for workers in (1, 2):  # the first pass decodes and publishes; the second warms
+                for number in range(2):
+                    scaling_epoch(loaders[workers], epochs[workers], number)
+            runs = measured[encoding] = {1: [], 2: []}
+            for pair in range(pairs):
+                for workers in (1, 2) if pair % 2 == 0 else (2, 1):
+                    runs[workers].append(scaling_epoch(loaders[workers], epochs[workers], 2 + pair))
+            del loaders
+            gc.collect()
+            load.append(os.getloadavg())
+            print(f"{encoding}: {pairs} pairs, load {load[-1][0]:.2f}", flush=True)
+        torch.set_num_threads(threads)
+    report_scaling(measured, num_real, pairs, load)
+
+
+def report_scaling(measured: dict, num_real: int, pairs: int, load) -> None:
+    lines = [
+        f"Scaling: {num_real:,} real + {num_real // 2:,} synthetic 32x32 RGB, alpha 0.8, "
+        f"B = {BATCH}, crop 4 + flip, decoded cache warm (later passes), {pairs} pairs of "
+        f"adjacent whole epochs (1 and 2 persistent workers, order alternating), load average "
+        f"(1 min) {min(a[0] for a in load):.2f} to {max(a[0] for a in load):.2f}",
+        "",
+        "| shards | 2 / 1 workers, median of pairs | quartiles | pairs >= 1.8 | 1 worker, "
+        "images/s | 2 workers, images/s | CPU ms per epoch, 1 worker: worker + main | "
+        "2 workers: workers + main | cores busy, 2 workers |",
+        "|---|---:|---|---:|---:|---:|---|---|---:|",
+    ]
+    summary = {}
+    for encoding, runs in measured.items():
+        rate = {w: [r["images"] / r["wall_ms"] * 1e3 for r in runs[w]] for w in (1, 2)}
+        ratios = [two / one for one, two in zip(rate[1], rate[2], strict=True)]
+        quartiles = statistics.quantiles(ratios, n=4)
+        med = {
+            (w, field): statistics.median(r[field] for r in runs[w])
+            for w in (1, 2)
+            for field in ("wall_ms", "main_cpu_ms", "workers_cpu_ms")
+        }
+        busy = statistics.median(
+            (r["main_cpu_ms"] + r["workers_cpu_ms"]) / r["wall_ms"] for r in runs[2]
+        )
+        summary[encoding] = {"median_ratio": statistics.median(ratios), "quartiles": quartiles}
+        lines.append(
+            f"| {encoding} | **{statistics.median(ratios):.2f}** | {quartiles[0]:.2f}–"
+            f"{quartiles[2]:.2f} | {sum(r >= 1.8 for r in ratios)} / {len(ratios)} | "
+            f"{statistics.median(rate[1]):,.0f} | {statistics.median(rate[2]):,.0f} | "
+            f"{med[1, 'workers_cpu_ms']:.0f} + {med[1, 'main_cpu_ms']:.1f} | "
+            f"{med[2, 'workers_cpu_ms']:.0f} + {med[2, 'main_cpu_ms']:.1f} | {busy:.2f} |"
+        )
+    print("\n".join(lines))
+    save_section(
+        "scaling",
+        {
+            "measured": measured,
+            "summary": summary,
+            "pairs": pairs,
+            "num_real": num_real,
+            "load_average": load,
+            "machine": describe_machine(),
+        },
+    )
+
+
 def coverage_only() -> None:
     """``python benchmarks/loader.py coverage``: re-measure the coverage table alone and update
     it in benchmarks/results/loader.json."""
@@ -873,6 +986,10 @@ def main() -> None:
     if sys.argv[1:2] == ["peers"]:
         numbers = [int(a) for a in sys.argv[2:]]
         peers_only(*(numbers + [5, 20_000][len(numbers) :]))
+        return
+    if sys.argv[1:2] == ["scaling"]:
+        numbers = [int(a) for a in sys.argv[2:]]
+        scaling_only(*(numbers + [30, 20_000][len(numbers) :]))
         return
     if sys.argv[1:2] == ["cache"]:
         numbers = [int(a) for a in sys.argv[2:]]

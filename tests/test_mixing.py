@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from sio.train.mixing import batch_counts, rank_share, steps_per_epoch, worker_groups
+from sio.train.mixing import batch_counts, epoch_items, rank_share, steps_per_epoch
 
 ALPHAS = ["0", "0.05", "0.1", "0.25", "0.29", "0.3", "1/3", "0.5", "0.57", "0.7", "0.8"]
 ALPHAS += ["0.9", "0.95", "0.99", "2/3", "1"]
@@ -91,37 +91,37 @@ def test_rank_share_invalid(rank, world):
         rank_share(10, rank, world)
 
 
-def test_worker_groups_partition_and_round_robin():
-    """Over step counts 0..39 (primes, fewer steps than workers), 1..8 workers and items of 1..7
-        steps: every step is produced once, items hold consecutive steps, each worker's first item
-    one step (the first batches arrive at once), and a DataLoader taking
-        one item from each worker in turn (worker 0 first, a worker that is done skipped) yields the
-        steps in order."""
+def test_epoch_items_cover_the_epoch_in_order():
+    """Over step counts 0..39 (primes, fewer steps than workers), 0..8 workers and items of
+    1..7 steps: the items hold every step once, in order, each item consecutive steps and at
+    most ``group``; the first round of workers gets one step each (the first batches arrive at
+    once) and the sizes never grow by more than double; the last items are small (the workers
+    finish together): none holds more than half of what is left from it."""
     for steps in range(0, 40):
-        for workers in range(1, 9):
+        for workers in range(0, 9):
             for group in range(1, 8):
-                parts = [worker_groups(steps, w, workers, group) for w in range(workers)]
-                items = [item for part in parts for item in part]
-                assert all(len(item) <= group and item.step == 1 for item in items)
-                assert sorted(s for item in items for s in item) == list(range(steps))
-                assert all(len(part[0]) == 1 for part in parts if part)
-                iters = [iter(p) for p in parts]
-                merged = []
-                while len(merged) < steps:
-                    for it in iters:
-                        merged.extend(next(it, range(0)))
-                assert merged == list(range(steps)), (steps, workers, group)
+                items = epoch_items(steps, workers, group)
+                assert [s for item in items for s in item] == list(range(steps))
+                assert all(item.step == 1 and 1 <= len(item) <= group for item in items)
+                first = items[: max(1, workers)]
+                assert all(len(item) == 1 for item in first), (steps, workers, group)
+                sizes = [len(item) for item in items]
+                assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:], strict=False))
+                left = [(steps - item.start) // 2 for item in items]
+                assert all(len(i) == 1 or len(i) <= n for i, n in zip(items, left, strict=True))
 
 
-def test_worker_groups_without_workers():
-    assert [list(g) for g in worker_groups(5, 0, 0)] == [[0], [1], [2], [3], [4]]
+def test_epoch_items_examples():
+    assert [list(g) for g in epoch_items(5, 0)] == [[0], [1], [2], [3], [4]]
     # up 1, 2, 4, then down to at most half of what is left
     want = [[0], [1, 2], [3, 4, 5, 6], [7, 8], [9], [10], [11]]
-    assert [list(g) for g in worker_groups(12, 0, 1, 4)] == want
-    assert [list(g) for g in worker_groups(4, 1, 2, 4)] == [[1], [3]]
-    for worker, workers, group in ((2, 2, 1), (-1, 2, 1), (0, 2, 0)):
+    assert [list(g) for g in epoch_items(12, 1, 4)] == want
+    # two workers: each round of two items doubles
+    want = [[0], [1], [2, 3], [4, 5], [6, 7], *[[s] for s in range(8, 15)]]
+    assert [list(g) for g in epoch_items(15, 2, 4)] == want
+    for workers, group in ((-1, 1), (2, 0)):
         with pytest.raises(ValueError):
-            worker_groups(5, worker, workers, group)
+            epoch_items(5, workers, group)
 
 
 def test_steps_per_epoch():

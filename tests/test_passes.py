@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from sio.shardset import shard_urls
 from sio.train.mixing import batch_counts, rank_share
 from sio.train.passes import Layout, PassOrders, pass_order, slice_start
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, checked
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, StreamLoader
 
 from .shardsets import grey_writer
 
@@ -125,8 +124,7 @@ def spec_for(sets, rank, world, batch=7, alpha=0.71, steps=9, **changes):
 
 def epoch_batches(spec, epoch, workers):
     position = SharedEpoch(epoch)
-    loader = DataLoader(MixedBatches(spec, position), batch_size=None, num_workers=workers)
-    return list(checked(loader))
+    return list(StreamLoader(MixedBatches(spec, position), num_workers=workers))
 
 
 def global_batches(sets, world, workers, epoch=0):

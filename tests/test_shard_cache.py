@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torch.utils.data import DataLoader
 
 import sio.train.rowcache as rowcache
 from sio.core.files import stale_temporaries
@@ -29,7 +28,7 @@ from sio.train.cache import CacheError, ShardCache
 from sio.train.config import TrainConfig
 from sio.train.loop import SHARD_COUNTS
 from sio.train.rowcache import open_rows
-from sio.train.stream import MixedBatches, SharedEpoch, checked
+from sio.train.stream import MixedBatches, SharedEpoch, StreamLoader
 
 from .loader_trace import FIXTURE, batch_line, spec_of, trace, write_png, write_sets
 from .shardsets import grey_writer
@@ -59,12 +58,11 @@ def run_node(sets, case, world, workers, cache, epochs=2):
     image}), and the shard counters summed over the ranks and workers."""
     specs = [spec_of(sets, case, r, world, cache_dir=str(cache)) for r in range(world)]
     epoch = SharedEpoch()
-    kwargs = {"num_workers": workers, "persistent_workers": bool(workers)}
-    loaders = [DataLoader(MixedBatches(s, epoch), batch_size=None, **kwargs) for s in specs]
+    loaders = [StreamLoader(MixedBatches(s, epoch), num_workers=workers) for s in specs]
     out = []
     for e in range(epochs):
         epoch.set(e)
-        per_rank = [list(checked(loader)) for loader in loaders]
+        per_rank = [list(loader) for loader in loaders]
         counts = {k: sum(b[k] for r in per_rank for b in r) for k in SHARD_COUNTS}
         steps = []
         for batches in zip(*per_rank, strict=True):

@@ -8,14 +8,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from sio.shardset import shard_urls
 from sio.train.augment import random_crop_flip
 from sio.train.compose import augment_part, compose_order
 from sio.train.passes import slice_start
 from sio.train.ring import SlotRing
-from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, checked
+from sio.train.stream import MixedBatches, MixSpec, SharedEpoch, StreamLoader
 
 from .shardsets import grey_writer
 
@@ -59,14 +58,11 @@ def spec(urls):
 
 def run_epochs(spec, epochs, num_workers=2):
     epoch = SharedEpoch(0)
-    kwargs = {"num_workers": num_workers}
-    if num_workers:
-        kwargs["persistent_workers"] = True
-    loader = DataLoader(MixedBatches(spec, epoch), batch_size=None, **kwargs)
+    loader = StreamLoader(MixedBatches(spec, epoch), num_workers=num_workers)
     out = []
     for e in range(epochs):
         epoch.set(e)
-        out.append(list(checked(loader)))
+        out.append(list(loader))
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sio.shardset import ShardError, shard_urls
-from sio.train.mixing import worker_groups
+from sio.train.mixing import epoch_items
 from sio.train.stream import ITEM_BYTES, MixedBatches, SharedEpoch, StreamLoader
 
 from . import test_stream
@@ -54,9 +54,7 @@ def same_batches(got: list[dict], want: list[dict]) -> None:
 
 def longest_item(spec_, steps: int, workers: int) -> int:
     group = MixedBatches(spec_, SharedEpoch(0)).steps_per_item(steps, workers)
-    return max(
-        len(item) for w in range(workers) for item in worker_groups(steps, w, workers, group)
-    )
+    return max(len(item) for item in epoch_items(steps, workers, group))
 
 
 STEPS = 37  # prime
@@ -129,9 +127,7 @@ def test_an_error_inside_an_item_comes_after_its_earlier_batches(spec, tmp_path,
             made.append(batch)
     failing = len(made)
     group = MixedBatches(spec_, SharedEpoch(0)).steps_per_item(STEPS, workers)
-    (item,) = [
-        i for w in range(workers) for i in worker_groups(STEPS, w, workers, group) if failing in i
-    ]
+    (item,) = [i for i in epoch_items(STEPS, workers, group) if failing in i]
     assert item.start < failing  # the shard is met inside an item, after its first step
     got = []
     with pytest.raises(ShardError) as through_workers:

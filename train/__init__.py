@@ -17,9 +17,9 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ),
         "sio.train.mixing": (
             "batch_counts",
+            "epoch_items",
             "rank_share",
             "steps_per_epoch",
-            "worker_groups",
         ),
         "sio.train.models": ("BACKBONES", "HEADS", "Classifier", "build_classifier"),
         "sio.train.checkpoint": (

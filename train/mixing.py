@@ -4,8 +4,9 @@ SIO (Zhang et al. 2023) fixes the number of real samples in every batch instead 
 sources by probability: ``n_real = int(B * alpha)`` and ``n_syn = B - n_real`` (102 + 26 at
 B = 128, alpha = 0.8). Under data parallelism the *global* quota is split over ranks, so the
 global batch keeps exactly that composition. An epoch is ``ceil(N_real / B)`` steps (SIO's epoch,
-the same as real-only training), and the steps of an epoch are dealt to DataLoader workers in
-turn, a few consecutive steps an item, so the order of batches never depends on worker timing.
+the same as real-only training), and the steps of an epoch are cut into items of a few
+consecutive steps that DataLoader workers take as they are ready (``epoch_items``); a batch is
+a function of its step alone, so the batches never depend on which worker made them.
 """
 
 from __future__ import annotations
@@ -41,22 +42,21 @@ def steps_per_epoch(num_real: int, batch_size: int) -> int:
     return math.ceil(num_real / batch_size)
 
 
-def worker_groups(num_steps: int, worker: int, num_workers: int, group: int = 1) -> list[range]:
-    """The steps of an epoch that worker ``worker`` produces, in items of consecutive steps:
-    the epoch is cut into items of 1, 2, 4, ... steps, up to ``group`` (the sizes doubling
-    after each round of workers, so the first batches arrive as soon as one step is made) and
-    down again near the end (at most a ``2 * num_workers``-th of the steps left, so the workers
-    finish together), and the items are dealt to workers in turn, so a DataLoader's
-    round-robin over workers yields steps 0, 1, 2, ... in order."""
-    if not 0 <= worker < max(1, num_workers):
-        raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
+def epoch_items(num_steps: int, num_workers: int, group: int = 1) -> list[range]:
+    """The steps of an epoch cut into items of consecutive steps, in order, for DataLoader
+    workers to take one at a time: items of 1, 2, 4, ... steps, up to ``group`` (the sizes
+    doubling after each round of workers, so the first batches arrive as soon as one step is
+    made), and down again near the end (at most a ``2 * num_workers``-th of the steps left, so
+    the workers finish together)."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if group < 1:
         raise ValueError(f"group must be >= 1, got {group}")
-    workers, items, start, index = max(1, num_workers), [], 0, 0
+    workers, items, start = max(1, num_workers), [], 0
     while start < num_steps:
         tail = (num_steps - start) // (2 * workers)
-        size = max(1, min(group, 1 << min(index // workers, group.bit_length()), tail))
-        if index % workers == worker:
-            items.append(range(start, min(start + size, num_steps)))
-        start, index = start + size, index + 1
+        ramp = 1 << min(len(items) // workers, group.bit_length())
+        size = max(1, min(group, ramp, tail))
+        items.append(range(start, min(start + size, num_steps)))
+        start += size
     return items

@@ -6,9 +6,11 @@ of each source, and rank r its ``rank_share`` slice. Everything random about a g
 function of (seed, t) alone: the samples, the order of the batch (one permutation of the global
 batch, each rank keeping its own samples in that order) and the augmentation draws (made for the
 whole global part of a source, each rank applying its slice). So 1 or W ranks, 0 or w
-DataLoader workers give the same global batches; steps are dealt to workers in turn, in items
-of a few consecutive steps (``steps_per_item``: a DataLoader's per-item work, in the worker and in
-the main process, is then paid once for several small batches; ``StreamLoader`` unpacks them).
+DataLoader workers give the same global batches. An epoch's steps are cut into items of a few
+consecutive steps (``steps_per_item``: a DataLoader's per-item work, in the worker and in the
+main process, is then paid once for several small batches) which the workers take as they are
+ready (claims.py: a worker slowed by a shared core or a slow fetch makes fewer, none waits for
+another's turn); ``StreamLoader`` unpacks them and yields the batches in step order.
 
 A ``PassReader`` (passreader.py, one per stream and process or worker) loads the shards its
 positions fall in, whole, as decoded rows into a small LRU (a pass group is a few shards, see
@@ -49,8 +51,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from sio.core.storage import TransportError
 from sio.shardset import Check, ShardError
 from sio.train.cache import Fetcher, cache_folder
+from sio.train.claims import ItemClaims
 from sio.train.compose import assemble
-from sio.train.mixing import worker_groups
+from sio.train.mixing import epoch_items
 from sio.train.passes import slice_start
 from sio.train.passreader import SKIP_KINDS, Faults, PassReader, skip_counts
 from sio.train.ring import SlotRing
@@ -64,7 +67,6 @@ __all__ = [
     "MixedBatches",
     "SharedEpoch",
     "StreamLoader",
-    "checked",
     "raise_worker_error",
     "skip_counts",
 ]
@@ -72,6 +74,7 @@ __all__ = [
 
 ITEM_BYTES = 4 * 2**20  # images a DataLoader worker sends as one item, at most (if > 1 batch)
 MAX_STEPS_PER_ITEM = 16
+AHEAD_ITEMS = 4  # per worker: how far (in items) a worker may run past the main process
 
 
 class SharedEpoch:
@@ -98,9 +101,9 @@ class MixedBatches(IterableDataset):
     ``images`` (uint8, or float in [0, 1] after a PixMix transform), ``labels``,
     ``is_synthetic``, the global ``step``, ``ids``, ``faults``, ``fetched`` (bytes),
     ``shard_reads``, ``shard_decodes`` and ``shard_cached`` (rowcache.Counts), one entry per extra
-    stream and what the transform adds. In a DataLoader worker each item is a list of a few
-    consecutive steps' batches: use ``StreamLoader`` (or ``checked`` over a
-    ``DataLoader(batch_size=None)``), which gives one batch per step."""
+    stream and what the transform adds. In DataLoader workers each item is a list of a few
+    consecutive steps' batches, taken and sent as the workers are ready: iterate it with
+    ``StreamLoader``, which gives one batch per step, in order."""
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch):
         super().__init__()
@@ -111,6 +114,7 @@ class MixedBatches(IterableDataset):
         self.folder = cache_folder(spec.cache_dir) if spec.decoded_cache else None
         self._readers = None
         self._ring: SlotRing | None = None
+        self.claims: ItemClaims | None = None  # set by StreamLoader, shared with its workers
 
     def readers(self) -> dict[str, PassReader]:
         if self._readers is None:
@@ -160,46 +164,69 @@ class MixedBatches(IterableDataset):
         return max(1, min(by_size, num_steps // max(1, num_workers)))
 
     def __iter__(self):
-        spec = self.spec
         info = get_worker_info()
-        epoch, first = self.epoch.get(), self.epoch.first_step
-        start, num_steps = epoch * spec.steps_per_epoch + first, spec.steps_per_epoch - first
+        start, num_steps = self.epoch_steps()
         if info is None:
             for step in range(num_steps):
                 yield self.batch(start + step)
             return
+        if self.claims is None:
+            raise RuntimeError(
+                "MixedBatches in DataLoader workers: iterate it with StreamLoader, which "
+                "shares out the epoch's items and puts them back in step order"
+            )
+        generation = self.claims.generation()
         group = self.steps_per_item(num_steps, info.num_workers)
-        for steps in worker_groups(num_steps, info.id, info.num_workers, group):
+        items = epoch_items(num_steps, info.num_workers, group)
+        ahead = AHEAD_ITEMS * max(1, info.num_workers) * group
+        while (index := self.claims.take(generation, items, ahead)) is not None:
             batches = []
             try:
-                for step in steps:
+                for step in items[index]:
                     batches.append(self.batch(start + step))
             except (ShardError, TransportError) as error:  # any other: the DataLoader's own way
                 kind = "transport" if isinstance(error, TransportError) else "shard"
                 trace = traceback.format_exc()
-                yield [*batches, {"error": str(error), "kind": kind, "traceback": trace}]
+                failed = {"error": str(error), "kind": kind, "traceback": trace}
+                yield [*batches, {**failed, "step": start + items[index].start + len(batches)}]
                 return
             yield self.ring().pack(batches)
+            del batches
+
+    def epoch_steps(self) -> tuple[int, int]:
+        """(global step of the epoch's first batch, number of steps left in the epoch)."""
+        epoch, first = self.epoch.get(), self.epoch.first_step
+        return epoch * self.spec.steps_per_epoch + first, self.spec.steps_per_epoch - first
 
 
 class StreamLoader:
     """The batches of ``batches`` through a DataLoader of ``num_workers`` persistent workers
-    (0: in this process), one per step in order, one epoch per iteration: the workers' items
-    of several steps are unpacked and an error a worker sent is raised (``checked``)."""
+    (0: in this process), one per step in order, one epoch per iteration. The workers take the
+    epoch's items (a few consecutive steps each) as they are ready (claims.py) and send them as
+    they are made; the batches are put back in step order here, and an error a worker sent is
+    raised when its step comes (``in_step_order``)."""
 
     def __init__(self, batches: MixedBatches, num_workers: int = 0, pin_memory: bool = False):
+        self.batches = batches
         self.loader = batches
         if num_workers:
+            batches.claims = ItemClaims()
             self.loader = DataLoader(
                 batches,
                 batch_size=None,
                 num_workers=num_workers,
                 persistent_workers=True,
                 pin_memory=pin_memory,
+                in_order=False,  # items come as they are made; in_step_order orders them
             )
 
     def __iter__(self):
-        return checked(self.loader)
+        if self.loader is self.batches:
+            return iter(self.batches)
+        claims = self.batches.claims
+        claims.start()
+        start, num_steps = self.batches.epoch_steps()
+        return in_step_order(iter(self.loader), start, num_steps, claims)
 
 
 def raise_worker_error(batch: dict) -> None:
@@ -211,12 +238,20 @@ def raise_worker_error(batch: dict) -> None:
     raise error
 
 
-def checked(items):
-    """The batches of ``items`` (MixedBatches, or a DataLoader over it whose workers send
-    several steps' batches as one item), one per step in order, raising the error a worker
-    sent."""
+def in_step_order(items, start: int, num_steps: int, claims: ItemClaims):
+    """The batches of the workers' ``items`` (each a list of consecutive steps' batches, in
+    the order they were made) one per step from ``start``, in order; the error a worker met
+    is raised at its step. ``claims`` learns how far the epoch has been yielded."""
+    waiting, step, end = {}, start, start + num_steps
     for item in items:
-        for batch in item if isinstance(item, list) else (item,):
+        for batch in item:
+            waiting[batch["step"]] = batch
+        while step in waiting:
+            batch = waiting.pop(step)
             if "error" in batch:
                 raise_worker_error(batch)
+            step += 1
             yield batch
+        claims.advance(step - start)
+    if step != end or waiting:  # a worker's items went missing: never silently short
+        raise RuntimeError(f"the workers' items ended at step {step} of {start}..{end - 1}")

@@ -1,0 +1,167 @@
+"""DataLoader workers take an epoch's items as they are ready (sio.train.claims): each item is
+taken once, in order, never past the main process's front by ``ahead`` steps or more, and never
+by an iterator of an ended generation; through a real DataLoader a worker that is held up does
+not hold the others back, and the batches are those of one process, bitwise, in step order."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import random
+
+import pytest
+from torch.utils.data import get_worker_info
+
+from sio.shardset import ShardError
+from sio.train import stream as stream_module
+from sio.train.claims import WAIT, ItemClaims
+from sio.train.mixing import epoch_items
+from sio.train.stream import MixedBatches, SharedEpoch, StreamLoader
+
+from . import test_stream
+from .test_stream_items import same_batches
+
+spec, urls = test_stream.spec, test_stream.urls  # its fixtures: 4 + 3 shards of 8x8 images
+
+
+def test_items_are_taken_once_in_order_within_the_front():
+    """Random epochs, workers, item sizes and bounds, workers taking in a random interleaving and
+    the main process advancing its front at random: every item is taken exactly once, in order;
+    an item is refused (WAIT) exactly when it starts ``ahead`` or more steps past the front."""
+    rng = random.Random(0)
+    for _ in range(300):
+        steps, workers, group = rng.randint(0, 97), rng.randint(1, 5), rng.randint(1, 9)
+        ahead = rng.randint(1, 40)
+        items = epoch_items(steps, workers, group)
+        claims = ItemClaims()
+        generation = claims.start()
+        taken, front, made = [], 0, 0  # made: the steps of the items taken
+        while True:
+            index = claims.take_now(generation, items, ahead)
+            if index is None:
+                break
+            if index == WAIT:
+                assert items[len(taken)].start >= front + ahead
+                front = rng.randint(front + 1, made)  # the main process yields more
+                claims.advance(front)
+                continue
+            assert items[index].start < front + ahead
+            taken.append(index)
+            made = items[index].stop
+            if rng.random() < 0.3:
+                front = rng.randint(front, made)
+                claims.advance(front)
+        assert taken == list(range(len(items)))
+
+
+def test_an_ended_generation_takes_nothing():
+    items = epoch_items(20, 2, 4)
+    claims = ItemClaims()
+    old = claims.start()
+    assert claims.take_now(old, items, 100) == 0
+    new = claims.start()
+    assert claims.take_now(old, items, 100) is None  # an abandoned epoch's iterator
+    assert [claims.take_now(new, items, 100) for _ in range(3)] == [0, 1, 2]
+
+
+class HeldFirstStep(MixedBatches):
+    """The worker that makes the epoch's first step waits before it until ``release`` is set:
+    by another worker that made ``enough`` steps meanwhile, or (``bounded``) when a worker is
+    refused an item for running too far ahead. Which worker made each step is recorded."""
+
+    def __init__(self, spec_, epoch, enough: int):
+        super().__init__(spec_, epoch)
+        self.release = multiprocessing.Event()
+        self.others_steps = multiprocessing.Value("i", 0)
+        self.enough = enough
+
+    def batch(self, step: int) -> dict:
+        start, _ = self.epoch_steps()
+        if step == start:
+            if not self.release.wait(timeout=120):
+                raise ShardError("step 0 was held: no other worker ran ahead of it")
+        else:
+            with self.others_steps.get_lock():
+                self.others_steps.value += 1
+                if self.others_steps.value >= self.enough:
+                    self.release.set()
+        return {**super().batch(step), "worker": get_worker_info().id}
+
+
+def in_process(spec_) -> list[dict]:
+    return list(StreamLoader(MixedBatches(spec_, SharedEpoch(0))))
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_held_worker_does_not_hold_the_others(spec, workers):
+    """The first step's worker is held until the others have made 30 steps: with workers taking
+    turns (each at most two items ahead: 1 + 2 + 4 steps at the epoch's start) that could not
+    happen; here the others take the items it would have made. The batches are then those of
+    one process, in step order."""
+    spec_ = dataclasses.replace(spec, steps_per_epoch=53, seed=workers)
+    batches = HeldFirstStep(spec_, SharedEpoch(0), enough=30)
+    got = list(StreamLoader(batches, num_workers=workers))
+    held = got[0]["worker"]
+    assert sum(b["worker"] != held for b in got) >= 30
+    same_batches([{k: v for k, v in b.items() if k != "worker"} for b in got], in_process(spec_))
+
+
+class Bounded(ItemClaims):
+    """Claims that record the furthest step taken before a worker was first refused."""
+
+    def __init__(self, release):
+        super().__init__()
+        self.release = release
+        self.furthest = multiprocessing.Value("i", 0)
+
+    def take_now(self, generation, items, ahead):
+        index = super().take_now(generation, items, ahead)
+        if index == WAIT:
+            self.release.set()
+        elif index is not None and not self.release.is_set():
+            with self.furthest.get_lock():
+                self.furthest.value = max(self.furthest.value, items[index].stop)
+        return index
+
+
+def test_workers_run_at_most_ahead_steps_past_a_held_step(spec):
+    """The first step's worker held until another is refused an item: by then the items taken
+    reach fewer than ``ahead`` + one item's steps past step 0 (the shared slots in flight stay
+    bounded), and the epoch then completes, in order."""
+    steps, workers = 200, 2
+    spec_ = dataclasses.replace(spec, steps_per_epoch=steps)
+    batches = HeldFirstStep(spec_, SharedEpoch(0), enough=10**9)
+    loader = StreamLoader(batches, num_workers=workers)
+    batches.claims = Bounded(batches.release)  # before the workers start (at the first epoch)
+    group = batches.steps_per_item(steps, workers)
+    ahead = stream_module.AHEAD_ITEMS * workers * group
+    assert ahead + group < steps  # the bound is met inside the epoch
+    got = list(loader)
+    assert 0 < batches.claims.furthest.value < ahead + group
+    assert [b["step"] for b in got] == list(range(steps))
+
+
+def test_an_abandoned_epoch_leaves_the_next_whole(spec):
+    """An epoch left after 3 batches on persistent workers (their items in flight dropped):
+    the next epoch is whole and equal to one process's, bitwise."""
+    spec_ = dataclasses.replace(spec, steps_per_epoch=29)
+    position = SharedEpoch(0)
+    loader = StreamLoader(MixedBatches(spec_, position), num_workers=2)
+    first = iter(loader)
+    assert [next(first)["step"] for _ in range(3)] == [0, 1, 2]
+    del first
+    position.set(1)
+    got = list(loader)
+    want_position = SharedEpoch(1)
+    want = list(StreamLoader(MixedBatches(spec_, want_position)))
+    same_batches(got, want)
+
+
+def test_plain_dataloader_workers_are_refused(spec):
+    """MixedBatches in a DataLoader's workers without StreamLoader (nobody to put the items
+    back in order) is a one-line error, not silently reordered batches."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(MixedBatches(spec, SharedEpoch(0)), batch_size=None, num_workers=1)
+    with pytest.raises(RuntimeError, match="iterate it with StreamLoader"):
+        next(iter(loader))
