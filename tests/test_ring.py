@@ -30,9 +30,9 @@ class Numbered(IterableDataset):
         slots = SlotRing()
         for number in range(info.id, BATCHES, info.num_workers):
             packed = slots.pack([batch_of(number)])
-            ((_, rest, order),) = packed.parts
+            ((order, _, (rest,)),) = packed.parts
             rest.append(("slots", len(slots.slots)))
-            order.append("slots")
+            packed.parts = [((*order, "slots"), *packed.parts[0][1:])]
             yield packed
 
 

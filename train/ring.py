@@ -71,35 +71,57 @@ class SlotRing:
 
     def pack(self, batches: list[dict]) -> SlotBatch:
         """``batches`` (a worker's item: one or several steps' batches) with their tensors
-        written into one slot, ready for the DataLoader's queue."""
-        parts, total = [], 0
-        for batch in batches:
-            layout = []
-            for key, value in batch.items():
-                if _packable(value):
-                    start = -(-total // ALIGN) * ALIGN
-                    layout.append((key, start, value.dtype, tuple(value.shape)))
-                    total = start + value.nbytes
-            packed = {key for key, *_ in layout}
-            rest = [(key, value) for key, value in batch.items() if key not in packed]
-            parts.append((layout, rest, list(batch)))
+        written into one slot, ready for the DataLoader's queue. Consecutive batches of the
+        same keys, tensor dtypes and shapes form a run, written column by column (a key's
+        tensors back to back), so the main process makes each column's views in one call."""
+        runs, total = [], 0
+        for signature, group in _runs(batches):
+            order, packed = signature
+            columns = []
+            for key, dtype, shape in packed:
+                start = -(-total // ALIGN) * ALIGN
+                columns.append((key, start, dtype, shape))
+                total = start + len(group) * group[0][key].nbytes
+            keys = {key for key, *_ in packed}
+            rests = [[(k, v) for k, v in batch.items() if k not in keys] for batch in group]
+            runs.append((order, columns, rests, group))
         index = self._slot(total)
         buffer = torch.empty(0, dtype=torch.uint8).set_(self.slots[index])
-        for batch, (layout, _, _) in zip(batches, parts, strict=True):
-            for key, start, dtype, shape in layout:
-                value = batch[key]
+        for _, columns, _, group in runs:
+            for key, start, dtype, shape in columns:
                 at = HEADER + start
-                buffer[at : at + value.nbytes].view(dtype).view(shape).copy_(value)
+                column = buffer[at : at + len(group) * group[0][key].nbytes].view(dtype)
+                torch.stack([batch[key] for batch in group], out=column.view(len(group), *shape))
         # the slot as a tensor over it: shared by descriptor through the DataLoader's queue
         segment = None if index in self.sent else buffer
         self.sent.add(index)
+        parts = [(order, columns, rests) for order, columns, rests, _ in runs]
         return SlotBatch(self.token, index, segment, total, parts)
+
+
+def _runs(batches: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """``batches`` cut into runs of consecutive batches of one signature: (keys in order,
+    (key, dtype, shape) of each packable tensor)."""
+    runs = []
+    for batch in batches:
+        packed = tuple(
+            (key, value.dtype, tuple(value.shape))
+            for key, value in batch.items()
+            if _packable(value)
+        )
+        signature = (tuple(batch), packed)
+        if runs and runs[-1][0] == signature:
+            runs[-1][1].append(batch)
+        else:
+            runs.append((signature, [batch]))
+    return runs
 
 
 class SlotBatch:
     """A worker's batches on their way to the main process: which slot holds their tensors,
-    and where (``parts``: per batch, its tensors' (key, offset, dtype, shape), its other
-    values and its keys' order)."""
+    and where (``parts``: per run of batches of one signature, their keys' order, each
+    packed key's column (key, offset, dtype, shape of one tensor) and each batch's other
+    values)."""
 
     def __init__(self, token, index, segment, total, parts):
         self.token, self.index, self.segment = token, index, segment
@@ -152,9 +174,14 @@ def _arrived(token, index, segment, total, parts) -> list[dict]:
     # the tensors' storage is one over ``view`` (which it keeps alive), each at its offset
     storage = torch.frombuffer(view, dtype=torch.uint8).untyped_storage()
     batches = []
-    for layout, rest, order in parts:
-        items = dict(rest)
-        for key, start, dtype, shape in layout:
-            items[key] = torch.empty(0, dtype=dtype).set_(storage, start // dtype.itemsize, shape)
-        batches.append({key: items[key] for key in order})
+    for order, columns, rests in parts:
+        count = len(rests)
+        values = [dict(rest) for rest in rests]
+        for key, start, dtype, shape in columns:
+            column = torch.empty(0, dtype=dtype).set_(
+                storage, start // dtype.itemsize, (count, *shape)
+            )
+            for batch, tensor in zip(values, column.unbind(0), strict=True):
+                batch[key] = tensor
+        batches += [{key: batch[key] for key in order} for batch in values]
     return batches

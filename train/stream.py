@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 
-ITEM_BYTES = 4 * 2**20  # images a DataLoader worker sends as one item, at most (if > 1 batch)
+ITEM_BYTES = 8 * 2**20  # images a DataLoader worker sends as one item, at most (if > 1 batch)
 MAX_STEPS_PER_ITEM = 16
 AHEAD_ITEMS = 4  # per worker: how far (in items) a worker may run past the main process
 
