@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import random
+from types import SimpleNamespace
 
 import pytest
 from torch.utils.data import get_worker_info
@@ -16,7 +17,7 @@ from sio.shardset import ShardError
 from sio.train import stream as stream_module
 from sio.train.claims import WAIT, ItemClaims
 from sio.train.mixing import epoch_items
-from sio.train.stream import MixedBatches, SharedEpoch, StreamLoader
+from sio.train.stream import MixedBatches, SharedEpoch, StreamLoader, in_step_order
 
 from . import test_stream
 from .test_stream_items import same_batches
@@ -62,6 +63,28 @@ def test_an_ended_generation_takes_nothing():
     new = claims.start()
     assert claims.take_now(old, items, 100) is None  # an abandoned epoch's iterator
     assert [claims.take_now(new, items, 100) for _ in range(3)] == [0, 1, 2]
+    claims.stop(old)  # an old iterator closed late leaves the new generation alone
+    assert claims.take_now(new, items, 100) == 3
+    claims.stop(new)  # the main process is done: nobody takes (or waits for) more
+    assert claims.take_now(new, items, 0) is None
+
+
+def test_an_iterator_made_before_the_next_epoch_started_takes_none_of_it(spec, monkeypatch):
+    """A worker's iterator of an abandoned epoch that first runs after the main process
+    started the next epoch (a worker slow to start, its old tasks handled late) takes nothing:
+    the generation is counted in the worker when the DataLoader makes the iterator, not read
+    when it first runs; the worker's next iterator is the new generation's."""
+    worker = SimpleNamespace(id=0, num_workers=2)
+    monkeypatch.setattr(stream_module, "get_worker_info", lambda: worker)
+    batches = MixedBatches(dataclasses.replace(spec, steps_per_epoch=9), SharedEpoch(0))
+    batches.claims = claims = ItemClaims()
+    batches.generation = claims.start()
+    old = iter(batches)  # the DataLoader makes it when the worker starts
+    claims.start()  # the main process abandoned the epoch and starts the next
+    assert next(old, None) is None
+    new = iter(batches)  # made on the next iteration's resume
+    item = next(new)  # packed for the DataLoader's queue: its batches' other values
+    assert [dict(rest)["step"] for _, _, rests in item.parts for rest in rests] == [0]
 
 
 class HeldFirstStep(MixedBatches):
@@ -137,7 +160,7 @@ def test_workers_run_at_most_ahead_steps_past_a_held_step(spec):
     ahead = stream_module.AHEAD_ITEMS * workers * group
     assert ahead + group < steps  # the bound is met inside the epoch
     got = list(loader)
-    assert 0 < batches.claims.furthest.value < ahead + group
+    assert ahead <= batches.claims.furthest.value < ahead + group  # refused at the bound
     assert [b["step"] for b in got] == list(range(steps))
 
 
@@ -165,3 +188,44 @@ def test_plain_dataloader_workers_are_refused(spec):
     loader = DataLoader(MixedBatches(spec, SharedEpoch(0)), batch_size=None, num_workers=1)
     with pytest.raises(RuntimeError, match="iterate it with StreamLoader"):
         next(iter(loader))
+
+
+def shuffled_items(steps: int, seed: int, start: int) -> list[list[dict]]:
+    items = [[{"step": start + s} for s in item] for item in epoch_items(steps, 3, 4)]
+    random.Random(seed).shuffle(items)
+    return items
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_in_step_order_puts_items_back_in_order_and_ends_the_generation(seed):
+    claims = ItemClaims()
+    generation = claims.start()
+    got = list(in_step_order(iter(shuffled_items(23, seed, 100)), 100, 23, claims, generation))
+    assert [b["step"] for b in got] == list(range(100, 123))
+    assert claims.take_now(generation, epoch_items(23, 3, 4), 1000) is None  # ended
+
+
+def test_in_step_order_raises_a_worker_error_at_its_step():
+    claims = ItemClaims()
+    generation = claims.start()
+    items = [[{"step": 2}, {"error": "shard x: truncated", "kind": "shard", "step": 3}]]
+    items += [[{"step": 0}, {"step": 1}], [{"step": 4}]]
+    got = []
+    with pytest.raises(ShardError, match="shard x: truncated"):
+        for batch in in_step_order(iter(items), 0, 5, claims, generation):
+            got.append(batch["step"])
+    assert got == [0, 1, 2]
+    assert claims.take_now(generation, epoch_items(5, 2, 1), 1000) is None
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([[{"step": 0}], [{"step": 2}]], "ended at step 1"),  # step 1 never came
+        ([[{"step": 0}, {"step": 1}], [{"step": 1}]], "step 1 came twice"),
+    ],
+)
+def test_in_step_order_never_silently_short_or_doubled(items, message):
+    claims = ItemClaims()
+    with pytest.raises(RuntimeError, match=message):
+        list(in_step_order(iter(items), 0, 3, claims, claims.start()))

@@ -118,3 +118,42 @@ def test_an_item_dropped_whole_frees_its_slot():
         slots.append(max(b["slots"] for b in item))
         del item
     assert max(slots) <= 4, slots  # in flight: the prefetch of 2, the one held, one reordered
+
+
+def kinds_of(number: int, wide: bool) -> dict:
+    """A batch of every kind a transform may leave: bool, float64, a zero-size float16 and a
+    0-dim tensor, a non-contiguous one (sent as it is) and plain values; ``wide`` changes a
+    shape (a new run of the item)."""
+    generator = torch.Generator().manual_seed(number)
+    return {
+        "images": torch.rand((3, 5 if wide else 4), generator=generator, dtype=torch.float64),
+        "flags": torch.rand(7, generator=generator) > 0.5,
+        "empty": torch.zeros((0, 5), dtype=torch.float16),
+        "count": torch.tensor(number),
+        "strided": torch.arange(12).view(3, 4).t(),
+        "step": number,
+        "keys": [f"k{number}"],
+    }
+
+
+class Mixed(IterableDataset):
+    """One item whose batches change signature: three alike, a wider one, one alike again."""
+
+    WIDE = (False, False, False, True, False)
+
+    def __iter__(self):
+        yield SlotRing().pack([kinds_of(n, wide) for n, wide in enumerate(self.WIDE)])
+
+
+def test_an_item_of_several_runs_and_dtypes_arrives_bitwise():
+    (item,) = DataLoader(Mixed(), batch_size=None, num_workers=1)
+    assert [b["step"] for b in item] == list(range(len(Mixed.WIDE)))
+    for got, wide in zip(item, Mixed.WIDE, strict=True):
+        want = kinds_of(got["step"], wide)
+        assert list(got) == list(want)
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+                assert torch.equal(got[key], value), key
+            else:
+                assert got[key] == value, key

@@ -106,7 +106,7 @@ def test_an_item_holds_few_megabytes_and_every_worker_gets_items(
     batch_bytes = batch * channels * size * size
     assert group >= 1
     assert group == 1 or group * batch_bytes <= ITEM_BYTES
-    assert group == 1 or group <= steps // workers  # no worker left without an item
+    assert group == 1 or group <= steps // workers  # the epoch has an item for each worker
     assert group > 1 or batch_bytes * 2 > ITEM_BYTES or steps // workers < 2
 
 

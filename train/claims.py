@@ -5,11 +5,12 @@ and no worker waits for another's turn.
 The items are ``mixing.epoch_items``; a batch is a function of (seed, step) alone, so which
 worker makes an item never changes a batch, and the main process puts the items back in step
 order (``stream.in_step_order``). State shared by the workers and the main process, in one
-small shared array: the generation (the main process starts a new one each time it iterates,
-so an iterator left from an abandoned epoch takes nothing of the next), the next item, and
-the first step the main process has not yielded yet (``front``), which bounds how far ahead
-a worker may run while another is held up: the items in flight, and the shared slots that
-hold them, stay bounded.
+small shared array: the generation (the main process starts a new one each time it iterates;
+a worker counts the iterations itself, so an iterator left from an abandoned epoch takes
+nothing of the next), the next item, the first step the main process has not yielded yet
+(``front``), which bounds how far ahead a worker may run while another is held up (the items
+in flight, and the shared slots that hold them, stay bounded), and the last generation the
+main process ended (so no worker waits on a front that will not move).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 
-GENERATION, NEXT, FRONT = range(3)
+GENERATION, NEXT, FRONT, STOPPED = range(4)
 WAIT = -1  # take_now: the next item is too far ahead of the main process; try again soon
 POLL_S = 0.0005  # a held-back worker's pause between tries
 
@@ -26,35 +27,47 @@ class ItemClaims:
     """The items of the current epoch the workers of one DataLoader have taken."""
 
     def __init__(self):
-        self._state = multiprocessing.Array("q", 3)
+        self._state = multiprocessing.Array("q", 4)
 
     def start(self) -> int:
         """A new epoch's claims (the main process, before its workers start the epoch): no item
         taken, nothing yielded; the new generation."""
         with self._state.get_lock():
-            self._state[GENERATION] += 1
-            self._state[NEXT] = 0
-            self._state[FRONT] = 0
-            return self._state[GENERATION]
+            state = self._state.get_obj()
+            state[GENERATION] += 1
+            state[NEXT] = state[FRONT] = 0
+            return state[GENERATION]
 
     def generation(self) -> int:
         return self._state[GENERATION]
 
     def advance(self, front: int) -> None:
         """The main process has yielded the epoch's steps before ``front``."""
-        self._state[FRONT] = front  # one word, written by the main process alone
+        self._state[FRONT] = front
+
+    def stop(self, generation: int) -> None:
+        """The main process is done with ``generation`` (finished, failed or abandoned): no
+        worker takes another of its items, so none waits on a front that will not move. A
+        later generation is left as it is (an old iterator closed late)."""
+        with self._state.get_lock():
+            state = self._state.get_obj()
+            if state[GENERATION] == generation:
+                state[STOPPED] = generation
 
     def take_now(self, generation: int, items: list[range], ahead: int) -> int | None:
         """The index of the next item of ``items`` for this worker, marked taken; None when the
         epoch has no item left or ``generation`` has ended; WAIT while that item starts
         ``ahead`` steps or more past the main process's front."""
         with self._state.get_lock():
-            if self._state[GENERATION] != generation or self._state[NEXT] >= len(items):
+            state = self._state.get_obj()  # under the lock: its words as they are
+            if state[GENERATION] != generation or state[STOPPED] == generation:
                 return None
-            index = self._state[NEXT]
-            if items[index].start >= self._state[FRONT] + ahead:
+            index = state[NEXT]
+            if index >= len(items):
+                return None
+            if items[index].start >= state[FRONT] + ahead:
                 return WAIT
-            self._state[NEXT] = index + 1
+            state[NEXT] = index + 1
             return index
 
     def take(self, generation: int, items: list[range], ahead: int) -> int | None:

@@ -15,9 +15,10 @@ order, each tensor a view of the slot of its dtype and shape, bitwise equal).
 A slot is busy from the worker's write until the main process drops the last view of that
 item's batches (a finalizer marks it free in the slot's header); a worker that finds no free
 slot makes a new one, so a consumer that keeps every batch costs what it did before (a segment
-per item) and nothing ever waits on the consumer. A slot whose item never arrived (the
-DataLoader dropped what was in flight when an epoch was abandoned) stays busy and is not used
-again.
+per item) and nothing ever waits on the consumer. An item the DataLoader drains and drops
+when an epoch is abandoned is unpickled and freed like any other; a slot whose item never
+reached the main process (a worker killed while sending it) stays busy and is not used again.
+Slots are kept for the worker's life: its shared memory is the most it ever had in flight.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ A corrupt sample, record or shard raises a ShardError naming the URL and member,
 ``on_error="skip"`` is replaced by the next readable sample of the same pass and counted: each
 batch carries ``faults`` (kind, key) pairs, which the loop dedupes into the epoch's counts. A
 transport outage is never skipped. In a DataLoader worker an error travels as the last entry
-of an item, ``{"error": message, "traceback": ...}`` after the item's earlier batches, so the
-user sees the message without the worker's traceback, where one process would stop. Each batch
+of an item, ``{"error": message, "kind", "traceback", "step"}`` after the item's earlier
+batches, and is raised when its step comes, so the user sees the message without the worker's
+traceback, where one process would stop. Each batch
 also carries ``ids``: the key of every real and synthetic sample (a record's images: their keys
 in its meta.json), for the trace, and ``keys``, those of its images in batch order. A worker
 sends an item (one or a few steps' batches) through its ring of shared slots (ring.py): their
@@ -115,6 +116,8 @@ class MixedBatches(IterableDataset):
         self._readers = None
         self._ring: SlotRing | None = None
         self.claims: ItemClaims | None = None  # set by StreamLoader, shared with its workers
+        self.generation = 0  # the claims' generation StreamLoader started last (copied by workers)
+        self._counted: tuple[int, int] | None = None  # in a worker: (its pid, its generation)
 
     def readers(self) -> dict[str, PassReader]:
         if self._readers is None:
@@ -152,8 +155,8 @@ class MixedBatches(IterableDataset):
     def steps_per_item(self, num_steps: int, num_workers: int) -> int:
         """Consecutive steps a DataLoader worker sends as one item: batches up to ``ITEM_BYTES``
         of images together (the DataLoader's per-item work, ~0.5 ms of a worker's and ~0.3 ms
-        of the main process's, is then paid once for them), while every worker still gets
-        an item of the epoch; 1 for batches of large images. A batch transform may leave float
+        of the main process's, is then paid once for them), while the epoch has an item for
+        each worker; 1 for batches of large images. A batch transform may leave float
         images (PixMix): with one, a pixel counts 4 bytes."""
         spec = self.spec
         height, width = spec.image_size
@@ -164,18 +167,36 @@ class MixedBatches(IterableDataset):
         return max(1, min(by_size, num_steps // max(1, num_workers)))
 
     def __iter__(self):
+        """One epoch: in this process every step, in a DataLoader worker the items it takes.
+        The epoch, and in a worker the claims' generation, are fixed here (the DataLoader
+        calls this once per worker and iteration: when the worker starts, and on each
+        iteration's resume), so an iterator left from an abandoned epoch, whenever it runs,
+        takes nothing of the next."""
         info = get_worker_info()
         start, num_steps = self.epoch_steps()
         if info is None:
-            for step in range(num_steps):
-                yield self.batch(start + step)
-            return
+            return (self.batch(start + step) for step in range(num_steps))
+        return self._worker_items(info, start, num_steps, self._worker_generation())
+
+    def _worker_generation(self) -> int | None:
+        """The claims' generation of this iteration, counted in the worker: the one
+        StreamLoader started before the worker was made, then one more per iteration
+        (StreamLoader starts one generation per iteration). None without claims."""
         if self.claims is None:
+            return None
+        pid = os.getpid()
+        if self._counted is None or self._counted[0] != pid:
+            self._counted = (pid, self.generation)
+        else:
+            self._counted = (pid, self._counted[1] + 1)
+        return self._counted[1]
+
+    def _worker_items(self, info, start: int, num_steps: int, generation: int | None):
+        if generation is None:
             raise RuntimeError(
                 "MixedBatches in DataLoader workers: iterate it with StreamLoader, which "
                 "shares out the epoch's items and puts them back in step order"
             )
-        generation = self.claims.generation()
         group = self.steps_per_item(num_steps, info.num_workers)
         items = epoch_items(num_steps, info.num_workers, group)
         ahead = AHEAD_ITEMS * max(1, info.num_workers) * group
@@ -224,9 +245,9 @@ class StreamLoader:
         if self.loader is self.batches:
             return iter(self.batches)
         claims = self.batches.claims
-        claims.start()
+        generation = self.batches.generation = claims.start()
         start, num_steps = self.batches.epoch_steps()
-        return in_step_order(iter(self.loader), start, num_steps, claims)
+        return in_step_order(iter(self.loader), start, num_steps, claims, generation)
 
 
 def raise_worker_error(batch: dict) -> None:
@@ -238,20 +259,26 @@ def raise_worker_error(batch: dict) -> None:
     raise error
 
 
-def in_step_order(items, start: int, num_steps: int, claims: ItemClaims):
+def in_step_order(items, start: int, num_steps: int, claims: ItemClaims, generation: int):
     """The batches of the workers' ``items`` (each a list of consecutive steps' batches, in
     the order they were made) one per step from ``start``, in order; the error a worker met
-    is raised at its step. ``claims`` learns how far the epoch has been yielded."""
+    is raised at its step. ``claims`` learns how far the epoch has been yielded, and that it
+    ended (finished, failed or abandoned: no worker takes another item of it)."""
     waiting, step, end = {}, start, start + num_steps
-    for item in items:
-        for batch in item:
-            waiting[batch["step"]] = batch
-        while step in waiting:
-            batch = waiting.pop(step)
-            if "error" in batch:
-                raise_worker_error(batch)
-            step += 1
-            yield batch
-        claims.advance(step - start)
-    if step != end or waiting:  # a worker's items went missing: never silently short
-        raise RuntimeError(f"the workers' items ended at step {step} of {start}..{end - 1}")
+    try:
+        for item in items:
+            for batch in item:
+                if batch["step"] < step or batch["step"] in waiting:
+                    raise RuntimeError(f"step {batch['step']} came twice from the workers")
+                waiting[batch["step"]] = batch
+            while step in waiting:
+                batch = waiting.pop(step)
+                if "error" in batch:
+                    raise_worker_error(batch)
+                step += 1
+                claims.advance(step - start)
+                yield batch
+        if step != end or waiting:  # a worker's items went missing: never silently short
+            raise RuntimeError(f"the workers' items ended at step {step} of {start}..{end - 1}")
+    finally:
+        claims.stop(generation)
