@@ -43,7 +43,7 @@ class ItemClaims:
 
     def advance(self, front: int) -> None:
         """The main process has yielded the epoch's steps before ``front``."""
-        self._state[FRONT] = front
+        self._state.get_obj()[FRONT] = front  # one aligned word, written by the main process alone
 
     def stop(self, generation: int) -> None:
         """The main process is done with ``generation`` (finished, failed or abandoned): no
