@@ -55,6 +55,11 @@
    ring (``OneStep``, before), each in a new shared segment (``Packed``, before the ring) or
    tensor by tensor (``Unpacked``, before that), alternating.
 
+8. Scaling (``python benchmarks/loader.py scaling [pairs] [num_real]``): 2 workers against 1 in
+   adjacent whole epochs of two persistent DataLoaders over the same sets (decoded cache warm),
+   the median over pairs of the ratio, with the CPU time of the workers and of the main process
+   per epoch (how full the cores were).
+
 Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
 Usage: python benchmarks/loader.py [rounds] [num_real]; ... transfer [rounds] [num_real] [steps]
 """
