@@ -44,14 +44,14 @@ def test_items_are_taken_once_in_order_within_the_front():
             if index == WAIT:
                 assert items[len(taken)].start >= front + ahead
                 front = rng.randint(front + 1, made)  # the main process yields more
-                claims.advance(front)
+                claims.advance(generation, front)
                 continue
             assert items[index].start < front + ahead
             taken.append(index)
             made = items[index].stop
             if rng.random() < 0.3:
                 front = rng.randint(front, made)
-                claims.advance(front)
+                claims.advance(generation, front)
         assert taken == list(range(len(items)))
 
 
@@ -222,10 +222,45 @@ def test_in_step_order_raises_a_worker_error_at_its_step():
     ("items", "message"),
     [
         ([[{"step": 0}], [{"step": 2}]], "ended at step 1"),  # step 1 never came
-        ([[{"step": 0}, {"step": 1}], [{"step": 1}]], "step 1 came twice"),
+        ([[{"step": 0}, {"step": 1}], [{"step": 1}]], "step 1 came twice"),  # yielded
+        ([[{"step": 2}], [{"step": 2}]], "step 2 came twice"),  # still waiting
     ],
 )
 def test_in_step_order_never_silently_short_or_doubled(items, message):
     claims = ItemClaims()
     with pytest.raises(RuntimeError, match=message):
         list(in_step_order(iter(items), 0, 3, claims, claims.start()))
+
+
+def test_an_abandoned_iterator_ends_its_generation_and_an_old_one_moves_nothing():
+    """Closed after one batch, its generation ends (no worker takes or waits on it); an old
+    generation's front never moves a newer one's."""
+    claims = ItemClaims()
+    generation = claims.start()
+    items = [[{"step": 0}], [{"step": 1}], [{"step": 2}]]
+    batches = in_step_order(iter(items), 0, 3, claims, generation)
+    assert next(batches)["step"] == 0
+    batches.close()
+    assert claims.take_now(generation, epoch_items(3, 1), 1000) is None
+    new = claims.start()
+    claims.advance(generation, 50)  # the old iterator, resumed late
+    assert claims.take_now(new, epoch_items(30, 1), 5) == 0  # item 0 starts at 0 < 0 + 5
+    assert claims.take_now(new, epoch_items(30, 1), 1) == WAIT  # the front is still 0
+
+
+def test_a_stream_loader_dropped_unstarted_ends_its_generation(spec):
+    """``iter(loader)`` never advanced, then dropped: its generation ends all the same (the
+    workers would otherwise take items up to the bound and wait there until the next epoch)."""
+    loader = StreamLoader(MixedBatches(spec, SharedEpoch(0)), num_workers=1)
+    batches = iter(loader)
+    generation, claims = loader.batches.generation, loader.batches.claims
+    items = epoch_items(spec.steps_per_epoch, 1)
+    del batches
+    assert claims.take_now(generation, items, 10**6) is None
+
+
+def test_one_mixed_batches_streams_through_one_stream_loader(spec):
+    batches = MixedBatches(spec, SharedEpoch(0))
+    StreamLoader(batches, num_workers=1)
+    with pytest.raises(ValueError, match="another StreamLoader"):
+        StreamLoader(batches, num_workers=1)

@@ -38,12 +38,12 @@ class ItemClaims:
             state[NEXT] = state[FRONT] = 0
             return state[GENERATION]
 
-    def generation(self) -> int:
-        return self._state[GENERATION]
-
-    def advance(self, front: int) -> None:
-        """The main process has yielded the epoch's steps before ``front``."""
-        self._state.get_obj()[FRONT] = front  # one aligned word, written by the main process alone
+    def advance(self, generation: int, front: int) -> None:
+        """The main process has yielded ``generation``'s steps before ``front`` (nothing, once a
+        later generation started: an old iterator resumed late never moves the new front)."""
+        state = self._state.get_obj()  # words the main process alone writes: no lock needed
+        if state[GENERATION] == generation:
+            state[FRONT] = front
 
     def stop(self, generation: int) -> None:
         """The main process is done with ``generation`` (finished, failed or abandoned): no

@@ -18,7 +18,8 @@ slot makes a new one, so a consumer that keeps every batch costs what it did bef
 per item) and nothing ever waits on the consumer. An item the DataLoader drains and drops
 when an epoch is abandoned is unpickled and freed like any other; a slot whose item never
 reached the main process (a worker killed while sending it) stays busy and is not used again.
-Slots are kept for the worker's life: its shared memory is the most it ever had in flight.
+Slots are kept for the worker's life (a free slot is reused when it is large enough): its shared
+memory is about the most it ever had in flight.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import traceback
+import weakref
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -173,10 +174,11 @@ class MixedBatches(IterableDataset):
         iteration's resume), so an iterator left from an abandoned epoch, whenever it runs,
         takes nothing of the next."""
         info = get_worker_info()
+        generation = None if info is None else self._worker_generation()  # first: nothing skips it
         start, num_steps = self.epoch_steps()
         if info is None:
             return (self.batch(start + step) for step in range(num_steps))
-        return self._worker_items(info, start, num_steps, self._worker_generation())
+        return self._worker_items(info, start, num_steps, generation)
 
     def _worker_generation(self) -> int | None:
         """The claims' generation of this iteration, counted in the worker: the one
@@ -231,6 +233,11 @@ class StreamLoader:
         self.batches = batches
         self.loader = batches
         if num_workers:
+            if batches.claims is not None:
+                raise ValueError(
+                    "this MixedBatches already streams through another StreamLoader's workers: "
+                    "give each StreamLoader its own"
+                )
             batches.claims = ItemClaims()
             self.loader = DataLoader(
                 batches,
@@ -247,7 +254,10 @@ class StreamLoader:
         claims = self.batches.claims
         generation = self.batches.generation = claims.start()
         start, num_steps = self.batches.epoch_steps()
-        return in_step_order(iter(self.loader), start, num_steps, claims, generation)
+        batches = in_step_order(iter(self.loader), start, num_steps, claims, generation)
+        # ended however the iterator goes: exhausted, failed, closed, or dropped unstarted
+        weakref.finalize(batches, claims.stop, generation)
+        return batches
 
 
 def raise_worker_error(batch: dict) -> None:
@@ -276,7 +286,7 @@ def in_step_order(items, start: int, num_steps: int, claims: ItemClaims, generat
                 if "error" in batch:
                     raise_worker_error(batch)
                 step += 1
-                claims.advance(step - start)
+                claims.advance(generation, step - start)
                 yield batch
         if step != end or waiting:  # a worker's items went missing: never silently short
             raise RuntimeError(f"the workers' items ended at step {step} of {start}..{end - 1}")
