@@ -1,7 +1,9 @@
-"""DataLoader workers take an epoch's items as they are ready (sio.train.claims): each item is
+"""DataLoader workers take a stream's items as they are ready (sio.train.claims): each item is
 taken once, in order, never past the main process's front by ``ahead`` steps or more, and never
 by an iterator of an ended generation; through a real DataLoader a worker that is held up does
-not hold the others back, and the batches are those of one process, bitwise, in step order."""
+not hold the others back, the stream runs on across epochs (the next epoch's first items are
+made while the main process is between epochs; never a step past ``end_step``), and the
+batches are those of one process, bitwise, in step order."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch.utils.data import get_worker_info
 from sio.shardset import ShardError
 from sio.train import stream as stream_module
 from sio.train.claims import WAIT, ItemClaims
-from sio.train.mixing import epoch_items
+from sio.train.mixing import StepItems
 from sio.train.stream import MixedBatches, SharedEpoch, StreamLoader, in_step_order
 
 from . import test_stream
@@ -32,41 +34,69 @@ def test_items_are_taken_once_in_order_within_the_front():
     rng = random.Random(0)
     for _ in range(300):
         steps, workers, group = rng.randint(0, 97), rng.randint(1, 5), rng.randint(1, 9)
-        ahead = rng.randint(1, 40)
-        items = epoch_items(steps, workers, group)
+        ahead, start = rng.randint(1, 40), rng.choice([0, rng.randint(1, 500)])
+        items = StepItems(start, start + steps, workers, group)
         claims = ItemClaims()
-        generation = claims.start()
-        taken, front, made = [], 0, 0  # made: the steps of the items taken
+        generation = claims.start(start, start + steps)
+        assert claims.span(generation) == (start, start + steps)
+        taken, front, made = [], start, start  # made: the end of the items taken
         while True:
             index = claims.take_now(generation, items, ahead)
             if index is None:
                 break
             if index == WAIT:
-                assert items[len(taken)].start >= front + ahead
+                assert items.at(len(taken)).start >= front + ahead
                 front = rng.randint(front + 1, made)  # the main process yields more
                 claims.advance(generation, front)
                 continue
-            assert items[index].start < front + ahead
-            taken.append(index)
-            made = items[index].stop
+            assert items.at(index).start < front + ahead and index == len(taken)
+            taken.append(items.at(index))
+            made = items.at(index).stop
             if rng.random() < 0.3:
                 front = rng.randint(front, made)
                 claims.advance(generation, front)
-        assert taken == list(range(len(items)))
+        assert taken == list(items)
 
 
 def test_an_ended_generation_takes_nothing():
-    items = epoch_items(20, 2, 4)
+    items = StepItems(0, 20, 2, 4)
     claims = ItemClaims()
     old = claims.start()
     assert claims.take_now(old, items, 100) == 0
     new = claims.start()
-    assert claims.take_now(old, items, 100) is None  # an abandoned epoch's iterator
+    assert claims.take_now(old, items, 100) is None  # an abandoned stream's iterator
+    assert claims.span(old) is None and claims.span(new) == (0, None)
     assert [claims.take_now(new, items, 100) for _ in range(3)] == [0, 1, 2]
     claims.stop(old)  # an old iterator closed late leaves the new generation alone
     assert claims.take_now(new, items, 100) == 3
     claims.stop(new)  # the main process is done: nobody takes (or waits for) more
     assert claims.take_now(new, items, 0) is None
+
+
+def test_past_the_main_process_epoch_only_ready_items_are_taken():
+    """Items of the epoch the main process is in are taken whatever ``ready`` says; one of a
+    later epoch only when its batches need no shard decoded (``ready``) or once the main
+    process announced that epoch: a shard is decoded for the first epoch that needs it."""
+    items = StepItems(0, None, 2, 4, epoch=10)
+    claims = ItemClaims()
+    generation = claims.start(0, None, epoch_end=10)
+    asked = []
+
+    def ready(item):
+        asked.append(item)
+        return item.start < 14  # the shards of steps 10..13 are published, not those of 14..
+
+    taken = []
+    while (index := claims.take_now(generation, items, 100, ready)) not in (WAIT, None):
+        taken.append(items.at(index))
+    assert [s for item in taken for s in item] == list(range(14))
+    assert all(item.start >= 10 for item in asked)  # asked only past the epoch's end
+    assert taken[-1] == range(10, 14) and items.at(len(taken)) == range(14, 18)
+    claims.announce(generation, 20)  # the main process is in the next epoch
+    assert items.at(claims.take_now(generation, items, 100, ready)) == range(14, 18)
+    claims.announce(generation - 1, 30)  # an old generation announces nothing
+    assert claims.take_now(generation, items, 100, lambda item: False) == len(taken) + 1
+    assert claims.take_now(generation, items, 100, lambda item: False) == WAIT  # 20.. is early
 
 
 def test_an_iterator_made_before_the_next_epoch_started_takes_none_of_it(spec, monkeypatch):
@@ -137,13 +167,13 @@ class Bounded(ItemClaims):
         self.release = release
         self.furthest = multiprocessing.Value("i", 0)
 
-    def take_now(self, generation, items, ahead):
-        index = super().take_now(generation, items, ahead)
+    def take_now(self, generation, items, ahead, ready=None):
+        index = super().take_now(generation, items, ahead, ready)
         if index == WAIT:
             self.release.set()
         elif index is not None and not self.release.is_set():
             with self.furthest.get_lock():
-                self.furthest.value = max(self.furthest.value, items[index].stop)
+                self.furthest.value = max(self.furthest.value, items.at(index).stop)
         return index
 
 
@@ -191,7 +221,7 @@ def test_plain_dataloader_workers_are_refused(spec):
 
 
 def shuffled_items(steps: int, seed: int, start: int) -> list[list[dict]]:
-    items = [[{"step": start + s} for s in item] for item in epoch_items(steps, 3, 4)]
+    items = [[{"step": s} for s in item] for item in StepItems(start, start + steps, 3, 4)]
     random.Random(seed).shuffle(items)
     return items
 
@@ -199,10 +229,10 @@ def shuffled_items(steps: int, seed: int, start: int) -> list[list[dict]]:
 @pytest.mark.parametrize("seed", range(10))
 def test_in_step_order_puts_items_back_in_order_and_ends_the_generation(seed):
     claims = ItemClaims()
-    generation = claims.start()
-    got = list(in_step_order(iter(shuffled_items(23, seed, 100)), 100, 23, claims, generation))
+    generation = claims.start(100, 123)
+    got = list(in_step_order(iter(shuffled_items(23, seed, 100)), claims, generation, 100, 123))
     assert [b["step"] for b in got] == list(range(100, 123))
-    assert claims.take_now(generation, epoch_items(23, 3, 4), 1000) is None  # ended
+    assert claims.take_now(generation, StepItems(100, 123, 3, 4), 1000) is None  # ended
 
 
 def test_in_step_order_raises_a_worker_error_at_its_step():
@@ -212,24 +242,26 @@ def test_in_step_order_raises_a_worker_error_at_its_step():
     items += [[{"step": 0}, {"step": 1}], [{"step": 4}]]
     got = []
     with pytest.raises(ShardError, match="shard x: truncated"):
-        for batch in in_step_order(iter(items), 0, 5, claims, generation):
+        for batch in in_step_order(iter(items), claims, generation, 0, None):
             got.append(batch["step"])
     assert got == [0, 1, 2]
-    assert claims.take_now(generation, epoch_items(5, 2, 1), 1000) is None
+    assert claims.take_now(generation, StepItems(0, 5, 2, 1), 1000) is None
 
 
 @pytest.mark.parametrize(
     ("items", "message"),
     [
-        ([[{"step": 0}], [{"step": 2}]], "ended at step 1"),  # step 1 never came
+        ([[{"step": 0}], [{"step": 2}]], "ended at step 1 of 0..2"),  # step 1 never came
         ([[{"step": 0}, {"step": 1}], [{"step": 1}]], "step 1 came twice"),  # yielded
         ([[{"step": 2}], [{"step": 2}]], "step 2 came twice"),  # still waiting
+        ([[{"step": 0}, {"step": 1}, {"step": 2}]], "ended at step 3$"),  # a stream has no end
     ],
 )
 def test_in_step_order_never_silently_short_or_doubled(items, message):
     claims = ItemClaims()
+    end = None if message.endswith("$") else 3
     with pytest.raises(RuntimeError, match=message):
-        list(in_step_order(iter(items), 0, 3, claims, claims.start()))
+        list(in_step_order(iter(items), claims, claims.start(), 0, end))
 
 
 def test_an_abandoned_iterator_ends_its_generation_and_an_old_one_moves_nothing():
@@ -238,25 +270,138 @@ def test_an_abandoned_iterator_ends_its_generation_and_an_old_one_moves_nothing(
     claims = ItemClaims()
     generation = claims.start()
     items = [[{"step": 0}], [{"step": 1}], [{"step": 2}]]
-    batches = in_step_order(iter(items), 0, 3, claims, generation)
+    batches = in_step_order(iter(items), claims, generation, 0, 3)
     assert next(batches)["step"] == 0
     batches.close()
-    assert claims.take_now(generation, epoch_items(3, 1), 1000) is None
+    assert claims.take_now(generation, StepItems(0, 3, 1), 1000) is None
     new = claims.start()
     claims.advance(generation, 50)  # the old iterator, resumed late
-    assert claims.take_now(new, epoch_items(30, 1), 5) == 0  # item 0 starts at 0 < 0 + 5
-    assert claims.take_now(new, epoch_items(30, 1), 1) == WAIT  # the front is still 0
+    assert claims.take_now(new, StepItems(0, 30, 1), 5) == 0  # item 0 starts at 0 < 0 + 5
+    assert claims.take_now(new, StepItems(0, 30, 1), 1) == WAIT  # the front is still 0
 
 
-def test_a_stream_loader_dropped_unstarted_ends_its_generation(spec):
-    """``iter(loader)`` never advanced, then dropped: its generation ends all the same (the
-    workers would otherwise take items up to the bound and wait there until the next epoch)."""
-    loader = StreamLoader(MixedBatches(spec, SharedEpoch(0)), num_workers=1)
+def test_an_epoch_dropped_unstarted_leaves_the_stream_and_a_dropped_loader_ends_it(spec):
+    """``iter(loader)`` never advanced, then dropped: the stream is untouched (the epoch, asked
+    again, goes on with it, whole); the loader dropped, its generation ends (no worker takes
+    or waits on it while the DataLoader shuts the workers down)."""
+    position = SharedEpoch(0)
+    loader = StreamLoader(MixedBatches(spec, position), num_workers=2)
     batches = iter(loader)
     generation, claims = loader.batches.generation, loader.batches.claims
-    items = epoch_items(spec.steps_per_epoch, 1)
     del batches
-    assert claims.take_now(generation, items, 10**6) is None
+    same_batches(list(loader), in_process(spec))
+    assert loader.batches.generation == generation
+    items = StepItems(0, None, 1)  # ahead 0: WAIT while the stream runs, None once it ended
+    assert claims.take_now(generation, items, 0) == WAIT  # on into the next epoch
+    del loader
+    assert claims.take_now(generation, items, 0) is None
+
+
+def test_an_epoch_left_part_way_ends_its_stream_and_the_next_starts_another(spec):
+    position = SharedEpoch(0)
+    loader = StreamLoader(MixedBatches(spec, position), num_workers=2)
+    assert len(list(loader)) == spec.steps_per_epoch
+    generation, claims = loader.batches.generation, loader.batches.claims
+    position.set(1)
+    assert next(iter(loader))["step"] == spec.steps_per_epoch  # the iterator, dropped
+    assert claims.take_now(generation, StepItems(0, None, 1), 0) is None
+    same_batches(list(loader), list(StreamLoader(MixedBatches(spec, SharedEpoch(1)))))
+    assert loader.batches.generation == generation + 1
+
+
+def epochs_through(spec_, workers: int, count: int, end_step: int | None) -> list[list[dict]]:
+    position = SharedEpoch(0)
+    loader = StreamLoader(MixedBatches(spec_, position), workers, end_step=end_step)
+    out, generations = [], set()
+    for number in range(count):
+        position.set(number)
+        out.append(list(loader))
+        generations.add(loader.batches.generation)
+    assert len(generations) == 1  # one stream, from the first epoch on into the last
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_the_stream_runs_on_across_epochs(spec, workers):
+    """Prime and tiny epoch lengths (fewer steps than workers), with and without an end: three
+    epochs are one stream, and each epoch's batches are those of one process, bitwise."""
+    for steps, end in ((1, None), (2, 6), (7, None), (13, 39)):
+        spec_ = dataclasses.replace(spec, steps_per_epoch=steps, seed=steps + workers)
+        got = epochs_through(spec_, workers, 3, end)
+        position = SharedEpoch(0)
+        one = StreamLoader(MixedBatches(spec_, position))
+        for number, epoch in enumerate(got):
+            position.set(number)
+            same_batches(epoch, list(one))
+
+
+class Watched(MixedBatches):
+    """Records the furthest step the workers made; ``reached`` is set once a worker makes
+    ``step``."""
+
+    def __init__(self, spec_, epoch, step: int):
+        super().__init__(spec_, epoch)
+        self.step = step
+        self.reached = multiprocessing.Event()
+        self.furthest = multiprocessing.Value("i", -1)
+
+    def batch(self, step: int) -> dict:
+        with self.furthest.get_lock():
+            self.furthest.value = max(self.furthest.value, step)
+        if step == self.step:
+            self.reached.set()
+        return super().batch(step)
+
+
+def test_the_next_epochs_first_items_are_made_between_epochs(spec):
+    """With the main process between epochs (it asks for nothing), the workers make the next
+    epoch's first step; that epoch then comes whole, from the same stream."""
+    steps = spec.steps_per_epoch
+    position = SharedEpoch(0)
+    loader = StreamLoader(Watched(spec, position, steps), num_workers=2)
+    assert len(list(loader)) == steps
+    assert loader.batches.reached.wait(timeout=120)  # while the main process waits here
+    position.set(1)
+    same_batches(list(loader), list(StreamLoader(MixedBatches(spec, SharedEpoch(1)))))
+
+
+class Ending(ItemClaims):
+    """Claims that count the workers told the stream has no item left; ``ended`` is set once
+    ``workers`` were."""
+
+    def __init__(self, workers: int):
+        super().__init__()
+        self.workers, self.ended = workers, multiprocessing.Event()
+        self.told = multiprocessing.Value("i", 0)
+
+    def take_now(self, generation, items, ahead, ready=None):
+        index = super().take_now(generation, items, ahead, ready)
+        if index is None:
+            with self.told.get_lock():
+                self.told.value += 1
+                if self.told.value == self.workers:
+                    self.ended.set()
+        return index
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_no_step_is_made_past_end_step(spec, workers):
+    """Two epochs of a loader whose run ends with them: every worker finds the stream ended
+    (told so by the claims, not stopped by the main process) without making a step past it;
+    a third epoch is refused in one line."""
+    position = SharedEpoch(0)
+    end = 2 * spec.steps_per_epoch
+    batches = Watched(spec, position, end)
+    loader = StreamLoader(batches, num_workers=workers, end_step=end)
+    batches.claims = Ending(workers)  # before the workers start (at the first epoch)
+    for number in range(2):
+        position.set(number)
+        assert len(list(loader)) == spec.steps_per_epoch
+    assert batches.claims.ended.wait(timeout=120)
+    assert batches.furthest.value == end - 1 and not batches.reached.is_set()
+    position.set(2)
+    with pytest.raises(ValueError, match=f"run past this loader's end_step {end}"):
+        iter(loader)
 
 
 def test_one_mixed_batches_streams_through_one_stream_loader(spec):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sio.shardset import ShardError, shard_urls
-from sio.train.mixing import epoch_items
+from sio.train.mixing import StepItems
 from sio.train.stream import ITEM_BYTES, MixedBatches, SharedEpoch, StreamLoader
 
 from . import test_stream
@@ -52,9 +52,12 @@ def same_batches(got: list[dict], want: list[dict]) -> None:
                 assert a[key] == value, key
 
 
-def longest_item(spec_, steps: int, workers: int) -> int:
-    group = MixedBatches(spec_, SharedEpoch(0)).steps_per_item(steps, workers)
-    return max(len(item) for item in epoch_items(steps, workers, group))
+def stream_items(spec_, workers: int) -> list[range]:
+    """The items of a StreamLoader's stream from step 0 (it has no end), over one epoch."""
+    group = MixedBatches(spec_, SharedEpoch(0)).steps_per_item(spec_.steps_per_epoch, workers)
+    items = StepItems(0, None, workers, group)
+    steps = spec_.steps_per_epoch
+    return [items.at(i) for i in range(steps) if items.at(i).start < steps]
 
 
 STEPS = 37  # prime
@@ -69,7 +72,7 @@ def test_items_of_several_steps_give_one_process_batches(spec, workers, first):
     for them) the batches are those of one process, bitwise, in order."""
     spec_ = dataclasses.replace(spec, steps_per_epoch=STEPS, seed=workers + first)
     if first == 0:
-        assert longest_item(spec_, STEPS, workers) > 1
+        assert max(len(item) for item in stream_items(spec_, workers)) > 1
     got = epochs(spec_, workers, 2, first)
     want = epochs(spec_, 0, 2, first)
     assert [len(e) for e in want] == [STEPS - first, STEPS]
@@ -126,8 +129,7 @@ def test_an_error_inside_an_item_comes_after_its_earlier_batches(spec, tmp_path,
         for batch in MixedBatches(spec_, SharedEpoch(0)):
             made.append(batch)
     failing = len(made)
-    group = MixedBatches(spec_, SharedEpoch(0)).steps_per_item(STEPS, workers)
-    (item,) = [i for i in epoch_items(STEPS, workers, group) if failing in i]
+    (item,) = [i for i in stream_items(spec_, workers) if failing in i]
     assert item.start < failing  # the shard is met inside an item, after its first step
     got = []
     with pytest.raises(ShardError) as through_workers:

@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ),
         "sio.train.mixing": (
             "batch_counts",
-            "epoch_items",
+            "StepItems",
             "rank_share",
             "steps_per_epoch",
         ),

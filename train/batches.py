@@ -134,4 +134,5 @@ def loader(plan, method, position: SharedEpoch):
         }
         return ResidentBatches(spec, position, sets, {name: plan.shares[name] for name in sets})
     pin_memory = str(plan.device).startswith("cuda")
-    return StreamLoader(MixedBatches(spec, position), config.num_workers, pin_memory)
+    batches = MixedBatches(spec, position)  # the workers make no step past the run's last
+    return StreamLoader(batches, config.num_workers, pin_memory, end_step=plan.total_steps)

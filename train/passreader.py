@@ -135,6 +135,14 @@ class PassReader:
         images = images.take(order, axis=0)
         return torch.from_numpy(images), torch.from_numpy(labels[order]), keys[order].tolist()
 
+    def ready(self, start: int, count: int) -> bool:
+        """Whether positions ``start .. start + count - 1`` need no shard decoded: each shard
+        they fall in is held here or published in the node's decoded cache."""
+        _, ids = self.orders.positions(start, count)
+        needed = np.unique(np.searchsorted(self._ends, ids, side="right")).tolist()
+        shards, check = self.stream.shards, self.check
+        return all(i in self._shards or self.loader.published(shards[i], check) for i in needed)
+
     def _load_free(self, needed: list[int]) -> None:
         """Load the needed shards no other process is decoding now, so the node's workers
         decode different shards at once (the others are waited for when taken)."""

@@ -164,7 +164,7 @@ class ShardLoader:
         """The shard's rows; None (``wait=False``) while another process is decoding it."""
         if self.folder is None or not ref.sha256:
             return self._decode(ref, encoding, check)
-        path = cache_file(self.folder, ref.sha256, f".{check.channels}.rows")
+        path = self._rows_file(ref, check)
         rows = self._cached(path, ref, check, quiet=True)
         if rows is None:
             with locked(path, wait) as held:
@@ -184,6 +184,15 @@ class ShardLoader:
             self._stamp(ref)
         self.counts.cached += 1
         return rows
+
+    def published(self, ref: ShardRef, check: Check) -> bool:
+        """Whether the shard's decoded rows are in the node's decoded cache."""
+        if self.folder is None or not ref.sha256:
+            return False
+        return self._rows_file(ref, check).is_file()
+
+    def _rows_file(self, ref: ShardRef, check: Check) -> Path:
+        return cache_file(self.folder, ref.sha256, f".{check.channels}.rows")
 
     def _stamp_file(self, ref: ShardRef) -> tuple[Path, str] | None:
         """(where the identity of a local shard file checked against its sha256 is kept, its

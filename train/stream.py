@@ -6,11 +6,16 @@ of each source, and rank r its ``rank_share`` slice. Everything random about a g
 function of (seed, t) alone: the samples, the order of the batch (one permutation of the global
 batch, each rank keeping its own samples in that order) and the augmentation draws (made for the
 whole global part of a source, each rank applying its slice). So 1 or W ranks, 0 or w
-DataLoader workers give the same global batches. An epoch's steps are cut into items of a few
-consecutive steps (``steps_per_item``: a DataLoader's per-item work, in the worker and in the
-main process, is then paid once for several small batches) which the workers take as they are
-ready (claims.py: a worker slowed by a shared core or a slow fetch makes fewer, none waits for
-another's turn); ``StreamLoader`` unpacks them and yields the batches in step order.
+DataLoader workers give the same global batches. Through DataLoader workers a ``StreamLoader``
+runs one stream of steps from where it starts on, across epochs: while the main process ends
+one epoch (validation, a checkpoint) the workers make the next one's first items, so no epoch
+starts cold and the workers never wait at an epoch's end for each other (an epoch that does not
+follow on, after a resume or an abandoned one, starts a new stream). Its steps are cut into
+items of a few consecutive steps (``steps_per_item``: a DataLoader's per-item work, in the
+worker and in the main process, is then paid once for several small batches) which the workers
+take as they are ready (claims.py: a worker slowed by a shared core or a slow fetch makes fewer,
+none waits for another's turn), never too far past the batch the main process yields;
+``StreamLoader`` unpacks them and yields each epoch's batches in step order.
 
 A ``PassReader`` (passreader.py, one per stream and process or worker) loads the shards its
 positions fall in, whole, as decoded rows into a small LRU (a pass group is a few shards, see
@@ -55,7 +60,7 @@ from sio.shardset import Check, ShardError
 from sio.train.cache import Fetcher, cache_folder
 from sio.train.claims import ItemClaims
 from sio.train.compose import assemble
-from sio.train.mixing import epoch_items
+from sio.train.mixing import StepItems
 from sio.train.passes import slice_start
 from sio.train.passreader import SKIP_KINDS, Faults, PassReader, skip_counts
 from sio.train.ring import SlotRing
@@ -103,9 +108,10 @@ class MixedBatches(IterableDataset):
     ``images`` (uint8, or float in [0, 1] after a PixMix transform), ``labels``,
     ``is_synthetic``, the global ``step``, ``ids``, ``faults``, ``fetched`` (bytes),
     ``shard_reads``, ``shard_decodes`` and ``shard_cached`` (rowcache.Counts), one entry per extra
-    stream and what the transform adds. In DataLoader workers each item is a list of a few
-    consecutive steps' batches, taken and sent as the workers are ready: iterate it with
-    ``StreamLoader``, which gives one batch per step, in order."""
+    stream and what the transform adds. In DataLoader workers an iteration makes the items of
+    the stream a ``StreamLoader`` started (lists of a few consecutive steps' batches, taken
+    and sent as the workers are ready): iterate it with ``StreamLoader``, which gives one
+    batch per step, in order, an epoch per iteration."""
 
     def __init__(self, spec: MixSpec, epoch: SharedEpoch):
         super().__init__()
@@ -153,11 +159,22 @@ class MixedBatches(IterableDataset):
         counts = self.loader.counts.take()
         return {**batch, "faults": self.faults.take(), "fetched": fetched, **counts}
 
+    def ready(self, steps: range) -> bool:
+        """Whether the global batches of ``steps`` need no shard decoded: each shard they
+        touch is in this process's readers or published in the node's decoded cache (a
+        worker makes an epoch the main process is not in yet only then, claims.py)."""
+        readers = self.readers()
+        for name, stream in self.streams.items():
+            total = sum(stream.shares)
+            if not readers[name].ready(steps.start * total, len(steps) * total):
+                return False
+        return True
+
     def steps_per_item(self, num_steps: int, num_workers: int) -> int:
         """Consecutive steps a DataLoader worker sends as one item: batches up to ``ITEM_BYTES``
-        of images together (the DataLoader's per-item work, ~0.5 ms of a worker's and ~0.3 ms
-        of the main process's, is then paid once for them), while the epoch has an item for
-        each worker; 1 for batches of large images. A batch transform may leave float
+        of images together (the DataLoader's per-item work, ~0.5 ms of a worker's and ~0.2 ms
+        of the main process's, is then paid once for them), while ``num_steps`` (an epoch) has
+        an item for each worker; 1 for batches of large images. A batch transform may leave float
         images (PixMix): with one, a pixel counts 4 bytes."""
         spec = self.spec
         height, width = spec.image_size
@@ -168,17 +185,16 @@ class MixedBatches(IterableDataset):
         return max(1, min(by_size, num_steps // max(1, num_workers)))
 
     def __iter__(self):
-        """One epoch: in this process every step, in a DataLoader worker the items it takes.
-        The epoch, and in a worker the claims' generation, are fixed here (the DataLoader
+        """In this process one epoch, every step; in a DataLoader worker the items it takes of
+        the stream StreamLoader started. The claims' generation is fixed here (the DataLoader
         calls this once per worker and iteration: when the worker starts, and on each
-        iteration's resume), so an iterator left from an abandoned epoch, whenever it runs,
+        iteration's resume), so an iterator left from an abandoned stream, whenever it runs,
         takes nothing of the next."""
         info = get_worker_info()
-        generation = None if info is None else self._worker_generation()  # first: nothing skips it
+        if info is not None:
+            return self._worker_items(info, self._worker_generation())  # counted at once
         start, num_steps = self.epoch_steps()
-        if info is None:
-            return (self.batch(start + step) for step in range(num_steps))
-        return self._worker_items(info, start, num_steps, generation)
+        return (self.batch(start + step) for step in range(num_steps))
 
     def _worker_generation(self) -> int | None:
         """The claims' generation of this iteration, counted in the worker: the one
@@ -193,25 +209,29 @@ class MixedBatches(IterableDataset):
             self._counted = (pid, self._counted[1] + 1)
         return self._counted[1]
 
-    def _worker_items(self, info, start: int, num_steps: int, generation: int | None):
+    def _worker_items(self, info, generation: int | None):
         if generation is None:
             raise RuntimeError(
                 "MixedBatches in DataLoader workers: iterate it with StreamLoader, which "
-                "shares out the epoch's items and puts them back in step order"
+                "shares out the stream's items and puts them back in step order"
             )
-        group = self.steps_per_item(num_steps, info.num_workers)
-        items = epoch_items(num_steps, info.num_workers, group)
+        span = self.claims.span(generation)
+        if span is None:  # a later stream started before this iterator first ran
+            return
+        epoch = self.spec.steps_per_epoch
+        group = self.steps_per_item(epoch, info.num_workers)
+        items = StepItems(*span, info.num_workers, group, epoch)
         ahead = AHEAD_ITEMS * max(1, info.num_workers) * group
-        while (index := self.claims.take(generation, items, ahead)) is not None:
-            batches = []
+        while (index := self.claims.take(generation, items, ahead, self.ready)) is not None:
+            batches, steps = [], items.at(index)
             try:
-                for step in items[index]:
-                    batches.append(self.batch(start + step))
+                for step in steps:
+                    batches.append(self.batch(step))
             except (ShardError, TransportError) as error:  # any other: the DataLoader's own way
                 kind = "transport" if isinstance(error, TransportError) else "shard"
                 trace = traceback.format_exc()
                 failed = {"error": str(error), "kind": kind, "traceback": trace}
-                yield [*batches, {**failed, "step": start + items[index].start + len(batches)}]
+                yield [*batches, {**failed, "step": steps.start + len(batches)}]
                 return
             yield self.ring().pack(batches)
             del batches
@@ -223,15 +243,32 @@ class MixedBatches(IterableDataset):
 
 
 class StreamLoader:
-    """The batches of ``batches`` through a DataLoader of ``num_workers`` persistent workers
-    (0: in this process), one per step in order, one epoch per iteration. The workers take the
-    epoch's items (a few consecutive steps each) as they are ready (claims.py) and send them as
-    they are made; the batches are put back in step order here, and an error a worker sent is
-    raised when its step comes (``in_step_order``)."""
+    """The batches of ``batches``, one epoch per iteration (the one its ``SharedEpoch`` says,
+    from its first step), one per step, in order: in this process (``num_workers`` 0) or
+    through a DataLoader of ``num_workers`` persistent workers.
 
-    def __init__(self, batches: MixedBatches, num_workers: int = 0, pin_memory: bool = False):
+    The workers make one stream of steps from where an epoch starts, on into the next epochs
+    (up to ``end_step``, the run's last step + 1, when given), each taking the next item when
+    it is ready (claims.py), never one starting far past the batch being yielded; the batches
+    are put back in step order here and an error a worker sent is raised when its step comes
+    (``in_step_order``). An epoch that starts elsewhere (a resume, the one after an epoch left
+    part-way) starts a new stream; an epoch left part-way ends its stream at once, and so does
+    ``close`` (the workers then take no more of it)."""
+
+    def __init__(
+        self,
+        batches: MixedBatches,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        end_step: int | None = None,
+    ):
         self.batches = batches
         self.loader = batches
+        self.end_step = end_step
+        self._stream = None  # the running stream's batches in step order, from step _next
+        self._next = None
+        self._iterations = 0  # only the latest iteration takes batches from the stream
+        self._stop = None  # ends the running stream's claims when this loader is gone
         if num_workers:
             if batches.claims is not None:
                 raise ValueError(
@@ -251,13 +288,52 @@ class StreamLoader:
     def __iter__(self):
         if self.loader is self.batches:
             return iter(self.batches)
-        claims = self.batches.claims
-        generation = self.batches.generation = claims.start()
         start, num_steps = self.batches.epoch_steps()
-        batches = in_step_order(iter(self.loader), start, num_steps, claims, generation)
-        # ended however the iterator goes: exhausted, failed, closed, or dropped unstarted
-        weakref.finalize(batches, claims.stop, generation)
-        return batches
+        if self.end_step is not None and start + num_steps > self.end_step:
+            raise ValueError(
+                f"the epoch's steps {start}..{start + num_steps - 1} run past this loader's "
+                f"end_step {self.end_step}"
+            )
+        if self._stream is None or self._next != start:
+            self._restart(start, start + num_steps)
+        else:
+            self.batches.claims.announce(self.batches.generation, start + num_steps)
+        self._iterations += 1
+        return self._epoch(self._iterations, num_steps)
+
+    def close(self) -> None:
+        """End the running stream: its workers take no more of its items (the next iteration
+        starts a new stream)."""
+        if self._stream is not None:
+            self._stream.close()  # its claims end (in_step_order's finally)
+            self._stream = None
+
+    def _restart(self, start: int, epoch_end: int) -> None:
+        self.close()
+        claims = self.batches.claims
+        generation = self.batches.generation = claims.start(start, self.end_step, epoch_end)
+        self._stream = in_step_order(iter(self.loader), claims, generation, start, self.end_step)
+        self._next = start
+        if self._stop is not None:
+            self._stop.detach()
+        # the workers take no more once this loader is gone (before they are shut down)
+        self._stop = weakref.finalize(self, claims.stop, generation)
+
+    def _epoch(self, iteration: int, num_steps: int):
+        """``num_steps`` batches of the running stream, while no later iteration took over;
+        left part-way (closed, failed, dropped), the stream ends."""
+        done = False
+        try:
+            for _ in range(num_steps):
+                if iteration != self._iterations:
+                    return
+                batch = next(self._stream)
+                self._next += 1
+                yield batch
+            done = True
+        finally:
+            if not done and iteration == self._iterations:
+                self.close()
 
 
 def raise_worker_error(batch: dict) -> None:
@@ -269,12 +345,13 @@ def raise_worker_error(batch: dict) -> None:
     raise error
 
 
-def in_step_order(items, start: int, num_steps: int, claims: ItemClaims, generation: int):
+def in_step_order(items, claims: ItemClaims, generation: int, start: int, end: int | None):
     """The batches of the workers' ``items`` (each a list of consecutive steps' batches, in
-    the order they were made) one per step from ``start``, in order; the error a worker met
-    is raised at its step. ``claims`` learns how far the epoch has been yielded, and that it
-    ended (finished, failed or abandoned: no worker takes another item of it)."""
-    waiting, step, end = {}, start, start + num_steps
+    the order they were made) one per step from ``start`` to ``end`` (None: as long as they
+    come), in order; the error a worker met is raised at its step. ``claims`` learns how far
+    the stream has been yielded, and that it ended (finished, failed or closed: no worker
+    takes another item of it)."""
+    waiting, step = {}, start
     try:
         for item in items:
             for batch in item:
@@ -286,9 +363,10 @@ def in_step_order(items, start: int, num_steps: int, claims: ItemClaims, generat
                 if "error" in batch:
                     raise_worker_error(batch)
                 step += 1
-                claims.advance(generation, step - start)
+                claims.advance(generation, step)
                 yield batch
-        if step != end or waiting:  # a worker's items went missing: never silently short
-            raise RuntimeError(f"the workers' items ended at step {step} of {start}..{end - 1}")
+        if end is None or step != end or waiting:  # items went missing: never silently short
+            of = "" if end is None else f" of {start}..{end - 1}"
+            raise RuntimeError(f"the workers' items ended at step {step}{of}")
     finally:
         claims.stop(generation)
