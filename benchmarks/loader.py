@@ -56,9 +56,10 @@
    tensor by tensor (``Unpacked``, before that), alternating.
 
 8. Scaling (``python benchmarks/loader.py scaling [pairs] [num_real]``): 2 workers against 1 in
-   adjacent whole epochs of two persistent DataLoaders over the same sets (decoded cache warm),
-   the median over pairs of the ratio, with the CPU time of the workers and of the main process
-   per epoch (how full the cores were).
+   adjacent blocks of whole epochs of two persistent DataLoaders over the same sets (decoded
+   cache warm; a block is 1 + 2 epochs of one loader in a row, the first not measured, then its
+   stream closed), the median over pairs of the ratio, with the CPU time of the workers and of
+   the main process per epoch (how full the cores were).
 
 Prints Markdown tables and writes benchmarks/results/loader.json with the machine.
 Usage: python benchmarks/loader.py [rounds] [num_real]; ... transfer [rounds] [num_real] [steps]
@@ -223,6 +224,7 @@ def alpha_pairs(root: Path, pairs: int) -> dict:
                 epoch.set(number)
                 steps = Steps(optimizer, schedule)
                 record = train_epoch(objective, loader, steps, context, number, EPOCH_STEPS)
+                loader.close()  # its workers make nothing during the other loader's epoch
                 if number:
                     rates[alpha].append(record["images_per_s"] / BATCH)
         results[encoding] = {"1.0": rates[1.0], "0.8": rates[0.8]}
@@ -887,15 +889,30 @@ def scaling_epoch(loader: StreamLoader, epoch: SharedEpoch, number: int) -> dict
     }
 
 
+SCALING_BLOCK = 3  # epochs of one loader in a row; the first is not measured
+
+
+def scaling_block(loader: StreamLoader, epoch: SharedEpoch, first: int) -> dict:
+    """``SCALING_BLOCK`` whole epochs of ``loader`` in a row from epoch ``first``, the sums of
+    all but the first (``scaling_epoch``'s fields, and ``epochs``), then its stream closed.
+    The workers run on from one epoch into the next as in training; the unmeasured first
+    epoch starts the stream and lets the other loader's workers end the item they were
+    making when its stream was closed."""
+    scaling_epoch(loader, epoch, first)
+    runs = [scaling_epoch(loader, epoch, first + k) for k in range(1, SCALING_BLOCK)]
+    loader.close()
+    return {**{key: sum(r[key] for r in runs) for key in runs[0]}, "epochs": len(runs)}
+
+
 def scaling_only(pairs: int, num_real: int) -> None:
     """``python benchmarks/loader.py scaling [pairs] [num_real]``: 2 workers against 1, in
-    adjacent epochs. One persistent DataLoader of 1 worker and one of 2 over the same sets
-    (decoded cache warm: two epochs each first), then ``pairs`` pairs of whole epochs, one of
-    each loader, the order swapped every pair; per pair the ratio of the 2-worker epoch's
-    images/s to the 1-worker epoch's. Load on a shared machine comes and goes over seconds,
-    so the two epochs of a pair (~0.3 s together) meet the same load, where separate runs of
-    a minute each do not; the CPU time of the main process and of the workers per epoch shows
-    how full the cores were."""
+    adjacent blocks of epochs. One persistent DataLoader of 1 worker and one of 2 over the
+    same sets (decoded cache warm: two epochs each first), then ``pairs`` pairs of blocks
+    (``scaling_block``), one of each loader, the order swapped every pair; per pair the ratio
+    of the 2-worker block's images/s to the 1-worker block's. Load on a shared machine comes
+    and goes over seconds, so the two blocks of a pair (~1 s together) meet the same load,
+    where separate runs of a minute each do not; the CPU time of the main process and of the
+    workers per epoch shows how full the cores were."""
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         sets = make_sets(root, num_real, 32, 3)
@@ -913,7 +930,8 @@ def scaling_only(pairs: int, num_real: int) -> None:
             runs = measured[encoding] = {1: [], 2: []}
             for pair in range(pairs):
                 for workers in (1, 2) if pair % 2 == 0 else (2, 1):
-                    runs[workers].append(scaling_epoch(loaders[workers], epochs[workers], 2 + pair))
+                    first = 2 + pair * SCALING_BLOCK
+                    runs[workers].append(scaling_block(loaders[workers], epochs[workers], first))
             del loaders
             gc.collect()
             load.append(os.getloadavg())
@@ -926,8 +944,9 @@ def report_scaling(measured: dict, num_real: int, pairs: int, load) -> None:
     lines = [
         f"Scaling: {num_real:,} real + {num_real // 2:,} synthetic 32x32 RGB, alpha 0.8, "
         f"B = {BATCH}, crop 4 + flip, decoded cache warm (later passes), {pairs} pairs of "
-        f"adjacent whole epochs (1 and 2 persistent workers, order alternating), load average "
-        f"(1 min) {min(a[0] for a in load):.2f} to {max(a[0] for a in load):.2f}",
+        f"adjacent blocks of {SCALING_BLOCK} whole epochs, the first not measured (1 and 2 "
+        f"persistent workers, order alternating), load average (1 min) "
+        f"{min(a[0] for a in load):.2f} to {max(a[0] for a in load):.2f}",
         "",
         "| shards | 2 / 1 workers, median of pairs | quartiles | pairs >= 1.8 | 1 worker, "
         "images/s | 2 workers, images/s | CPU ms per epoch, 1 worker: worker + main | "
@@ -939,8 +958,8 @@ def report_scaling(measured: dict, num_real: int, pairs: int, load) -> None:
         rate = {w: [r["images"] / r["wall_ms"] * 1e3 for r in runs[w]] for w in (1, 2)}
         ratios = [two / one for one, two in zip(rate[1], rate[2], strict=True)]
         quartiles = statistics.quantiles(ratios, n=4)
-        med = {
-            (w, field): statistics.median(r[field] for r in runs[w])
+        med = {  # per epoch
+            (w, field): statistics.median(r[field] / r["epochs"] for r in runs[w])
             for w in (1, 2)
             for field in ("wall_ms", "main_cpu_ms", "workers_cpu_ms")
         }
