@@ -927,6 +927,7 @@ def scaling_only(pairs: int, num_real: int) -> None:
             for workers in (1, 2):  # the first pass decodes and publishes; the second warms
                 for number in range(2):
                     scaling_epoch(loaders[workers], epochs[workers], number)
+                loaders[workers].close()
             runs = measured[encoding] = {1: [], 2: []}
             for pair in range(pairs):
                 for workers in (1, 2) if pair % 2 == 0 else (2, 1):

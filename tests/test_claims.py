@@ -7,9 +7,16 @@ batches are those of one process, bitwise, in step order."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
+import os
+import pickle
 import random
+import select
+import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -280,6 +287,14 @@ def test_an_abandoned_iterator_ends_its_generation_and_an_old_one_moves_nothing(
     assert claims.take_now(new, StepItems(0, 30, 1), 1) == WAIT  # the front is still 0
 
 
+def running(claims: ItemClaims, generation: int) -> bool:
+    """Whether ``generation``'s stream runs: an item no worker can take (it starts far past
+    any front) is WAIT then, None once the stream ended; nothing is taken."""
+    index = claims.take_now(generation, StepItems(10**15, None, 1), 0)
+    assert index in (WAIT, None)
+    return index == WAIT
+
+
 def test_an_epoch_dropped_unstarted_leaves_the_stream_and_a_dropped_loader_ends_it(spec):
     """``iter(loader)`` never advanced, then dropped: the stream is untouched (the epoch, asked
     again, goes on with it, whole); the loader dropped, its generation ends (no worker takes
@@ -291,10 +306,9 @@ def test_an_epoch_dropped_unstarted_leaves_the_stream_and_a_dropped_loader_ends_
     del batches
     same_batches(list(loader), in_process(spec))
     assert loader.batches.generation == generation
-    items = StepItems(0, None, 1)  # ahead 0: WAIT while the stream runs, None once it ended
-    assert claims.take_now(generation, items, 0) == WAIT  # on into the next epoch
+    assert running(claims, generation)  # on into the next epoch
     del loader
-    assert claims.take_now(generation, items, 0) is None
+    assert not running(claims, generation)
 
 
 def test_an_epoch_left_part_way_ends_its_stream_and_the_next_starts_another(spec):
@@ -304,7 +318,7 @@ def test_an_epoch_left_part_way_ends_its_stream_and_the_next_starts_another(spec
     generation, claims = loader.batches.generation, loader.batches.claims
     position.set(1)
     assert next(iter(loader))["step"] == spec.steps_per_epoch  # the iterator, dropped
-    assert claims.take_now(generation, StepItems(0, None, 1), 0) is None
+    assert not running(claims, generation)
     same_batches(list(loader), list(StreamLoader(MixedBatches(spec, SharedEpoch(1)))))
     assert loader.batches.generation == generation + 1
 
@@ -402,6 +416,82 @@ def test_no_step_is_made_past_end_step(spec, workers):
     position.set(2)
     with pytest.raises(ValueError, match=f"run past this loader's end_step {end}"):
         iter(loader)
+
+
+def test_in_process_an_epoch_past_end_step_is_refused_too(spec):
+    loader = StreamLoader(MixedBatches(spec, SharedEpoch(1)), end_step=spec.steps_per_epoch)
+    with pytest.raises(ValueError, match="run past this loader's end_step"):
+        iter(loader)
+
+
+def test_close_ends_the_stream_started_or_not_and_the_epoch_iterating_it(spec):
+    """``close`` right after ``iter`` (the workers already have tasks, the batches in step
+    order never started) ends the claims; inside an epoch's loop it ends that epoch's
+    iterator, and the next iteration starts a new stream, whole."""
+    loader = StreamLoader(MixedBatches(spec, SharedEpoch(0)), num_workers=2)
+    epoch = iter(loader)
+    generation, claims = loader.batches.generation, loader.batches.claims
+    loader.close()
+    assert not running(claims, generation)
+    assert list(epoch) == []
+    got = []
+    for batch in loader:
+        got.append(batch)
+        if len(got) == 2:
+            loader.close()
+    assert len(got) == 2 and not running(claims, loader.batches.generation)
+    same_batches(list(loader), in_process(spec))
+
+
+ORPHANED = """
+import pickle, signal, sys
+from sio.train.stream import MixedBatches, SharedEpoch, StreamLoader
+
+class NeverReady(MixedBatches):  # the next epoch's shards never decoded: the workers wait
+    def ready(self, steps):
+        return False
+
+with open(sys.argv[1], "rb") as handle:
+    spec = pickle.load(handle)
+loader = StreamLoader(NeverReady(spec, SharedEpoch(0)), num_workers=2)
+assert len(list(loader)) == spec.steps_per_epoch
+print(*[worker.pid for worker in loader.loader._iterator._workers], flush=True)
+signal.pause()
+"""
+
+
+def test_workers_waiting_between_epochs_end_when_the_main_process_is_killed(spec, tmp_path):
+    """The main process SIGKILLed while its workers wait for the next epoch (inside ``take``,
+    where the DataLoader's own check for a dead parent does not run): they end, not poll on
+    forever holding their shared memory. Waited for with pidfds (an event per process)."""
+    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(spec))
+    (tmp_path / "orphaned.py").write_text(ORPHANED)
+    main = subprocess.Popen(
+        [sys.executable, str(tmp_path / "orphaned.py"), str(tmp_path / "spec.pkl")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pids = [int(pid) for pid in main.stdout.readline().split()]
+    assert len(pids) == 2
+    fds = [os.pidfd_open(pid) for pid in pids]
+    try:
+        main.kill()
+        main.wait()
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        ended = set()
+        while len(ended) < len(fds):
+            events = poller.poll(120_000)
+            assert events, f"workers {pids} still running 120 s after their parent was killed"
+            for fd, _ in events:
+                ended.add(fd)
+                poller.unregister(fd)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
 
 
 def test_one_mixed_batches_streams_through_one_stream_loader(spec):

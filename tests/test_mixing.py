@@ -145,7 +145,7 @@ def test_step_items_run_on_across_epochs():
 def test_step_items_never_hold_two_epochs():
     """With an epoch length (primes, 1, shorter than the items), streams from any step, with
     and without an end: the items cover the steps in order and none crosses an epoch's end;
-    inside an epoch they are the items without epochs, cut there."""
+    the first is the first without epochs, cut at its epoch's end."""
     for epoch in (1, 2, 7, 13, 37):
         for start in (0, 5, 36):
             for workers, group in ((1, 4), (2, 16), (3, 5)):

@@ -55,8 +55,8 @@ def same_batches(got: list[dict], want: list[dict]) -> None:
 def stream_items(spec_, workers: int) -> list[range]:
     """The items of a StreamLoader's stream from step 0 (it has no end), over one epoch."""
     group = MixedBatches(spec_, SharedEpoch(0)).steps_per_item(spec_.steps_per_epoch, workers)
-    items = StepItems(0, None, workers, group)
     steps = spec_.steps_per_epoch
+    items = StepItems(0, None, workers, group, steps)
     return [items.at(i) for i in range(steps) if items.at(i).start < steps]
 
 

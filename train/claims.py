@@ -16,14 +16,17 @@ the main process is in, and the last generation the main process ended (so no wo
 a front that will not move).
 
 Past the end of the main process's epoch a worker takes an item only when it is ``ready``: its
-batches need no shard decoded (stream.py). So a shard is decoded for the first epoch that
-needs it, on any rank (ranks move from epoch to epoch together), and each epoch's
-``shard_decodes`` counts exactly the shards it was the first to touch.
+batches need no shard decoded (stream.py; with the node's decoded cache). So a shard is
+decoded for the first epoch that needs it, on any rank (ranks move from epoch to epoch
+together), and each epoch's ``shard_decodes`` counts the shards it was the first to touch
+(while the cache holds them: an evicted shard, or one read for a skipped sample, may be
+decoded early).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 
@@ -31,7 +34,7 @@ from sio.train.mixing import StepItems
 
 GENERATION, NEXT, FRONT, STOPPED, START, END, EPOCH_END = range(7)
 NO_END = -1  # END of a stream without end
-WAIT = -1  # take_now: the next item is too far ahead of the main process; try again soon
+WAIT = -1  # take_now: the next item is too far ahead of the main process or not ready yet
 POLL_S = (0.0005, 0.008)  # a held-back worker's pause between tries: the first, the longest
 
 
@@ -40,6 +43,7 @@ class ItemClaims:
 
     def __init__(self):
         self._state = multiprocessing.Array("q", 7)
+        self._owner = os.getpid()  # the main process: its DataLoader workers' parent
 
     def start(self, first_step: int = 0, end: int | None = None, epoch_end: int = 2**62) -> int:
         """A new stream's claims (the main process, before its workers start it): its steps
@@ -118,9 +122,12 @@ class ItemClaims:
     ) -> int | None:
         """``take_now``, waiting while the next item is too far ahead or not ready (another
         worker is held up on an earlier item, or the main process is busy elsewhere: the
-        pause doubles, up to a few milliseconds)."""
+        pause doubles, up to a few milliseconds); None once the main process is gone (killed:
+        the DataLoader's own check for it runs only between items)."""
         pause = POLL_S[0]
         while (index := self.take_now(generation, items, ahead, ready)) == WAIT:
+            if os.getppid() != self._owner:
+                return None
             time.sleep(pause)
             pause = min(2 * pause, POLL_S[1])
         return index

@@ -1,4 +1,5 @@
-"""Exact per-batch composition of real and synthetic samples: pure functions, no state.
+"""Exact per-batch composition of real and synthetic samples (pure functions), and the items
+a stream of steps is cut into.
 
 SIO (Zhang et al. 2023) fixes the number of real samples in every batch instead of sampling
 sources by probability: ``n_real = int(B * alpha)`` and ``n_syn = B - n_real`` (102 + 26 at
@@ -6,8 +7,8 @@ B = 128, alpha = 0.8). Under data parallelism the *global* quota is split over r
 global batch keeps exactly that composition. An epoch is ``ceil(N_real / B)`` steps (SIO's epoch,
 the same as real-only training), and a stream's steps (one epoch running on into the next) are
 cut into items of a few consecutive steps that DataLoader workers take as they are ready
-(``StepItems``, immutable); a batch is a function of its step alone, so the batches never
-depend on which worker made them.
+(``StepItems``); a batch is a function of its step alone, so the batches never depend on which
+worker made them.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ AHEAD_ITEMS = 4  # per worker: how far (in items) a worker may run past the main
 
 
 class SharedEpoch:
-    """The current epoch and its first step, visible to persistent DataLoader workers."""
+    """The current epoch and its first step, shared by the processes that iterate it."""
 
     def __init__(self, epoch: int = 0, first_step: int = 0):
         self._value = multiprocessing.Value("i", epoch)
@@ -199,7 +199,8 @@ class MixedBatches(IterableDataset):
     def _worker_generation(self) -> int | None:
         """The claims' generation of this iteration, counted in the worker: the one
         StreamLoader started before the worker was made, then one more per iteration
-        (StreamLoader starts one generation per iteration). None without claims."""
+        (StreamLoader starts one generation per stream, and each stream is one iteration of
+        its DataLoader). None without claims."""
         if self.claims is None:
             return None
         pid = os.getpid()
@@ -222,7 +223,8 @@ class MixedBatches(IterableDataset):
         group = self.steps_per_item(epoch, info.num_workers)
         items = StepItems(*span, info.num_workers, group, epoch)
         ahead = AHEAD_ITEMS * max(1, info.num_workers) * group
-        while (index := self.claims.take(generation, items, ahead, self.ready)) is not None:
+        ready = self.ready if self.folder is not None else None  # decoded cache: see claims.py
+        while (index := self.claims.take(generation, items, ahead, ready)) is not None:
             batches, steps = [], items.at(index)
             try:
                 for step in steps:
@@ -286,14 +288,14 @@ class StreamLoader:
             )
 
     def __iter__(self):
-        if self.loader is self.batches:
-            return iter(self.batches)
         start, num_steps = self.batches.epoch_steps()
         if self.end_step is not None and start + num_steps > self.end_step:
             raise ValueError(
                 f"the epoch's steps {start}..{start + num_steps - 1} run past this loader's "
                 f"end_step {self.end_step}"
             )
+        if self.loader is self.batches:
+            return iter(self.batches)
         if self._stream is None or self._next != start:
             self._restart(start, start + num_steps)
         else:
@@ -305,8 +307,9 @@ class StreamLoader:
         """End the running stream: its workers take no more of its items (the next iteration
         starts a new stream)."""
         if self._stream is not None:
-            self._stream.close()  # its claims end (in_step_order's finally)
+            self._stream.close()
             self._stream = None
+            self.batches.claims.stop(self.batches.generation)  # started or not
 
     def _restart(self, start: int, epoch_end: int) -> None:
         self.close()
@@ -325,7 +328,7 @@ class StreamLoader:
         done = False
         try:
             for _ in range(num_steps):
-                if iteration != self._iterations:
+                if iteration != self._iterations or self._stream is None:  # taken over, closed
                     return
                 batch = next(self._stream)
                 self._next += 1
