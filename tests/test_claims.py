@@ -369,11 +369,13 @@ class Watched(MixedBatches):
 
 def test_the_next_epochs_first_items_are_made_between_epochs(spec):
     """With the main process between epochs (it asks for nothing), the workers make the next
-    epoch's first step; that epoch then comes whole, from the same stream."""
+    epoch's first step (its shards were decoded in the first epoch: its pass groups are the
+    first epoch's last); that epoch then comes whole, from the same stream."""
     steps = spec.steps_per_epoch
     position = SharedEpoch(0)
     loader = StreamLoader(Watched(spec, position, steps), num_workers=2)
     assert len(list(loader)) == steps
+    assert loader.batches.ready(range(steps, steps + 1))  # so no decode waits for epoch 1
     assert loader.batches.reached.wait(timeout=120)  # while the main process waits here
     position.set(1)
     same_batches(list(loader), list(StreamLoader(MixedBatches(spec, SharedEpoch(1)))))
