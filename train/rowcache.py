@@ -159,6 +159,7 @@ class ShardLoader:
         self.fetcher, self.folder, self.limit = fetcher, folder, limit
         self.counts = Counts()
         self.writable = True
+        self._published: set[tuple[str, int]] = set()  # (sha256, channels) found published
 
     def load(self, ref: ShardRef, encoding: str, check: Check, wait: bool = True) -> Rows | None:
         """The shard's rows; None (``wait=False``) while another process is decoding it."""
@@ -186,10 +187,14 @@ class ShardLoader:
         return rows
 
     def published(self, ref: ShardRef, check: Check) -> bool:
-        """Whether the shard's decoded rows are in the node's decoded cache."""
+        """Whether the shard's decoded rows are in the node's decoded cache (a file once seen
+        is taken to stay: ``cache_file`` resolves its path, ~15 us a shard)."""
         if self.folder is None or not ref.sha256:
             return False
-        return self._rows_file(ref, check).is_file()
+        key = (ref.sha256, check.channels)
+        if key not in self._published and self._rows_file(ref, check).is_file():
+            self._published.add(key)
+        return key in self._published
 
     def _rows_file(self, ref: ShardRef, check: Check) -> Path:
         return cache_file(self.folder, ref.sha256, f".{check.channels}.rows")
