@@ -962,7 +962,7 @@ def report_scaling(measured: dict, num_real: int, pairs: int, load) -> None:
         med = {  # per epoch
             (w, field): statistics.median(r[field] / r["epochs"] for r in runs[w])
             for w in (1, 2)
-            for field in ("wall_ms", "main_cpu_ms", "workers_cpu_ms")
+            for field in ("main_cpu_ms", "workers_cpu_ms")
         }
         busy = statistics.median(
             (r["main_cpu_ms"] + r["workers_cpu_ms"]) / r["wall_ms"] for r in runs[2]

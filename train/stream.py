@@ -36,10 +36,10 @@ of an item, ``{"error": message, "kind", "traceback", "step"}`` after the item's
 batches, and is raised when its step comes, so the user sees the message without the worker's
 traceback, where one process would stop. Each batch also carries ``ids``: the key of every
 real and synthetic sample (a record's images: their keys in its meta.json), for the trace, and
-``keys``, those of its images in batch order. A worker
-sends an item (one or a few steps' batches) through its ring of shared slots (ring.py): their
-tensors written into a slot the main process has mapped since the slot's first use, so only a
-slot number and the small values cross the DataLoader's queue.
+``keys``, those of its images in batch order. A worker sends an item (one or a few steps'
+batches) through its ring of shared slots (ring.py): their tensors written into a slot the main
+process has mapped since the slot's first use, so only a slot number and the small values cross
+the DataLoader's queue.
 
 A training method may add sources (OE's outliers, PixMix's pictures: ``extras``, consumed the
 same way, outside the real/synthetic composition) and a batch ``transform`` (CutMix, PixMix,
